@@ -1,0 +1,491 @@
+/* mod_stdio.c - host.core.stdio: NDJSON transport on fd 0/1, non-blocking, whole lines only. */
+#include "ph.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define READ_CHUNK   (64 * 1024)
+#define READ_AHEAD   (1024 * 1024) /* stop reading stdin past this when nobody waits */
+#define DEFAULT_LINE (256u * 1024 * 1024)
+
+typedef struct {
+    ph_op op;
+    size_t max;
+} ReadOp;
+
+typedef struct DrainOp {
+    ph_op op;
+    struct DrainOp *next;
+    uv_timer_t *timer;
+} DrainOp;
+
+typedef struct {
+    uv_write_t req;
+    size_t len;
+    char data[];
+} WriteReq;
+
+static struct {
+    int ready;
+    /* input */
+    uv_stream_t *in; /* pipe or tty; NULL for a regular file or nothing */
+    int in_fd_file;  /* stdin is a regular file: read it with uv_fs_read */
+    uv_fs_t fs_req;
+    int fs_busy;
+    int reading;
+    char *buf;
+    size_t start, len, cap; /* unread bytes are buf[start .. len) */
+    size_t scanned;         /* bytes from start known to hold no '\n' */
+    int eof;
+    int in_error;
+    int discarding; /* inside an overlong line: drop bytes up to its '\n' */
+    ReadOp *reader;
+    /* output */
+    uv_stream_t *out; /* pipe or tty; NULL: plain blocking writes */
+    size_t queued;
+    int out_closed;
+    DrainOp *drainers;
+} io;
+
+static void want_input(void);
+
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
+static uv_stream_t *open_stream(int fd, int readable)
+{
+    uv_handle_type type = uv_guess_handle(fd);
+    if (type == UV_NAMED_PIPE) {
+        uv_pipe_t *p = malloc(sizeof *p);
+        if (p == NULL || uv_pipe_init(ph_loop(), p, 0) != 0 || uv_pipe_open(p, fd) != 0) {
+            free(p);
+            return NULL;
+        }
+        return (uv_stream_t *)p;
+    }
+    if (type == UV_TTY) {
+        uv_tty_t *t = malloc(sizeof *t);
+        if (t == NULL || uv_tty_init(ph_loop(), t, fd, readable) != 0) {
+            free(t);
+            return NULL;
+        }
+        return (uv_stream_t *)t;
+    }
+    return NULL;
+}
+
+static void stdio_init(void)
+{
+    if (io.ready)
+        return;
+    io.ready = 1;
+    uv_handle_type type = uv_guess_handle(STDIN_FILENO);
+    if (type == UV_FILE)
+        io.in_fd_file = 1;
+    else if ((io.in = open_stream(STDIN_FILENO, 1)) == NULL)
+        io.eof = 1; /* closed or unusable stdin reads as end of input */
+    io.out = open_stream(STDOUT_FILENO, 0);
+}
+
+/* ---- reading --------------------------------------------------------------------------- */
+
+static int reserve(size_t extra)
+{
+    if (io.start > 0 && (io.start >= io.cap / 2 || io.cap - io.len < extra)) {
+        memmove(io.buf, io.buf + io.start, io.len - io.start);
+        io.len -= io.start;
+        io.start = 0;
+    }
+    if (io.cap - io.len >= extra)
+        return 0;
+    size_t cap = io.cap ? io.cap : READ_CHUNK * 2;
+    while (cap - io.len < extra)
+        cap *= 2;
+    char *b = realloc(io.buf, cap);
+    if (b == NULL)
+        return -1;
+    io.buf = b;
+    io.cap = cap;
+    return 0;
+}
+
+/* Drop discarded bytes (the tail of an overlong line) from the buffer. */
+static void skip_discarded(void)
+{
+    if (!io.discarding)
+        return;
+    char *nl = memchr(io.buf + io.start, '\n', io.len - io.start);
+    if (nl == NULL) {
+        io.start = io.len = io.scanned = 0;
+        return;
+    }
+    io.start = (size_t)(nl - io.buf) + 1;
+    io.scanned = 0;
+    io.discarding = 0;
+}
+
+/* Try to answer a read_line now: pushes its results on L and returns their count, or
+ * returns -1 when the caller must wait for more input. */
+static int take_line(lua_State *L, size_t max)
+{
+    skip_discarded();
+    size_t avail = io.len - io.start;
+    char *from = io.buf + io.start;
+    char *nl = avail > io.scanned ? memchr(from + io.scanned, '\n', avail - io.scanned) : NULL;
+    if (nl != NULL) {
+        size_t n = (size_t)(nl - from);
+        io.start += n + 1;
+        io.scanned = 0;
+        if (n > max)
+            return ph_fail(L, "protocol", "input line too long (%d bytes, limit %d)", (int)n,
+                           (int)max);
+        lua_pushlstring(L, from, n);
+        return 1;
+    }
+    io.scanned = avail;
+    if (avail > max) {
+        io.discarding = 1;
+        io.start = io.len = io.scanned = 0;
+        return ph_fail(L, "protocol", "input line too long (over %d bytes)", (int)max);
+    }
+    if (io.eof || io.in_error) {
+        if (avail > 0) { /* a last line without its newline still counts */
+            lua_pushlstring(L, from, avail);
+            io.start = io.len = io.scanned = 0;
+            return 1;
+        }
+        if (io.in_error)
+            return ph_fail(L, "io", "stdin read failed");
+        return ph_fail(L, "closed", "stdin closed");
+    }
+    return -1;
+}
+
+static void input_arrived(void)
+{
+    if (io.reader != NULL) {
+        ReadOp *r = io.reader;
+        lua_State *co = ph_task_thread(r->op.task);
+        int n = take_line(co, r->max);
+        if (n >= 0) {
+            io.reader = NULL;
+            ph_task_resume(r->op.task, n);
+            free(r);
+        }
+    }
+    want_input();
+}
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    if (reserve(READ_CHUNK) != 0) {
+        b->base = NULL;
+        b->len = 0;
+        return;
+    }
+    b->base = io.buf + io.len;
+    b->len = io.cap - io.len;
+}
+
+static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
+{
+    if (n > 0)
+        io.len += (size_t)n;
+    else if (n == UV_EOF)
+        io.eof = 1;
+    else if (n < 0)
+        io.in_error = 1;
+    if (n < 0 && io.reading) {
+        uv_read_stop(s);
+        io.reading = 0;
+    }
+    input_arrived();
+}
+
+static void on_fs_read(uv_fs_t *req)
+{
+    ssize_t n = req->result;
+    uv_fs_req_cleanup(req);
+    io.fs_busy = 0;
+    if (n > 0)
+        io.len += (size_t)n;
+    else if (n == 0)
+        io.eof = 1;
+    else
+        io.in_error = 1;
+    input_arrived();
+}
+
+/* Keep stdin flowing while someone waits or the read-ahead is small; stop otherwise. */
+static void want_input(void)
+{
+    if (io.eof || io.in_error)
+        return;
+    int want = io.reader != NULL || io.len - io.start < READ_AHEAD;
+    if (io.in_fd_file) {
+        if (want && !io.fs_busy && reserve(READ_CHUNK) == 0) {
+            uv_buf_t b = uv_buf_init(io.buf + io.len, (unsigned)(io.cap - io.len));
+            io.fs_busy = 1;
+            uv_fs_read(ph_loop(), &io.fs_req, STDIN_FILENO, &b, 1, -1, on_fs_read);
+        }
+        return;
+    }
+    if (io.in == NULL)
+        return;
+    if (want && !io.reading) {
+        if (uv_read_start(io.in, on_alloc, on_read) == 0)
+            io.reading = 1;
+        else
+            io.in_error = 1;
+    } else if (!want && io.reading) {
+        uv_read_stop(io.in);
+        io.reading = 0;
+    }
+}
+
+static void read_cancel(ph_op *op)
+{
+    ph_task *t = op->task;
+    if (io.reader == (ReadOp *)op)
+        io.reader = NULL;
+    free(op);
+    ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "read canceled"));
+}
+
+/* stdio.read_line([max_bytes]) -> line (without "\n") | nil, msg, "closed"|"protocol"|"io"
+ * An overlong line fails once with "protocol" and is skipped; reading goes on after it. */
+static int stdio_read_line(lua_State *L)
+{
+    lua_Integer max = luaL_optinteger(L, 1, DEFAULT_LINE);
+    luaL_argcheck(L, max > 0, 1, "max_bytes must be positive");
+    ph_task *t = ph_task_current(L);
+    stdio_init();
+    if (io.reader != NULL)
+        return ph_fail(L, "busy", "stdin already has a reader");
+    if (ph_task_is_canceled(t))
+        return ph_fail(L, "canceled", "read canceled");
+    int n = take_line(L, (size_t)max);
+    if (n >= 0)
+        return n;
+    ReadOp *r = calloc(1, sizeof *r);
+    if (r == NULL)
+        return ph_fail(L, "internal", "out of memory");
+    r->op.cancel = read_cancel;
+    r->max = (size_t)max;
+    io.reader = r;
+    want_input();
+    lua_settop(L, 0);
+    return ph_task_park(L, t, &r->op);
+}
+
+/* ---- writing --------------------------------------------------------------------------- */
+
+static void drainers_finish(int ok)
+{
+    DrainOp *d = io.drainers;
+    io.drainers = NULL;
+    while (d != NULL) {
+        DrainOp *next = d->next;
+        ph_task *t = d->op.task;
+        if (d->timer != NULL) {
+            uv_timer_stop(d->timer);
+            uv_close((uv_handle_t *)d->timer, free_handle);
+        }
+        lua_State *co = ph_task_thread(t);
+        int n = 1;
+        if (ok)
+            lua_pushboolean(co, 1);
+        else
+            n = ph_fail(co, "closed", "stdout closed");
+        free(d);
+        ph_task_wake(t, n);
+        d = next;
+    }
+}
+
+static void out_failed(void)
+{
+    io.out_closed = 1;
+    drainers_finish(0);
+}
+
+static void on_written(uv_write_t *req, int status)
+{
+    WriteReq *w = (WriteReq *)req;
+    io.queued -= w->len;
+    free(w);
+    if (status < 0 && !io.out_closed)
+        out_failed();
+    else if (io.queued == 0)
+        drainers_finish(1);
+}
+
+static int write_blocking(const char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(STDOUT_FILENO, p, n);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0)
+            return -1;
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/* stdio.write(s) -> true | nil, msg, "closed": queues s whole; never interleaves with other
+ * writes and never blocks the loop. */
+static int stdio_write(lua_State *L)
+{
+    size_t n;
+    const char *s = luaL_checklstring(L, 1, &n);
+    stdio_init();
+    if (io.out_closed)
+        return ph_fail(L, "closed", "stdout closed");
+    if (n == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    if (io.out == NULL) {
+        if (write_blocking(s, n) != 0) {
+            out_failed();
+            return ph_fail_errno(L, "closed", errno, "stdout write failed");
+        }
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    size_t done = 0;
+    if (io.queued == 0) { /* nothing ahead of us: try to write it straight away */
+        uv_buf_t b = uv_buf_init((char *)s, (unsigned)n);
+        int w = uv_try_write(io.out, &b, 1);
+        if (w > 0)
+            done = (size_t)w;
+        else if (w < 0 && w != UV_EAGAIN) {
+            out_failed();
+            return ph_fail(L, "closed", "stdout write failed: %s", uv_strerror(w));
+        }
+    }
+    if (done < n) {
+        WriteReq *req = malloc(sizeof *req + (n - done));
+        if (req == NULL)
+            return ph_fail(L, "internal", "out of memory");
+        req->len = n - done;
+        memcpy(req->data, s + done, n - done);
+        uv_buf_t b = uv_buf_init(req->data, (unsigned)req->len);
+        int rc = uv_write(&req->req, io.out, &b, 1, on_written);
+        if (rc != 0) {
+            free(req);
+            out_failed();
+            return ph_fail(L, "closed", "stdout write failed: %s", uv_strerror(rc));
+        }
+        io.queued += req->len;
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static void drain_cancel(ph_op *op)
+{
+    DrainOp **pp = &io.drainers;
+    while (*pp != NULL && *pp != (DrainOp *)op)
+        pp = &(*pp)->next;
+    if (*pp != NULL)
+        *pp = (*pp)->next;
+    DrainOp *d = (DrainOp *)op;
+    if (d->timer != NULL) {
+        uv_timer_stop(d->timer);
+        uv_close((uv_handle_t *)d->timer, free_handle);
+    }
+    ph_task *t = op->task;
+    free(d);
+    ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "drain canceled"));
+}
+
+static void drain_timeout(uv_timer_t *timer)
+{
+    DrainOp *d = timer->data;
+    DrainOp **pp = &io.drainers;
+    while (*pp != NULL && *pp != d)
+        pp = &(*pp)->next;
+    if (*pp != NULL)
+        *pp = d->next;
+    uv_close((uv_handle_t *)timer, free_handle);
+    ph_task *t = d->op.task;
+    free(d);
+    ph_task_resume(t, ph_fail(ph_task_thread(t), "timeout", "stdout drain timed out"));
+}
+
+/* stdio.drain([timeout]) -> true | nil, msg, "timeout"|"closed": wait until every queued
+ * byte reached the kernel. */
+static int stdio_drain(lua_State *L)
+{
+    double timeout = luaL_optnumber(L, 1, 10.0);
+    luaL_argcheck(L, timeout >= 0 && timeout < 1e9, 1, "timeout out of range");
+    ph_task *t = ph_task_current(L);
+    stdio_init();
+    if (io.out_closed)
+        return ph_fail(L, "closed", "stdout closed");
+    if (io.queued == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    DrainOp *d = calloc(1, sizeof *d);
+    if (d == NULL || (d->timer = malloc(sizeof *d->timer)) == NULL) {
+        free(d);
+        return ph_fail(L, "internal", "out of memory");
+    }
+    d->op.cancel = drain_cancel;
+    uv_timer_init(ph_loop(), d->timer);
+    d->timer->data = d;
+    uv_timer_start(d->timer, drain_timeout, (uint64_t)(timeout * 1000), 0);
+    d->next = io.drainers;
+    io.drainers = d;
+    lua_settop(L, 0);
+    return ph_task_park(L, t, &d->op);
+}
+
+/* stdio.queued() -> bytes written but not yet taken by the kernel */
+static int stdio_queued(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)io.queued);
+    return 1;
+}
+
+/* stdio.close_input(): stop reading stdin for good (shutdown). */
+static int stdio_close_input(lua_State *L)
+{
+    stdio_init();
+    if (io.in != NULL && io.reading) {
+        uv_read_stop(io.in);
+        io.reading = 0;
+    }
+    io.eof = 1;
+    if (io.reader != NULL) { /* whoever waits learns that input is over */
+        ReadOp *r = io.reader;
+        io.reader = NULL;
+        ph_task *t = r->op.task;
+        free(r);
+        ph_task_wake(t, take_line(ph_task_thread(t), DEFAULT_LINE));
+    }
+    return 0;
+}
+
+static const luaL_Reg stdio_funcs[] = {
+    { "read_line", stdio_read_line },
+    { "write", stdio_write },
+    { "drain", stdio_drain },
+    { "queued", stdio_queued },
+    { "close_input", stdio_close_input },
+    { NULL, NULL },
+};
+
+int luaopen_host_core_stdio(lua_State *L)
+{
+    luaL_newlib(L, stdio_funcs);
+    return 1;
+}

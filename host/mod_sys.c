@@ -1,0 +1,296 @@
+/* mod_sys.c - host.core.sys: signals, parent death, process facts and small file-system calls. */
+#include "ph.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static const struct {
+    const char *name;
+    int num;
+} signals[] = {
+    { "SIGTERM", SIGTERM }, { "SIGINT", SIGINT },
+    { "SIGHUP", SIGHUP },   { "SIGKILL", SIGKILL },
+    { "SIGQUIT", SIGQUIT }, { "SIGUSR1", SIGUSR1 },
+    { "SIGUSR2", SIGUSR2 }, { "SIGPIPE", SIGPIPE },
+    { "SIGALRM", SIGALRM }, { "SIGCHLD", SIGCHLD },
+    { "SIGSEGV", SIGSEGV }, { "SIGABRT", SIGABRT },
+    { "SIGBUS", SIGBUS },   { "SIGFPE", SIGFPE },
+    { "SIGILL", SIGILL },   { "SIGTRAP", SIGTRAP },
+    { "SIGSTOP", SIGSTOP }, { "SIGCONT", SIGCONT },
+    { "SIGTSTP", SIGTSTP }, { "SIGXCPU", SIGXCPU },
+    { "SIGXFSZ", SIGXFSZ }, { NULL, 0 },
+};
+
+int ph_signal_number(const char *name)
+{
+    for (int i = 0; signals[i].name != NULL; i++)
+        if (strcmp(signals[i].name, name) == 0 || strcmp(signals[i].name + 3, name) == 0)
+            return signals[i].num;
+    return -1;
+}
+
+const char *ph_signal_name(int num)
+{
+    for (int i = 0; signals[i].name != NULL; i++)
+        if (signals[i].num == num)
+            return signals[i].name;
+    return NULL;
+}
+
+static int check_signal(lua_State *L, int idx)
+{
+    const char *name = luaL_checkstring(L, idx);
+    int sig = ph_signal_number(name);
+    if (sig < 0)
+        luaL_argerror(L, idx, lua_pushfstring(L, "unknown signal '%s'", name));
+    return sig;
+}
+
+typedef struct {
+    ph_op op;
+    uv_signal_t sig;
+} SignalOp;
+
+static void signal_closed(uv_handle_t *h)
+{
+    free(h->data);
+}
+
+static void signal_arrived(uv_signal_t *h, int signum)
+{
+    SignalOp *s = h->data;
+    ph_task *t = s->op.task;
+    uv_signal_stop(h);
+    uv_close((uv_handle_t *)h, signal_closed);
+    lua_pushstring(ph_task_thread(t), ph_signal_name(signum));
+    ph_task_resume(t, 1);
+}
+
+static void signal_cancel(ph_op *op)
+{
+    SignalOp *s = (SignalOp *)op;
+    ph_task *t = op->task;
+    uv_signal_stop(&s->sig);
+    uv_close((uv_handle_t *)&s->sig, signal_closed);
+    ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "signal wait canceled"));
+}
+
+/* sys.wait_signal(name) -> name | nil, msg, "canceled": park until the signal arrives. The
+ * wait does not keep the loop alive by itself. */
+static int sys_wait_signal(lua_State *L)
+{
+    int sig = check_signal(L, 1);
+    ph_task *t = ph_task_current(L);
+    if (ph_task_is_canceled(t))
+        return ph_fail(L, "canceled", "signal wait canceled");
+    SignalOp *s = calloc(1, sizeof *s);
+    if (s == NULL)
+        return ph_fail(L, "internal", "out of memory");
+    s->op.cancel = signal_cancel;
+    uv_signal_init(ph_loop(), &s->sig);
+    s->sig.data = s;
+    uv_unref((uv_handle_t *)&s->sig);
+    int rc = uv_signal_start(&s->sig, signal_arrived, sig);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)&s->sig, signal_closed);
+        return ph_fail(L, "io", "cannot watch %s: %s", ph_signal_name(sig), uv_strerror(rc));
+    }
+    lua_settop(L, 0);
+    return ph_task_park(L, t, &s->op);
+}
+
+/* sys.parent_death_signal(name) -> true | nil, msg, "closed" when the parent is already gone.
+ * Linux delivers the signal to us when the process that started us dies. */
+static int sys_parent_death_signal(lua_State *L)
+{
+    int sig = check_signal(L, 1);
+    pid_t parent = getppid();
+    if (prctl(PR_SET_PDEATHSIG, sig) != 0)
+        return ph_fail_errno(L, "io", errno, "prctl(PR_SET_PDEATHSIG)");
+    if (parent == 1 || getppid() != parent)
+        return ph_fail(L, "closed", "parent process already exited");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* sys.kill(pid, name) -> true | nil, msg, "io" */
+static int sys_kill(lua_State *L)
+{
+    lua_Integer pid = luaL_checkinteger(L, 1);
+    int sig = check_signal(L, 2);
+    if (kill((pid_t)pid, sig) != 0)
+        return ph_fail_errno(L, "io", errno, "kill(%d)", (int)pid);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+static int sys_getpid(lua_State *L)
+{
+    lua_pushinteger(L, getpid());
+    return 1;
+}
+
+static int sys_getppid(lua_State *L)
+{
+    lua_pushinteger(L, getppid());
+    return 1;
+}
+
+/* sys.exe_path() -> absolute path of the running binary */
+static int sys_exe_path(lua_State *L)
+{
+    char buf[PATH_MAX];
+    size_t n = sizeof buf;
+    int rc = uv_exepath(buf, &n);
+    if (rc != 0)
+        return ph_fail(L, "io", "cannot find the executable: %s", uv_strerror(rc));
+    lua_pushlstring(L, buf, n);
+    return 1;
+}
+
+/* sys.runtime_root() -> the directory holding lua/ and providers/ */
+static int sys_runtime_root(lua_State *L)
+{
+    lua_pushstring(L, ph_runtime_root());
+    return 1;
+}
+
+/* sys.isatty(fd) -> boolean */
+static int sys_isatty(lua_State *L)
+{
+    lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)));
+    return 1;
+}
+
+
+/* sys.list_dir(path) -> array of entry names (sorted, no . and ..) | nil, msg, "io" */
+static int sys_list_dir(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    DIR *d = opendir(path);
+    if (d == NULL)
+        return ph_fail_errno(L, "io", errno, "cannot list %s", path);
+    lua_newtable(L);
+    int n = 0;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        lua_pushstring(L, e->d_name);
+        lua_rawseti(L, -2, ++n);
+    }
+    closedir(d);
+    /* sort in Lua order for stable listings */
+    lua_getglobal(L, "table");
+    if (lua_istable(L, -1)) {
+        lua_getfield(L, -1, "sort");
+        lua_pushvalue(L, -3);
+        lua_call(L, 1, 0);
+    }
+    lua_pop(L, 1);
+    return 1;
+}
+
+/* sys.stat(path [, follow]) -> {type=, mode=, size=, mtime=} | nil, msg, "io" */
+static int sys_stat(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    int follow = lua_isnoneornil(L, 2) ? 1 : lua_toboolean(L, 2);
+    struct stat st;
+    if ((follow ? stat(path, &st) : lstat(path, &st)) != 0)
+        return ph_fail_errno(L, "io", errno, "cannot stat %s", path);
+    lua_createtable(L, 0, 4);
+    const char *type = S_ISREG(st.st_mode)   ? "file"
+                       : S_ISDIR(st.st_mode) ? "directory"
+                       : S_ISLNK(st.st_mode) ? "link"
+                                             : "other";
+    lua_pushstring(L, type);
+    lua_setfield(L, -2, "type");
+    lua_pushinteger(L, st.st_mode & 07777);
+    lua_setfield(L, -2, "mode");
+    lua_pushinteger(L, (lua_Integer)st.st_size);
+    lua_setfield(L, -2, "size");
+    lua_pushinteger(L, (lua_Integer)st.st_mtime);
+    lua_setfield(L, -2, "mtime");
+    lua_pushinteger(L, (lua_Integer)st.st_uid);
+    lua_setfield(L, -2, "uid");
+    return 1;
+}
+
+/* sys.mkdir(path [, mode]) -> true | nil, msg, "io" (an existing directory is success) */
+static int sys_mkdir(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer mode = luaL_optinteger(L, 2, 0755);
+    if (mkdir(path, (mode_t)mode) != 0) {
+        struct stat st;
+        if (!(errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
+            return ph_fail_errno(L, "io", errno, "cannot create directory %s", path);
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* sys.chmod(path, mode) -> true | nil, msg, "io" */
+static int sys_chmod(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    lua_Integer mode = luaL_checkinteger(L, 2);
+    if (chmod(path, (mode_t)mode) != 0)
+        return ph_fail_errno(L, "io", errno, "cannot chmod %s", path);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* sys.realpath(path) -> absolute canonical path | nil, msg, "io" */
+static int sys_realpath(lua_State *L)
+{
+    const char *path = luaL_checkstring(L, 1);
+    char buf[PATH_MAX];
+    if (realpath(path, buf) == NULL)
+        return ph_fail_errno(L, "io", errno, "cannot resolve %s", path);
+    lua_pushstring(L, buf);
+    return 1;
+}
+
+/* sys.memory() -> resident set size in bytes (from /proc/self/statm) */
+static int sys_memory(lua_State *L)
+{
+    size_t rss = 0;
+    int rc = uv_resident_set_memory(&rss);
+    if (rc != 0)
+        return ph_fail(L, "io", "cannot read memory use: %s", uv_strerror(rc));
+    lua_pushinteger(L, (lua_Integer)rss);
+    return 1;
+}
+
+static const luaL_Reg sys_funcs[] = {
+    { "wait_signal", sys_wait_signal },
+    { "parent_death_signal", sys_parent_death_signal },
+    { "kill", sys_kill },
+    { "getpid", sys_getpid },
+    { "getppid", sys_getppid },
+    { "exe_path", sys_exe_path },
+    { "runtime_root", sys_runtime_root },
+    { "isatty", sys_isatty },
+    { "list_dir", sys_list_dir },
+    { "stat", sys_stat },
+    { "mkdir", sys_mkdir },
+    { "chmod", sys_chmod },
+    { "realpath", sys_realpath },
+    { "memory", sys_memory },
+    { NULL, NULL },
+};
+
+int luaopen_host_core_sys(lua_State *L)
+{
+    luaL_newlib(L, sys_funcs);
+    return 1;
+}

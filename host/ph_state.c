@@ -1,0 +1,96 @@
+/* ph_state.c - the Lua state: standard libraries, preloaded host.core modules, search paths. */
+#include "ph.h"
+
+#include <lua-cjson.h>
+#include <lualib.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#ifndef PH_SOURCE_DIR
+#define PH_SOURCE_DIR ""
+#endif
+
+int luaopen_cjson_safe(lua_State *L); /* in Debian's liblua5.4-cjson, not in its header */
+
+static char runtime_root[4096];
+
+static const luaL_Reg preload[] = {
+    { "host.core.task", luaopen_host_core_task },
+    { "host.core.stdio", luaopen_host_core_stdio },
+    { "host.core.sys", luaopen_host_core_sys },
+    { "host.core.proc", luaopen_host_core_proc },
+    { "host.core.http", luaopen_host_core_http },
+    { "host.core.util", luaopen_host_core_util },
+    { "cjson", luaopen_cjson },
+    { "cjson.safe", luaopen_cjson_safe },
+    { NULL, NULL },
+};
+
+static int has_runtime(const char *dir)
+{
+    char probe[4200];
+    struct stat st;
+    snprintf(probe, sizeof probe, "%s/lua/host/cli.lua", dir);
+    return stat(probe, &st) == 0;
+}
+
+/* Installed and packaged layouts keep lua/ and providers/ in <exe>/../share/provider-host;
+ * a build tree falls back to the source directory it was built from. */
+static void find_runtime_root(void)
+{
+    const char *env = getenv("PROVIDER_HOST_ROOT");
+    if (env != NULL && *env != '\0' && has_runtime(env)) {
+        snprintf(runtime_root, sizeof runtime_root, "%s", env);
+        return;
+    }
+    char exe[4096];
+    size_t n = sizeof exe;
+    if (uv_exepath(exe, &n) == 0) {
+        char *slash = strrchr(exe, '/');
+        if (slash != NULL) {
+            *slash = '\0';
+            char cand[4200];
+            snprintf(cand, sizeof cand, "%s/../share/provider-host", exe);
+            char real[4096];
+            if (has_runtime(cand) && realpath(cand, real) != NULL) {
+                snprintf(runtime_root, sizeof runtime_root, "%s", real);
+                return;
+            }
+        }
+    }
+    snprintf(runtime_root, sizeof runtime_root, "%s", PH_SOURCE_DIR);
+}
+
+const char *ph_runtime_root(void)
+{
+    return runtime_root;
+}
+
+lua_State *ph_state_new(const char *argv0)
+{
+    (void)argv0;
+    find_runtime_root();
+    lua_State *L = luaL_newstate();
+    if (L == NULL)
+        return NULL;
+    ph_set_main_state(L);
+    luaL_openlibs(L);
+    ph_task_init(L);
+
+    luaL_getsubtable(L, LUA_REGISTRYINDEX, LUA_PRELOAD_TABLE);
+    for (const luaL_Reg *r = preload; r->name != NULL; r++) {
+        lua_pushcfunction(L, r->func);
+        lua_setfield(L, -2, r->name);
+    }
+    lua_pop(L, 1);
+
+    /* Our runtime comes first; the system paths stay reachable (busted lives there). */
+    lua_getglobal(L, "package");
+    lua_getfield(L, -1, "path");
+    lua_pushfstring(L, "%s/lua/?.lua;%s/lua/?/init.lua;%s", runtime_root, runtime_root,
+                    lua_tostring(L, -1));
+    lua_setfield(L, -3, "path");
+    lua_pop(L, 2);
+    return L;
+}
