@@ -1,0 +1,848 @@
+-- host.schema: provider config schemas: definition checks, normalization, manifest JSON schema.
+local json = require("host.json")
+
+local M = {}
+
+local Schema = {}
+Schema.__index = Schema
+
+local math_type, floor, ceil, huge = math.type, math.floor, math.ceil, math.huge
+local format, concat, sort = string.format, table.concat, table.sort
+
+local MAX_SAFE = 9007199254740991 -- Number.MAX_SAFE_INTEGER: what a JS peer holds exactly
+local MAX_ITEM_ERRORS = 10 -- per field, so a huge bad array does not flood the reply
+
+local TYPES = { "string", "integer", "number", "boolean", "array", "map" }
+local ELEMENT_TYPES = { "string", "integer", "number", "boolean" }
+local OPTIONS = { "required", "default", "between", "min_length", "max_length", "one_of",
+  "elements", "secret", "trim", "blank", "truncate", "comma_list", "pattern", "message", "check",
+  "title", "description", "ui" }
+local BLANK = { "default", "null", "error" }
+
+local function set_of(list)
+  local s = {}
+  for _, v in ipairs(list) do
+    s[v] = true
+  end
+  return s
+end
+local IS_TYPE, IS_ELEMENT_TYPE = set_of(TYPES), set_of(ELEMENT_TYPES)
+local IS_OPTION, IS_BLANK = set_of(OPTIONS), set_of(BLANK)
+
+local ARTICLE = { string = "a string", integer = "an integer", number = "a number",
+  boolean = "a boolean", array = "an array", map = "an object" }
+
+------------------------------------------------------------------------------------------------
+-- Small helpers
+
+-- Linear in the length of s even for long runs of spaces (the usual "^%s*(.-)%s*$" is not).
+local function trim(s)
+  local i = s:find("%S")
+  if not i then
+    return ""
+  end
+  local j = #s
+  if s:find("^%s", j) then
+    j = j - s:reverse():find("%S") + 1
+  end
+  return s:sub(i, j)
+end
+
+local function is_blank(s)
+  return s:find("%S") == nil
+end
+
+local function show_number(n)
+  if n ~= n then
+    return "NaN"
+  elseif n == huge or n == -huge then
+    return n > 0 and "Infinity" or "-Infinity"
+  end
+  return (json.encode(n))
+end
+
+-- A value as it would read in JSON, for messages; long strings are cut short.
+local function show_value(v)
+  if v == nil then
+    return "nothing"
+  elseif type(v) == "number" then
+    return show_number(v)
+  elseif type(v) == "string" and #v > 60 then
+    v = v:sub(1, 60):gsub("[\192-\255][\128-\191]*$", "") .. "..."
+  end
+  return (json.pretty(v)) or tostring(v)
+end
+
+-- True when every key of t is 1..n with no holes (an empty table counts).
+local function is_list(t)
+  local n = 0
+  for k in pairs(t) do
+    if math_type(k) ~= "integer" or k < 1 then
+      return false
+    end
+    n = n + 1
+  end
+  return n == #t
+end
+
+-- The JSON-ish name of a value's type, for "expected ..., got <what>".
+local function describe(v)
+  if v == json.null then
+    return "null"
+  elseif type(v) == "table" then
+    if json.is_array(v) or (next(v) ~= nil and is_list(v)) then
+      return "array"
+    end
+    return "object"
+  end
+  return type(v)
+end
+
+-- JavaScript's Number(string), which upstream applies before Math.trunc: whitespace trimmed,
+-- "" is 0, decimal with exponent, [+-]Infinity, 0x/0o/0b. nil where JS gives NaN.
+local RADIX = { x = 16, o = 8, b = 2 }
+local function js_number(s)
+  s = trim(s)
+  if s == "" then
+    return 0
+  end
+  local sign = s:match("^([+-]?)Infinity$")
+  if sign then
+    return sign == "-" and -huge or huge
+  end
+  local prefix, digits = s:match("^0([xXoObB])(%w+)$")
+  if prefix then
+    local base, n = RADIX[prefix:lower()], 0.0 -- a float, so long inputs cannot wrap around
+    for c in digits:gmatch(".") do
+      local d = tonumber(c, base)
+      if not d then
+        return nil
+      end
+      n = n * base + d
+    end
+    return n
+  end
+  local mantissa = s:match("^[+-]?([%d.]+)[eE][+-]?%d+$") or s:match("^[+-]?([%d.]+)$")
+  if not mantissa or not (mantissa:find("^%d+%.?%d*$") or mantissa:find("^%.%d+$")) then
+    return nil
+  end
+  return tonumber(s)
+end
+
+-- Math.trunc for a finite number, as a Lua integer when it fits.
+local function trunc(n)
+  if math_type(n) == "integer" then
+    return n
+  end
+  return n >= 0 and floor(n) or ceil(n)
+end
+
+local function deep_copy(v)
+  if type(v) ~= "table" then
+    return v
+  end
+  local t = {}
+  for k, x in pairs(v) do
+    t[k] = deep_copy(x)
+  end
+  if json.is_array(v) then
+    json.array(t)
+  end
+  return t
+end
+
+-- Edit distance, for "did you mean" hints on misspelt options and types.
+local function distance(a, b)
+  local prev = {}
+  for j = 0, #b do
+    prev[j] = j
+  end
+  for i = 1, #a do
+    local cur = { [0] = i }
+    for j = 1, #b do
+      local cost = a:byte(i) == b:byte(j) and 0 or 1
+      cur[j] = math.min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + cost)
+    end
+    prev = cur
+  end
+  return prev[#b]
+end
+
+local function suggest(word, list)
+  local best, best_d = nil, 3
+  for _, cand in ipairs(list) do
+    local d = distance(word:lower(), cand)
+    if d < best_d then
+      best, best_d = cand, d
+    end
+  end
+  return best and format(' (did you mean "%s"?)', best) or ""
+end
+
+local function quoted_list(list)
+  local out = {}
+  for i, v in ipairs(list) do
+    out[i] = show_value(v)
+  end
+  return concat(out, ", ")
+end
+
+------------------------------------------------------------------------------------------------
+-- Values: coerce (type and conversions) then constrain (ranges, lengths, enums, patterns).
+-- Both return nil, "path: text" on failure. `f` is a field; `vtype` the type being checked
+-- (the field's own type, or its element type inside an array or map).
+
+local function coerce_scalar(f, vtype, v, path)
+  local t = type(v)
+  if vtype == "string" then
+    if t ~= "string" then
+      return nil, path .. ": expected a string, got " .. describe(v)
+    end
+    return f.trim and trim(v) or v
+  elseif vtype == "boolean" then
+    if t ~= "boolean" then
+      return nil, path .. ": expected a boolean, got " .. describe(v)
+    end
+    return v
+  elseif vtype == "number" then
+    if t ~= "number" then
+      return nil, path .. ": expected a number, got " .. describe(v)
+    elseif v ~= v or v == huge or v == -huge then
+      return nil, path .. ": expected a finite number, got " .. show_number(v)
+    end
+    if v == 0 then
+      return math_type(v) == "float" and 0.0 or 0 -- no negative zero
+    end
+    return v
+  end
+  -- integer
+  if t == "string" and f.truncate then
+    local n = js_number(v)
+    if not n then
+      return nil, path .. ": expected an integer, got a non-numeric string"
+    end
+    v = n
+  elseif t ~= "number" then
+    return nil, path .. ": expected an integer, got " .. describe(v)
+  end
+  if v ~= v or v == huge or v == -huge then
+    return nil, path .. ": expected an integer, got " .. show_number(v)
+  end
+  if math_type(v) == "float" and v ~= floor(v) then
+    if not f.truncate then
+      return nil, path .. ": expected an integer, got " .. show_number(v)
+    end
+    v = trunc(v)
+  end
+  if v < -MAX_SAFE or v > MAX_SAFE then
+    return nil, format("%s: must be between %d and %d", path, -MAX_SAFE, MAX_SAFE)
+  end
+  return math.tointeger(v)
+end
+
+local function constrain(f, vtype, v, path)
+  if f.between and (vtype == "integer" or vtype == "number") then
+    local lo, hi = f.between[1], f.between[2]
+    if v < lo or v > hi then
+      return nil, format("%s: must be between %s and %s", path, show_number(lo), show_number(hi))
+    end
+  end
+  if vtype == "string" then
+    local len = (f.min_length or f.max_length) and (utf8.len(v) or #v)
+    if f.min_length and len < f.min_length then
+      return nil, format("%s: must be at least %d characters long", path, f.min_length)
+    end
+    if f.max_length and len > f.max_length then
+      return nil, format("%s: must be at most %d characters long", path, f.max_length)
+    end
+    if f.pattern and not v:find(f.pattern) then
+      return nil, format("%s: does not match the pattern %s", path, show_value(f.pattern))
+    end
+  end
+  if f.one_of then
+    for _, x in ipairs(f.one_of) do
+      if x == v then
+        return v
+      end
+    end
+    return nil, format("%s: must be one of %s", path, quoted_list(f.one_of))
+  end
+  return v
+end
+
+local function element(f, v, path)
+  local x, err = coerce_scalar(f, f.elements, v, path)
+  if x == nil then
+    return nil, err
+  end
+  return constrain(f, f.elements, x, path)
+end
+
+-- Arrays and maps collect one error per bad item (up to MAX_ITEM_ERRORS) into errs.
+local function item_error(errs, err)
+  if #errs < MAX_ITEM_ERRORS then
+    errs[#errs + 1] = err
+  else
+    errs.extra = (errs.extra or 0) + 1
+  end
+end
+
+local function coerce_array(f, v, path, errs)
+  local items
+  if type(v) == "string" and f.comma_list then
+    items = {}
+    for part in (v .. ","):gmatch("([^,]*),") do
+      items[#items + 1] = part
+    end
+  elseif type(v) == "table" and v ~= json.null and is_list(v) then
+    items = v
+  else
+    return nil, path .. ": expected an array, got " .. describe(v)
+  end
+  local out, n = json.array(), 0
+  for i = 1, #items do
+    local item = items[i]
+    if f.comma_list and type(item) == "string" then
+      item = trim(item)
+    end
+    if not (f.comma_list and item == "") then
+      local x, err = element(f, item, path .. ": item " .. i)
+      if x == nil then
+        item_error(errs, err)
+      else
+        n = n + 1
+        out[n] = x
+      end
+    end
+  end
+  return out
+end
+
+local function coerce_map(f, v, path, errs)
+  if type(v) ~= "table" or v == json.null then
+    return nil, path .. ": expected an object, got " .. describe(v)
+  end
+  local keys = {}
+  for k in pairs(v) do
+    if type(k) ~= "string" then
+      local what = describe(v)
+      if what == "object" then
+        return nil, path .. ": expected an object with string keys"
+      end
+      return nil, path .. ": expected an object, got " .. what
+    end
+    keys[#keys + 1] = k
+  end
+  sort(keys)
+  local out = {}
+  for _, k in ipairs(keys) do
+    local x, err = element(f, v[k], path .. ": key " .. show_value(k))
+    if x == nil then
+      item_error(errs, err)
+    else
+      out[k] = x
+    end
+  end
+  return out
+end
+
+-- The value a field takes when it is absent (nil or null) or blank with blank = "default".
+local function absent(f, path)
+  if f.default ~= nil then
+    return deep_copy(f.default)
+  elseif f.blank == "null" then
+    return json.null
+  elseif f.required then
+    return nil, path .. ": is required"
+  end
+  return nil
+end
+
+-- Normalizes one present value. Returns value (nil = absent) and a list of error texts.
+local function normalize_value(f, v, path)
+  local errs = {}
+  local x, err
+  if f.type == "array" then
+    x, err = coerce_array(f, v, path, errs)
+  elseif f.type == "map" then
+    x, err = coerce_map(f, v, path, errs)
+  else
+    x, err = coerce_scalar(f, f.type, v, path)
+    if x ~= nil and f.blank and f.type == "string" and is_blank(x) then
+      if f.blank == "error" then
+        x, err = nil, path .. ": must not be blank"
+      elseif f.blank == "null" then
+        return json.null, errs
+      else
+        x, err = absent(f, path)
+        if x == nil and not err then
+          return nil, errs
+        end
+        return x, { err }
+      end
+    end
+    if x ~= nil then
+      x, err = constrain(f, f.type, x, path)
+    end
+  end
+  if err then
+    errs[#errs + 1] = err
+  end
+  if errs.extra and errs.extra > 0 then
+    errs[#errs + 1] = format("%s: %d more invalid items", path, errs.extra)
+  end
+  errs.extra = nil
+  return x, errs
+end
+
+------------------------------------------------------------------------------------------------
+-- Definitions
+
+local DefError = {}
+
+local function bad(fmt, ...)
+  error(setmetatable({ msg = format(fmt, ...) }, DefError), 0)
+end
+
+local function is_integral(n)
+  return type(n) == "number" and n == n and n ~= huge and n ~= -huge and n == floor(n)
+end
+
+local function check_bool(spec, key)
+  if spec[key] ~= nil and type(spec[key]) ~= "boolean" then
+    bad("%s must be a boolean, got %s", key, type(spec[key]))
+  end
+end
+
+local function check_string(spec, key)
+  if spec[key] ~= nil and (type(spec[key]) ~= "string" or spec[key] == "") then
+    bad("%s must be a non-empty string, got %s", key, describe(spec[key]))
+  end
+end
+
+-- An option that only makes sense for some value types.
+local function only_for(spec, key, vtype, allowed, what)
+  if spec[key] ~= nil and not allowed[vtype] then
+    bad("%s applies only to %s, not to %s", key, what, vtype)
+  end
+end
+
+local function check_between(spec, vtype)
+  local b = spec.between
+  if b == nil then
+    return
+  end
+  if type(b) ~= "table" or #b ~= 2 or not is_list(b) then
+    bad("between must be a list of two numbers { min, max }")
+  end
+  for i = 1, 2 do
+    if type(b[i]) ~= "number" or b[i] ~= b[i] or b[i] == huge or b[i] == -huge then
+      bad("between must be a list of two finite numbers { min, max }, got %s at %d",
+        show_value(b[i]), i)
+    end
+    if vtype == "integer" and not is_integral(b[i]) then
+      bad("between bounds must be integers for an integer field, got %s", show_number(b[i]))
+    end
+  end
+  if b[1] > b[2] then
+    bad("between minimum %s is greater than maximum %s", show_number(b[1]), show_number(b[2]))
+  end
+  if vtype == "integer" then
+    return { math.tointeger(b[1]), math.tointeger(b[2]) }
+  end
+  return { b[1], b[2] }
+end
+
+local function check_lengths(spec)
+  for _, key in ipairs({ "min_length", "max_length" }) do
+    local n = spec[key]
+    if n ~= nil and (not is_integral(n) or n < 0) then
+      bad("%s must be a non-negative integer, got %s", key, show_value(n))
+    end
+  end
+  if spec.min_length and spec.max_length and spec.min_length > spec.max_length then
+    bad("min_length %d is greater than max_length %d", spec.min_length, spec.max_length)
+  end
+end
+
+local function check_one_of(spec, vtype)
+  local list = spec.one_of
+  if list == nil then
+    return
+  end
+  if type(list) ~= "table" or #list == 0 or not is_list(list) then
+    bad("one_of must be a non-empty list of allowed values")
+  end
+  local seen = {}
+  for i, v in ipairs(list) do
+    local ok = (vtype == "string" and type(v) == "string")
+      or (vtype == "number" and type(v) == "number" and v == v)
+      or (vtype == "integer" and is_integral(v))
+    if not ok then
+      bad("one_of value %d (%s) is not %s", i, show_value(v), ARTICLE[vtype])
+    end
+    if seen[v] then
+      bad("one_of lists %s twice", show_value(v))
+    end
+    seen[v] = true
+  end
+  local copy = {}
+  for i, v in ipairs(list) do
+    copy[i] = vtype == "integer" and math.tointeger(v) or v
+  end
+  return copy
+end
+
+local function check_ui(spec)
+  local ui = spec.ui
+  if ui == nil then
+    return
+  end
+  if type(ui) ~= "table" then
+    bad("ui must be a table { advanced = boolean, group = string }, got %s", type(ui))
+  end
+  for k in pairs(ui) do
+    if k ~= "advanced" and k ~= "group" then
+      bad("ui has an unknown key %s (known: advanced, group)", show_value(tostring(k)))
+    end
+  end
+  check_bool(ui, "advanced")
+  check_string(ui, "group")
+end
+
+local function check_default(f)
+  local d = f.default
+  if d == nil then
+    return
+  end
+  if f.required then
+    bad("a required field cannot have a default (the default would make it optional)")
+  elseif f.secret then
+    bad("a secret field cannot have a default (defaults are published in the manifest)")
+  elseif f.blank == "null" then
+    bad('blank = "null" and a default exclude each other (an absent value becomes the default)')
+  end
+  local lua_type = ({ integer = "number", array = "table", map = "table" })[f.type] or f.type
+  if type(d) ~= lua_type or d == json.null then
+    bad("default must be %s, got %s", ARTICLE[f.type], describe(d))
+  end
+  if f.type == "integer" and not is_integral(d) then
+    bad("default must be an integer, got %s", show_number(d))
+  end
+  if f.type == "string" and f.blank and is_blank(d) then
+    bad('default is blank, which blank = "%s" does not allow', f.blank)
+  end
+  local v, errs = normalize_value(f, d, "default")
+  if #errs > 0 then
+    bad("invalid %s", errs[1])
+  end
+  return v
+end
+
+local function build_field(spec)
+  if type(spec) ~= "table" then
+    bad("expected a table { name, type, ... }, got %s", type(spec))
+  end
+  local name, ftype = spec[1], spec[2]
+  if type(name) ~= "string" or not name:find("^[%a_][%w_%-]*$") then
+    bad("the name (first value) must be a string like \"timeoutMs\", got %s", show_value(name))
+  end
+  if type(ftype) ~= "string" or not IS_TYPE[ftype] then
+    local hint = type(ftype) == "string" and suggest(ftype, TYPES) or ""
+    bad("the type (second value) must be one of %s, got %s%s", concat(TYPES, ", "),
+      show_value(ftype), hint)
+  end
+  for k in pairs(spec) do
+    if type(k) ~= "string" then
+      if k ~= 1 and k ~= 2 then
+        bad("unexpected positional value at [%s] (options are written name = value)",
+          tostring(k))
+      end
+    elseif not IS_OPTION[k] then
+      bad("unknown option %s%s", show_value(k), suggest(k, OPTIONS))
+    end
+  end
+
+  local f = { name = name, type = ftype }
+  for _, k in ipairs(OPTIONS) do
+    f[k] = spec[k]
+  end
+
+  local collection = ftype == "array" or ftype == "map"
+  if collection then
+    if f.elements == nil then
+      bad("a %s field needs elements = one of %s", ftype, concat(ELEMENT_TYPES, ", "))
+    elseif type(f.elements) ~= "string" or not IS_ELEMENT_TYPE[f.elements] then
+      local hint = type(f.elements) == "string" and suggest(f.elements, ELEMENT_TYPES) or ""
+      bad("elements must be one of %s, got %s%s", concat(ELEMENT_TYPES, ", "),
+        show_value(f.elements), hint)
+    end
+  elseif f.elements ~= nil then
+    bad("elements applies only to array and map fields, not to %s", ftype)
+  end
+  local vtype = collection and f.elements or ftype
+
+  for _, k in ipairs({ "required", "secret", "trim", "truncate", "comma_list" }) do
+    check_bool(f, k)
+  end
+  for _, k in ipairs({ "message", "title", "description" }) do
+    check_string(f, k)
+  end
+  only_for(f, "between", vtype, { integer = true, number = true }, "integer and number values")
+  only_for(f, "min_length", vtype, { string = true }, "string values")
+  only_for(f, "max_length", vtype, { string = true }, "string values")
+  only_for(f, "pattern", vtype, { string = true }, "string values")
+  only_for(f, "trim", vtype, { string = true }, "string values")
+  only_for(f, "one_of", vtype, { string = true, integer = true, number = true },
+    "string, integer and number values")
+  only_for(f, "truncate", vtype, { integer = true }, "integer values")
+  only_for(f, "secret", ftype, { string = true }, "string fields")
+  only_for(f, "blank", ftype, { string = true }, "string fields")
+  if f.comma_list ~= nil and not (ftype == "array" and f.elements == "string") then
+    bad("comma_list applies only to arrays of strings")
+  end
+  if f.blank ~= nil and not IS_BLANK[f.blank] then
+    bad("blank must be one of %s, got %s", quoted_list(BLANK), show_value(f.blank))
+  end
+  if f.blank == "null" and f.required then
+    bad('blank = "null" and required exclude each other (a blank value becomes null)')
+  end
+  if f.pattern ~= nil then
+    if type(f.pattern) ~= "string" then
+      bad("pattern must be a Lua pattern string, got %s", type(f.pattern))
+    end
+    local ok, err = pcall(string.find, "", f.pattern)
+    if not ok then
+      bad("pattern %s is not a valid Lua pattern: %s", show_value(f.pattern),
+        tostring(err):gsub("^.-:%d+: ", ""))
+    end
+  end
+  if f.check ~= nil and type(f.check) ~= "function" then
+    bad("check must be a function(value, config), got %s", type(f.check))
+  end
+  f.between = check_between(f, vtype)
+  check_lengths(f)
+  f.one_of = check_one_of(f, vtype)
+  check_ui(f)
+  f.default = check_default(f)
+  return f
+end
+
+local function build(fields)
+  if type(fields) ~= "table" or not is_list(fields) then
+    bad("schema.new expects a list of field specs { { name, type, ... }, ... }")
+  end
+  local self = setmetatable({ fields = {}, names = {}, by_name = {} }, Schema)
+  for i, spec in ipairs(fields) do
+    local ok, f = pcall(build_field, spec)
+    if not ok then
+      if getmetatable(f) == DefError then
+        local name = type(spec) == "table" and type(spec[1]) == "string" and spec[1]
+        f.msg = format("field %d%s: %s", i, name and " (" .. name .. ")" or "", f.msg)
+      end
+      error(f, 0)
+    end
+    local first = self.by_name[f.name]
+    if first then
+      bad("field %d (%s): duplicate name (also field %d)", i, f.name, first.index)
+    end
+    f.index = i
+    self.fields[i], self.names[i], self.by_name[f.name] = f, f.name, f
+  end
+  return self
+end
+
+--- Builds a schema from a list of field specs `{ name, type, option = value, ... }`.
+--- Raises "bad schema: field N (name): problem" on a bad definition (unknown type or option,
+--- default of the wrong type, duplicate name, ...), blamed on the caller's line.
+function M.new(fields)
+  local ok, res = pcall(build, fields)
+  if not ok then
+    if getmetatable(res) == DefError then
+      error("bad schema: " .. res.msg, 2)
+    end
+    error(res, 0)
+  end
+  return res
+end
+
+--- True when `v` is a schema made by `new`.
+function M.is_schema(v)
+  return getmetatable(v) == Schema
+end
+
+--- The field named `name` (a table with name, type and the options), or nil.
+function Schema:field(name)
+  return self.by_name[name]
+end
+
+------------------------------------------------------------------------------------------------
+-- Normalization
+
+local function add_texts(list, v)
+  if type(v) == "string" then
+    list[#list + 1] = v
+  elseif type(v) == "table" then
+    for _, s in ipairs(v) do
+      list[#list + 1] = tostring(s)
+    end
+  end
+end
+
+local function dedupe(list)
+  local seen, out = {}, {}
+  for _, s in ipairs(list) do
+    if not seen[s] then
+      seen[s] = true
+      out[#out + 1] = s
+    end
+  end
+  return out
+end
+
+--- Validates and normalizes a config table. Returns normalized, errors, warnings: errors and
+--- warnings are json.array lists of strings (errors in field order). `normalized` has every
+--- declared field that has a value (defaults filled; blank = "null" fields absent or blank are
+--- json.null), keys in field order; unknown keys are dropped. It is meaningful only when
+--- errors is empty. A field's `check(value, config)` runs after every field is normalized,
+--- only when the value is present (not nil or null) and valid; it returns nothing when fine,
+--- or an error (string or list), optionally followed by a warning (string or list). A field's
+--- `message` replaces every built-in error text for that field. Never raises on bad input.
+function Schema:normalize(config)
+  local normalized = json.ordered({}, self.names)
+  local errors, warnings = json.array(), json.array()
+  if type(config) ~= "table" or config == json.null or next(config) ~= nil and is_list(config) then
+    errors[1] = "config must be an object"
+    return normalized, errors, warnings
+  end
+  local field_errors, field_warnings = {}, {}
+  for i, f in ipairs(self.fields) do
+    local raw = config[f.name]
+    local value, errs
+    if raw == nil or raw == json.null then
+      local err
+      value, err = absent(f, f.name)
+      errs = { err }
+    else
+      value, errs = normalize_value(f, raw, f.name)
+    end
+    if #errs > 0 and f.message then
+      errs = { f.message }
+    end
+    field_errors[i] = errs
+    if #errs == 0 then
+      normalized[f.name] = value
+    end
+  end
+  for i, f in ipairs(self.fields) do
+    local value = normalized[f.name]
+    field_warnings[i] = {}
+    if f.check and #field_errors[i] == 0 and value ~= nil and value ~= json.null then
+      local ok, err, warn = pcall(f.check, value, normalized)
+      if not ok then
+        add_texts(field_errors[i], f.name .. ": check failed: " .. tostring(err))
+      else
+        add_texts(field_errors[i], err)
+        add_texts(field_warnings[i], warn)
+      end
+    end
+  end
+  for i = 1, #self.fields do
+    for _, s in ipairs(dedupe(field_errors[i])) do
+      errors[#errors + 1] = s
+    end
+    for _, s in ipairs(dedupe(field_warnings[i])) do
+      warnings[#warnings + 1] = s
+    end
+  end
+  return normalized, errors, warnings
+end
+
+--- The string values of secret fields in `config` (raw and trimmed; blank ones skipped), as a
+--- json.array list, for log redaction.
+function Schema:secrets(config)
+  local out, seen = json.array(), {}
+  if type(config) ~= "table" then
+    return out
+  end
+  for _, f in ipairs(self.fields) do
+    local v = f.secret and config[f.name]
+    if type(v) == "string" and not is_blank(v) then
+      for _, s in ipairs({ v, trim(v) }) do
+        if s ~= "" and not seen[s] then
+          seen[s] = true
+          out[#out + 1] = s
+        end
+      end
+    end
+  end
+  return out
+end
+
+------------------------------------------------------------------------------------------------
+-- Manifest
+
+-- Upstream declares integer fields (timeoutMs, sshPort) as "number"; so do we.
+local JSON_TYPE = { string = "string", integer = "number", number = "number",
+  boolean = "boolean", array = "array", map = "object" }
+
+local function ordered_builder()
+  local t, keys = {}, {}
+  return t, keys, function(k, v)
+    if v ~= nil then
+      t[k] = v
+      keys[#keys + 1] = k
+    end
+  end
+end
+
+-- The value constraints, on the property itself or on its items / additionalProperties.
+local function put_constraints(put, f)
+  put("enum", f.one_of and json.array(deep_copy(f.one_of)))
+  put("minimum", f.between and f.between[1])
+  put("maximum", f.between and f.between[2])
+  put("minLength", f.min_length)
+  put("maxLength", f.max_length)
+end
+
+local function property(f)
+  local p, keys, put = ordered_builder()
+  put("type", JSON_TYPE[f.type])
+  put("format", f.secret and "secret-ref" or nil)
+  put("title", f.title)
+  put("description", f.description)
+  put("default", deep_copy(f.default))
+  if f.type == "array" or f.type == "map" then
+    local items, item_keys, put_item = ordered_builder()
+    put_item("type", JSON_TYPE[f.elements])
+    put_constraints(put_item, f)
+    put(f.type == "array" and "items" or "additionalProperties", json.ordered(items, item_keys))
+  else
+    put_constraints(put, f)
+  end
+  if f.ui then
+    put("x-paperclip-advanced", f.ui.advanced or nil)
+    put("x-paperclip-group", f.ui.group)
+  end
+  return json.ordered(p, keys)
+end
+
+--- The configSchema for the Paperclip manifest: { type = "object", properties, required? },
+--- every object key-ordered (properties in field order) so the output is stable.
+function Schema:json_schema()
+  local props = {}
+  local required = json.array()
+  for _, f in ipairs(self.fields) do
+    props[f.name] = property(f)
+    if f.required then
+      required[#required + 1] = f.name
+    end
+  end
+  local out = { type = "object", properties = json.ordered(props, self.names) }
+  if #required > 0 then
+    out.required = required
+  end
+  return json.ordered(out, { "type", "properties", "required" })
+end
+
+return M

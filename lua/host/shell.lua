@@ -1,0 +1,114 @@
+-- host.shell: POSIX shell quoting, environment-key checks and command-line building.
+local M = {}
+
+local sort, concat = table.sort, table.concat
+
+-- Shows a key inside a message without letting control bytes (NUL, newlines) through.
+local SHOWN = { ["\0"] = "\\0", ["\n"] = "\\n", ["\r"] = "\\r", ["\t"] = "\\t" }
+local function show(s)
+  return (s:gsub("[%z\1-\31\127]", function(c)
+    return SHOWN[c] or string.format("\\x%02x", c:byte())
+  end))
+end
+
+--- Quotes `s` as one POSIX shell word: always single-quoted, `'` written as `'\''`, the empty
+--- string as `''`. Numbers are accepted and written in decimal. A NUL byte raises: a shell word
+--- cannot hold one, and the command would silently get a truncated argument.
+function M.quote(s)
+  local ts = type(s)
+  if ts == "number" then
+    s = math.type(s) == "integer" and string.format("%d", s) or tostring(s)
+  elseif ts ~= "string" then
+    error("bad argument #1 to 'quote' (string expected, got " .. ts .. ")", 2)
+  elseif s:find("\0", 1, true) then
+    error("bad argument #1 to 'quote' (string contains a NUL byte)", 2)
+  end
+  return "'" .. s:gsub("'", "'\\''") .. "'"
+end
+
+--- Quotes every element of the list `argv` and joins them with spaces (`{}` gives "").
+function M.join(argv)
+  if type(argv) ~= "table" then
+    error("bad argument #1 to 'join' (table expected, got " .. type(argv) .. ")", 2)
+  end
+  local out = {}
+  for i = 1, #argv do
+    local s = argv[i]
+    if type(s) ~= "string" and type(s) ~= "number" then
+      error("bad argument #1 to 'join' (element " .. i .. " is a " .. type(s) .. ")", 2)
+    end
+    if type(s) == "string" and s:find("\0", 1, true) then
+      error("bad argument #1 to 'join' (element " .. i .. " contains a NUL byte)", 2)
+    end
+    out[i] = M.quote(s)
+  end
+  return concat(out, " ")
+end
+
+--- True when `k` is a string usable as a shell variable name: `^[A-Za-z_][A-Za-z0-9_]*$`.
+function M.is_env_key(k)
+  return type(k) == "string" and k:find("^[A-Za-z_][A-Za-z0-9_]*$") ~= nil
+end
+
+local function sorted_keys(env)
+  local keys = {}
+  for k in pairs(env) do
+    keys[#keys + 1] = k
+  end
+  sort(keys, function(a, b)
+    if type(a) == type(b) and (type(a) == "string" or type(a) == "number") then
+      return a < b
+    end
+    return type(a) < type(b)
+  end)
+  return keys
+end
+
+--- Checks an environment table: every key a valid name (`is_env_key`), every value a string
+--- without NUL bytes. Returns true | nil, message, "protocol". The message never shows a value.
+--- `label` names the environment in messages, as upstream does: with "sandbox" a bad key gives
+--- "Invalid sandbox environment variable key: BAD-KEY".
+function M.check_env(env, label)
+  if type(env) ~= "table" then
+    return nil, "environment must be an object, got " .. type(env), "protocol"
+  end
+  local what = label and label .. " environment variable" or "environment variable"
+  local What = what:sub(1, 1):upper() .. what:sub(2)
+  for _, k in ipairs(sorted_keys(env)) do
+    if type(k) ~= "string" then
+      return nil, "Invalid " .. what .. " key: " .. tostring(k) .. " (a " .. type(k) .. ")",
+        "protocol"
+    end
+    if k:find("\0", 1, true) then
+      return nil, "Invalid " .. what .. " key: " .. show(k) .. " (contains a NUL byte)",
+        "protocol"
+    end
+    if not M.is_env_key(k) then
+      return nil, "Invalid " .. what .. " key: " .. show(k), "protocol"
+    end
+    local v = env[k]
+    if type(v) ~= "string" then
+      return nil, What .. " " .. k .. " must be a string, got " .. type(v), "protocol"
+    end
+    if v:find("\0", 1, true) then
+      return nil, What .. " " .. k .. " contains a NUL byte", "protocol"
+    end
+  end
+  return true
+end
+
+--- Builds `K='v' K2='v2'` (keys sorted) for a command prefix such as `env -i ...`.
+--- Returns string | nil, message, "protocol" (see `check_env`; `label` as there).
+function M.env_assignments(env, label)
+  local ok, err, code = M.check_env(env, label)
+  if not ok then
+    return nil, err, code
+  end
+  local out = {}
+  for i, k in ipairs(sorted_keys(env)) do
+    out[i] = k .. "=" .. M.quote(env[k])
+  end
+  return concat(out, " ")
+end
+
+return M
