@@ -1,8 +1,960 @@
-/* mod_proc.c - host.core.proc: placeholder until the primitive lands. */
+/* mod_proc.c - host.core.proc: child processes (uv_spawn), each in its own process group. */
 #include "ph.h"
+
+#include <errno.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+
+#define PROC_MT "host.proc.Process" /* also the __name shown in argument errors */
+
+#define DEFAULT_GRACE  2.0
+#define DEFAULT_LINGER 0.5
+#define DEFAULT_MAX    (16 * 1024 * 1024)
+#define READ_CHUNK     (64 * 1024)
+#define MAX_SECONDS    1e9
+
+/* User values of a Process userdata: they live exactly as long as the object. */
+enum { UVAL_RESULT = 1, UVAL_ON_STDOUT, UVAL_ON_STDERR, UVAL_STDIN, UVAL_COUNT = UVAL_STDIN };
+
+enum { OUT, ERR };
+
+/* What the one timer of a process is counting down to. */
+enum { T_NONE, T_TIMEOUT, T_GRACE, T_LINGER };
+
+/* Bytes kept from one output stream: C memory, pushed to Lua once, at the end. */
+typedef struct {
+    uv_pipe_t pipe;
+    char *data;
+    size_t len, cap;
+    int open; /* the pipe handle is not closed yet */
+    int has_callback;
+} Stream;
+
+typedef struct Proc Proc;
+
+/* A task parked in Process:wait (or proc.run). */
+typedef struct Waiter {
+    ph_op op;
+    Proc *proc;
+    struct Waiter *next;
+    uv_timer_t *timer; /* NULL without a wait timeout */
+} Waiter;
+
+/* The Process userdata. libuv handles live inside it, so the userdata is anchored in the
+ * registry (ref) from the first uv_*_init until the last close callback: it cannot be
+ * collected while libuv still uses its memory, whatever Lua does with its references. */
+struct Proc {
+    uv_process_t process;
+    uv_timer_t timer;
+    uv_pipe_t in;
+    uv_write_t write_req;
+    Stream s[2];
+    int ref;     /* registry anchor while handles > 0 */
+    int handles; /* uv handles initialised and not yet closed */
+    int pid;
+    int spawned, exited, finished, closed;
+    int in_open;
+    int in_pipe;        /* stdin = true: written piecewise with Process:write */
+    int in_pending;     /* Process:write requests not completed yet */
+    int in_close_after; /* close_stdin asked while writes were pending */
+    int terminating; /* timeout, cancel, terminate() or close(): the group goes at exit */
+    int timed_out, truncated, result_failed;
+    int phase; /* T_* */
+    int64_t exit_status;
+    int term_signal;
+    double started, ended;
+    double timeout, grace, linger; /* seconds; timeout < 0: none */
+    size_t max_output;
+    Waiter *waiters;  /* parked for the result */
+    Waiter *reapwait; /* canceled: resumed with "canceled" once the leader is reaped */
+};
+
+static char scratch[READ_CHUNK]; /* every read lands here first; one read at a time */
+
+static Proc *check_proc(lua_State *L, int idx)
+{
+    return luaL_checkudata(L, idx, PROC_MT);
+}
+
+static Proc *check_open_proc(lua_State *L, int idx)
+{
+    Proc *p = check_proc(L, idx);
+    if (p->closed)
+        luaL_error(L, "attempt to use a closed %s", PROC_MT);
+    return p;
+}
+
+static uint64_t to_ms(double seconds)
+{
+    return (uint64_t)(seconds * 1000.0 + 0.5);
+}
+
+/* ---- handle lifetime ------------------------------------------------------------------- */
+
+static void handle_closed(uv_handle_t *h)
+{
+    Proc *p = h->data;
+    if (--p->handles == 0) { /* libuv is done with our memory: let Lua collect it */
+        luaL_unref(ph_main_state(), LUA_REGISTRYINDEX, p->ref);
+        p->ref = LUA_NOREF;
+    }
+}
+
+static void close_handle(Proc *p, uv_handle_t *h)
+{
+    h->data = p;
+    uv_close(h, handle_closed);
+}
+
+static void close_stream(Proc *p, Stream *s)
+{
+    if (s->open) {
+        s->open = 0;
+        close_handle(p, (uv_handle_t *)&s->pipe);
+    }
+}
+
+static void close_stdin(Proc *p)
+{
+    if (p->in_open) {
+        p->in_open = 0;
+        close_handle(p, (uv_handle_t *)&p->in);
+    }
+}
+
+/* ---- signalling the group ------------------------------------------------------------ */
+
+/* The child called setsid() before exec (UV_PROCESS_DETACHED), so its pgid is its pid.
+ * The kernel keeps that number from being reused while any member of the group lives. */
+static void signal_group(Proc *p, int sig)
+{
+    if (p->pid > 0)
+        kill(-(pid_t)p->pid, sig);
+}
+
+static void on_timer(uv_timer_t *timer);
+
+static void arm_timer(Proc *p, int phase, double seconds)
+{
+    p->phase = phase;
+    uv_timer_start(&p->timer, on_timer, to_ms(seconds), 0);
+}
+
+/* SIGTERM to the group now, SIGKILL after the grace period unless the leader exits first
+ * (then the rest of the group gets SIGKILL at once, in proc_exited). */
+static void start_termination(Proc *p)
+{
+    if (!p->spawned || p->exited || p->terminating)
+        return;
+    p->terminating = 1;
+    signal_group(p, SIGTERM);
+    signal_group(p, SIGCONT); /* a stopped process must run to see its SIGTERM */
+    uv_timer_stop(&p->timer);
+    arm_timer(p, T_GRACE, p->grace);
+}
+
+/* ---- the result ----------------------------------------------------------------------- */
+
+static void push_bytes(lua_State *L, Stream *s)
+{
+    lua_pushlstring(L, s->data != NULL ? s->data : "", s->len);
+}
+
+/* Protected: builds the result table and stores it as the Process's user value. */
+static int build_result(lua_State *L)
+{
+    Proc *p = lua_touserdata(L, 1);
+    lua_createtable(L, 0, 8);
+    if (p->exited && p->term_signal == 0 && !p->timed_out) {
+        lua_pushinteger(L, (lua_Integer)p->exit_status);
+        lua_setfield(L, -2, "exit_code");
+    }
+    if (p->term_signal != 0) {
+        const char *name = ph_signal_name(p->term_signal);
+        if (name != NULL)
+            lua_pushstring(L, name);
+        else
+            lua_pushfstring(L, "SIG%d", p->term_signal);
+        lua_setfield(L, -2, "signal");
+    }
+    lua_pushboolean(L, p->timed_out);
+    lua_setfield(L, -2, "timed_out");
+    push_bytes(L, &p->s[OUT]);
+    lua_setfield(L, -2, "stdout");
+    push_bytes(L, &p->s[ERR]);
+    lua_setfield(L, -2, "stderr");
+    lua_pushboolean(L, p->truncated);
+    lua_setfield(L, -2, "truncated");
+    lua_pushinteger(L, p->pid);
+    lua_setfield(L, -2, "pid");
+    lua_pushnumber(L, p->ended - p->started);
+    lua_setfield(L, -2, "duration");
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+    lua_insert(L, -2);
+    lua_setiuservalue(L, -2, UVAL_RESULT);
+    return 0;
+}
+
+/* Push what wait returns once the process finished. The Process is at idx, or idx is 0
+ * and it is fetched through its anchor (still held: the finishing handles are not closed). */
+static int push_result(lua_State *L, Proc *p, int idx)
+{
+    if (p->result_failed)
+        return ph_fail(L, "internal", "process %d: out of memory building the result", p->pid);
+    lua_checkstack(L, 3);
+    if (idx != 0) {
+        lua_getiuservalue(L, idx, UVAL_RESULT);
+        return 1;
+    }
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+    lua_getiuservalue(L, -1, UVAL_RESULT);
+    lua_remove(L, -2);
+    return 1;
+}
+
+static void free_streams(Proc *p)
+{
+    for (int i = 0; i < 2; i++) {
+        free(p->s[i].data);
+        p->s[i].data = NULL;
+        p->s[i].len = p->s[i].cap = 0;
+    }
+}
+
+static void free_timer(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void waiter_drop_timer(Waiter *w)
+{
+    if (w->timer != NULL) {
+        uv_timer_stop(w->timer);
+        uv_close((uv_handle_t *)w->timer, free_timer);
+        w->timer = NULL;
+    }
+}
+
+/* Everything is over: the leader was reaped and both pipes reached EOF (or lingered too
+ * long). Close what is left, build the result once, hand it to every waiter. */
+static void finish(Proc *p)
+{
+    if (p->finished)
+        return;
+    p->finished = 1;
+    p->phase = T_NONE;
+    uv_timer_stop(&p->timer);
+    close_handle(p, (uv_handle_t *)&p->timer);
+    close_stdin(p);
+    close_stream(p, &p->s[OUT]);
+    close_stream(p, &p->s[ERR]);
+
+    /* Lua allocates here, so it runs protected: no error may longjmp through libuv. */
+    lua_State *L = ph_main_state();
+    if (!lua_checkstack(L, 4)) {
+        p->result_failed = 1;
+    } else {
+        lua_pushcfunction(L, build_result);
+        lua_pushlightuserdata(L, p);
+    }
+    if (!p->result_failed && lua_pcall(L, 1, 0, 0) != LUA_OK) {
+        ph_diag("provider-host: process %d: cannot build its result: %s", p->pid,
+                lua_tostring(L, -1));
+        lua_pop(L, 1);
+        p->result_failed = 1;
+    }
+    free_streams(p);
+
+    /* Wake, not resume: no Lua runs while we walk the list. */
+    Waiter *w = p->waiters;
+    p->waiters = NULL;
+    while (w != NULL) {
+        Waiter *next = w->next;
+        waiter_drop_timer(w);
+        lua_State *co = ph_task_thread(w->op.task);
+        ph_task *t = w->op.task;
+        int n = push_result(co, p, 0);
+        free(w);
+        ph_task_wake(t, n);
+        w = next;
+    }
+}
+
+/* ---- output ---------------------------------------------------------------------------- */
+
+static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
+{
+    b->base = scratch;
+    b->len = sizeof scratch;
+}
+
+static int keep_bytes(Stream *s, const char *src, size_t n)
+{
+    if (s->cap - s->len < n) {
+        size_t cap = s->cap ? s->cap : 1024;
+        while (cap - s->len < n)
+            cap *= 2;
+        char *d = realloc(s->data, cap);
+        if (d == NULL)
+            return -1;
+        s->data = d;
+        s->cap = cap;
+    }
+    memcpy(s->data + s->len, src, n);
+    s->len += n;
+    return 0;
+}
+
+/* Protected: calls on_stdout / on_stderr with one chunk, on the main thread. */
+static int deliver_chunk(lua_State *L)
+{
+    Proc *p = lua_touserdata(L, 1);
+    int which = (int)lua_tointeger(L, 2);
+    const char *data = lua_touserdata(L, 3);
+    size_t n = (size_t)lua_tointeger(L, 4);
+    lua_settop(L, 0);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+    lua_getiuservalue(L, -1, which == OUT ? UVAL_ON_STDOUT : UVAL_ON_STDERR);
+    lua_pushlstring(L, data, n);
+    ph_callback(L, 1, which == OUT ? "proc on_stdout" : "proc on_stderr");
+    return 0;
+}
+
+static void stream_done(Proc *p, Stream *s)
+{
+    close_stream(p, s);
+    if (p->exited && !p->s[OUT].open && !p->s[ERR].open)
+        finish(p);
+}
+
+static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    Proc *p = stream->data;
+    int which = (uv_pipe_t *)stream == &p->s[OUT].pipe ? OUT : ERR;
+    Stream *s = &p->s[which];
+    if (nread < 0) { /* EOF, or an error that ends the stream just the same */
+        stream_done(p, s);
+        return;
+    }
+    size_t n = (size_t)nread, keep = n;
+    if (s->len + keep > p->max_output) {
+        keep = p->max_output - s->len;
+        p->truncated = 1; /* the rest is dropped; the process keeps running */
+    }
+    if (keep == 0)
+        return;
+    size_t at = s->len;
+    if (keep_bytes(s, buf->base, keep) != 0) {
+        p->truncated = 1;
+        return;
+    }
+    lua_State *L = ph_main_state();
+    if (s->has_callback && lua_checkstack(L, 6)) {
+        lua_pushcfunction(L, deliver_chunk);
+        lua_pushlightuserdata(L, p);
+        lua_pushinteger(L, which);
+        lua_pushlightuserdata(L, s->data + at);
+        lua_pushinteger(L, (lua_Integer)keep);
+        if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
+            ph_diag("provider-host: process %d: output callback: %s", p->pid, lua_tostring(L, -1));
+            lua_pop(L, 1);
+        }
+    }
+}
+
+/* ---- input ------------------------------------------------------------------------------ */
+
+static void on_written(uv_write_t *req, int status)
+{
+    Proc *p = req->data;
+    /* Done (or the reader went away): close so the child sees EOF, and let the string go. */
+    close_stdin(p);
+    lua_State *L = ph_main_state();
+    if (p->ref != LUA_NOREF && lua_checkstack(L, 2)) {
+        lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
+        lua_pushnil(L);
+        lua_setiuservalue(L, -2, UVAL_STDIN);
+        lua_pop(L, 1);
+    }
+}
+
+/* A piece written by Process:write: the bytes live in C until libuv is done with them. */
+typedef struct {
+    uv_write_t req;
+    Proc *proc;
+    char data[];
+} PieceReq;
+
+static void on_piece_written(uv_write_t *req, int status)
+{
+    PieceReq *w = (PieceReq *)req;
+    Proc *p = w->proc;
+    free(w);
+    p->in_pending--;
+    if (status < 0 || (p->in_pending == 0 && p->in_close_after))
+        close_stdin(p); /* the reader went away, or every piece is out: EOF now */
+}
+
+/* ---- exit and timers ------------------------------------------------------------------- */
+
+static void wake_canceled(Proc *p)
+{
+    Waiter *w = p->reapwait;
+    p->reapwait = NULL;
+    while (w != NULL) {
+        Waiter *next = w->next;
+        ph_task *t = w->op.task;
+        free(w);
+        ph_task_wake(
+            t, ph_fail(ph_task_thread(t), "canceled", "wait for process %d canceled", p->pid));
+        w = next;
+    }
+}
+
+static void proc_exited(uv_process_t *h, int64_t status, int sig)
+{
+    Proc *p = h->data;
+    p->exited = 1;
+    p->ended = ph_now();
+    p->exit_status = status;
+    p->term_signal = sig;
+    close_handle(p, (uv_handle_t *)&p->process);
+    uv_timer_stop(&p->timer);
+    p->phase = T_NONE;
+    if (p->terminating)
+        signal_group(p, SIGKILL); /* whatever the leader left behind goes with it */
+    wake_canceled(p);
+    if (!p->s[OUT].open && !p->s[ERR].open)
+        finish(p);
+    else if (p->linger > 0)
+        arm_timer(p, T_LINGER, p->linger); /* a background child may hold the pipes */
+    else
+        finish(p);
+}
+
+static void on_timer(uv_timer_t *timer)
+{
+    Proc *p = timer->data;
+    int phase = p->phase;
+    p->phase = T_NONE;
+    switch (phase) {
+    case T_TIMEOUT:
+        p->timed_out = 1;
+        start_termination(p);
+        break;
+    case T_GRACE:
+        signal_group(p, SIGKILL);
+        break;
+    case T_LINGER:
+        finish(p);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- waiting --------------------------------------------------------------------------- */
+
+static void unlink_waiter(Waiter **head, Waiter *w)
+{
+    while (*head != NULL && *head != w)
+        head = &(*head)->next;
+    if (*head == w)
+        *head = w->next;
+}
+
+/* The waiting task was canceled: terminate the group; resume once the leader is reaped. */
+static void waiter_cancel(ph_op *op)
+{
+    Waiter *w = (Waiter *)op;
+    Proc *p = w->proc;
+    unlink_waiter(&p->waiters, w);
+    waiter_drop_timer(w);
+    if (p->exited) {
+        if (!p->finished)
+            signal_group(p, SIGKILL); /* leftovers holding the pipes */
+        ph_task *t = op->task;
+        free(w);
+        ph_task_wake(
+            t, ph_fail(ph_task_thread(t), "canceled", "wait for process %d canceled", p->pid));
+        return;
+    }
+    start_termination(p);
+    w->next = p->reapwait;
+    p->reapwait = w;
+}
+
+static void waiter_timeout(uv_timer_t *timer)
+{
+    Waiter *w = timer->data;
+    Proc *p = w->proc;
+    unlink_waiter(&p->waiters, w);
+    waiter_drop_timer(w);
+    ph_task *t = w->op.task;
+    free(w);
+    ph_task_resume(t, ph_fail(ph_task_thread(t), "timeout",
+                              "wait for process %d timed out (it keeps running)", p->pid));
+}
+
+/* Park the current task until p finishes. Tail call. */
+static int park_waiter(lua_State *L, ph_task *t, Proc *p, double timeout)
+{
+    Waiter *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return ph_fail(L, "internal", "out of memory");
+    w->op.cancel = waiter_cancel;
+    w->proc = p;
+    if (timeout >= 0) {
+        w->timer = malloc(sizeof *w->timer);
+        if (w->timer == NULL) {
+            free(w);
+            return ph_fail(L, "internal", "out of memory");
+        }
+        uv_timer_init(ph_loop(), w->timer);
+        w->timer->data = w;
+        uv_timer_start(w->timer, waiter_timeout, to_ms(timeout), 0);
+    }
+    w->next = p->waiters;
+    p->waiters = w;
+    lua_settop(L, 0);
+    return ph_task_park(L, t, &w->op);
+}
+
+/* ---- spawning: argument checks ----------------------------------------------------------- */
+
+/* The string at idx (which must be a string: numbers are misuse too), without NULs. */
+static const char *check_cstring(lua_State *L, int idx, const char *what, size_t *len)
+{
+    if (lua_type(L, idx) != LUA_TSTRING)
+        luaL_argerror(
+            L, 1, lua_pushfstring(L, "%s must be a string, got %s", what, luaL_typename(L, idx)));
+    size_t n;
+    const char *s = lua_tolstring(L, idx, &n);
+    if (strlen(s) != n)
+        luaL_argerror(L, 1, lua_pushfstring(L, "%s must not contain a NUL byte", what));
+    if (len != NULL)
+        *len = n;
+    return s;
+}
+
+static double check_seconds(lua_State *L, const char *field, double dflt, int allow_zero)
+{
+    double v = ph_opt_number(L, 1, field, dflt);
+    if (isnan(v) || v > MAX_SECONDS || v < 0 || (!allow_zero && v == 0))
+        luaL_argerror(L, 1,
+                      lua_pushfstring(L, "field '%s' must be a number of seconds in %s, 1e9]",
+                                      field, allow_zero ? "[0" : "(0"));
+    return v;
+}
+
+/* argv table at idx -> NULL-terminated array (a userdata left on the stack). The strings
+ * stay alive in the table, which stays on the stack until the spawn is done. */
+static char **build_argv(lua_State *L, int idx)
+{
+    lua_Integer n = (lua_Integer)lua_rawlen(L, idx);
+    if (n < 1)
+        luaL_argerror(L, 1, "field 'argv' must be a non-empty array of strings");
+    if (n > 100000)
+        luaL_argerror(L, 1, "field 'argv' has too many entries");
+    char **args = lua_newuserdatauv(L, (size_t)(n + 1) * sizeof *args, 0);
+    for (lua_Integer i = 1; i <= n; i++) {
+        lua_rawgeti(L, idx, i);
+        char what[32];
+        snprintf(what, sizeof what, "argv[%d]", (int)i);
+        args[i - 1] = (char *)check_cstring(L, -1, what, NULL);
+        lua_pop(L, 1);
+    }
+    args[n] = NULL;
+    return args;
+}
+
+/* env table at idx -> NULL-terminated "K=V" array in one userdata left on the stack. */
+static char **build_env(lua_State *L, int idx)
+{
+    size_t count = 0, bytes = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        size_t kl, vl;
+        if (lua_type(L, -2) != LUA_TSTRING)
+            luaL_argerror(L, 1, "field 'env' keys must be strings");
+        const char *k = check_cstring(L, -2, "an env key", &kl);
+        if (kl == 0 || strchr(k, '=') != NULL)
+            luaL_argerror(L, 1, lua_pushfstring(L, "env key '%s' is not a valid name", k));
+        lua_pushfstring(L, "env value of '%s'", k);
+        check_cstring(L, -2, lua_tostring(L, -1), &vl);
+        lua_pop(L, 2);
+        count++;
+        bytes += kl + vl + 2;
+    }
+    char **envp = lua_newuserdatauv(L, (count + 1) * sizeof *envp + bytes, 0);
+    char *at = (char *)(envp + count + 1);
+    size_t i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        size_t kl, vl;
+        const char *k = lua_tolstring(L, -2, &kl);
+        const char *v = lua_tolstring(L, -1, &vl);
+        envp[i++] = at;
+        memcpy(at, k, kl);
+        at[kl] = '=';
+        memcpy(at + kl + 1, v, vl);
+        at[kl + 1 + vl] = '\0';
+        at += kl + vl + 2;
+        lua_pop(L, 1);
+    }
+    envp[i] = NULL;
+    return envp;
+}
+
+/* Codes for spawn failures: the command could not start because of what was asked
+ * (missing or non-executable program, bad cwd) -> "exit", like a shell's 126/127; the
+ * host ran out of something (processes, descriptors, memory) -> "io". */
+static const char *spawn_code(int err)
+{
+    switch (err) {
+    case UV_ENOENT:
+    case UV_EACCES:
+    case UV_ENOTDIR:
+    case UV_ELOOP:
+    case UV_ENAMETOOLONG:
+    case UV_EPERM:
+    case UV_EINVAL:
+    case UV_E2BIG:
+        return "exit";
+    default:
+        return "io";
+    }
+}
+
+/* Validates opts at index 1 and starts the process; pushes the Process or nil, msg, code. */
+static int do_spawn(lua_State *L)
+{
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    ph_opt_field(L, 1, "argv", LUA_TTABLE, 1); /* 2 */
+    char **args = build_argv(L, 2);            /* 3 */
+    char **envp = NULL;
+    if (ph_opt_field(L, 1, "env", LUA_TTABLE, 0)) /* 4 */
+        envp = build_env(L, 4);                   /* 5 when present */
+    else
+        lua_pushnil(L);
+    const char *cwd = NULL;
+    if (ph_opt_field(L, 1, "cwd", LUA_TSTRING, 0)) /* 6 */
+        cwd = check_cstring(L, -1, "field 'cwd'", NULL);
+    size_t in_len = 0;
+    int in_type = lua_getfield(L, 1, "stdin"); /* 7 */
+    int stdin_idx = lua_gettop(L);
+    int in_pipe = in_type == LUA_TBOOLEAN && lua_toboolean(L, stdin_idx);
+    if (in_type != LUA_TNIL && in_type != LUA_TSTRING && !in_pipe)
+        luaL_argerror(L, 1,
+                      lua_pushfstring(L, "field 'stdin' must be a string, true or nil, got %s",
+                                      luaL_typename(L, stdin_idx)));
+    int has_stdin = in_type == LUA_TSTRING;
+    if (has_stdin)
+        lua_tolstring(L, stdin_idx, &in_len);
+    int cb_idx[2];
+    for (int i = 0; i < 2; i++) {
+        ph_opt_field(L, 1, i == OUT ? "on_stdout" : "on_stderr", LUA_TFUNCTION, 0);
+        cb_idx[i] = lua_gettop(L);
+    }
+    double timeout = -1;
+    lua_getfield(L, 1, "timeout");
+    int has_timeout = !lua_isnil(L, -1);
+    lua_pop(L, 1);
+    if (has_timeout)
+        timeout = check_seconds(L, "timeout", 0, 0);
+    double grace = check_seconds(L, "kill_grace", DEFAULT_GRACE, 1);
+    double linger = check_seconds(L, "linger", DEFAULT_LINGER, 1);
+    lua_Integer max = ph_opt_integer(L, 1, "max_output", DEFAULT_MAX);
+    luaL_argcheck(L, max >= 0, 1, "field 'max_output' must not be negative");
+
+    /* Closed first: a zeroed Process with its metatable, anchored, before any handle. */
+    Proc *p = lua_newuserdatauv(L, sizeof *p, UVAL_COUNT);
+    memset(p, 0, sizeof *p);
+    p->ref = LUA_NOREF;
+    luaL_setmetatable(L, PROC_MT);
+    int pidx = lua_gettop(L);
+    for (int i = 0; i < 2; i++) {
+        if (!lua_isnil(L, cb_idx[i])) {
+            lua_pushvalue(L, cb_idx[i]);
+            lua_setiuservalue(L, pidx, i == OUT ? UVAL_ON_STDOUT : UVAL_ON_STDERR);
+            p->s[i].has_callback = 1;
+        }
+    }
+    if (has_stdin && in_len > 0) { /* the write reads the Lua string in place */
+        lua_pushvalue(L, stdin_idx);
+        lua_setiuservalue(L, pidx, UVAL_STDIN);
+    }
+    lua_pushvalue(L, pidx);
+    p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    p->timeout = timeout;
+    p->grace = grace;
+    p->linger = linger;
+    p->max_output = (size_t)max;
+
+    /* From here on nothing raises until the handles are set up or closed again. */
+    uv_loop_t *loop = ph_loop();
+    uv_timer_init(loop, &p->timer);
+    p->timer.data = p;
+    p->handles = 1;
+    for (int i = 0; i < 2; i++) {
+        uv_pipe_init(loop, &p->s[i].pipe, 0);
+        p->s[i].pipe.data = p;
+        p->s[i].open = 1;
+        p->handles++;
+    }
+    int want_in = (has_stdin && in_len > 0) || in_pipe; /* "" or nil: /dev/null */
+    p->in_pipe = in_pipe;
+    if (want_in) {
+        uv_pipe_init(loop, &p->in, 0);
+        p->in.data = p;
+        p->in_open = 1;
+        p->handles++;
+    }
+
+    uv_stdio_container_t stdio[3];
+    stdio[0].flags = want_in ? (uv_stdio_flags)(UV_CREATE_PIPE | UV_READABLE_PIPE) : UV_IGNORE;
+    stdio[0].data.stream = (uv_stream_t *)&p->in;
+    for (int i = 0; i < 2; i++) {
+        stdio[1 + i].flags = (uv_stdio_flags)(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
+        stdio[1 + i].data.stream = (uv_stream_t *)&p->s[i].pipe;
+    }
+    uv_process_options_t o;
+    memset(&o, 0, sizeof o);
+    o.exit_cb = proc_exited;
+    o.file = args[0];
+    o.args = args;
+    o.env = envp; /* NULL: inherit ours. Either way execvp searches the child's PATH. */
+    o.cwd = cwd;
+    o.flags = UV_PROCESS_DETACHED; /* setsid(): its own session and process group */
+    o.stdio_count = 3;
+    o.stdio = stdio;
+
+    p->started = ph_now();
+    int rc = uv_spawn(loop, &p->process, &o);
+    p->handles++; /* uv_spawn initialised the process handle, even when it failed */
+    p->process.data = p;
+    if (rc != 0) {
+        p->closed = 1;
+        close_handle(p, (uv_handle_t *)&p->process);
+        close_handle(p, (uv_handle_t *)&p->timer);
+        close_stdin(p);
+        close_stream(p, &p->s[OUT]);
+        close_stream(p, &p->s[ERR]);
+        if (cwd != NULL)
+            return ph_fail(L, spawn_code(rc), "spawn %s: %s (cwd %s)", args[0], uv_strerror(rc),
+                           cwd);
+        return ph_fail(L, spawn_code(rc), "spawn %s: %s", args[0], uv_strerror(rc));
+    }
+    p->spawned = 1;
+    p->pid = p->process.pid;
+    for (int i = 0; i < 2; i++)
+        if (uv_read_start((uv_stream_t *)&p->s[i].pipe, on_alloc, on_read) != 0)
+            close_stream(p, &p->s[i]);
+    if (want_in && !in_pipe) {
+        uv_buf_t b = uv_buf_init((char *)lua_tostring(L, stdin_idx), 0);
+        b.len = in_len; /* uv_buf_init takes an unsigned int: set the size_t length here */
+        p->write_req.data = p;
+        if (uv_write(&p->write_req, (uv_stream_t *)&p->in, &b, 1, on_written) != 0)
+            close_stdin(p);
+    }
+    if (timeout >= 0)
+        arm_timer(p, T_TIMEOUT, timeout);
+    lua_settop(L, pidx);
+    return 1;
+}
+
+/* ---- module functions ------------------------------------------------------------------ */
+
+/* proc.spawn{argv=, env=, cwd=, stdin=, timeout=, kill_grace=, max_output=, linger=,
+ *            on_stdout=, on_stderr=} -> Process | nil, msg, "exit"|"io" */
+static int proc_spawn(lua_State *L)
+{
+    return do_spawn(L);
+}
+
+/* proc.run(opts) -> result | nil, msg, code: spawn, then wait (inside a task). */
+static int proc_run(lua_State *L)
+{
+    ph_task *t = ph_task_current(L); /* misuse raises before anything starts */
+    if (ph_task_is_canceled(t))
+        return ph_fail(L, "canceled", "run canceled");
+    int n = do_spawn(L);
+    if (n != 1)
+        return n;
+    Proc *p = lua_touserdata(L, -1);
+    return park_waiter(L, t, p, -1);
+}
+
+/* ---- Process methods ------------------------------------------------------------------- */
+
+/* Process:wait([timeout]) -> result | nil, msg, "timeout"|"canceled"
+ * A wait timeout only stops waiting; the process keeps running (it has its own timeout). */
+static int process_wait(lua_State *L)
+{
+    Proc *p = check_open_proc(L, 1);
+    double timeout = -1;
+    if (!lua_isnoneornil(L, 2)) {
+        timeout = luaL_checknumber(L, 2);
+        luaL_argcheck(L, !isnan(timeout) && timeout >= 0 && timeout <= MAX_SECONDS, 2,
+                      "timeout must be a number of seconds in [0, 1e9]");
+    }
+    if (p->finished)
+        return push_result(L, p, 1);
+    ph_task *t = ph_task_current(L);
+    return park_waiter(L, t, p, timeout);
+}
+
+/* Process:kill([signal = "SIGTERM"]) -> true | nil, msg, "closed"|"io": signal the group. */
+static int process_kill(lua_State *L)
+{
+    Proc *p = check_open_proc(L, 1);
+    const char *name = luaL_optstring(L, 2, "SIGTERM");
+    int sig = ph_signal_number(name);
+    if (sig < 0)
+        return luaL_argerror(L, 2, lua_pushfstring(L, "unknown signal '%s'", name));
+    if (p->exited)
+        return ph_fail(L, "closed", "process %d has exited", p->pid);
+    if (kill(-(pid_t)p->pid, sig) != 0)
+        return ph_fail_errno(L, "io", errno, "kill(-%d, %s)", p->pid, name);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Process:write(data) -> true | nil, msg, "closed": queue data on the stdin pipe of a
+ * process spawned with stdin = true. Never blocks; pieces arrive in order. */
+static int process_write(lua_State *L)
+{
+    Proc *p = check_open_proc(L, 1);
+    size_t n;
+    const char *data = luaL_checklstring(L, 2, &n);
+    if (!p->in_pipe)
+        return luaL_error(L, "process %d has no stdin pipe (spawn it with stdin = true)", p->pid);
+    if (!p->in_open || p->in_close_after)
+        return ph_fail(L, "closed", "stdin of process %d is closed", p->pid);
+    if (n == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    PieceReq *w = malloc(sizeof *w + n);
+    if (w == NULL)
+        return ph_fail(L, "internal", "out of memory");
+    w->proc = p;
+    memcpy(w->data, data, n);
+    uv_buf_t b = uv_buf_init(w->data, 0);
+    b.len = n;
+    int rc = uv_write(&w->req, (uv_stream_t *)&p->in, &b, 1, on_piece_written);
+    if (rc != 0) {
+        free(w);
+        close_stdin(p);
+        return ph_fail(L, "closed", "stdin of process %d: %s", p->pid, uv_strerror(rc));
+    }
+    p->in_pending++;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Process:close_stdin() -> true: EOF for the child once every queued piece is written. */
+static int process_close_stdin(lua_State *L)
+{
+    Proc *p = check_open_proc(L, 1);
+    if (p->in_pending > 0)
+        p->in_close_after = 1;
+    else
+        close_stdin(p);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Process:terminate() -> true: SIGTERM to the group, SIGKILL after kill_grace. */
+static int process_terminate(lua_State *L)
+{
+    start_termination(check_open_proc(L, 1));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Process:done() -> boolean: the result is ready. */
+static int process_done(lua_State *L)
+{
+    lua_pushboolean(L, check_proc(L, 1)->finished);
+    return 1;
+}
+
+/* Process:close(); also __close and __gc, so idempotent. A running process is terminated
+ * (TERM, then KILL after kill_grace); its handles stay alive, anchored, until it exits. */
+static int process_close(lua_State *L)
+{
+    Proc *p = check_proc(L, 1);
+    if (p->closed)
+        return 0;
+    p->closed = 1;
+    start_termination(p);
+    if (p->handles == 0)
+        free_streams(p);
+    return 0;
+}
+
+static int process_tostring(lua_State *L)
+{
+    Proc *p = check_proc(L, 1);
+    const char *state = p->finished ? "done" : p->exited ? "exited" : "running";
+    lua_pushfstring(L, "%s (pid %d, %s%s): %p", PROC_MT, p->pid, state, p->closed ? ", closed" : "",
+                    (void *)p);
+    return 1;
+}
+
+/* Process.pid, or a method. */
+static int process_index(lua_State *L)
+{
+    Proc *p = check_proc(L, 1);
+    const char *key = lua_tostring(L, 2);
+    if (key != NULL && strcmp(key, "pid") == 0) {
+        lua_pushinteger(L, p->pid);
+        return 1;
+    }
+    lua_pushvalue(L, 2);
+    lua_rawget(L, lua_upvalueindex(1));
+    return 1;
+}
+
+static const luaL_Reg proc_funcs[] = {
+    { "spawn", proc_spawn },
+    { "run", proc_run },
+    { NULL, NULL },
+};
+
+static const luaL_Reg process_methods[] = {
+    { "wait", process_wait },
+    { "kill", process_kill },
+    { "terminate", process_terminate },
+    { "done", process_done },
+    { "close", process_close },
+    { "write", process_write },
+    { "close_stdin", process_close_stdin },
+    { NULL, NULL },
+};
+
+static const luaL_Reg process_meta[] = {
+    { "__gc", process_close }, /* only reached once every handle is closed: anchored */
+    { "__close", process_close },
+    { "__tostring", process_tostring },
+    { NULL, NULL },
+};
 
 int luaopen_host_core_proc(lua_State *L)
 {
-    lua_newtable(L);
+    if (luaL_newmetatable(L, PROC_MT)) { /* busted re-requires per spec file */
+        luaL_setfuncs(L, process_meta, 0);
+        luaL_newlib(L, process_methods);
+        lua_pushcclosure(L, process_index, 1);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    luaL_newlib(L, proc_funcs);
     return 1;
 }

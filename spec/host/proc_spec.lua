@@ -1,0 +1,496 @@
+-- spec/host/proc_spec.lua: host.proc (host.core.proc) through the real host binary.
+local helpers = require("spec.helpers")
+local proc = require("host.proc")
+local sys = require("host.core.sys")
+local task = require("host.task")
+
+-- Every run in this file is bounded: a process may never outlive its spec.
+local T = 10
+
+local function read_file(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local s = f:read("a")
+  f:close()
+  return s
+end
+
+-- A fresh path for a child to write into; removed by the caller.
+local function temp_path()
+  local path = os.tmpname()
+  os.remove(path)
+  return path
+end
+
+-- Wait (bounded) until a child wrote a pid into path.
+local function wait_pid(path)
+  local deadline = task.now() + T
+  repeat
+    local pid = tonumber((read_file(path) or ""):match("%d+"))
+    if pid then
+      return pid
+    end
+    task.sleep(0.02)
+  until task.now() > deadline
+  error("no pid written to " .. path)
+end
+
+-- `kill -0 pid` fails, or the process is only a zombie nobody reaped yet (it cannot run).
+local function dead_now(pid)
+  local r = assert(proc.run({ argv = { "/bin/sh", "-c", "kill -0 " .. pid }, timeout = T }))
+  if r.exit_code ~= 0 then
+    return true
+  end
+  local stat = read_file("/proc/" .. pid .. "/stat")
+  return stat == nil or stat:match("^%d+ %b() Z") ~= nil
+end
+
+-- SIGKILL is asynchronous: give the kernel a moment before concluding the pid survived.
+local function gone(pid)
+  local deadline = task.now() + 3
+  repeat
+    if dead_now(pid) then
+      return true
+    end
+    task.sleep(0.05)
+  until task.now() > deadline
+  return false
+end
+
+describe("host.proc", function()
+  it("returns the exit code of a process that exits on its own", function()
+    local res = helpers.run(proc.run, { argv = { "/bin/sh", "-c", "exit 7" }, timeout = T })
+    assert.equal(7, res.exit_code)
+    assert.is_nil(res.signal)
+    assert.is_false(res.timed_out)
+    assert.is_false(res.truncated)
+    assert.is_true(res.duration >= 0 and res.duration < T)
+    assert.is_true(math.type(res.pid) == "integer" and res.pid > 0)
+  end)
+
+  it("reports a zero exit as exit_code 0", function()
+    local res = helpers.run(proc.run, { argv = { "true" }, timeout = T })
+    assert.equal(0, res.exit_code)
+  end)
+
+  it("names the signal that killed a process and gives no exit code", function()
+    local res = helpers.run(proc.shell, "kill -KILL $$", { timeout = T })
+    assert.is_nil(res.exit_code)
+    assert.equal("SIGKILL", res.signal)
+    assert.is_false(res.timed_out)
+  end)
+
+  it("captures stdout and stderr separately", function()
+    local script = "printf out1; printf err1 >&2; printf out2"
+    local res = helpers.run(proc.shell, script, { timeout = T })
+    assert.equal("out1out2", res.stdout)
+    assert.equal("err1", res.stderr)
+    assert.equal(0, res.exit_code)
+  end)
+
+  it("gives exactly the env table as the environment, inheriting nothing", function()
+    local res = helpers.run(proc.run, {
+      argv = { "env" },
+      env = { FOO = "bar", PATH = "/usr/bin:/bin" },
+      timeout = T,
+    })
+    local lines = {}
+    for line in res.stdout:gmatch("[^\n]+") do
+      lines[#lines + 1] = line
+    end
+    table.sort(lines)
+    assert.same({ "FOO=bar", "PATH=/usr/bin:/bin" }, lines)
+  end)
+
+  it("looks argv[1] up in the PATH of the child's environment", function()
+    local res, err, code = helpers.run(proc.run, {
+      argv = { "sh", "-c", "echo ok" },
+      env = { PATH = "/nonexistent" },
+      timeout = T,
+    })
+    assert.is_nil(res)
+    assert.equal("exit", code)
+    assert.matches("^spawn sh: ", err)
+  end)
+
+  it("inherits the host's environment when env is nil", function()
+    local res = helpers.run(proc.shell, 'printf %s "$HOME"', { timeout = T })
+    assert.equal(os.getenv("HOME") or "", res.stdout)
+  end)
+
+  it("runs in the given cwd", function()
+    local dir = assert(sys.realpath("/tmp"))
+    local res = helpers.run(proc.run, { argv = { "pwd" }, cwd = dir, timeout = T })
+    assert.equal(dir .. "\n", res.stdout)
+  end)
+
+  it("delivers a large stdin in full (8 MiB through wc -c)", function()
+    local input = ("0123456789abcdef"):rep(512 * 1024)
+    local res = helpers.run(proc.run, { argv = { "wc", "-c" }, stdin = input, timeout = T })
+    assert.equal(8 * 1024 * 1024, tonumber(res.stdout:match("%d+")))
+  end)
+
+  it("passes a large stdin through cat back unchanged", function()
+    local input = ("0123456789abcdef"):rep(512 * 1024)
+    local res = helpers.run(proc.run, { argv = { "cat" }, stdin = input, timeout = T })
+    assert.equal(#input, #res.stdout)
+    assert.is_true(input == res.stdout)
+  end)
+
+  it("gives the child EOF at once when there is no stdin", function()
+    local res = helpers.run(proc.run, { argv = { "cat" }, timeout = T })
+    assert.equal(0, res.exit_code)
+    assert.equal("", res.stdout)
+    assert.is_true(res.duration < 1)
+  end)
+
+  it("keeps every byte value of binary output", function()
+    local bytes = {}
+    for i = 0, 255 do
+      bytes[#bytes + 1] = string.char(i)
+    end
+    local input = table.concat(bytes):rep(1000)
+    local res = helpers.run(proc.run, { argv = { "cat" }, stdin = input, timeout = T })
+    assert.is_true(input == res.stdout)
+  end)
+
+  it("times out: kills the whole group and keeps the partial output", function()
+    local pidfile = temp_path()
+    local res = helpers.run(proc.run, {
+      argv = { "/bin/sh", "-c", 'sleep 30 & echo $! > "$1"; echo partial; sleep 30', "-", pidfile },
+      timeout = 0.3,
+    })
+    local grandchild = tonumber(read_file(pidfile):match("%d+"))
+    os.remove(pidfile)
+    assert.is_true(res.timed_out)
+    assert.is_nil(res.exit_code)
+    assert.equal("SIGTERM", res.signal)
+    assert.equal("partial\n", res.stdout)
+    assert.is_true(res.duration >= 0.25 and res.duration < 5)
+    assert.is_true(helpers.run(gone, grandchild))
+  end)
+
+  it("escalates to SIGKILL after kill_grace when SIGTERM is ignored", function()
+    local res = helpers.run(proc.run, {
+      argv = { "/bin/sh", "-c", 'trap "" TERM; echo ready; while :; do sleep 0.05; done' },
+      timeout = 0.3,
+      kill_grace = 0.3,
+    })
+    assert.is_true(res.timed_out)
+    assert.equal("SIGKILL", res.signal)
+    assert.equal("ready\n", res.stdout)
+    assert.is_true(res.duration >= 0.55 and res.duration < 5)
+  end)
+
+  it("kills the group when the waiting task is canceled", function()
+    local pidfile = temp_path()
+    local res, err, code, grandchild = helpers.run(function()
+      local waiter = task.spawn(proc.run, {
+        argv = { "/bin/sh", "-c", 'sleep 30 & echo $! > "$1"; wait', "sh", pidfile },
+        timeout = T,
+      })
+      local pid = wait_pid(pidfile)
+      waiter:cancel()
+      local r, e, c = waiter:wait(T)
+      return r, e, c, pid
+    end)
+    os.remove(pidfile)
+    assert.is_nil(res)
+    assert.equal("canceled", code)
+    assert.matches("canceled", err)
+    assert.is_true(helpers.run(gone, grandchild))
+  end)
+
+  it("streams chunks in order to on_stdout and on_stderr", function()
+    local out, err = {}, {}
+    local script = "for i in 1 2 3 4 5; do echo line$i; echo e$i >&2; sleep 0.02; done"
+    local res = helpers.run(proc.shell, script, {
+      timeout = T,
+      on_stdout = function(chunk)
+        out[#out + 1] = chunk
+      end,
+      on_stderr = function(chunk)
+        err[#err + 1] = chunk
+      end,
+    })
+    assert.is_true(#out >= 2)
+    assert.equal(res.stdout, table.concat(out))
+    assert.equal("line1\nline2\nline3\nline4\nline5\n", res.stdout)
+    assert.equal(res.stderr, table.concat(err))
+    assert.equal("e1\ne2\ne3\ne4\ne5\n", res.stderr)
+  end)
+
+  it("logs an error raised by an output callback and goes on", function()
+    local res = helpers.run(proc.shell, "echo a; sleep 0.05; echo b", {
+      timeout = T,
+      on_stdout = function()
+        error("callback failure (expected by the spec)")
+      end,
+    })
+    assert.equal(0, res.exit_code)
+    assert.equal("a\nb\n", res.stdout)
+  end)
+
+  it("caps the kept output at max_output and marks it truncated", function()
+    local seen = 0
+    local res = helpers.run(proc.run, {
+      argv = { "head", "-c", "1000000", "/dev/zero" },
+      max_output = 1000,
+      timeout = T,
+      on_stdout = function(chunk)
+        seen = seen + #chunk
+      end,
+    })
+    assert.equal(0, res.exit_code)
+    assert.equal(1000, #res.stdout)
+    assert.equal(1000, seen)
+    assert.is_true(res.truncated)
+  end)
+
+  it("does not hang on a background grandchild holding the pipes (linger)", function()
+    local res = helpers.run(proc.run, {
+      argv = { "/bin/sh", "-c", "sleep 30 & echo started" },
+      linger = 0.2,
+      timeout = T,
+    })
+    sys.kill(-res.pid, "SIGKILL") -- the grandchild is still in the group: clean it up
+    assert.equal(0, res.exit_code)
+    assert.equal("started\n", res.stdout)
+    assert.is_true(res.duration < 1)
+  end)
+
+  it("fails with code exit when the program does not exist", function()
+    local res, err, code = helpers.run(proc.run, { argv = { "no-such-program-ph" }, timeout = T })
+    assert.is_nil(res)
+    assert.equal("exit", code)
+    assert.matches("^spawn no%-such%-program%-ph: ", err)
+  end)
+
+  it("fails with code exit when cwd does not exist", function()
+    local res, err, code = helpers.run(proc.run, {
+      argv = { "pwd" },
+      cwd = "/nonexistent/ph-dir",
+      timeout = T,
+    })
+    assert.is_nil(res)
+    assert.equal("exit", code)
+    assert.matches("^spawn pwd: ", err)
+  end)
+
+  it("raises on misuse", function()
+    local bad = {
+      "not a table",
+      {},
+      { argv = {} },
+      { argv = "ls" },
+      { argv = { "ls", 1 } },
+      { argv = { "l\0s" } },
+      { argv = { "ls" }, env = { A = 1 } },
+      { argv = { "ls" }, env = { ["A=B"] = "x" } },
+      { argv = { "ls" }, env = { [""] = "x" } },
+      { argv = { "ls" }, env = { [1] = "x" } },
+      { argv = { "ls" }, env = { A = "x\0y" } },
+      { argv = { "ls" }, cwd = 1 },
+      { argv = { "ls" }, stdin = 1 },
+      { argv = { "ls" }, timeout = -1 },
+      { argv = { "ls" }, timeout = 0 / 0 },
+      { argv = { "ls" }, kill_grace = -1 },
+      { argv = { "ls" }, max_output = -1 },
+      { argv = { "ls" }, max_output = 1.5 },
+      { argv = { "ls" }, linger = "1" },
+      { argv = { "ls" }, on_stdout = "print" },
+    }
+    for i, opts in ipairs(bad) do
+      assert.has_error(function()
+        proc.spawn(opts)
+      end, nil, "case " .. i)
+    end
+    assert.has_error(function()
+      proc.shell(42)
+    end)
+  end)
+
+  it("blames the caller's line for bad options", function()
+    local ok, err = pcall(function()
+      proc.spawn({ argv = {} })
+    end)
+    assert.is_false(ok)
+    assert.matches("proc_spec%.lua:%d+: bad argument #1 to 'spawn'", err)
+  end)
+
+  it("raises when waiting outside a task", function()
+    local p = assert(proc.spawn({ argv = { "true" }, timeout = T }))
+    assert.has_error(function()
+      p:wait()
+    end)
+    helpers.run(function()
+      assert(p:wait(T))
+    end)
+  end)
+
+  it("exposes pid and done() on a Process", function()
+    helpers.run(function()
+      local p = assert(proc.spawn({ argv = { "/bin/sh", "-c", "sleep 0.1" }, timeout = T }))
+      assert.is_true(math.type(p.pid) == "integer" and p.pid > 0)
+      assert.is_false(p:done())
+      local res = assert(p:wait(T))
+      assert.is_true(p:done())
+      assert.equal(p.pid, res.pid)
+    end)
+  end)
+
+  it("signals the group with kill()", function()
+    local res = helpers.run(function()
+      local p = assert(proc.spawn({ argv = { "sleep", "30" }, timeout = T }))
+      assert.is_true(p:kill("SIGINT"))
+      return p:wait(T)
+    end)
+    assert.equal("SIGINT", res.signal)
+    assert.is_false(res.timed_out)
+  end)
+
+  it("fails kill() with code closed once the process exited", function()
+    local ok, err, code = helpers.run(function()
+      local p = assert(proc.spawn({ argv = { "true" }, timeout = T }))
+      assert(p:wait(T))
+      return p:kill()
+    end)
+    assert.is_nil(ok)
+    assert.matches("exited", err)
+    assert.equal("closed", code)
+  end)
+
+  it("terminates the group with terminate()", function()
+    local res = helpers.run(function()
+      local p = assert(proc.spawn({ argv = { "sleep", "30" }, timeout = T }))
+      p:terminate()
+      return p:wait(T)
+    end)
+    assert.equal("SIGTERM", res.signal)
+  end)
+
+  it("terminates a running process when its <close> variable goes out of scope", function()
+    local res = helpers.run(function()
+      local keep
+      do
+        local p <close> = assert(proc.spawn({ argv = { "sleep", "30" }, timeout = T }))
+        keep = p
+      end
+      assert.has_error(function()
+        keep:wait(T)
+      end)
+      local deadline = task.now() + T
+      while not keep:done() and task.now() < deadline do
+        task.sleep(0.02)
+      end
+      return keep:done()
+    end)
+    assert.is_true(res)
+  end)
+
+  it("keeps a dropped Process running until it exits, through garbage collection", function()
+    local got = helpers.run(function()
+      local chunks = {}
+      proc.spawn({
+        argv = { "/bin/sh", "-c", "sleep 0.2; echo late" },
+        timeout = T,
+        on_stdout = function(chunk)
+          chunks[#chunks + 1] = chunk
+        end,
+      })
+      collectgarbage()
+      collectgarbage()
+      local deadline = task.now() + T
+      while #chunks == 0 and task.now() < deadline do
+        task.sleep(0.02)
+        collectgarbage()
+      end
+      return table.concat(chunks)
+    end)
+    assert.equal("late\n", got)
+  end)
+
+  it("gives every waiter, and a later wait, the same result", function()
+    local a, b, later = helpers.run(function()
+      local p = assert(proc.spawn({ argv = { "/bin/sh", "-c", "sleep 0.1; echo x" }, timeout = T }))
+      local t1 = task.spawn(function()
+        return p:wait(T)
+      end)
+      local t2 = task.spawn(function()
+        return p:wait(T)
+      end)
+      return t1:wait(T), t2:wait(T), p:wait(T)
+    end)
+    assert.equal("x\n", a.stdout)
+    assert.equal(a, b)
+    assert.equal(a, later)
+  end)
+
+  it("times out a bounded wait while the process keeps running", function()
+    local res, err, code, after = helpers.run(function()
+      local p = assert(proc.spawn({ argv = { "sleep", "0.5" }, timeout = T }))
+      local r, e, c = p:wait(0.05)
+      return r, e, c, p:wait(T)
+    end)
+    assert.is_nil(res)
+    assert.equal("timeout", code)
+    assert.matches("keeps running", err)
+    assert.equal(0, after.exit_code)
+  end)
+
+  it("applies the default timeout without changing the caller's options", function()
+    local opts = { argv = { "true" } }
+    local res = helpers.run(proc.run, opts)
+    assert.equal(0, res.exit_code)
+    assert.is_nil(opts.timeout)
+  end)
+
+  it("runs 200 processes concurrently", function()
+    local results = helpers.run(function()
+      local ps = {}
+      for i = 1, 200 do
+        local argv = { "/bin/sh", "-c", "sleep 0.2; echo $0", tostring(i) }
+        ps[i] = assert(proc.spawn({ argv = argv }))
+      end
+      local out = {}
+      for i = 1, 200 do
+        out[i] = assert(ps[i]:wait(T))
+      end
+      return out
+    end)
+    for i = 1, 200 do
+      assert.equal(0, results[i].exit_code)
+      assert.equal(i .. "\n", results[i].stdout)
+    end
+  end)
+
+  it("keeps a stdin pipe open for pieces written over time", function()
+    helpers.run(function()
+      local p = assert(proc.spawn({ argv = { "cat" }, stdin = true, timeout = 10 }))
+      assert.is_true(p:write("one "))
+      task.sleep(0.05)
+      assert.is_true(p:write(("x"):rep(1000000)))
+      assert.is_true(p:write(" two"))
+      assert.is_true(p:close_stdin())
+      local r = assert(p:wait(10))
+      assert.equal(0, r.exit_code)
+      assert.equal("one " .. ("x"):rep(1000000) .. " two", r.stdout)
+      local ok, err, code = p:write("late")
+      assert.is_nil(ok)
+      assert.equal("closed", code)
+      assert.matches("closed", err)
+    end)
+  end)
+
+  it("refuses write on a process without a stdin pipe", function()
+    helpers.run(function()
+      local p = assert(proc.spawn({ argv = { "true" }, timeout = 10 }))
+      assert.has_error(function()
+        p:write("x")
+      end)
+      p:wait(10)
+    end)
+  end)
+end)
