@@ -224,14 +224,16 @@ static int sys_stat(lua_State *L)
     return 1;
 }
 
-/* sys.mkdir(path [, mode]) -> true | nil, msg, "io" (an existing directory is success) */
+/* sys.mkdir(path [, mode [, exclusive]]) -> true | nil, msg, "io"
+ * An existing directory is success unless exclusive is true. */
 static int sys_mkdir(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
     lua_Integer mode = luaL_optinteger(L, 2, 0755);
+    int exclusive = lua_toboolean(L, 3);
     if (mkdir(path, (mode_t)mode) != 0) {
         struct stat st;
-        if (!(errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
+        if (exclusive || !(errno == EEXIST && stat(path, &st) == 0 && S_ISDIR(st.st_mode)))
             return ph_fail_errno(L, "io", errno, "cannot create directory %s", path);
     }
     lua_pushboolean(L, 1);

@@ -2,7 +2,9 @@
 #include "ph.h"
 
 #include <lua-cjson.h>
+#include <limits.h>
 #include <lualib.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -13,7 +15,7 @@
 
 int luaopen_cjson_safe(lua_State *L); /* in Debian's liblua5.4-cjson, not in its header */
 
-static char runtime_root[4096];
+static char runtime_root[PATH_MAX];
 
 static const luaL_Reg preload[] = {
     { "host.core.task", luaopen_host_core_task },
@@ -29,10 +31,10 @@ static const luaL_Reg preload[] = {
 
 static int has_runtime(const char *dir)
 {
-    char probe[4200];
+    char probe[PATH_MAX];
     struct stat st;
-    snprintf(probe, sizeof probe, "%s/lua/host/cli.lua", dir);
-    return stat(probe, &st) == 0;
+    int n = snprintf(probe, sizeof probe, "%s/lua/host/cli.lua", dir);
+    return n > 0 && (size_t)n < sizeof probe && stat(probe, &st) == 0;
 }
 
 /* Installed and packaged layouts keep lua/ and providers/ in <exe>/../share/provider-host;
@@ -44,16 +46,17 @@ static void find_runtime_root(void)
         snprintf(runtime_root, sizeof runtime_root, "%s", env);
         return;
     }
-    char exe[4096];
+    char exe[PATH_MAX];
     size_t n = sizeof exe;
     if (uv_exepath(exe, &n) == 0) {
         char *slash = strrchr(exe, '/');
         if (slash != NULL) {
             *slash = '\0';
-            char cand[4200];
-            snprintf(cand, sizeof cand, "%s/../share/provider-host", exe);
-            char real[4096];
-            if (has_runtime(cand) && realpath(cand, real) != NULL) {
+            char cand[PATH_MAX];
+            char real[PATH_MAX];
+            int len = snprintf(cand, sizeof cand, "%s/../share/provider-host", exe);
+            if (len > 0 && (size_t)len < sizeof cand && has_runtime(cand) &&
+                realpath(cand, real) != NULL) {
                 snprintf(runtime_root, sizeof runtime_root, "%s", real);
                 return;
             }

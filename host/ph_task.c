@@ -389,7 +389,9 @@ static int task_tostring(lua_State *L)
 
 void ph_task_init(lua_State *L)
 {
-    *(ph_task **)lua_getextraspace(L) = NULL; /* new threads copy this: plain coroutines */
+    /* New threads copy the main thread's extra space: NULL marks plain coroutines. Only the
+     * main thread's is touched here; L may be a task requiring host.core.task. */
+    *(ph_task **)lua_getextraspace(ph_main_state()) = NULL;
     if (luaL_newmetatable(L, TASK_MT)) {
         lua_pushcfunction(L, task_gc);
         lua_setfield(L, -2, "__gc");

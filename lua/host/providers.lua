@@ -1,0 +1,439 @@
+--- host.providers: find, load and check provider scripts (DESIGN.md section 3).
+local sys = require("host.core.sys")
+
+local M = {}
+
+--- Hook names and the protocol methods they serve, in the order initialize lists them.
+M.HOOKS = {
+  { "validate_config", "environmentValidateConfig" },
+  { "probe", "environmentProbe" },
+  { "acquire_lease", "environmentAcquireLease" },
+  { "resume_lease", "environmentResumeLease" },
+  { "release_lease", "environmentReleaseLease" },
+  { "destroy_lease", "environmentDestroyLease" },
+  { "realize_workspace", "environmentRealizeWorkspace" },
+  { "execute", "environmentExecute" },
+  { "cancel_execution", "environmentCancelExecution" },
+  { "sync_in", "environmentSyncIn" },
+  { "sync_out", "environmentSyncOut" },
+}
+M.METHOD_OF, M.HOOK_OF = {}, {}
+for _, pair in ipairs(M.HOOKS) do
+  M.METHOD_OF[pair[1]], M.HOOK_OF[pair[2]] = pair[2], pair[1]
+end
+
+local CAPABILITIES = {
+  reusableLeases = true,
+  nativeSyncIn = true,
+  nativeSyncOut = true,
+  persistentProcessSessions = true,
+  independentControlCommands = true,
+  incrementalSessionOutput = true,
+}
+local KNOWN_KEYS = {
+  driver_key = true,
+  display_name = true,
+  description = true,
+  version = true,
+  schema = true,
+  hooks = true,
+  capabilities = true,
+  shell = true,
+  manifest = true,
+}
+local MANIFEST_KEYS = {
+  id = true,
+  package_name = true,
+  display_name = true,
+  description = true,
+  author = true,
+  categories = true,
+  driver_display_name = true,
+  driver_description = true,
+}
+local FACADES = {
+  ["host.http"] = true,
+  ["host.ssh"] = true,
+  ["host.proc"] = true,
+  ["host.json"] = true,
+  ["host.log"] = true,
+  ["host.task"] = true,
+  ["host.schema"] = true,
+  ["host.shell"] = true,
+  ["host.util"] = true,
+  ["host.fs"] = true,
+  ["host.bridge"] = true,
+}
+
+local function is_dir(path)
+  local st = sys.stat(path)
+  return st and st.type == "directory"
+end
+
+local function is_file(path)
+  local st = sys.stat(path)
+  return st and st.type == "file"
+end
+
+--- search_path(extra_dirs) -> array of directories: built-ins, then extra_dirs (from
+-- --providers), then $PROVIDER_HOST_PATH (colon-separated). Earlier entries win.
+function M.search_path(extra_dirs)
+  local dirs = { sys.runtime_root() .. "/providers" }
+  for _, d in ipairs(extra_dirs or {}) do
+    dirs[#dirs + 1] = d
+  end
+  for d in (os.getenv("PROVIDER_HOST_PATH") or ""):gmatch("[^:]+") do
+    dirs[#dirs + 1] = d
+  end
+  return dirs
+end
+
+--- locate(name, dirs) -> path of the main file, directory | nil, message
+-- A provider is <dir>/<name>/init.lua or the single file <dir>/<name>.lua.
+function M.locate(name, dirs)
+  if not name:match("^[a-z0-9][a-z0-9._-]*$") then
+    return nil,
+      ("invalid provider name %q (use lowercase letters, digits, '.', '_', '-')"):format(name)
+  end
+  for _, d in ipairs(dirs) do
+    if is_file(d .. "/" .. name .. "/init.lua") then
+      return d .. "/" .. name .. "/init.lua", d .. "/" .. name
+    end
+    if is_file(d .. "/" .. name .. ".lua") then
+      return d .. "/" .. name .. ".lua", d
+    end
+  end
+  return nil, ("provider %q not found (searched %s)"):format(name, table.concat(dirs, ", "))
+end
+
+--- discover(dirs) -> array of {name, path, dir, shadowed_by?} for every provider found.
+function M.discover(dirs)
+  local found, seen = {}, {}
+  for _, d in ipairs(dirs) do
+    local entries = is_dir(d) and sys.list_dir(d) or {}
+    for _, e in ipairs(entries) do
+      local name, path
+      if is_file(d .. "/" .. e .. "/init.lua") then
+        name, path = e, d .. "/" .. e .. "/init.lua"
+      elseif e:match("%.lua$") and is_file(d .. "/" .. e) then
+        name, path = e:sub(1, -5), d .. "/" .. e
+      end
+      if name and name:match("^[a-z0-9][a-z0-9._-]*$") then
+        found[#found + 1] = { name = name, path = path, dir = d, shadowed_by = seen[name] }
+        seen[name] = seen[name] or path
+      end
+    end
+  end
+  return found
+end
+
+local function read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then
+    return nil, err
+  end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+-- The globals a provider sees: the safe standard library, no debug/package/load, no
+-- print (use host.log), and writes to globals are errors.
+local function base_env()
+  return {
+    assert = assert,
+    error = error,
+    ipairs = ipairs,
+    next = next,
+    pairs = pairs,
+    pcall = pcall,
+    xpcall = xpcall,
+    select = select,
+    tonumber = tonumber,
+    tostring = tostring,
+    type = type,
+    setmetatable = setmetatable,
+    getmetatable = getmetatable,
+    rawequal = rawequal,
+    rawget = rawget,
+    rawset = rawset,
+    rawlen = rawlen,
+    string = string,
+    table = table,
+    math = math,
+    utf8 = utf8,
+    coroutine = coroutine,
+    io = { open = io.open, lines = io.lines },
+    os = {
+      time = os.time,
+      clock = os.clock,
+      date = os.date,
+      getenv = os.getenv,
+      difftime = os.difftime,
+    },
+  }
+end
+
+-- Load one file of a provider in its sandbox. `loaded` caches the provider's own modules.
+local function load_chunk(path, env)
+  local text, err = read_file(path)
+  if not text then
+    return nil, err
+  end
+  if text:sub(1, 1) == "\27" then
+    return nil, path .. ": precompiled chunks are not accepted"
+  end
+  return load(text, "@" .. path, "t", env)
+end
+
+local function make_env(name, base_dir, problems)
+  local env = base_env()
+  local loaded = {}
+  local locked = false
+  env._G = env
+  env.require = function(modname)
+    if type(modname) ~= "string" then
+      error("bad argument #1 to 'require' (string expected, got " .. type(modname) .. ")", 2)
+    end
+    if modname:match("^host%.core%.") or modname:match("^host%.core$") then
+      error(
+        ("provider %q cannot use %s: it is internal; use the host.* modules"):format(name, modname),
+        2
+      )
+    end
+    if FACADES[modname] then
+      local ok, mod = pcall(require, modname)
+      if not ok then
+        error(mod, 2) -- blame the provider's line, not the loader's
+      end
+      return mod
+    end
+    local own = modname:match("^providers%." .. name:gsub("%p", "%%%0") .. "%.(.+)$")
+    if own then
+      if loaded[own] ~= nil then
+        return loaded[own]
+      end
+      local path = base_dir .. "/" .. own:gsub("%.", "/") .. ".lua"
+      local chunk, err = load_chunk(path, env)
+      if not chunk then
+        error(("cannot load %s: %s"):format(modname, err), 2)
+      end
+      local value = chunk(modname)
+      if value == nil then
+        value = true
+      end
+      loaded[own] = value
+      return value
+    end
+    if modname:match("^host%.") then
+      error(
+        ("provider %q: no module %s (available: %s)"):format(
+          name,
+          modname,
+          "host.http, host.proc, host.json, host.log, host.task, host.schema, host.shell, host.util"
+        ),
+        2
+      )
+    end
+    local ok, mod = pcall(require, modname)
+    if not ok then
+      error(mod, 2)
+    end
+    return mod
+  end
+  return setmetatable(env, {
+    __newindex = function(_, k)
+      if locked then
+        error(("provider %q: assignment to global %q (globals are locked)"):format(name, k), 2)
+      end
+      problems[#problems + 1] = { msg = ("assignment to global %q (use local)"):format(k) }
+      error(("provider %q: assignment to global %q (use local)"):format(name, k), 2)
+    end,
+    __index = function(_, k)
+      error(("provider %q: unknown global %q"):format(name, tostring(k)), 2)
+    end,
+  }),
+    function()
+      locked = true
+    end
+end
+
+local function line_of(fn)
+  local info = debug.getinfo(fn, "S")
+  return info and info.short_src and (info.short_src .. ":" .. info.linedefined) or "?"
+end
+
+-- Check the table a provider returned; append every problem found.
+local function check_shape(p, name, path, problems)
+  local function problem(msg, where)
+    problems[#problems + 1] = { where = where or path, msg = msg }
+  end
+  if type(p) ~= "table" then
+    problem("the script must return a table (got " .. type(p) .. ")")
+    return
+  end
+  for k in pairs(p) do
+    if not KNOWN_KEYS[k] then
+      problem(
+        (
+          "unknown key %q (known: driver_key, display_name, description, version, "
+          .. "schema, hooks, capabilities, manifest)"
+        ):format(tostring(k))
+      )
+    end
+  end
+  if p.driver_key ~= name then
+    problem(
+      ("driver_key must equal the provider's name %q (got %s)"):format(
+        name,
+        type(p.driver_key) == "string" and ("%q"):format(p.driver_key) or type(p.driver_key)
+      )
+    )
+  end
+  if
+    p.display_name ~= nil
+    and (type(p.display_name) ~= "string" or #p.display_name < 1 or #p.display_name > 100)
+  then
+    problem("display_name must be a string of 1 to 100 characters")
+  end
+  if p.description ~= nil and (type(p.description) ~= "string" or #p.description > 500) then
+    problem("description must be a string of at most 500 characters")
+  end
+  if
+    p.version ~= nil
+    and (type(p.version) ~= "string" or not p.version:match("^%d+%.%d+%.%d+[%w%.%-+]*$"))
+  then
+    problem('version must be a semver string such as "0.1.0"')
+  end
+  if p.schema == nil then
+    problem("schema is missing (a host.schema built with schema.new{...})")
+  elseif type(p.schema) ~= "table" or type(p.schema.normalize) ~= "function" then
+    problem('schema must be built with require("host.schema").new{...}')
+  end
+  if type(p.hooks) ~= "table" then
+    problem("hooks must be a table of functions named after protocol methods")
+  else
+    for k, fn in pairs(p.hooks) do
+      if not M.METHOD_OF[k] then
+        local names = {}
+        for _, pair in ipairs(M.HOOKS) do
+          names[#names + 1] = pair[1]
+        end
+        problem(
+          ("unknown hook %q (known: %s)"):format(tostring(k), table.concat(names, ", ")),
+          type(fn) == "function" and line_of(fn) or nil
+        )
+      elseif type(fn) ~= "function" then
+        problem(("hook %q must be a function (got %s)"):format(k, type(fn)))
+      end
+    end
+  end
+  if p.capabilities ~= nil then
+    if type(p.capabilities) ~= "table" then
+      problem("capabilities must be a table")
+    else
+      for k, v in pairs(p.capabilities) do
+        if not CAPABILITIES[k] then
+          problem(("unknown capability %q"):format(tostring(k)))
+        elseif type(v) ~= "boolean" then
+          problem(("capability %q must be a boolean"):format(k))
+        end
+      end
+    end
+  end
+  if p.shell ~= nil and p.shell ~= "bash" and p.shell ~= "sh" then
+    problem('shell must be "bash" or "sh"')
+  end
+  if p.manifest ~= nil then
+    if type(p.manifest) ~= "table" then
+      problem("manifest must be a table")
+    else
+      for k in pairs(p.manifest) do
+        if not MANIFEST_KEYS[k] then
+          problem(("unknown manifest key %q"):format(tostring(k)))
+        end
+      end
+      local id = p.manifest.id
+      if id ~= nil and (type(id) ~= "string" or not id:match("^[a-z0-9][a-z0-9._-]*$")) then
+        problem("manifest.id must match ^[a-z0-9][a-z0-9._-]*$")
+      end
+    end
+  end
+end
+
+local function format_problems(problems)
+  local out = {}
+  for _, pr in ipairs(problems) do
+    out[#out + 1] = pr.where and (pr.where .. ": " .. pr.msg) or pr.msg
+  end
+  return out
+end
+
+--- load_file(path, name) -> provider | nil, problems (array of "file:line: message")
+-- Loads a provider from its main file in a sandbox (locked globals, no host.core.*),
+-- then checks the table it returns. The main chunk only declares: it runs outside any
+-- task, so a host primitive called at load time fails with a clear error.
+function M.load_file(path, name)
+  local base_dir = path:match("^(.*)/init%.lua$") or path:match("^(.*)/[^/]+%.lua$") or "."
+  name = name or (path:match("([^/]+)/init%.lua$") or path:match("([^/]+)%.lua$"))
+  local problems = {}
+  local env, lock = make_env(name, base_dir, problems)
+  local chunk, err = load_chunk(path, env)
+  if not chunk then
+    problems[#problems + 1] = { msg = err }
+    return nil, format_problems(problems)
+  end
+  local ok, p = xpcall(chunk, function(e)
+    return type(e) == "string" and e or tostring(e)
+  end, "providers." .. name)
+  if not ok then
+    problems[#problems + 1] = { msg = p }
+    return nil, format_problems(problems)
+  end
+  check_shape(p, name, path, problems)
+  if #problems > 0 then
+    return nil, format_problems(problems)
+  end
+  lock()
+  p.name, p.path, p.dir = name, path, base_dir
+  p.display_name = p.display_name or name
+  p.version = p.version or "0.1.0"
+  p.capabilities = p.capabilities or {}
+  p.manifest = p.manifest or {}
+  return p
+end
+
+--- load(name_or_path, dirs) -> provider | nil, problems
+-- A name is looked up on the search path; anything with a '/' or ending in .lua is a path
+-- (a file, or a directory holding init.lua).
+function M.load(ref, dirs)
+  local path
+  if ref:find("/", 1, true) or ref:match("%.lua$") then
+    path = is_dir(ref) and (ref:gsub("/+$", "") .. "/init.lua") or ref
+    if not is_file(path) then
+      return nil, { ("%s: no such provider file"):format(path) }
+    end
+    return M.load_file(path)
+  end
+  local found, err = M.locate(ref, dirs or M.search_path())
+  if not found then
+    return nil, { err }
+  end
+  return M.load_file(found, ref)
+end
+
+--- supported_methods(providers) -> array of method names served by any of them.
+function M.supported_methods(list)
+  local methods = { "health" }
+  for _, pair in ipairs(M.HOOKS) do
+    for _, p in ipairs(list) do
+      if p.hooks[pair[1]] or (pair[1] == "validate_config" and p.schema) then
+        methods[#methods + 1] = pair[2]
+        break
+      end
+    end
+  end
+  return methods
+end
+
+return M

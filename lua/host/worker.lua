@@ -1,0 +1,528 @@
+--- host.worker: the Paperclip plugin-worker protocol (JSON-RPC 2.0, NDJSON on stdio).
+-- See ../shared/reference/worker-protocol.md. Every request runs as its own task and
+-- replies leave in completion order, one whole line at a time.
+local json = require("host.json")
+local log = require("host.log")
+local task = require("host.task")
+local util = require("host.util")
+local providers = require("host.providers")
+
+local M = {}
+
+local PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS =
+  -32700, -32600, -32601, -32602
+local WORKER_ERROR, METHOD_NOT_IMPLEMENTED = -32002, -32004
+M.MAX_LINE = 256 * 1024 * 1024 -- bytes in one request line
+M.MAX_OUTPUT = 32 * 1024 * 1024 -- bytes kept (and streamed) per output stream
+local MAX_CHUNK = 999000 -- execute.log chunks must stay under 1 000 000 UTF-16 units
+local VOID = {
+  environmentReleaseLease = true,
+  environmentDestroyLease = true,
+}
+-- Optional methods of the protocol a provider worker does not serve: -32004, not -32601.
+local OPTIONAL = {
+  validateConfig = true,
+  onEvent = true,
+  runJob = true,
+  handleWebhook = true,
+  handleApiRequest = true,
+  getData = true,
+  performAction = true,
+  executeTool = true,
+  environmentStartInteractiveSetup = true,
+  environmentGetInteractiveSetup = true,
+  environmentCaptureTemplate = true,
+  environmentCancelInteractiveSetup = true,
+  environmentDeleteTemplate = true,
+  setupTokenPtyOpen = true,
+  setupTokenPtyInput = true,
+  setupTokenPtyStop = true,
+  setupTokenPtyClose = true,
+}
+for _, pair in ipairs(providers.HOOKS) do
+  OPTIONAL[pair[2]] = true
+end
+
+local Worker = {}
+Worker.__index = Worker
+
+--- new{providers = {p1, ...}, write = fn(line)} -> Worker
+-- write receives each outgoing message as one line without the newline.
+function M.new(opts)
+  local self = setmetatable({
+    by_key = {},
+    list = opts.providers,
+    write = opts.write,
+    initialized = false,
+    inflight = {}, -- task -> true
+    executions = {}, -- "company\0env\0lease\0id" -> {cancel = fn}
+    closing = false,
+  }, Worker)
+  for _, p in ipairs(opts.providers) do
+    self.by_key[p.driver_key] = p
+  end
+  return self
+end
+
+function Worker:send(msg)
+  local line, err = json.encode(msg)
+  if not line then
+    -- A value we cannot encode is a bug in a hook's result: report it, do not go silent.
+    log.error("cannot encode a reply: %s", err)
+    if msg.id ~= nil then
+      line = json.encode({
+        jsonrpc = "2.0",
+        id = msg.id,
+        error = { code = WORKER_ERROR, message = "worker produced an unencodable result: " .. err },
+      })
+    end
+  end
+  if line then
+    self.write(line)
+  end
+end
+
+function Worker:reply(id, result)
+  if result == nil then
+    result = json.null
+  end
+  self:send({ jsonrpc = "2.0", id = id, result = result })
+end
+
+function Worker:reply_error(id, code, message, data)
+  if id == nil then
+    id = json.null
+  end
+  self:send({
+    jsonrpc = "2.0",
+    id = id,
+    error = { code = code, message = log.redact(message), data = data },
+  })
+end
+
+--- notify(method, params, invocation_id): a notification (never carries an id).
+function Worker:notify(method, params, invocation_id)
+  self:send({
+    jsonrpc = "2.0",
+    method = method,
+    params = params,
+    paperclipInvocationId = invocation_id,
+  })
+end
+
+-- Per-request deadline, a few seconds inside the host's own (worker-protocol.md 2.6), so
+-- the host hears our answer instead of timing out.
+local function budget(method, params)
+  local config = type(params.config) == "table" and params.config or {}
+  local function ms(v)
+    return type(v) == "number" and v > 0 and v or nil
+  end
+  if method == "environmentExecute" then
+    local t = ms(params.timeoutMs) or ms(config.timeoutMs)
+    return t and (t / 1000 + 25) or 25
+  elseif method == "environmentProbe" then
+    return 115
+  elseif method == "environmentValidateConfig" then
+    return 25
+  end
+  local a, b = ms(config.timeoutMs), ms(config.bridgeRequestTimeoutMs)
+  local t = a and b and math.max(a, b) or a or b
+  return t and (t / 1000 + 25) or 25
+end
+
+-- xpcall handler: keep the raised value for the reply and the traceback for stderr.
+local function capture(e)
+  return { raised = e, traceback = debug.traceback(tostring(e), 2) }
+end
+
+-- Strip "file.lua:12: " from a raised message: operators get the text, stderr the trace.
+local function clean_message(e)
+  if type(e) ~= "string" then
+    if type(e) == "table" and type(e.message) == "string" then
+      return e.message
+    end
+    return tostring(e)
+  end
+  return (e:gsub("^[^\n]-%.lua:%d+: ", ""))
+end
+
+-- The streamed text of one stream must be an exact prefix of the final output: clean
+-- UTF-8 incrementally (carrying a split character) and stop at the same byte cap.
+local function make_emitter(worker, invocation_id)
+  local state = { stdout = { rest = "", bytes = 0 }, stderr = { rest = "", bytes = 0 } }
+  return function(_, stream, chunk)
+    local st = state[stream]
+    if not st then
+      error('bad argument #1 to \'emit\' ("stdout" or "stderr" expected)', 2)
+    end
+    if type(chunk) ~= "string" or chunk == "" or not invocation_id then
+      return
+    end
+    if st.bytes >= M.MAX_OUTPUT then
+      return
+    end
+    if st.bytes + #chunk > M.MAX_OUTPUT then
+      chunk = chunk:sub(1, M.MAX_OUTPUT - st.bytes)
+    end
+    st.bytes = st.bytes + #chunk
+    local text, rest = util.utf8_clean(st.rest .. chunk, st.bytes >= M.MAX_OUTPUT)
+    st.rest = rest or ""
+    local i = 1
+    while i <= #text do
+      local j = math.min(#text, i + MAX_CHUNK - 1)
+      while j < #text and (text:byte(j + 1) or 0) & 0xC0 == 0x80 do
+        j = j - 1 -- never split a character between two notifications
+      end
+      worker:notify("execute.log", { stream = stream, chunk = text:sub(i, j) }, invocation_id)
+      i = j + 1
+    end
+  end
+end
+
+--- output(raw) -> the text a result carries for raw command output: capped at MAX_OUTPUT
+-- bytes and cleaned to valid UTF-8 exactly as ctx:emit streams it.
+function M.output(raw)
+  if #raw > M.MAX_OUTPUT then
+    raw = raw:sub(1, M.MAX_OUTPUT)
+  end
+  return (util.utf8_clean(raw, true))
+end
+
+function Worker:context(p, method, params, invocation)
+  local invocation_id = type(invocation) == "table"
+      and type(invocation.id) == "string"
+      and invocation.id
+    or nil
+  local raw = type(params.config) == "table" and params.config or {}
+  local config, errors, warnings = p.schema:normalize(raw)
+  for _, s in ipairs(p.schema:secrets(raw)) do
+    log.add_secret(s)
+  end
+  local ctx = {
+    provider = p,
+    driver_key = p.driver_key,
+    method = method,
+    params = params,
+    raw_config = raw,
+    config = config,
+    errors = errors,
+    warnings = warnings,
+    invocation_id = invocation_id,
+    company_id = params.companyId,
+    deadline = task.now() + budget(method, params),
+    max_output = M.MAX_OUTPUT,
+    log = log.bind({ invocation_id = invocation_id, provider = p.driver_key }),
+    emit = make_emitter(self, invocation_id),
+    output = function(_, raw_output)
+      return M.output(raw_output)
+    end,
+    worker = self,
+  }
+  function ctx.remaining()
+    return math.max(0, ctx.deadline - task.now())
+  end
+  return ctx
+end
+
+local function validation_result(ctx, res)
+  if res ~= nil then
+    return res
+  end
+  if #ctx.errors > 0 then
+    local out = { ok = false, errors = ctx.errors }
+    if #ctx.warnings > 0 then
+      out.warnings = ctx.warnings
+    end
+    return out
+  end
+  local out = { ok = true, normalizedConfig = ctx.config }
+  if #ctx.warnings > 0 then
+    out.warnings = ctx.warnings
+  end
+  return out
+end
+
+-- Track executions by their exact scope so environmentCancelExecution never widens it.
+local function execution_key(params)
+  local lease = type(params.lease) == "table" and params.lease or {}
+  return table.concat({
+    tostring(params.companyId),
+    tostring(params.environmentId),
+    tostring(lease.providerLeaseId),
+    tostring(params.executionId),
+  }, "\0")
+end
+
+local function finish_hook(method, res)
+  if not res[1] then
+    log.error("%s failed: %s", method, res[2].traceback)
+    return nil, clean_message(res[2].raised)
+  end
+  local result, msg = res[2], res[3]
+  if result == nil and msg ~= nil then
+    return nil, clean_message(msg)
+  end
+  if result == nil and not VOID[method] then
+    return nil, method .. ": the provider returned nothing"
+  end
+  if VOID[method] then
+    return json.null
+  end
+  return result
+end
+
+function Worker:run_hook(p, method, params, invocation)
+  local hook_name = providers.HOOK_OF[method]
+  local hook = p.hooks[hook_name]
+  local ctx = self:context(p, method, params, invocation)
+  if method ~= "environmentValidateConfig" and #ctx.errors > 0 then
+    return nil, "invalid " .. p.driver_key .. " config: " .. table.concat(ctx.errors, "; ")
+  end
+  if method == "environmentExecute" and params.executionId ~= nil then
+    local id = params.executionId
+    if type(id) ~= "string" or id:match("^%s*$") then
+      return nil, "Environment executionId must be a non-empty opaque string."
+    elseif #id > 512 then
+      return nil, "Environment executionId exceeds the 512-character limit."
+    end
+    local key = execution_key(params)
+    if self.executions[key] then
+      return nil, ('Environment execution "%s" is already active.'):format(id)
+    end
+    local entry = { task = task.current() }
+    self.executions[key] = entry
+    ctx.execution = entry
+    local res = table.pack(xpcall(hook, capture, ctx, params))
+    self.executions[key] = nil
+    return finish_hook(method, res)
+  end
+  if method == "environmentCancelExecution" then
+    ctx.active = self.executions[execution_key(params)]
+  end
+  if not hook then -- validate_config without a hook: the schema alone decides
+    return validation_result(ctx, nil)
+  end
+  local res = table.pack(xpcall(hook, capture, ctx, params))
+  if method == "environmentValidateConfig" and res[1] then
+    if res[2] == nil and res[3] == nil then
+      return validation_result(ctx, nil)
+    end
+  end
+  return finish_hook(method, res)
+end
+
+
+function Worker:environment(id, method, params, invocation)
+  if type(params) ~= "table" then
+    return self:reply_error(id, INVALID_PARAMS, method .. ": params must be an object")
+  end
+  local key = params.driverKey
+  local p = type(key) == "string" and self.by_key[key]
+  if not p and key == nil and #self.list == 1 then
+    p = self.list[1] -- the host always sends driverKey; a hand-written call may not
+  end
+  if not p then
+    local served = {}
+    for k in pairs(self.by_key) do
+      served[#served + 1] = k
+    end
+    table.sort(served)
+    return self:reply_error(
+      id,
+      INVALID_PARAMS,
+      ("%s: unknown driverKey %s (this worker serves %s)"):format(
+        method,
+        json.encode(key) or "?",
+        table.concat(served, ", ")
+      )
+    )
+  end
+  if not (p.hooks[providers.HOOK_OF[method]] or method == "environmentValidateConfig") then
+    return self:reply_error(
+      id,
+      METHOD_NOT_IMPLEMENTED,
+      method .. " is not implemented by this plugin"
+    )
+  end
+  local me = task.current()
+  local late = false
+  local watchdog = task.spawn(function()
+    if task.sleep(budget(method, params)) then
+      late = true
+      me:cancel()
+    end
+  end)
+  local result, err = self:run_hook(p, method, params, invocation)
+  watchdog:cancel()
+  if late then
+    return self:reply_error(
+      id,
+      WORKER_ERROR,
+      ("%s did not finish within %gs and was canceled"):format(method, budget(method, params))
+    )
+  end
+  if result == nil then
+    return self:reply_error(id, WORKER_ERROR, err or (method .. " failed"))
+  end
+  self:reply(id, result)
+end
+
+-- One request: runs as its own task.
+function Worker:request(id, method, params, invocation)
+  if method == "initialize" then
+    if self.initialized then
+      return self:reply_error(id, WORKER_ERROR, "Worker already initialized")
+    end
+    self.initialized = true
+    local names = {}
+    for _, p in ipairs(self.list) do
+      names[#names + 1] = p.driver_key
+    end
+    log.info("provider-host ready: %s", table.concat(names, ", "))
+    return self:reply(
+      id,
+      { ok = true, supportedMethods = json.array(providers.supported_methods(self.list)) }
+    )
+  elseif method == "health" then
+    return self:reply(id, { status = "ok", message = "provider-host worker healthy" })
+  elseif method == "configChanged" then
+    return self:reply(id, nil)
+  elseif method == "shutdown" then
+    return self:shutdown(id)
+  elseif providers.HOOK_OF[method] then
+    return self:environment(id, method, params, invocation)
+  elseif OPTIONAL[method] then
+    return self:reply_error(
+      id,
+      METHOD_NOT_IMPLEMENTED,
+      method .. " is not implemented by this plugin"
+    )
+  end
+  return self:reply_error(id, METHOD_NOT_FOUND, "Unknown method: " .. tostring(method))
+end
+
+--- handle_line(line) -> the Task serving it (nil when answered at once or ignored).
+function Worker:handle_line(line)
+  if line:match("^%s*$") then
+    return
+  end
+  local msg, err = json.decode(line)
+  if msg == nil then
+    return self:reply_error(json.null, PARSE_ERROR, "Parse error: " .. tostring(err))
+  end
+  if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" then
+    local id = type(msg) == "table" and msg.id or nil
+    return self:reply_error(id, INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object")
+  end
+  if msg.result ~= nil or msg.error ~= nil then
+    return -- a response: we never send requests, so nothing waits for it
+  end
+  if type(msg.method) ~= "string" then
+    return self:reply_error(msg.id, INVALID_REQUEST, "Invalid Request: method must be a string")
+  end
+  if msg.id == nil or msg.id == json.null then
+    return -- a notification from the host: nothing to answer
+  end
+  if type(msg.id) ~= "string" and type(msg.id) ~= "number" then
+    return self:reply_error(
+      json.null,
+      INVALID_REQUEST,
+      "Invalid Request: id must be a string or a number"
+    )
+  end
+  if self.closing then
+    return self:reply_error(msg.id, WORKER_ERROR, "worker is shutting down")
+  end
+  local t
+  t = task.spawn(function()
+    local ok, e =
+      xpcall(self.request, capture, self, msg.id, msg.method, msg.params, msg.paperclipInvocation)
+    if not ok then
+      log.error("request %s failed: %s", msg.method, e.traceback)
+      self:reply_error(msg.id, WORKER_ERROR, clean_message(e.raised))
+    end
+    self.inflight[t] = nil
+  end)
+  self.inflight[t] = true
+  return t
+end
+
+--- shutdown(id): stop serving, cancel what runs, answer null, flush; serve() then returns.
+function Worker:shutdown(id)
+  if self.closing then
+    if id ~= nil then
+      self:reply(id, nil)
+    end
+    return
+  end
+  self.closing = true
+  local me = task.current()
+  for t in pairs(self.inflight) do
+    if t ~= me then
+      t:cancel() -- pending processes and transfers are torn down
+    end
+  end
+  for t in pairs(self.inflight) do
+    if t ~= me then
+      t:wait(0.3)
+    end
+  end
+  if id ~= nil then
+    self:reply(id, nil)
+  end
+  if self.on_closed then
+    self.on_closed()
+  end
+end
+
+--- serve(): the worker's main loop on stdin/stdout. Returns the process exit code.
+function M.serve(list)
+  local stdio = require("host.core.stdio")
+  local sys = require("host.core.sys")
+  local worker = M.new({
+    providers = list,
+    write = function(line)
+      stdio.write(line .. "\n")
+    end,
+  })
+  log.set_sink(function(level, message, fields)
+    local params = { level = level, message = message }
+    worker:notify("log", params, fields and fields.invocation_id or nil)
+  end)
+  local done = false
+  worker.on_closed = function()
+    done = true
+    stdio.close_input()
+  end
+  -- SIGTERM, SIGINT and the death of our parent all mean: shut down now.
+  local watchers = {}
+  for _, sig in ipairs({ "SIGTERM", "SIGINT", "SIGHUP" }) do
+    watchers[#watchers + 1] = task.spawn(function()
+      if sys.wait_signal(sig) then
+        log.info("received %s: shutting down", sig)
+        worker:shutdown(nil)
+      end
+    end)
+  end
+  sys.parent_death_signal("SIGTERM")
+  while not done do
+    local line, err, code = stdio.read_line(M.MAX_LINE)
+    if line then
+      worker:handle_line(line)
+    elseif code == "protocol" then
+      worker:reply_error(json.null, PARSE_ERROR, "Parse error: " .. err)
+    else
+      if not done then -- end of input: the host is gone or closed our stdin
+        worker:shutdown(nil)
+      end
+      break
+    end
+  end
+  for _, w in ipairs(watchers) do
+    w:cancel()
+  end
+  stdio.drain(2)
+  return 0
+end
+
+return M

@@ -1,0 +1,120 @@
+-- spec/lua/providers_spec.lua: loading and checking provider scripts.
+local helpers = require("spec.helpers")
+local providers = require("host.providers")
+local util = require("host.util")
+
+local BROKEN = helpers.root .. "/spec/fixtures/broken"
+local FIXTURES = helpers.root .. "/spec/fixtures/providers"
+
+local function joined(problems)
+  return table.concat(problems, "\n")
+end
+
+describe("host.providers", function()
+  it("loads the built-in local provider by name", function()
+    local p = assert(providers.load("local"))
+    assert.equal("local", p.driver_key)
+    assert.is_function(p.hooks.execute)
+    assert.matches("/providers/local/init%.lua$", p.path)
+  end)
+
+  it("loads a one-file provider from a path", function()
+    local p = assert(providers.load(FIXTURES .. "/echo.lua"))
+    assert.equal("echo", p.driver_key)
+    assert.equal("1.2.3", p.version)
+  end)
+
+  it("reports a syntax error with file and line", function()
+    local p, problems = providers.load(BROKEN .. "/syntax.lua")
+    assert.is_nil(p)
+    assert.matches("syntax%.lua:4:", joined(problems))
+  end)
+
+  it("reports every contract problem at once", function()
+    local _, problems = providers.load(BROKEN .. "/shape.lua")
+    local text = joined(problems)
+    assert.matches('driver_key must equal the provider\'s name "shape"', text)
+    assert.matches("version must be a semver", text)
+    assert.matches('unknown hook "exec"', text)
+    assert.matches('hook "execute" must be a function', text)
+    assert.matches('unknown capability "teleport"', text)
+    assert.matches("shape%.lua:%d+: unknown hook", text) -- the hook's own line
+    assert.is_true(#problems >= 5)
+  end)
+
+  it("keeps providers away from host.core modules", function()
+    local _, problems = providers.load(BROKEN .. "/core.lua")
+    local text = joined(problems)
+    assert.matches("core%.lua:2:", text)
+    assert.matches("cannot use host%.core%.proc", text)
+  end)
+
+  it("locks globals", function()
+    local _, problems = providers.load(BROKEN .. "/global.lua")
+    assert.matches('global "helper"', joined(problems))
+  end)
+
+  it("raises when a hook reads an undeclared global", function()
+    local dir = assert(util.tempdir("spec-typo-"))
+    local f = assert(io.open(dir.path .. "/typo.lua", "w"))
+    f:write(
+      'return { driver_key = "typo", schema = require("host.schema").new({}),\n'
+        .. "  hooks = { probe = function() return undefined_thing end } }\n"
+    )
+    f:close()
+    local p = assert(providers.load(dir.path .. "/typo.lua"))
+    local ok, err = pcall(p.hooks.probe)
+    dir:remove()
+    assert.is_false(ok)
+    assert.matches('typo%.lua:2: provider "typo": unknown global "undefined_thing"', err)
+  end)
+
+  it("finds providers on the search path, earlier directories first", function()
+    local dir = assert(util.tempdir("spec-path-"))
+    local f = assert(io.open(dir.path .. "/echo.lua", "w"))
+    f:write('return { driver_key = "echo", schema = require("host.schema").new({}), hooks = {} }')
+    f:close()
+    local dirs = providers.search_path({ FIXTURES, dir.path })
+    local path = providers.locate("echo", dirs)
+    assert.equal(FIXTURES .. "/echo.lua", path)
+    local found = providers.discover(dirs)
+    local shadowed
+    for _, e in ipairs(found) do
+      if e.name == "echo" and e.dir == dir.path then
+        shadowed = e.shadowed_by
+      end
+    end
+    assert.equal(FIXTURES .. "/echo.lua", shadowed)
+    dir:remove()
+  end)
+
+  it("rejects names that are not driver keys", function()
+    local p, problems = providers.load("Bad Name")
+    assert.is_nil(p)
+    assert.matches("invalid provider name", problems[1])
+  end)
+
+  it("names a missing provider and where it looked", function()
+    local _, problems = providers.load("nosuch")
+    assert.matches('provider "nosuch" not found %(searched .*providers', problems[1])
+  end)
+
+  it("lists the methods its hooks serve", function()
+    local p = assert(providers.load(FIXTURES .. "/echo.lua"))
+    assert.same({
+      "health",
+      "environmentValidateConfig",
+      "environmentProbe",
+      "environmentAcquireLease",
+      "environmentReleaseLease",
+      "environmentExecute",
+    }, providers.supported_methods({ p }))
+  end)
+
+  it("does not let provider code reach the host's internals through the facades", function()
+    local pipe = assert(io.popen("grep -rlF host.core " .. helpers.root .. "/providers"))
+    local hits = pipe:read("a")
+    pipe:close()
+    assert.equal("", hits)
+  end)
+end)

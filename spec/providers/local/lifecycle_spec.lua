@@ -1,0 +1,334 @@
+-- spec/providers/local/lifecycle_spec.lua: the local provider through the worker's dispatch.
+local client = require("host.client")
+local fs = require("host.fs")
+local helpers = require("spec.helpers")
+local json = require("host.json")
+local providers = require("host.providers")
+local task = require("host.task")
+
+local provider = assert(providers.load("local"))
+
+local function session(opts)
+  return client.session({ provider }, opts)
+end
+
+local function acquire(s, config)
+  local lease = assert(s:call("environmentAcquireLease", { config = config or {}, runId = "r" }))
+  return lease, { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata }
+end
+
+local function exec(s, lp, params, config)
+  params.config = config or {}
+  params.lease = lp
+  params.command = params.command or "bash"
+  return s:call("environmentExecute", params)
+end
+
+describe("providers.local", function()
+  it("acquires a private 0700 workspace and declares remoteCwd and shellCommand", function()
+    helpers.run(function()
+      local s = session()
+      local lease = acquire(s)
+      local st = assert(fs.stat(lease.providerLeaseId))
+      assert.equal("directory", st.type)
+      assert.equal(tonumber("700", 8), st.mode)
+      assert.equal(lease.providerLeaseId .. "/workspace", lease.metadata.remoteCwd)
+      assert.equal("bash", lease.metadata.shellCommand)
+      assert.equal("local", lease.metadata.provider)
+      assert.is_false(lease.metadata.resumedLease)
+      assert(
+        s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+      )
+    end)
+  end)
+
+  it("validates its config and returns the normalized config", function()
+    helpers.run(function()
+      local s = session()
+      local r = assert(s:call("environmentValidateConfig", { config = { timeoutMs = "1500.7" } }))
+      assert.is_true(r.ok)
+      assert.equal(1500, r.normalizedConfig.timeoutMs)
+      assert.equal(false, r.normalizedConfig.reuseLease)
+      r = assert(s:call("environmentValidateConfig", { config = { timeoutMs = 0, shell = "zsh" } }))
+      assert.is_false(r.ok)
+      assert.equal("timeoutMs must be between 1 and 86400000.", r.errors[1])
+      assert.matches("shell", r.errors[2])
+    end)
+  end)
+
+  it("probes by running its shell in a throwaway workspace", function()
+    helpers.run(function()
+      local r = assert(session():call("environmentProbe", { config = {} }))
+      assert.is_true(r.ok)
+      assert.matches("Local sandbox ready", r.summary)
+    end)
+  end)
+
+  it("reports a probe failure as ok = false with the error", function()
+    helpers.run(function()
+      local r = assert(session():call("environmentProbe", { config = { root = "/nonexistent/x" } }))
+      assert.is_false(r.ok)
+      assert.matches("cannot create a workspace", r.metadata.error)
+    end)
+  end)
+
+  it("resumes a workspace that exists and reports a gone one as expired", function()
+    helpers.run(function()
+      local s = session()
+      local lease = acquire(s)
+      local r = assert(s:call("environmentResumeLease", {
+        config = {},
+        providerLeaseId = lease.providerLeaseId,
+        leaseMetadata = lease.metadata,
+      }))
+      assert.equal(lease.providerLeaseId, r.providerLeaseId)
+      assert.is_true(r.metadata.resumedLease)
+      assert(
+        s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+      )
+      r = assert(
+        s:call("environmentResumeLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+      )
+      assert.equal(json.null, r.providerLeaseId)
+      assert.same({ expired = true }, r.metadata)
+    end)
+  end)
+
+  it("deletes the workspace on release unless the lease is reused", function()
+    helpers.run(function()
+      local s = session()
+      local kept = acquire(s, { reuseLease = true })
+      assert.equal(
+        json.null,
+        s:call("environmentReleaseLease", {
+          config = { reuseLease = true },
+          providerLeaseId = kept.providerLeaseId,
+        })
+      )
+      assert.is_table(fs.stat(kept.providerLeaseId))
+      local gone = acquire(s)
+      assert.equal(
+        json.null,
+        s:call("environmentReleaseLease", {
+          config = {},
+          providerLeaseId = gone.providerLeaseId,
+        })
+      )
+      assert.is_nil(fs.stat(gone.providerLeaseId))
+      -- a second release, a null id and a missing workspace are all success
+      assert.equal(
+        json.null,
+        s:call("environmentReleaseLease", { config = {}, providerLeaseId = gone.providerLeaseId })
+      )
+      assert.equal(
+        json.null,
+        s:call("environmentReleaseLease", { config = {}, providerLeaseId = json.null })
+      )
+      assert(
+        s:call("environmentDestroyLease", { config = {}, providerLeaseId = kept.providerLeaseId })
+      )
+      assert.is_nil(fs.stat(kept.providerLeaseId))
+    end)
+  end)
+
+  it("never deletes a path that is not one of its workspaces", function()
+    helpers.run(function()
+      local s = session()
+      local victim = assert(fs.mkdtemp("spec-victim-"))
+      for _, id in ipairs({ victim, "/", "/tmp", victim .. "/../" .. victim:match("[^/]+$") }) do
+        assert.equal(
+          json.null,
+          s:call("environmentDestroyLease", { config = {}, providerLeaseId = id })
+        )
+      end
+      assert.is_table(fs.stat(victim))
+      fs.remove_tree(victim)
+    end)
+  end)
+
+  it("realizes the workspace in upstream's cwd order and creates it", function()
+    helpers.run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local r =
+        assert(s:call("environmentRealizeWorkspace", { config = {}, lease = lp, workspace = {} }))
+      assert.equal(lease.metadata.remoteCwd, r.cwd)
+      local other = lease.providerLeaseId .. "/workspace/sub/dir"
+      r = assert(s:call("environmentRealizeWorkspace", {
+        config = {},
+        lease = { providerLeaseId = lp.providerLeaseId, metadata = { remoteCwd = "  " } },
+        workspace = { remotePath = other, localPath = "/elsewhere" },
+      }))
+      assert.equal(other, r.cwd)
+      assert.equal("directory", fs.stat(other).type)
+      assert.same({ provider = "local", remoteCwd = other }, r.metadata)
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("runs with exactly the caller's env over a minimal base", function()
+    helpers.run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local r = assert(exec(s, lp, { args = { "-c", "env | sort" }, env = { FOO = "bar baz" } }))
+      local names = {}
+      for name in r.stdout:gmatch("([%w_]+)=") do
+        names[name] = true
+      end
+      assert.is_true(names.FOO and names.PATH and names.HOME and true)
+      assert.matches("FOO=bar baz", r.stdout)
+      assert.is_nil(names.PROVIDER_HOST_LOG or names.USER or names.SSH_AUTH_SOCK)
+      assert.matches(
+        "^" .. lease.providerLeaseId:gsub("%p", "%%%0") .. "/home$",
+        r.stdout:match("HOME=([^\n]+)")
+      )
+      r = assert(exec(s, lp, { args = { "-c", "pwd" } }))
+      assert.equal(lease.metadata.remoteCwd .. "\n", r.stdout)
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("rejects an invalid env key with upstream's message", function()
+    helpers.run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local r, err = exec(s, lp, { args = { "-c", "true" }, env = { ["BAD-KEY"] = "x" } })
+      assert.is_nil(r)
+      assert.equal("Invalid sandbox environment variable key: BAD-KEY", err.message)
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("delivers stdin in full, and an empty stdin as immediate end of input", function()
+    helpers.run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local data = ("abc\n"):rep(300000)
+      local r = assert(exec(s, lp, { args = { "-c", "sha256sum | cut -c1-64" }, stdin = data }))
+      assert.equal(require("host.util").sha256_hex(data) .. "\n", r.stdout)
+      r = assert(exec(s, lp, { args = { "-c", "cat; echo done" }, stdin = "" }))
+      assert.equal("done\n", r.stdout)
+      r = assert(exec(s, lp, { args = { "-c", "cat; echo done" } }))
+      assert.equal("done\n", r.stdout)
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("returns a non-zero exit as a result", function()
+    helpers.run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local r = assert(exec(s, lp, { args = { "-c", "echo oops >&2; exit 42" } }))
+      assert.equal(42, r.exitCode)
+      assert.is_false(r.timedOut)
+      assert.equal("oops\n", r.stderr)
+      r = assert(exec(s, lp, { command = "definitely-not-a-command" }))
+      assert.equal(127, r.exitCode)
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("times out with exitCode null, timedOut true and the partial output", function()
+    helpers.run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local t0 = task.now()
+      local r = assert(exec(s, lp, {
+        args = { "-c", "echo before; sleep 10 & wait; echo after" },
+        timeoutMs = 300,
+      }))
+      assert.is_true(task.now() - t0 < 5)
+      assert.equal(json.null, r.exitCode)
+      assert.is_true(r.timedOut)
+      assert.equal("before\n", r.stdout)
+      assert.matches("timed out after 300ms", r.stderr)
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("streams live output while the command runs", function()
+    helpers.run(function()
+      local chunks = {}
+      local s = session({
+        on_log = function(stream, chunk)
+          chunks[#chunks + 1] = { stream, chunk, task.now() }
+        end,
+      })
+      local lease, lp = acquire(s)
+      local t0 = task.now()
+      local r = assert(exec(s, lp, { args = { "-c", "echo first; sleep 0.4; echo second" } }))
+      assert.equal("first\nsecond\n", r.stdout)
+      assert.equal("first\n", chunks[1][2])
+      assert.is_true(chunks[1][3] - t0 < 0.3, "the first line arrived only at the end")
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("answers an execute without a lease id with upstream's exit-1 result", function()
+    helpers.run(function()
+      local r = assert(session():call("environmentExecute", {
+        config = {},
+        lease = { providerLeaseId = json.null },
+        command = "true",
+      }))
+      assert.same({
+        exitCode = 1,
+        timedOut = false,
+        stdout = "",
+        stderr = "No provider lease ID available for execution.",
+      }, r)
+    end)
+  end)
+
+  it("cancels exactly one execution by its id, leaving the others running", function()
+    helpers.run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local results = {}
+      local function run(id, script)
+        return task.spawn(function()
+          results[id] = assert(exec(s, lp, { executionId = id, args = { "-c", script } }))
+        end)
+      end
+      local a = run("exec-a", "sleep 5; echo a")
+      local b = run("exec-b", "sleep 0.6; echo b")
+      task.sleep(0.2)
+      local c = assert(s:call("environmentCancelExecution", {
+        config = {},
+        lease = lp,
+        executionId = "exec-a",
+        reason = "user",
+      }))
+      assert.same({ executionId = "exec-a", cancelled = true }, c)
+      a:wait(5)
+      b:wait(5)
+      assert.equal("SIGTERM", results["exec-a"].signal)
+      assert.equal(json.null, results["exec-a"].exitCode)
+      assert.equal("b\n", results["exec-b"].stdout)
+      c = assert(
+        s:call("environmentCancelExecution", { config = {}, lease = lp, executionId = "exec-a" })
+      )
+      assert.is_false(c.cancelled)
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("refuses a duplicate active executionId and a blank one", function()
+    helpers.run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local first = task.spawn(function()
+        return exec(s, lp, { executionId = "dup", args = { "-c", "sleep 0.5" } })
+      end)
+      task.sleep(0.1)
+      local r, err = exec(s, lp, { executionId = "dup", args = { "-c", "true" } })
+      assert.is_nil(r)
+      assert.equal('Environment execution "dup" is already active.', err.message)
+      assert.is_table(first:wait(5))
+      r, err = exec(s, lp, { executionId = "  ", args = { "-c", "true" } })
+      assert.is_nil(r)
+      assert.equal("Environment executionId must be a non-empty opaque string.", err.message)
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+end)
