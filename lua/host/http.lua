@@ -1,0 +1,178 @@
+--- host.http: the HTTP client and server for providers, fakes and the bridge.
+-- Calls yield the calling task; the host never blocks. An HTTP error status is a response,
+-- not a failure. Failures return nil, message, code with code one of: "dns", "connect",
+-- "tls", "timeout", "closed" (connection dropped, empty reply, partial body), "protocol"
+-- (bad response, max_body exceeded, too many redirects), "canceled", "io", "internal",
+-- "json" (opts.json could not be encoded). Argument mistakes raise, blamed on the caller.
+local core = require("host.core.http") -- C; yields the calling task until done
+local json = require("host.json")
+
+local M = {}
+
+local Response = { __name = "host.http.Response" }
+Response.__index = Response
+
+--- response:ok() -> true when the status is 2xx.
+function Response:ok()
+  return self.status >= 200 and self.status < 300
+end
+
+--- response:json() -> decoded body | nil, "json: ...", "json"
+function Response:json()
+  return json.decode(self.body)
+end
+
+--- response:header(name) -> value | nil, with name in any case.
+function Response:header(name)
+  return self.headers[name:lower()]
+end
+
+M.Response = Response -- specs fabricate responses with setmetatable({...}, http.Response)
+
+-- Call fn(o); argument errors raised by C are re-raised against our caller's line (level 3:
+-- the caller of the facade function), named after the facade function.
+local function call(fn, o, name)
+  local res = table.pack(pcall(fn, o))
+  if not res[1] then
+    local msg = tostring(res[2]):gsub("^bad argument #1 to '[^']*'", "bad argument #1 to '"
+      .. name .. "'")
+    error(msg, 3)
+  end
+  return res
+end
+
+-- A copy of opts with opts.json encoded into body and Content-Type set (unless given).
+-- Returns nil, msg, "json" when the value cannot be encoded; raises on misuse.
+local function prepare(opts, name)
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to '%s' (table expected, got %s)"):format(name, type(opts)), 3)
+  end
+  local o = {}
+  for k, v in pairs(opts) do
+    o[k] = v
+  end
+  if o.json ~= nil then
+    if o.body ~= nil then
+      error(("bad argument #1 to '%s' (give 'json' or 'body', not both)"):format(name), 3)
+    end
+    local body, err = json.encode(o.json)
+    if not body then
+      return nil, err, "json"
+    end
+    o.body, o.json = body, nil
+    local headers, typed = {}, false
+    if o.headers ~= nil and type(o.headers) ~= "table" then
+      error(("bad argument #1 to '%s' (field 'headers' must be a table)"):format(name), 3)
+    end
+    for k, v in pairs(o.headers or {}) do
+      headers[k] = v
+      if type(k) == "string" and k:lower() == "content-type" then
+        typed = true
+      end
+    end
+    if not typed then
+      headers["Content-Type"] = "application/json"
+    end
+    o.headers = headers
+  end
+  return o
+end
+
+--- request(opts) -> Response | nil, message, code
+-- opts:
+--   url               http:// or https:// URL (required)
+--   method            default GET, or POST when a body is given
+--   headers           table name -> string value; CR/LF are refused. An empty value sends an
+--                     empty header. Content-Length and Transfer-Encoding are set for you
+--   body              string; json: any value, encoded with host.json (sets Content-Type)
+--   timeout           total seconds (default 30); connect_timeout (default 10)
+--   stall_timeout     seconds without any byte received (or sent) before giving up
+--   max_body          bytes (default 64 MiB); more fails with "protocol"
+--   on_chunk          fn(chunk): each body chunk in order, as it arrives; the body is then
+--                     not kept (response.body is ""). It runs on the main thread between
+--                     network events, never inside libcurl: it cannot yield, and if it raises
+--                     the transfer is aborted and request returns nil, msg, "internal"
+--   follow_redirects  default false
+-- Response: status (integer), headers (lowercase name -> value, repeats joined with ", "),
+-- body (string), url (the effective URL); methods ok(), json(), header(name).
+-- Connections are kept and reused across requests; proxies from the environment are not used.
+function M.request(opts)
+  local o, err, code = prepare(opts, "request")
+  if not o then
+    return nil, err, code
+  end
+  local res = call(core.request, o, "request")
+  if res[2] == nil then
+    return nil, res[3], res[4]
+  end
+  return setmetatable(res[2], Response)
+end
+
+--- get(url [, opts]) -> Response | nil, message, code: request with method GET.
+function M.get(url, opts)
+  if type(url) ~= "string" then
+    error("bad argument #1 to 'get' (string expected, got " .. type(url) .. ")", 2)
+  end
+  local o = {}
+  for k, v in pairs(opts or {}) do
+    o[k] = v
+  end
+  o.url, o.method = url, "GET"
+  local res = call(core.request, o, "get")
+  if res[2] == nil then
+    return nil, res[3], res[4]
+  end
+  return setmetatable(res[2], Response)
+end
+
+--- open(opts) -> Stream | nil, message, code
+-- Like request (same opts except on_chunk; max_body defaults to no limit), but returns as
+-- soon as the response head arrived. Stream: status, headers, url, and
+--   stream:read([timeout]) -> chunk | nil at the end of the body | nil, message, code.
+--     Each read returns everything buffered so far (chunk boundaries are arbitrary). A read
+--     timeout fails that read only ("timeout"); the stream stays usable. The transfer's own
+--     timeout (opts.timeout, default 30 s: set it for long streams) ends the stream.
+--   stream:close() (also <close> and garbage collection) abandons the transfer.
+-- While nobody reads, about 1 MiB is buffered and then the transfer pauses: the server is
+-- held back by TCP flow control, and stall_timeout does not count the paused time.
+function M.open(opts)
+  local o, err, code = prepare(opts, "open")
+  if not o then
+    return nil, err, code
+  end
+  local res = call(core.open, o, "open")
+  return table.unpack(res, 2, res.n)
+end
+
+--- serve(opts) -> Server | nil, message, code
+-- opts:
+--   handler        fn(req, res), run as its own task for every request (required)
+--   host           IP address to listen on (default "127.0.0.1"; "localhost" is accepted)
+--   port           default 0: an ephemeral port, read it from server.port
+--   max_head       bytes of request line + headers (default 16384; over it: 431)
+--   max_headers    at most 100 (default 100; over it: 431)
+--   max_body       bytes (default 8 MiB; over it: 413)
+--   idle_timeout   seconds a keep-alive connection may wait for its next request (default 30)
+--   head_timeout   seconds to receive a whole request, head and body (default 30; then 408)
+-- req: method, target (raw), path (raw, before "?"), query (raw, after "?", or nil),
+-- version ("1.0" or "1.1"), headers (lowercase name -> value, repeats joined with ", "),
+-- header_list ({ {name, value}, ... } as sent), body (decoded), remote_addr, remote_port.
+-- The handler either returns status, headers, body (Content-Length is set for you; header
+-- values may be strings, numbers or arrays of them), or streams:
+--   res:start(status [, headers]) -> true | nil, msg, "closed": chunked unless headers give
+--     a content-length (an HTTP/1.0 client gets the body until the connection closes)
+--   res:write(chunk) -> true | nil, msg, "closed": waits while the client is slow to read
+--   res:finish() -> true | nil, msg, "closed"; called for you when the handler returns
+-- A handler that raises gives a 500 (the traceback goes to stderr) or, once streaming began,
+-- a cut connection. Bad requests get 400/408/413/431/501/505 with Connection: close.
+-- Server: port, url ("http://host:port"), stats() -> {accepted, open, requests}, close()
+-- (stops listening, closes every connection and cancels running handlers).
+function M.serve(opts)
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to 'serve' (table expected, got %s)"):format(type(opts)), 2)
+  end
+  local res = call(core.serve, opts, "serve")
+  return table.unpack(res, 2, res.n)
+end
+
+return M

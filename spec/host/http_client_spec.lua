@@ -1,0 +1,444 @@
+-- spec/host/http_client_spec.lua: host.http's client (curl multi on the loop) against our own
+-- server on 127.0.0.1, through the real host binary.
+local helpers = require("spec.helpers")
+local http = require("host.http")
+local task = require("host.task")
+
+local MiB = 1024 * 1024
+local BIG = string.rep("0123456789abcdef", 10 * MiB // 16) -- 10 MiB
+
+-- Routes of the test server, by path. Handlers that wait long are canceled by server:close.
+local routes = {}
+
+routes["/hello"] = function()
+  return 200, { ["Content-Type"] = "text/plain", ["X-Twice"] = { "a", "b" } }, "hello"
+end
+
+routes["/echo"] = function(req)
+  return 200, {
+    ["X-Method"] = req.method,
+    ["X-Content-Type"] = req.headers["content-type"] or "(none)",
+    ["X-Test"] = req.headers["x-test"] or "(none)",
+    ["X-Length"] = #req.body,
+  }, req.body
+end
+
+routes["/status"] = function(req)
+  return math.tointeger(tonumber(req.query)), {}, "status " .. req.query
+end
+
+routes["/big"] = function()
+  return 200, {}, BIG
+end
+
+routes["/chunks"] = function(_req, res, state) -- three chunks, 50 ms apart
+  res:start(200, { ["Content-Type"] = "text/plain" })
+  for i = 1, 3 do
+    res:write(("chunk-%d;"):format(i))
+    task.sleep(0.05)
+  end
+  state.chunks_done = true
+end
+
+routes["/never"] = function()
+  task.sleep(30)
+  return 200, {}, "too late"
+end
+
+routes["/stall"] = function(_req, res)
+  res:start(200, {})
+  res:write("x")
+  task.sleep(30)
+end
+
+routes["/short"] = function(_req, res) -- promises 1000 bytes, sends 10
+  res:start(200, { ["Content-Length"] = "1000" })
+  res:write("0123456789")
+  res:finish()
+end
+
+routes["/redirect"] = function()
+  return 302, { Location = "/hello" }, ""
+end
+
+routes["/sleep"] = function(req)
+  task.sleep(tonumber(req.query) or 0.1)
+  return 200, {}, req.query
+end
+
+-- Runs fn(server, state) inside a task with a fresh server; the server is closed afterwards.
+-- state is shared with extra handlers (routes given in `extra`, by path).
+local function with_server(fn, extra)
+  return helpers.run(function()
+    local state = { remote_ports = {} }
+    local srv = assert(http.serve({
+      max_body = 16 * MiB,
+      handler = function(req, res)
+        state.remote_ports[req.remote_port] = true
+        local route = (extra and extra[req.path]) or routes[req.path]
+        if not route then
+          return 404, {}, "no route"
+        end
+        return route(req, res, state)
+      end,
+    }))
+    local ok, err = pcall(fn, srv, state)
+    srv:close()
+    if not ok then
+      error(err, 0)
+    end
+  end)
+end
+
+-- A port with nobody listening on it.
+local function closed_port()
+  local srv = assert(http.serve({ handler = function() end }))
+  local port = srv.port
+  srv:close()
+  return port
+end
+
+describe("host.http client", function()
+  it("gets a status, lowercase headers, the body and the effective url", function()
+    with_server(function(srv)
+      local res, err = http.request({ url = srv.url .. "/hello" })
+      assert.is_nil(err)
+      assert.equal(200, res.status)
+      assert.equal("hello", res.body)
+      assert.equal("text/plain", res.headers["content-type"])
+      assert.equal("5", res.headers["content-length"])
+      assert.equal(srv.url .. "/hello", res.url)
+      assert.is_true(res:ok())
+      assert.equal("text/plain", res:header("Content-Type"))
+    end)
+  end)
+
+  it("joins repeated response headers with a comma", function()
+    with_server(function(srv)
+      local res = assert(http.request({ url = srv.url .. "/hello" }))
+      assert.equal("a, b", res.headers["x-twice"])
+    end)
+  end)
+
+  it("posts a body, defaulting the method to POST and sending no content type", function()
+    with_server(function(srv)
+      local res = assert(http.request({ url = srv.url .. "/echo", body = "payload" }))
+      assert.equal("POST", res.headers["x-method"])
+      assert.equal("(none)", res.headers["x-content-type"])
+      assert.equal("payload", res.body)
+    end)
+  end)
+
+  it("sends the method and headers given", function()
+    with_server(function(srv)
+      local res = assert(http.request({
+        url = srv.url .. "/echo",
+        method = "PUT",
+        headers = { ["X-Test"] = "yes", ["Content-Type"] = "text/x" },
+        body = "b",
+      }))
+      assert.equal("PUT", res.headers["x-method"])
+      assert.equal("yes", res.headers["x-test"])
+      assert.equal("text/x", res.headers["x-content-type"])
+    end)
+  end)
+
+  it("encodes opts.json and decodes a JSON response", function()
+    with_server(function(srv)
+      local res = assert(http.request({ url = srv.url .. "/echo", json = { a = 1 } }))
+      assert.equal("application/json", res.headers["x-content-type"])
+      assert.same({ a = 1 }, res:json())
+    end)
+  end)
+
+  it("returns an HTTP error status as a response, not a failure", function()
+    with_server(function(srv)
+      local res, err = http.request({ url = srv.url .. "/status?404" })
+      assert.is_nil(err)
+      assert.equal(404, res.status)
+      assert.equal("status 404", res.body)
+      assert.is_false(res:ok())
+    end)
+  end)
+
+  it("answers HEAD without a body", function()
+    with_server(function(srv)
+      local res = assert(http.request({ url = srv.url .. "/hello", method = "HEAD" }))
+      assert.equal(200, res.status)
+      assert.equal("5", res.headers["content-length"])
+      assert.equal("", res.body)
+    end)
+  end)
+
+  it("carries 10 MiB bodies both ways", function()
+    with_server(function(srv)
+      local res = assert(http.request({ url = srv.url .. "/big" }))
+      assert.equal(#BIG, #res.body)
+      assert.is_true(res.body == BIG)
+      res = assert(http.request({ url = srv.url .. "/echo", body = BIG, max_body = 16 * MiB }))
+      assert.equal(tostring(#BIG), res.headers["x-length"])
+      assert.is_true(res.body == BIG)
+    end)
+  end)
+
+  it("reuses one connection for sequential requests", function()
+    with_server(function(srv, state)
+      for _ = 1, 5 do
+        assert.equal(200, assert(http.request({ url = srv.url .. "/hello" })).status)
+      end
+      assert.equal(1, srv:stats().accepted)
+      assert.equal(1, #(function()
+        local ports = {}
+        for p in pairs(state.remote_ports) do
+          ports[#ports + 1] = p
+        end
+        return ports
+      end)())
+    end)
+  end)
+
+  it("follows redirects only when asked", function()
+    with_server(function(srv)
+      local res = assert(http.request({ url = srv.url .. "/redirect" }))
+      assert.equal(302, res.status)
+      assert.equal("/hello", res.headers.location)
+      res = assert(http.request({ url = srv.url .. "/redirect", follow_redirects = true }))
+      assert.equal(200, res.status)
+      assert.equal("hello", res.body)
+      assert.equal(srv.url .. "/hello", res.url)
+      assert.is_nil(res.headers.location)
+    end)
+  end)
+
+  it("hands body chunks to on_chunk in order and keeps no body", function()
+    with_server(function(srv)
+      local chunks = {}
+      local res = assert(http.request({
+        url = srv.url .. "/chunks",
+        on_chunk = function(chunk)
+          chunks[#chunks + 1] = chunk
+        end,
+      }))
+      assert.equal("chunk-1;chunk-2;chunk-3;", table.concat(chunks))
+      assert.is_true(#chunks >= 2) -- 50 ms apart: they arrive separately
+      assert.equal("", res.body)
+    end)
+  end)
+
+  it("aborts the transfer when on_chunk raises", function()
+    with_server(function(srv)
+      local res, err, code = http.request({
+        url = srv.url .. "/chunks",
+        on_chunk = function()
+          error("boom")
+        end,
+      })
+      assert.is_nil(res)
+      assert.equal("internal", code)
+      assert.matches("on_chunk failed: .*boom", err)
+    end)
+  end)
+
+  it("opens a stream that returns once the head arrived and reads chunks as they come", function()
+    with_server(function(srv, state)
+      local s = assert(http.open({ url = srv.url .. "/chunks" }))
+      assert.equal(200, s.status)
+      assert.equal("chunked", s.headers["transfer-encoding"])
+      local first = assert(s:read(5))
+      assert.equal("chunk-1;", first)
+      assert.is_nil(state.chunks_done) -- it came while the server was still writing
+      local rest = {}
+      while true do
+        local chunk, err = s:read(5)
+        assert.is_nil(err)
+        if not chunk then
+          break
+        end
+        rest[#rest + 1] = chunk
+      end
+      assert.equal("chunk-2;chunk-3;", table.concat(rest))
+      assert.is_nil(s:read()) -- the end stays the end
+      s:close()
+    end)
+  end)
+
+  it("returns a stream for an error status too", function()
+    with_server(function(srv)
+      local s = assert(http.open({ url = srv.url .. "/status?503" }))
+      assert.equal(503, s.status)
+      assert.equal("status 503", s:read(5))
+      assert.is_nil(s:read(5))
+    end)
+  end)
+
+  it("fails only the read whose own timeout expires", function()
+    with_server(function(srv)
+      local s = assert(http.open({ url = srv.url .. "/stall" }))
+      assert.equal("x", s:read(5))
+      local chunk, err, code = s:read(0.1)
+      assert.is_nil(chunk)
+      assert.equal("timeout", code)
+      assert.matches("no data within", err)
+      s:close()
+      assert.has_error(function()
+        s:read()
+      end)
+    end)
+  end)
+
+  it("pauses a stream nobody reads and resumes it without loss", function()
+    local total, chunk = 32 * MiB, string.rep("z", 64 * 1024)
+    local extra = {
+      ["/flood"] = function(_req, res, state)
+        res:start(200, { ["Content-Length"] = tostring(total) })
+        state.written = 0
+        while state.written < total do
+          if not res:write(chunk) then
+            return
+          end
+          state.written = state.written + #chunk
+        end
+      end,
+    }
+    with_server(function(srv, state)
+      -- stall_timeout does not count the time the stream is paused for us
+      local s = assert(http.open({ url = srv.url .. "/flood", timeout = 30, stall_timeout = 0.3 }))
+      task.sleep(0.5)
+      -- 1 MiB buffered by us plus what the kernel holds: far from all of it.
+      assert.is_true(state.written < 24 * MiB, "server wrote " .. state.written)
+      local got = 0
+      while true do
+        local data, err = s:read(10)
+        assert.is_nil(err)
+        if not data then
+          break
+        end
+        got = got + #data
+      end
+      assert.equal(total, got)
+    end, extra)
+  end)
+
+  it("times out a server that never answers, within the deadline", function()
+    with_server(function(srv)
+      local t0 = task.now()
+      local res, err, code = http.request({ url = srv.url .. "/never", timeout = 0.5 })
+      local took = task.now() - t0
+      assert.is_nil(res)
+      assert.equal("timeout", code)
+      assert.matches("^http: GET http://127%.0%.0%.1:%d+/never: ", err)
+      assert.is_true(took >= 0.45 and took < 3, "took " .. took)
+    end)
+  end)
+
+  it("gives up on a stalled transfer after stall_timeout", function()
+    with_server(function(srv)
+      local t0 = task.now()
+      local res, err, code = http.request({
+        url = srv.url .. "/stall",
+        stall_timeout = 0.5,
+        timeout = 20,
+      })
+      local took = task.now() - t0
+      assert.is_nil(res)
+      assert.equal("timeout", code)
+      assert.matches("stalled", err)
+      assert.is_true(took >= 0.45 and took < 3, "took " .. took)
+    end)
+  end)
+
+  it("reports a refused connection as connect", function()
+    helpers.run(function()
+      local url = ("http://127.0.0.1:%d/x"):format(closed_port())
+      local res, err, code = http.request({ url = url })
+      assert.is_nil(res)
+      assert.equal("connect", code)
+      assert.equal("http: GET " .. url .. ": Connection refused", err)
+    end)
+  end)
+
+  it("reports a body cut short by the server as closed", function()
+    with_server(function(srv)
+      local res, _, code = http.request({ url = srv.url .. "/short" })
+      assert.is_nil(res)
+      assert.equal("closed", code)
+    end)
+  end)
+
+  it("fails with protocol when the body exceeds max_body", function()
+    with_server(function(srv)
+      local res, err, code = http.request({ url = srv.url .. "/big", max_body = 1000 })
+      assert.is_nil(res)
+      assert.equal("protocol", code)
+      assert.matches("max_body %(1000 bytes%)", err)
+    end)
+  end)
+
+  it("ends with canceled when its task is canceled, and removes the transfer", function()
+    with_server(function(srv)
+      local t = task.spawn(function()
+        return http.request({ url = srv.url .. "/never" })
+      end)
+      task.sleep(0.2)
+      t:cancel()
+      local res, err, code = t:wait(5)
+      assert.is_nil(res)
+      assert.equal("canceled", code)
+      assert.matches("canceled", err)
+      -- the connection is dropped: a new request works and opens a new one
+      assert.equal(200, assert(http.request({ url = srv.url .. "/hello" })).status)
+    end)
+  end)
+
+  it("fails at once in a task canceled before the call", function()
+    with_server(function(srv)
+      local t = task.spawn(function()
+        task.cancel(task.current())
+        return http.request({ url = srv.url .. "/hello" })
+      end)
+      local res, _, code = t:wait(5)
+      assert.is_nil(res)
+      assert.equal("canceled", code)
+      assert.equal(0, srv:stats().accepted)
+    end)
+  end)
+
+  it("runs 100 requests concurrently", function()
+    with_server(function(srv)
+      local fns = {}
+      for i = 1, 100 do
+        fns[i] = function()
+          return http.request({ url = srv.url .. "/sleep?0.2" })
+        end
+      end
+      local t0 = task.now()
+      local results = task.all(fns)
+      local took = task.now() - t0
+      for i = 1, 100 do
+        assert.equal(200, results[i][1].status)
+      end
+      assert.is_true(took < 10, "took " .. took) -- 20 s one after another
+      assert.equal(100, srv:stats().requests)
+    end)
+  end)
+
+  it("raises on misuse, blaming the caller", function()
+    helpers.run(function()
+      local function misuse(opts, pattern)
+        local ok, err = pcall(http.request, opts)
+        assert.is_false(ok)
+        assert.matches("bad argument #1 to 'request'", err)
+        assert.matches(pattern, err)
+      end
+      misuse({}, "field 'url' is required")
+      misuse({ url = "ftp://example.com/" }, "http:// or https://")
+      misuse({ url = "http://x/", headers = { ["X-A"] = "a\r\nb" } }, "CR, LF")
+      misuse({ url = "http://x/", headers = { ["Bad Name"] = "a" } }, "not an HTTP token")
+      misuse({ url = "http://x/", timeout = -1 }, "timeout")
+      misuse({ url = "http://x/", method = "GE T" }, "method")
+    end)
+    local ok, err = pcall(http.request, { url = "http://127.0.0.1:1/" })
+    assert.is_false(ok)
+    assert.matches("inside a task", err)
+  end)
+end)
