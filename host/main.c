@@ -1,8 +1,6 @@
 /* main.c - provider-host entry: script mode (like lua) or the CLI in lua/host/cli.lua. */
 #include "ph.h"
 
-#include <curl/curl.h>
-#include <libssh2.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,10 +122,6 @@ int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN); /* a closed pipe is an error result, not a death */
     raise_fd_limit();
-    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK || libssh2_init(0) != 0) {
-        fprintf(stderr, "provider-host: cannot initialise libcurl or libssh2\n");
-        return 70;
-    }
     lua_State *L = ph_state_new(argv[0]);
     if (L == NULL) {
         fprintf(stderr, "provider-host: cannot create the Lua state: out of memory\n");

@@ -54,6 +54,9 @@ ph_task *ph_task_spawn(lua_State *L, int nargs);
 /* Cancel: flag it and cancel its pending operation, if any. Later primitives called by the
  * task fail at once with code "canceled". */
 void ph_task_cancel(ph_task *t);
+/* Cancel t after seconds (its deadline); seconds < 0 disarms. Returns -1 without memory. */
+int ph_task_cancel_after(ph_task *t, double seconds);
+int ph_task_is_expired(ph_task *t); /* the deadline fired */
 /* Run the loop until t finishes. Used by the CLI entry and host.task.run. */
 void ph_task_drive(ph_task *t);
 /* After t finished: push its returned values on L, or nil, "task failed: ...", "internal"
@@ -99,6 +102,8 @@ const char *ph_signal_name(int num);    /* NULL if not in our table */
 
 lua_State *ph_state_new(const char *argv0);
 const char *ph_runtime_root(void); /* directory holding lua/ and providers/ */
+/* Preload loader for host.core.http and host.core.ssh: dlopens provider-host-net.so. */
+int ph_open_net_module(lua_State *L);
 
 /* ---- modules: host.core.<name> --------------------------------------------------------- */
 

@@ -1,13 +1,20 @@
 /* ph_state.c - the Lua state: standard libraries, preloaded host.core modules, search paths. */
 #include "ph.h"
 
-#include <lua-cjson.h>
+#include <dlfcn.h>
 #include <limits.h>
+#include <lua-cjson.h>
 #include <lualib.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef PH_MULTIARCH
+#define PH_MULTIARCH ""
+#endif
 
 #ifndef PH_SOURCE_DIR
 #define PH_SOURCE_DIR ""
@@ -22,7 +29,7 @@ static const luaL_Reg preload[] = {
     { "host.core.stdio", luaopen_host_core_stdio },
     { "host.core.sys", luaopen_host_core_sys },
     { "host.core.proc", luaopen_host_core_proc },
-    { "host.core.http", luaopen_host_core_http },
+    { "host.core.http", ph_open_net_module },
     { "host.core.util", luaopen_host_core_util },
     { "cjson", luaopen_cjson },
     { "cjson.safe", luaopen_cjson_safe },
@@ -68,6 +75,60 @@ static void find_runtime_root(void)
 const char *ph_runtime_root(void)
 {
     return runtime_root;
+}
+
+/* The network module sits beside the binary (build tree, package) or in
+ * <prefix>/lib/provider-host (installed). Loaded once, on the first require. */
+static void *open_net_library(char *err, size_t errlen)
+{
+    static void *handle;
+    if (handle != NULL)
+        return handle;
+    char exe[PATH_MAX];
+    size_t n = sizeof exe;
+    if (uv_exepath(exe, &n) != 0) {
+        snprintf(err, errlen, "cannot find the executable");
+        return NULL;
+    }
+    char *slash = strrchr(exe, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    static const char *const places[] = {
+        "%s/provider-host-net.so",
+        "%s/../lib/provider-host/provider-host-net.so",
+        "%s/../lib/" PH_MULTIARCH "provider-host/provider-host-net.so",
+    };
+    err[0] = '\0';
+    for (size_t i = 0; i < sizeof places / sizeof places[0]; i++) {
+        char path[PATH_MAX];
+        int len = snprintf(path, sizeof path, places[i], exe);
+        if (len < 0 || (size_t)len >= sizeof path)
+            continue;
+        handle = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+        if (handle != NULL)
+            return handle;
+        if (err[0] == '\0' || access(path, F_OK) == 0)
+            snprintf(err, errlen, "%s", dlerror());
+    }
+    return NULL;
+}
+
+int ph_open_net_module(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1); /* require passes the module name */
+    char err[512];
+    void *lib = open_net_library(err, sizeof err);
+    if (lib == NULL)
+        return luaL_error(L, "cannot load the network module for %s: %s", name, err);
+    char sym[128];
+    snprintf(sym, sizeof sym, "luaopen_%s", name);
+    for (char *c = sym; *c != '\0'; c++)
+        if (*c == '.')
+            *c = '_';
+    lua_CFunction open = (lua_CFunction)(uintptr_t)dlsym(lib, sym);
+    if (open == NULL)
+        return luaL_error(L, "the network module has no %s", sym);
+    return open(L);
 }
 
 lua_State *ph_state_new(const char *argv0)

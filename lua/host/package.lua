@@ -1,7 +1,7 @@
 --- host.package: `provider-host package NAME --out DIR`, an installable Paperclip plugin package.
 -- Layout: package.json, dist/manifest.js, dist/worker.js (the shim Paperclip forks),
--- bin/provider-host, lib/ (shared libraries the binary needs beyond glibc),
--- share/provider-host/{lua,providers/NAME}.
+-- bin/provider-host and bin/provider-host-net.so (the network module it loads on first use),
+-- lib/ (shared libraries both need beyond glibc), share/provider-host/{lua,providers/NAME}.
 local fs = require("host.fs")
 local json = require("host.json")
 local manifest = require("host.manifest")
@@ -65,19 +65,38 @@ local function copy_tree(from, to)
   return true
 end
 
--- The shared libraries `ldd` resolves for the binary, minus glibc's own.
-local function bundled_libs(exe)
-  local res, err = proc.run({ argv = { "ldd", exe }, timeout = 30 })
+-- The network module: beside the binary (build tree, package) or installed under lib/.
+local function net_module(exe)
+  local dir = exe:match("^(.*)/[^/]+$")
+  for _, cand in ipairs({
+    dir .. "/provider-host-net.so",
+    dir .. "/../lib/provider-host/provider-host-net.so",
+  }) do
+    if fs.stat(cand) then
+      return cand
+    end
+  end
+  return nil, "cannot find provider-host-net.so next to " .. exe
+end
+
+-- The shared libraries `ldd` resolves for the given files, minus glibc's own.
+local function bundled_libs(files)
+  local argv = { "ldd" }
+  for _, f in ipairs(files) do
+    argv[#argv + 1] = f
+  end
+  local res, err = proc.run({ argv = argv, timeout = 30 })
   if not res or res.exit_code ~= 0 then
     return nil, "ldd failed: " .. tostring(err or (res and res.stderr))
   end
-  local libs = {}
+  local libs, seen = {}, {}
   for name, path in res.stdout:gmatch("%s(%S+)%s+=>%s+(/%S+)") do
     local system = false
     for _, pat in ipairs(SYSTEM_LIBS) do
       system = system or name:match(pat) ~= nil
     end
-    if not system then
+    if not system and not seen[name] then
+      seen[name] = true
       libs[#libs + 1] = { name = name, path = path }
     end
   end
@@ -138,6 +157,10 @@ function M.write(p, out)
   local name = p.manifest.package_name or ("paperclip-plugin-" .. p.driver_key)
   local root = sys.runtime_root()
   local exe = assert(sys.exe_path())
+  local net, nerr = net_module(exe)
+  if not net then
+    return nil, nerr
+  end
   local ok, err = mkdirs(out .. "/dist")
   if not ok then
     return nil, err
@@ -177,6 +200,9 @@ function M.write(p, out)
       return copy_file(exe, out .. "/bin/provider-host", tonumber("755", 8))
     end,
     function()
+      return copy_file(net, out .. "/bin/provider-host-net.so", tonumber("755", 8))
+    end,
+    function()
       return copy_tree(root .. "/lua", out .. "/share/provider-host/lua")
     end,
     function()
@@ -187,7 +213,7 @@ function M.write(p, out)
       return copy_file(p.path, dest .. "/" .. p.driver_key .. ".lua")
     end,
     function()
-      local libs, lerr = bundled_libs(exe)
+      local libs, lerr = bundled_libs({ exe, net })
       if not libs then
         return nil, lerr
       end

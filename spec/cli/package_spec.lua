@@ -41,6 +41,8 @@ describe("provider-host package", function()
     assert.same({ manifest = "./dist/manifest.js", worker = "./dist/worker.js" }, p.paperclipPlugin)
     assert.equal("file", fs.stat(pkg .. "/bin/provider-host").type)
     assert.equal(tonumber("755", 8), fs.stat(pkg .. "/bin/provider-host").mode)
+    assert.equal("file", fs.stat(pkg .. "/bin/provider-host-net.so").type)
+    assert.equal("file", fs.stat(pkg .. "/lib/libcurl.so.4").type)
     assert.equal("file", fs.stat(pkg .. "/share/provider-host/lua/host/worker.lua").type)
     assert.equal("file", fs.stat(pkg .. "/share/provider-host/providers/local/init.lua").type)
   end)
@@ -53,6 +55,22 @@ describe("provider-host package", function()
     assert.equal(0, r.exit_code, r.stdout .. r.stderr)
     return assert(json.decode(r.stdout))
   end
+
+  it("loads its network module from the package", function()
+    helpers.run(function()
+      local r = assert(proc.run({
+        argv = {
+          pkg .. "/bin/provider-host",
+          "-e",
+          'local h = require("host.core.http"); print(type(h.request))',
+        },
+        env = { PATH = os.getenv("PATH"), LD_LIBRARY_PATH = pkg .. "/lib" },
+        timeout = 30,
+      }))
+      assert.equal(0, r.exit_code, r.stderr)
+      assert.equal("function\n", r.stdout)
+    end)
+  end)
 
   it("starts through the shim with fork and serves a lease, then shuts down cleanly", function()
     if not have_node() then
