@@ -61,7 +61,7 @@ struct Proc {
     int in_pipe;        /* stdin = true: written piecewise with Process:write */
     int in_pending;     /* Process:write requests not completed yet */
     int in_close_after; /* close_stdin asked while writes were pending */
-    int terminating; /* timeout, cancel, terminate() or close(): the group goes at exit */
+    int terminating;    /* timeout, cancel, terminate() or close(): the group goes at exit */
     int timed_out, truncated, result_failed;
     int phase; /* T_* */
     int64_t exit_status;

@@ -46,6 +46,26 @@ static int task_cancel(lua_State *L)
     return 0;
 }
 
+/* task.cancel_after(t, seconds | nil): t is canceled when its deadline passes; nil disarms. */
+static int task_cancel_after(lua_State *L)
+{
+    ph_task *t = check_task(L, 1);
+    double s = lua_isnoneornil(L, 2) ? -1 : check_seconds(L, 2, 0);
+    if (!lua_isnoneornil(L, 2))
+        luaL_argcheck(L, s >= 0, 2, "seconds must not be negative");
+    if (ph_task_cancel_after(t, s) != 0)
+        return ph_fail(L, "internal", "out of memory");
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* task.expired(t) -> boolean: its deadline fired (and canceled it). */
+static int task_expired(lua_State *L)
+{
+    lua_pushboolean(L, ph_task_is_expired(check_task(L, 1)));
+    return 1;
+}
+
 /* task.done(t) -> boolean */
 static int task_done(lua_State *L)
 {
@@ -170,10 +190,9 @@ static const luaL_Reg task_funcs[] = {
 };
 
 static const luaL_Reg task_methods[] = {
-    { "wait", task_wait },
-    { "cancel", task_cancel },
-    { "done", task_done },
-    { NULL, NULL },
+    { "wait", task_wait },       { "cancel", task_cancel },
+    { "done", task_done },       { "cancel_after", task_cancel_after },
+    { "expired", task_expired }, { NULL, NULL },
 };
 
 int luaopen_host_core_task(lua_State *L)

@@ -4,6 +4,7 @@
 #include "ph_util.h"
 
 #include <limits.h>
+#include <math.h>
 #include <string.h>
 
 #define UTIL_RANDOM_MAX  (1 << 20) /* random(n): a key or a nonce, not a data generator */
@@ -197,7 +198,122 @@ static int util_remove_tree(lua_State *L)
     return 1;
 }
 
+#define SAFE_INTEGER 9007199254740992.0 /* 2^53: beyond it floats were already rounded */
+
+/* Depth-first in place; the table to walk is at the top of the stack. Keys stay as they
+ * are: lua_next forbids changing them during traversal, and JSON object keys are strings. */
+static void integerize(lua_State *L, int depth)
+{
+    if (depth > 1000 || !lua_checkstack(L, 3))
+        return;
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        int t = lua_type(L, -1);
+        if (t == LUA_TTABLE && lua_getmetatable(L, -1) == 0) {
+            integerize(L, depth + 1);
+        } else if (t == LUA_TTABLE) {
+            lua_pop(L, 1); /* a table with a metatable (cjson.null is not one) */
+        } else if (t == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+            double d = lua_tonumber(L, -1);
+            if (d == floor(d) && d >= -SAFE_INTEGER && d <= SAFE_INTEGER) {
+                lua_pushvalue(L, -2);
+                lua_pushinteger(L, (lua_Integer)d);
+                lua_rawset(L, -5); /* assigning an existing field is allowed in traversal */
+            }
+        }
+        lua_pop(L, 1);
+    }
+}
+
+/* util.json_integers(v) -> v: integral floats up to 2^53 in v (a decoded JSON value)
+ * become integers, in place. cjson 2.1.0 decodes every number as a float. */
+static int util_json_integers(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    lua_settop(L, 1);
+    if (lua_type(L, 1) == LUA_TTABLE) {
+        integerize(L, 0);
+    } else if (lua_type(L, 1) == LUA_TNUMBER && !lua_isinteger(L, 1)) {
+        double d = lua_tonumber(L, 1);
+        if (d == floor(d) && d >= -SAFE_INTEGER && d <= SAFE_INTEGER)
+            lua_pushinteger(L, (lua_Integer)d);
+    }
+    return 1;
+}
+
+#define PLAIN_LIMIT 1e14 /* cjson prints 14 significant digits: below this, exactly */
+
+static int plain_number(lua_State *L, int idx)
+{
+    if (lua_isinteger(L, idx)) {
+        lua_Integer n = lua_tointeger(L, idx);
+        return n > -(lua_Integer)PLAIN_LIMIT && n < (lua_Integer)PLAIN_LIMIT;
+    }
+    double d = lua_tonumber(L, idx);
+    return d == floor(d) && d > -PLAIN_LIMIT && d < PLAIN_LIMIT && (d != 0 || !signbit(d));
+}
+
+/* Is the value at the top plain (see util_json_plain)? arrays and orders are stack indexes. */
+static int plain_value(lua_State *L, int arrays, int orders, int depth)
+{
+    int t = lua_type(L, -1);
+    if (t == LUA_TNUMBER)
+        return plain_number(L, -1);
+    if (t != LUA_TTABLE)
+        return 1;
+    if (depth > 1000 || !lua_checkstack(L, 4))
+        return 0;
+    lua_pushvalue(L, -1);
+    if (lua_rawget(L, orders) != LUA_TNIL) {
+        lua_pop(L, 1);
+        return 0;
+    }
+    lua_pop(L, 1);
+    lua_pushvalue(L, -1);
+    int marked = lua_rawget(L, arrays) != LUA_TNIL;
+    lua_pop(L, 1);
+    int any = 0;
+    lua_pushnil(L);
+    while (lua_next(L, -2) != 0) {
+        any = 1;
+        if (lua_type(L, -2) == LUA_TNUMBER) {
+            int integral =
+                lua_isinteger(L, -2) || lua_tonumber(L, -2) == floor(lua_tonumber(L, -2));
+            if (!plain_number(L, -2) || (marked && (lua_tonumber(L, -2) < 1 || !integral))) {
+                lua_pop(L, 2);
+                return 0;
+            }
+        } else if (marked) {
+            lua_pop(L, 2); /* an array with a string key: the Lua encoder reports it */
+            return 0;
+        }
+        int vt = lua_type(L, -1);
+        if ((vt == LUA_TTABLE || vt == LUA_TNUMBER) && !plain_value(L, arrays, orders, depth + 1)) {
+            lua_pop(L, 2);
+            return 0;
+        }
+        lua_pop(L, 1);
+    }
+    return !(marked && !any); /* an empty marked array needs the Lua encoder's [] */
+}
+
+/* util.json_plain(v, arrays, orders) -> boolean: cjson alone encodes v exactly as host.json
+ * wants (no marks to honour, no number it would round). arrays and orders are host.json's
+ * weak mark tables. The check is the hot part of every reply, hence C. */
+static int util_json_plain(lua_State *L)
+{
+    luaL_checkany(L, 1);
+    luaL_checktype(L, 2, LUA_TTABLE);
+    luaL_checktype(L, 3, LUA_TTABLE);
+    lua_settop(L, 3);
+    lua_pushvalue(L, 1);
+    lua_pushboolean(L, plain_value(L, 2, 3, 0));
+    return 1;
+}
+
 static const luaL_Reg util_funcs[] = {
+    { "json_integers", util_json_integers },
+    { "json_plain", util_json_plain },
     { "random", util_random },
     { "uuid", util_uuid },
     { "sha256", util_sha256 },

@@ -20,7 +20,9 @@ struct ph_task {
     int wake_args; /* values waiting on co's stack for the next resume */
     ph_op *op;     /* what the task is parked on */
     int quiet;     /* its error is delivered to a driver: do not also log it */
-    int results;   /* registry ref to {n=, ...}: returned values, or the error message */
+    int expired;   /* its deadline (ph_task_cancel_after) fired */
+    uv_timer_t *deadline;
+    int results; /* registry ref to {n=, ...}: returned values, or the error message */
     ph_task *next_ready;
     Join *joiners; /* tasks waiting for this one to finish */
 };
@@ -109,6 +111,7 @@ int ph_task_park(lua_State *L, ph_task *t, ph_op *op)
 }
 
 static void join_finish(Join *j, lua_State *co);
+static void join_timer_closed(uv_handle_t *h);
 
 /* The task's function returned or raised: keep its results for waiters, release the
  * anchor and wake everyone waiting. */
@@ -142,6 +145,11 @@ static void task_finish(ph_task *t, int status, int nres)
     lua_setfield(L, -2, "n");
     t->results = luaL_ref(L, LUA_REGISTRYINDEX); /* dropped by the Task's __gc */
 
+    if (t->deadline != NULL) {
+        uv_timer_stop(t->deadline);
+        uv_close((uv_handle_t *)t->deadline, join_timer_closed);
+        t->deadline = NULL;
+    }
     /* Closes pending to-be-closed variables now (after an error), not at collection. */
     lua_resetthread(co);
     *(ph_task **)lua_getextraspace(co) = NULL;
@@ -352,6 +360,38 @@ void ph_task_cancel(ph_task *t)
         t->op = NULL;
         op->cancel(op);
     }
+}
+
+static void deadline_fired(uv_timer_t *timer)
+{
+    ph_task *t = timer->data;
+    t->expired = 1;
+    ph_task_cancel(t);
+}
+
+int ph_task_cancel_after(ph_task *t, double seconds)
+{
+    if (t->state == TASK_DONE)
+        return 0;
+    if (seconds < 0) { /* disarm */
+        if (t->deadline != NULL)
+            uv_timer_stop(t->deadline);
+        return 0;
+    }
+    if (t->deadline == NULL) {
+        t->deadline = malloc(sizeof *t->deadline);
+        if (t->deadline == NULL)
+            return -1;
+        uv_timer_init(ph_loop(), t->deadline);
+        t->deadline->data = t;
+    }
+    uv_timer_start(t->deadline, deadline_fired, (uint64_t)(seconds * 1000.0 + 0.5), 0);
+    return 0;
+}
+
+int ph_task_is_expired(ph_task *t)
+{
+    return t->expired;
 }
 
 void ph_task_drive(ph_task *t)

@@ -133,6 +133,10 @@ local function repair_surrogates(s)
   return concat(out)
 end
 
+-- Inside provider-host the walk is done in C; plain Lua (the pure specs) walks in Lua.
+local has_core, core_util = pcall(require, "host.core.util")
+local integers = has_core and core_util.json_integers or nil
+
 --- Decodes the JSON text `s`. Returns value | nil, "json: ...", "json". Integral numbers up to
 --- 2^53 come back as Lua integers, `null` as `M.null`; arrays and objects are plain tables.
 function M.decode(s)
@@ -149,7 +153,9 @@ function M.decode(s)
   if v == nil then
     return fail(err or "invalid JSON")
   end
-  if type(v) == "table" then
+  if integers then
+    return integers(v)
+  elseif type(v) == "table" then
     normalize(v)
     return v
   end
@@ -402,8 +408,10 @@ end
 --- Integers are exact; floats use the shortest form that reads back the same; NaN and
 --- Infinity are errors. Tables marked with `array` or `ordered` are honoured; other objects
 --- have no defined key order. Control characters (\r, \n, ...) are always escaped.
+local plain_c = has_core and core_util.json_plain or nil
+
 function M.encode(v)
-  if plain(v, 0) then
+  if plain_c and plain_c(v, arrays, orders) or not plain_c and plain(v, 0) then
     local s, err = cjson.encode(v)
     if s then
       return s

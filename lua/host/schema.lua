@@ -14,9 +14,26 @@ local MAX_ITEM_ERRORS = 10 -- per field, so a huge bad array does not flood the 
 
 local TYPES = { "string", "integer", "number", "boolean", "array", "map" }
 local ELEMENT_TYPES = { "string", "integer", "number", "boolean" }
-local OPTIONS = { "required", "default", "between", "min_length", "max_length", "one_of",
-  "elements", "secret", "trim", "blank", "truncate", "comma_list", "pattern", "message", "check",
-  "title", "description", "ui" }
+local OPTIONS = {
+  "required",
+  "default",
+  "between",
+  "min_length",
+  "max_length",
+  "one_of",
+  "elements",
+  "secret",
+  "trim",
+  "blank",
+  "truncate",
+  "comma_list",
+  "pattern",
+  "message",
+  "check",
+  "title",
+  "description",
+  "ui",
+}
 local BLANK = { "default", "null", "error" }
 
 local function set_of(list)
@@ -29,8 +46,14 @@ end
 local IS_TYPE, IS_ELEMENT_TYPE = set_of(TYPES), set_of(ELEMENT_TYPES)
 local IS_OPTION, IS_BLANK = set_of(OPTIONS), set_of(BLANK)
 
-local ARTICLE = { string = "a string", integer = "an integer", number = "a number",
-  boolean = "a boolean", array = "an array", map = "an object" }
+local ARTICLE = {
+  string = "a string",
+  integer = "an integer",
+  number = "a number",
+  boolean = "a boolean",
+  array = "an array",
+  map = "an object",
+}
 
 ------------------------------------------------------------------------------------------------
 -- Small helpers
@@ -358,41 +381,42 @@ local function absent(f, path)
   return nil
 end
 
--- Normalizes one present value. Returns value (nil = absent) and a list of error texts.
+local NO_ERRORS = {} -- shared by every success: never written to
+
+-- Normalizes one present value. Returns value (nil = absent) and a list of error texts
+-- (NO_ERRORS when there are none, so the common case allocates nothing).
 local function normalize_value(f, v, path)
-  local errs = {}
   local x, err
-  if f.type == "array" then
-    x, err = coerce_array(f, v, path, errs)
-  elseif f.type == "map" then
-    x, err = coerce_map(f, v, path, errs)
-  else
-    x, err = coerce_scalar(f, f.type, v, path)
-    if x ~= nil and f.blank and f.type == "string" and is_blank(x) then
-      if f.blank == "error" then
-        x, err = nil, path .. ": must not be blank"
-      elseif f.blank == "null" then
-        return json.null, errs
-      else
-        x, err = absent(f, path)
-        if x == nil and not err then
-          return nil, errs
-        end
-        return x, { err }
-      end
+  if f.type == "array" or f.type == "map" then
+    local errs = {}
+    if f.type == "array" then
+      x, err = coerce_array(f, v, path, errs)
+    else
+      x, err = coerce_map(f, v, path, errs)
     end
-    if x ~= nil then
-      x, err = constrain(f, f.type, x, path)
+    if err then
+      errs[#errs + 1] = err
     end
+    if errs.extra and errs.extra > 0 then
+      errs[#errs + 1] = format("%s: %d more invalid items", path, errs.extra)
+    end
+    errs.extra = nil
+    return x, #errs > 0 and errs or NO_ERRORS
   end
-  if err then
-    errs[#errs + 1] = err
+  x, err = coerce_scalar(f, f.type, v, path)
+  if x ~= nil and f.blank and f.type == "string" and is_blank(x) then
+    if f.blank == "error" then
+      return nil, { path .. ": must not be blank" }
+    elseif f.blank == "null" then
+      return json.null, NO_ERRORS
+    end
+    x, err = absent(f, path)
+    return x, err and { err } or NO_ERRORS
   end
-  if errs.extra and errs.extra > 0 then
-    errs[#errs + 1] = format("%s: %d more invalid items", path, errs.extra)
+  if x ~= nil then
+    x, err = constrain(f, f.type, x, path)
   end
-  errs.extra = nil
-  return x, errs
+  return x, err and { err } or NO_ERRORS
 end
 
 ------------------------------------------------------------------------------------------------
@@ -437,8 +461,11 @@ local function check_between(spec, vtype)
   end
   for i = 1, 2 do
     if type(b[i]) ~= "number" or b[i] ~= b[i] or b[i] == huge or b[i] == -huge then
-      bad("between must be a list of two finite numbers { min, max }, got %s at %d",
-        show_value(b[i]), i)
+      bad(
+        "between must be a list of two finite numbers { min, max }, got %s at %d",
+        show_value(b[i]),
+        i
+      )
     end
     if vtype == "integer" and not is_integral(b[i]) then
       bad("between bounds must be integers for an integer field, got %s", show_number(b[i]))
@@ -545,18 +572,21 @@ local function build_field(spec)
   end
   local name, ftype = spec[1], spec[2]
   if type(name) ~= "string" or not name:find("^[%a_][%w_%-]*$") then
-    bad("the name (first value) must be a string like \"timeoutMs\", got %s", show_value(name))
+    bad('the name (first value) must be a string like "timeoutMs", got %s', show_value(name))
   end
   if type(ftype) ~= "string" or not IS_TYPE[ftype] then
     local hint = type(ftype) == "string" and suggest(ftype, TYPES) or ""
-    bad("the type (second value) must be one of %s, got %s%s", concat(TYPES, ", "),
-      show_value(ftype), hint)
+    bad(
+      "the type (second value) must be one of %s, got %s%s",
+      concat(TYPES, ", "),
+      show_value(ftype),
+      hint
+    )
   end
   for k in pairs(spec) do
     if type(k) ~= "string" then
       if k ~= 1 and k ~= 2 then
-        bad("unexpected positional value at [%s] (options are written name = value)",
-          tostring(k))
+        bad("unexpected positional value at [%s] (options are written name = value)", tostring(k))
       end
     elseif not IS_OPTION[k] then
       bad("unknown option %s%s", show_value(k), suggest(k, OPTIONS))
@@ -574,8 +604,12 @@ local function build_field(spec)
       bad("a %s field needs elements = one of %s", ftype, concat(ELEMENT_TYPES, ", "))
     elseif type(f.elements) ~= "string" or not IS_ELEMENT_TYPE[f.elements] then
       local hint = type(f.elements) == "string" and suggest(f.elements, ELEMENT_TYPES) or ""
-      bad("elements must be one of %s, got %s%s", concat(ELEMENT_TYPES, ", "),
-        show_value(f.elements), hint)
+      bad(
+        "elements must be one of %s, got %s%s",
+        concat(ELEMENT_TYPES, ", "),
+        show_value(f.elements),
+        hint
+      )
     end
   elseif f.elements ~= nil then
     bad("elements applies only to array and map fields, not to %s", ftype)
@@ -593,8 +627,13 @@ local function build_field(spec)
   only_for(f, "max_length", vtype, { string = true }, "string values")
   only_for(f, "pattern", vtype, { string = true }, "string values")
   only_for(f, "trim", vtype, { string = true }, "string values")
-  only_for(f, "one_of", vtype, { string = true, integer = true, number = true },
-    "string, integer and number values")
+  only_for(
+    f,
+    "one_of",
+    vtype,
+    { string = true, integer = true, number = true },
+    "string, integer and number values"
+  )
   only_for(f, "truncate", vtype, { integer = true }, "integer values")
   only_for(f, "secret", ftype, { string = true }, "string fields")
   only_for(f, "blank", ftype, { string = true }, "string fields")
@@ -613,8 +652,11 @@ local function build_field(spec)
     end
     local ok, err = pcall(string.find, "", f.pattern)
     if not ok then
-      bad("pattern %s is not a valid Lua pattern: %s", show_value(f.pattern),
-        tostring(err):gsub("^.-:%d+: ", ""))
+      bad(
+        "pattern %s is not a valid Lua pattern: %s",
+        show_value(f.pattern),
+        tostring(err):gsub("^.-:%d+: ", "")
+      )
     end
   end
   if f.check ~= nil and type(f.check) ~= "function" then
@@ -648,6 +690,8 @@ local function build(fields)
     end
     f.index = i
     self.fields[i], self.names[i], self.by_name[f.name] = f, f.name, f
+    self.has_checks = self.has_checks or f.check ~= nil
+    self.has_secrets = self.has_secrets or f.secret == true
   end
   return self
 end
@@ -703,55 +747,71 @@ end
 --- Validates and normalizes a config table. Returns normalized, errors, warnings: errors and
 --- warnings are json.array lists of strings (errors in field order). `normalized` has every
 --- declared field that has a value (defaults filled; blank = "null" fields absent or blank are
---- json.null), keys in field order; unknown keys are dropped. It is meaningful only when
+--- json.null); unknown keys are dropped. It is a plain table (no key order), so replies
+--- carrying it stay on json.encode's fast path. It is meaningful only when
 --- errors is empty. A field's `check(value, config)` runs after every field is normalized,
 --- only when the value is present (not nil or null) and valid; it returns nothing when fine,
 --- or an error (string or list), optionally followed by a warning (string or list). A field's
 --- `message` replaces every built-in error text for that field. Never raises on bad input.
 function Schema:normalize(config)
-  local normalized = json.ordered({}, self.names)
+  local normalized = {}
   local errors, warnings = json.array(), json.array()
   if type(config) ~= "table" or config == json.null or next(config) ~= nil and is_list(config) then
     errors[1] = "config must be an object"
     return normalized, errors, warnings
   end
-  local field_errors, field_warnings = {}, {}
-  for i, f in ipairs(self.fields) do
+  local fields = self.fields
+  local field_errors, field_warnings -- index -> list, only for fields that have some
+  for i = 1, #fields do
+    local f = fields[i]
     local raw = config[f.name]
     local value, errs
     if raw == nil or raw == json.null then
       local err
       value, err = absent(f, f.name)
-      errs = { err }
+      errs = err and { err } or NO_ERRORS
     else
       value, errs = normalize_value(f, raw, f.name)
     end
-    if #errs > 0 and f.message then
-      errs = { f.message }
-    end
-    field_errors[i] = errs
-    if #errs == 0 then
+    if #errs > 0 then
+      field_errors = field_errors or {}
+      field_errors[i] = f.message and { f.message } or errs
+    else
       normalized[f.name] = value
     end
   end
-  for i, f in ipairs(self.fields) do
+  for i = 1, self.has_checks and #fields or 0 do
+    local f = fields[i]
     local value = normalized[f.name]
-    field_warnings[i] = {}
-    if f.check and #field_errors[i] == 0 and value ~= nil and value ~= json.null then
+    if
+      f.check
+      and not (field_errors and field_errors[i])
+      and value ~= nil
+      and value ~= json.null
+    then
       local ok, err, warn = pcall(f.check, value, normalized)
       if not ok then
-        add_texts(field_errors[i], f.name .. ": check failed: " .. tostring(err))
-      else
+        err, warn = f.name .. ": check failed: " .. tostring(err), nil
+      end
+      if err ~= nil then
+        field_errors = field_errors or {}
+        field_errors[i] = field_errors[i] or {}
         add_texts(field_errors[i], err)
+      end
+      if warn ~= nil then
+        field_warnings = field_warnings or {}
+        field_warnings[i] = field_warnings[i] or {}
         add_texts(field_warnings[i], warn)
       end
     end
   end
-  for i = 1, #self.fields do
-    for _, s in ipairs(dedupe(field_errors[i])) do
+  for i = 1, (field_errors or field_warnings) and #fields or 0 do
+    for _, s in ipairs(field_errors and field_errors[i] and dedupe(field_errors[i]) or NO_ERRORS) do
       errors[#errors + 1] = s
     end
-    for _, s in ipairs(dedupe(field_warnings[i])) do
+    for _, s in
+      ipairs(field_warnings and field_warnings[i] and dedupe(field_warnings[i]) or NO_ERRORS)
+    do
       warnings[#warnings + 1] = s
     end
   end
@@ -762,7 +822,7 @@ end
 --- json.array list, for log redaction.
 function Schema:secrets(config)
   local out, seen = json.array(), {}
-  if type(config) ~= "table" then
+  if type(config) ~= "table" or not self.has_secrets then
     return out
   end
   for _, f in ipairs(self.fields) do
@@ -783,17 +843,25 @@ end
 -- Manifest
 
 -- Upstream declares integer fields (timeoutMs, sshPort) as "number"; so do we.
-local JSON_TYPE = { string = "string", integer = "number", number = "number",
-  boolean = "boolean", array = "array", map = "object" }
+local JSON_TYPE = {
+  string = "string",
+  integer = "number",
+  number = "number",
+  boolean = "boolean",
+  array = "array",
+  map = "object",
+}
 
 local function ordered_builder()
   local t, keys = {}, {}
-  return t, keys, function(k, v)
-    if v ~= nil then
-      t[k] = v
-      keys[#keys + 1] = k
+  return t,
+    keys,
+    function(k, v)
+      if v ~= nil then
+        t[k] = v
+        keys[#keys + 1] = k
+      end
     end
-  end
 end
 
 -- The value constraints, on the property itself or on its items / additionalProperties.

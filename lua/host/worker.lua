@@ -146,36 +146,66 @@ local function clean_message(e)
   return (e:gsub("^[^\n]-%.lua:%d+: ", ""))
 end
 
--- The streamed text of one stream must be an exact prefix of the final output: clean
--- UTF-8 incrementally (carrying a split character) and stop at the same byte cap.
-local function make_emitter(worker, invocation_id)
-  local state = { stdout = { rest = "", bytes = 0 }, stderr = { rest = "", bytes = 0 } }
-  return function(_, stream, chunk)
-    local st = state[stream]
-    if not st then
-      error('bad argument #1 to \'emit\' ("stdout" or "stderr" expected)', 2)
+-- What a hook sees as ctx: per-call fields plus these methods. `log` is made on first use.
+local Ctx = {}
+local CTX_MT = {
+  __index = function(ctx, k)
+    if k == "log" then
+      local logger = log.bind({ invocation_id = ctx.invocation_id, provider = ctx.driver_key })
+      rawset(ctx, "log", logger)
+      return logger
     end
-    if type(chunk) ~= "string" or chunk == "" or not invocation_id then
-      return
+    return Ctx[k]
+  end,
+}
+
+--- ctx:remaining() -> seconds left before this request's deadline
+function Ctx:remaining()
+  return math.max(0, self.deadline - task.now())
+end
+
+--- ctx:output(raw) -> the text a result carries for raw command output (see M.output)
+function Ctx.output(_, raw)
+  return M.output(raw)
+end
+
+--- ctx:emit(stream, chunk): live output as execute.log notifications. The streamed text of
+-- a stream is an exact prefix of its final output: UTF-8 is cleaned incrementally (a split
+-- character waits for the next chunk) and streaming stops at the same byte cap.
+function Ctx:emit(stream, chunk)
+  if stream ~= "stdout" and stream ~= "stderr" then
+    error('bad argument #1 to \'emit\' ("stdout" or "stderr" expected)', 2)
+  end
+  if type(chunk) ~= "string" or chunk == "" or not self.invocation_id then
+    return
+  end
+  local streams = rawget(self, "_streams")
+  if not streams then
+    streams = { stdout = { rest = "", bytes = 0 }, stderr = { rest = "", bytes = 0 } }
+    self._streams = streams
+  end
+  local st = streams[stream]
+  if st.bytes >= M.MAX_OUTPUT then
+    return
+  end
+  if st.bytes + #chunk > M.MAX_OUTPUT then
+    chunk = chunk:sub(1, M.MAX_OUTPUT - st.bytes)
+  end
+  st.bytes = st.bytes + #chunk
+  local text, rest = util.utf8_clean(st.rest .. chunk, st.bytes >= M.MAX_OUTPUT)
+  st.rest = rest or ""
+  local i = 1
+  while i <= #text do
+    local j = math.min(#text, i + MAX_CHUNK - 1)
+    while j < #text and (text:byte(j + 1) or 0) & 0xC0 == 0x80 do
+      j = j - 1 -- never split a character between two notifications
     end
-    if st.bytes >= M.MAX_OUTPUT then
-      return
-    end
-    if st.bytes + #chunk > M.MAX_OUTPUT then
-      chunk = chunk:sub(1, M.MAX_OUTPUT - st.bytes)
-    end
-    st.bytes = st.bytes + #chunk
-    local text, rest = util.utf8_clean(st.rest .. chunk, st.bytes >= M.MAX_OUTPUT)
-    st.rest = rest or ""
-    local i = 1
-    while i <= #text do
-      local j = math.min(#text, i + MAX_CHUNK - 1)
-      while j < #text and (text:byte(j + 1) or 0) & 0xC0 == 0x80 do
-        j = j - 1 -- never split a character between two notifications
-      end
-      worker:notify("execute.log", { stream = stream, chunk = text:sub(i, j) }, invocation_id)
-      i = j + 1
-    end
+    self.worker:notify(
+      "execute.log",
+      { stream = stream, chunk = text:sub(i, j) },
+      self.invocation_id
+    )
+    i = j + 1
   end
 end
 
@@ -198,7 +228,7 @@ function Worker:context(p, method, params, invocation)
   for _, s in ipairs(p.schema:secrets(raw)) do
     log.add_secret(s)
   end
-  local ctx = {
+  return setmetatable({
     provider = p,
     driver_key = p.driver_key,
     method = method,
@@ -211,17 +241,8 @@ function Worker:context(p, method, params, invocation)
     company_id = params.companyId,
     deadline = task.now() + budget(method, params),
     max_output = M.MAX_OUTPUT,
-    log = log.bind({ invocation_id = invocation_id, provider = p.driver_key }),
-    emit = make_emitter(self, invocation_id),
-    output = function(_, raw_output)
-      return M.output(raw_output)
-    end,
     worker = self,
-  }
-  function ctx.remaining()
-    return math.max(0, ctx.deadline - task.now())
-  end
-  return ctx
+  }, CTX_MT)
 end
 
 local function validation_result(ctx, res)
@@ -311,8 +332,8 @@ function Worker:run_hook(p, method, params, invocation)
   return finish_hook(method, res)
 end
 
-
-function Worker:environment(id, method, params, invocation)
+-- The provider serving an environment request, or nil after replying with the error.
+function Worker:provider_for(id, method, params)
   if type(params) ~= "table" then
     return self:reply_error(id, INVALID_PARAMS, method .. ": params must be an object")
   end
@@ -344,27 +365,48 @@ function Worker:environment(id, method, params, invocation)
       method .. " is not implemented by this plugin"
     )
   end
+  return p
+end
+
+function Worker:environment(id, method, params, invocation)
+  local p = self:provider_for(id, method, params)
+  if not p then
+    return
+  end
+  if not p.hooks[providers.HOOK_OF[method]] then -- validation by the schema alone
+    return self:reply(id, validation_result(self:context(p, method, params, invocation), nil))
+  end
   local me = task.current()
-  local late = false
-  local watchdog = task.spawn(function()
-    if task.sleep(budget(method, params)) then
-      late = true
-      me:cancel()
-    end
-  end)
+  local seconds = budget(method, params)
+  me:cancel_after(seconds) -- past it, the hook's pending operation ends "canceled"
   local result, err = self:run_hook(p, method, params, invocation)
-  watchdog:cancel()
-  if late then
+  me:cancel_after(nil)
+  if me:expired() then
     return self:reply_error(
       id,
       WORKER_ERROR,
-      ("%s did not finish within %gs and was canceled"):format(method, budget(method, params))
+      ("%s did not finish within %gs and was canceled"):format(method, seconds)
     )
   end
   if result == nil then
     return self:reply_error(id, WORKER_ERROR, err or (method .. " failed"))
   end
   self:reply(id, result)
+end
+
+-- Only requests that run provider code (which may wait) or shutdown (which waits for the
+-- others) need a task; everything else is answered while the line is read.
+function Worker:needs_task(method, params)
+  if method == "shutdown" then
+    return true
+  end
+  local hook = providers.HOOK_OF[method]
+  if not hook or type(params) ~= "table" then
+    return false
+  end
+  local p = self.by_key[params.driverKey] or (params.driverKey == nil and self.list[2] == nil
+    and self.list[1])
+  return p and p.hooks[hook] ~= nil or false
 end
 
 -- One request: runs as its own task.
@@ -433,14 +475,20 @@ function Worker:handle_line(line)
   if self.closing then
     return self:reply_error(msg.id, WORKER_ERROR, "worker is shutting down")
   end
-  local t
-  t = task.spawn(function()
+  local function serve()
     local ok, e =
       xpcall(self.request, capture, self, msg.id, msg.method, msg.params, msg.paperclipInvocation)
     if not ok then
       log.error("request %s failed: %s", msg.method, e.traceback)
       self:reply_error(msg.id, WORKER_ERROR, clean_message(e.raised))
     end
+  end
+  if not self:needs_task(msg.method, msg.params) then
+    return serve()
+  end
+  local t
+  t = task.spawn(function()
+    serve()
     self.inflight[t] = nil
   end)
   self.inflight[t] = true
