@@ -6,7 +6,7 @@
 // whether the driver itself ran.
 //
 //   node bench/worker_bench.mjs [--quick] [--only=ours|peer] [--no-floor]
-//        [--n=20] [--calls=2000] [--warmup=100] [--execs=1000] [--out=FILE]
+//        [--n=20] [--calls=2000] [--warmup=100] [--execs=1000] [--direct] [--out=FILE]
 //
 // PROVIDER_HOST overrides the path of our binary (relative to the repo root).
 
@@ -61,6 +61,7 @@ function parseArgs(argv) {
       case "--calls": opts.calls = num(); break;
       case "--warmup": opts.warmup = num(); break;
       case "--execs": opts.execs = num(); break;
+      case "--direct": opts.direct = true; break;
       case "--out": opts.out = path.resolve(value ?? usage("--out needs a file")); break;
       case "-h": case "--help": usage(); break;
       default: usage(`unknown option ${arg}`);
@@ -77,7 +78,8 @@ function parseArgs(argv) {
 function usage(problem) {
   if (problem) process.stderr.write(`worker_bench: ${problem}\n`);
   process.stderr.write(
-    "usage: node bench/worker_bench.mjs [--quick] [--only=ours|peer] [--no-floor] [--n=N] [--calls=N] [--warmup=N] [--execs=N] [--out=FILE]\n",
+    "usage: node bench/worker_bench.mjs [--quick] [--only=ours|peer] [--no-floor] [--n=N] [--calls=N] [--warmup=N] [--execs=N] [--direct] [--out=FILE]\n" +
+      "  --direct  run the executes as command \"sleep\" args [\"1\"] instead of bash -c \"sleep 1\"\n",
   );
   process.exit(problem ? 2 : 0);
 }
@@ -618,7 +620,7 @@ async function measureSleeps(w, opts) {
 
   const reqs = [];
   for (let i = 0; i < opts.execs; i++) {
-    reqs.push(w.prepare("environmentExecute", executeParams(lease, "bash", ["-c", "sleep 1"]), CALL_TIMEOUT_MS, { paperclipInvocation: invocation() }));
+    reqs.push(w.prepare("environmentExecute", opts.direct ? executeParams(lease, "sleep", ["1"]) : executeParams(lease, "bash", ["-c", "sleep 1"]), CALL_TIMEOUT_MS, { paperclipInvocation: invocation() }));
   }
   const payload = reqs.map((r) => r.line).join("");
 

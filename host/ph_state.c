@@ -12,8 +12,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#ifndef PH_MULTIARCH
-#define PH_MULTIARCH ""
+#ifndef PH_NET_RELDIR
+#define PH_NET_RELDIR "../lib/provider-host"
 #endif
 
 #ifndef PH_SOURCE_DIR
@@ -78,7 +78,7 @@ const char *ph_runtime_root(void)
 }
 
 /* The network module sits beside the binary (build tree, package) or in
- * <prefix>/lib/provider-host (installed). Loaded once, on the first require. */
+ * <libdir>/provider-host (installed). Loaded once, on the first require. */
 static void *open_net_library(char *err, size_t errlen)
 {
     static void *handle;
@@ -94,9 +94,8 @@ static void *open_net_library(char *err, size_t errlen)
     if (slash != NULL)
         *slash = '\0';
     static const char *const places[] = {
-        "%s/provider-host-net.so",
-        "%s/../lib/provider-host/provider-host-net.so",
-        "%s/../lib/" PH_MULTIARCH "provider-host/provider-host-net.so",
+        "%s/provider-host-net.so",                   /* build tree and packages */
+        "%s/" PH_NET_RELDIR "/provider-host-net.so", /* installed: <libdir>/provider-host */
     };
     err[0] = '\0';
     for (size_t i = 0; i < sizeof places / sizeof places[0]; i++) {

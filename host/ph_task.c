@@ -205,18 +205,34 @@ void ph_task_wake(ph_task *t, int nargs)
     enqueue(t, nargs);
 }
 
+/* Longest stretch of task code per loop turn before I/O gets a look-in: a burst of tasks
+ * that each block briefly (1000 process spawns) must not hold replies back for seconds. */
+#define READY_SLICE_NS (5 * 1000 * 1000)
+
 static void run_ready(uv_idle_t *idle)
 {
     /* Take the current batch only: tasks queued while it runs go in the next turn, so
      * timers and I/O are never starved by tasks that keep yielding. */
     ph_task *t = ready_head;
     ready_head = ready_tail = NULL;
+    uint64_t until = uv_hrtime() + READY_SLICE_NS;
     while (t != NULL) {
         ph_task *next = t->next_ready;
         t->next_ready = NULL;
         if (t->state == TASK_READY)
             task_run(t, t->wake_args);
         t = next;
+        if (t != NULL && uv_hrtime() > until) {
+            /* Out of time: the rest of this batch goes first in the next turn. */
+            ph_task *last = t;
+            while (last->next_ready != NULL)
+                last = last->next_ready;
+            last->next_ready = ready_head;
+            if (ready_head == NULL)
+                ready_tail = last;
+            ready_head = t;
+            return; /* the idle handle stays active: the loop polls I/O without blocking */
+        }
     }
     if (ready_head == NULL)
         uv_idle_stop(idle);

@@ -510,9 +510,10 @@ function Worker:shutdown(id)
       t:cancel() -- pending processes and transfers are torn down
     end
   end
+  local deadline = task.now() + 0.3 -- the host allows 500 ms from reply to exit
   for t in pairs(self.inflight) do
     if t ~= me then
-      t:wait(0.3)
+      t:wait(math.max(0, deadline - task.now()))
     end
   end
   if id ~= nil then

@@ -18,6 +18,16 @@ local M = {
 
 local hooks = M.hooks
 
+-- The argv a command runs with: behind unshare when the network is isolated.
+local function isolated(ctx, argv)
+  if not ctx.config.isolateNetwork then
+    return argv
+  end
+  local out = { "unshare", "--net", "--map-root-user", "--" }
+  table.move(argv, 1, #argv, 5, out)
+  return out
+end
+
 local function lease_metadata(ctx, dir, resumed)
   return {
     provider = "local",
@@ -36,7 +46,7 @@ function hooks.probe(ctx, _params)
   if dir then
     local res
     res, err = proc.run({
-      argv = { ctx.config.shell, "-c", "pwd" },
+      argv = isolated(ctx, { ctx.config.shell, "-c", "pwd" }),
       cwd = workspace.cwd(dir),
       env = workspace.base_env(dir),
       timeout = 10,
@@ -153,12 +163,7 @@ function hooks.execute(ctx, params)
     end
     argv[#argv + 1] = a
   end
-  if ctx.config.isolateNetwork then
-    table.insert(argv, 1, "unshare")
-    table.insert(argv, 2, "--net")
-    table.insert(argv, 3, "--map-root-user")
-    table.insert(argv, 4, "--")
-  end
+  argv = isolated(ctx, argv)
   local timeout_ms = type(params.timeoutMs) == "number"
       and params.timeoutMs > 0
       and params.timeoutMs

@@ -331,4 +331,34 @@ describe("providers.local", function()
       s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
     end)
   end)
+
+  it("cuts a command off the network when isolateNetwork is on", function()
+    helpers.run(function()
+      local probe = require("host.proc").run({
+        argv = { "unshare", "--net", "--map-root-user", "--", "true" },
+        timeout = 10,
+      })
+      if not probe or probe.exit_code ~= 0 then
+        pending("this machine does not allow unshare --net --map-root-user")
+        return
+      end
+      local server = assert(require("host.http").serve({
+        handler = function()
+          return 200, {}, "ok"
+        end,
+      }))
+      local script = ("exec 3<>/dev/tcp/127.0.0.1/%d && echo connected || echo unreachable")
+        :format(server.port)
+      local s = session()
+      local lease, lp = acquire(s)
+      local open = assert(exec(s, lp, { args = { "-c", script } }))
+      local closed = assert(exec(s, lp, { args = { "-c", script } }, { isolateNetwork = true }))
+      assert.equal("connected\n", open.stdout)
+      assert.equal("unreachable\n", closed.stdout)
+      local r = assert(s:call("environmentProbe", { config = { isolateNetwork = true } }))
+      assert.is_true(r.ok)
+      server:close()
+      s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
 end)

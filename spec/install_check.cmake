@@ -1,0 +1,22 @@
+# spec/install_check.cmake: `cmake --install` gives a working provider-host (ctest runs this).
+set(prefix ${BUILD_DIR}/install-check)
+file(REMOVE_RECURSE ${prefix})
+execute_process(COMMAND ${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix}
+  RESULT_VARIABLE rc OUTPUT_QUIET)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "cmake --install failed: ${rc}")
+endif()
+# Run from elsewhere so nothing can come from the source tree by accident.
+execute_process(COMMAND ${prefix}/bin/provider-host demo WORKING_DIRECTORY /
+  RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0)
+  message(FATAL_ERROR "installed provider-host demo failed (${rc}):\n${out}\n${err}")
+endif()
+execute_process(COMMAND ${prefix}/bin/provider-host -e
+  "assert(require('host.core.http').request); print(require('host.core.sys').runtime_root())"
+  WORKING_DIRECTORY / RESULT_VARIABLE rc OUTPUT_VARIABLE root ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT root MATCHES "install-check/share/provider-host")
+  message(FATAL_ERROR "installed runtime not used (${rc}): ${root} ${err}")
+endif()
+file(REMOVE_RECURSE ${prefix})
+message(STATUS "install layout ok")
