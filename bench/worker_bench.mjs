@@ -1,18 +1,20 @@
 #!/usr/bin/env node
-// Worker benchmark: provider-host (ours) against a Node worker built on
-// @paperclipai/plugin-sdk (peer), side by side in one run. It drives each worker
-// the way the Paperclip host does (NDJSON JSON-RPC 2.0 over stdio pipes) and
-// prints ratios. It is a measurement, not a test: the exit status says only
-// whether the driver itself ran.
+// Worker benchmark: provider-host (ours: the binary alone; shim: the packaged
+// plugin's dist/worker.js forked by Node, as Paperclip starts it) against a Node
+// worker built on @paperclipai/plugin-sdk (peer), side by side in one run. It
+// drives each worker the way the Paperclip host does (NDJSON JSON-RPC 2.0 over
+// stdio pipes) and prints ratios. It is a measurement, not a test: the exit
+// status says only whether the driver itself ran.
 //
-//   node bench/worker_bench.mjs [--quick] [--only=ours|peer] [--no-floor]
+//   node bench/worker_bench.mjs [--quick] [--only=ours|shim|peer] [--no-floor]
 //        [--n=20] [--calls=2000] [--warmup=100] [--execs=1000] [--direct] [--out=FILE]
 //
 // PROVIDER_HOST overrides the path of our binary (relative to the repo root).
+// The shim candidate packages that binary into bench/results/pkg-local first.
 
-import { spawn } from "node:child_process";
+import { execFileSync, fork, spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
@@ -28,14 +30,17 @@ const SHUTDOWN_TIMEOUT_MS = 10_000; // the host's shutdown drain
 const IDLE_WAIT_MS = 500;
 const RSS_SAMPLE_MS = 50;
 const FD_WARN_BELOW = 4096;
+const PACKAGE_TIMEOUT_MS = 60_000; // provider-host package, before measuring
+const PKG_DIR = path.join(BENCH_DIR, "results", "pkg-local");
+const CANDIDATES = ["ours", "shim", "peer"];
 
 const TARGETS = {
   initMedian: { text: ">= 30x faster", check: (o, p) => p / o >= 30 },
   idleRss: { text: ">= 15x smaller", check: (o, p) => p / o >= 15 },
   rttMedian: { text: ">= 5x faster", check: (o, p) => p / o >= 5 },
-  sleepWall: { text: "ours < 1.5 s", check: (o) => o < 1500 },
-  sleepHwm: { text: "ours < 64 MB", check: (o) => o < 64 * 1024 },
-  sleepMaxRss: { text: "ours < 64 MB", check: (o) => o < 64 * 1024 },
+  sleepWall: { text: "< 1.5 s", check: (o) => o < 1500 },
+  sleepHwm: { text: "< 64 MB", check: (o) => o < 64 * 1024 },
+  sleepMaxRss: { text: "< 64 MB", check: (o) => o < 64 * 1024 },
 };
 
 // ---------------------------------------------------------------------------
@@ -54,7 +59,7 @@ function parseArgs(argv) {
       case "--quick": opts.quick = true; break;
       case "--no-floor": opts.floor = false; break;
       case "--only":
-        if (value !== "ours" && value !== "peer") usage("--only must be ours or peer");
+        if (!CANDIDATES.includes(value)) usage("--only must be ours, shim or peer");
         opts.only = value;
         break;
       case "--n": opts.n = num(); break;
@@ -78,7 +83,7 @@ function parseArgs(argv) {
 function usage(problem) {
   if (problem) process.stderr.write(`worker_bench: ${problem}\n`);
   process.stderr.write(
-    "usage: node bench/worker_bench.mjs [--quick] [--only=ours|peer] [--no-floor] [--n=N] [--calls=N] [--warmup=N] [--execs=N] [--direct] [--out=FILE]\n" +
+    "usage: node bench/worker_bench.mjs [--quick] [--only=ours|shim|peer] [--no-floor] [--n=N] [--calls=N] [--warmup=N] [--execs=N] [--direct] [--out=FILE]\n" +
       "  --direct  run the executes as command \"sleep\" args [\"1\"] instead of bash -c \"sleep 1\"\n",
   );
   process.exit(problem ? 2 : 0);
@@ -207,14 +212,93 @@ function releaseParams(lease) {
 }
 
 // ---------------------------------------------------------------------------
+// processes and their memory
+
+// The packaged native binary (bench/results/pkg-local/bin/provider-host, as
+// /proc/<pid>/exe shows it), set once the package is written. A direct child of
+// a worker that runs it is the shim's native worker.
+let nativeExe = null;
+// native workers seen behind a shim, killed on exit even if their shim is gone
+const natives = new Set();
+
+function exeOf(pid) {
+  try {
+    return readlinkSync(`/proc/${pid}/exe`);
+  } catch {
+    return null; // gone, a zombie, or not ours to read
+  }
+}
+
+function childrenOf(pid) {
+  const out = [];
+  let tasks;
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tasks) {
+    try {
+      for (const c of readFileSync(`/proc/${pid}/task/${tid}/children`, "utf8").split(" ")) if (c.trim()) out.push(Number(c));
+    } catch {
+      // the thread ended
+    }
+  }
+  return out;
+}
+
+function procStatus(pid) {
+  const out = {};
+  try {
+    for (const line of readFileSync(`/proc/${pid}/status`, "utf8").split("\n")) {
+      const m = /^(VmRSS|VmHWM|Threads):\s+(\d+)/.exec(line);
+      if (m) out[m[1]] = Number(m[2]);
+    }
+  } catch {
+    // gone
+  }
+  return out;
+}
+
+// The processes that make up one worker, found in its process tree: the worker's
+// own pid and any direct child running the packaged binary (the shim's native
+// worker). Everything else below it is not the worker: the commands it runs
+// (bash, sleep) and its own forks before they exec (whose exe is still the
+// worker's: the unpackaged binary for ours, node for the peer, and for the shim
+// grandchildren). The same rule applies to every candidate; only the shim has
+// such a child.
+function workerPids(pid) {
+  const pids = [pid];
+  if (nativeExe) for (const c of childrenOf(pid)) if (exeOf(c) === nativeExe) pids.push(c);
+  return pids;
+}
+
+function killNative(pid) {
+  if (exeOf(pid) !== nativeExe) {
+    natives.delete(pid); // gone (or the pid is no longer ours)
+    return false;
+  }
+  try {
+    process.kill(pid, "SIGKILL");
+  } catch {
+    // already gone
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------
 // a spawned worker, spoken to like the host does
 
 const live = new Set();
 
 class WorkerProc {
-  constructor(name, argv) {
-    this.name = name;
-    this.argv = argv;
+  // cand: { name, argv } spawned as is, or { name, argv, fork: module } started
+  // with child_process.fork as Paperclip starts a plugin worker
+  constructor(cand) {
+    this.name = cand.name;
+    this.argv = cand.argv;
+    this.forkModule = cand.fork ?? null;
+    this.nativePid = null;
     this.nextId = 0;
     this.pending = new Map();
     this.buf = "";
@@ -227,12 +311,23 @@ class WorkerProc {
 
   start() {
     this.t0 = performance.now();
-    const child = spawn(this.argv[0], this.argv.slice(1), {
-      cwd: ROOT,
-      env: workerEnv(),
-      stdio: ["pipe", "pipe", "pipe"],
-      detached: true, // own process group, so cleanup can kill it whole
-    });
+    const child = this.forkModule
+      ? // the host's call (worker-protocol.md 1.1) but for detached, which only
+        // puts the shim in its own process group (its native child joins it),
+        // so cleanup can kill both at once
+        fork(this.forkModule, [], {
+          cwd: ROOT,
+          env: workerEnv(),
+          stdio: ["pipe", "pipe", "pipe", "ipc"],
+          execArgv: [],
+          detached: true,
+        })
+      : spawn(this.argv[0], this.argv.slice(1), {
+          cwd: ROOT,
+          env: workerEnv(),
+          stdio: ["pipe", "pipe", "pipe"],
+          detached: true, // own process group, so cleanup can kill it whole
+        });
     this.child = child;
     this.pid = child.pid;
     live.add(this);
@@ -348,22 +443,38 @@ class WorkerProc {
     return msg.result;
   }
 
-  status() {
-    const out = {};
-    try {
-      for (const line of readFileSync(`/proc/${this.pid}/status`, "utf8").split("\n")) {
-        const m = /^(VmRSS|VmHWM|Threads):\s+(\d+)/.exec(line);
-        if (m) out[m[1]] = Number(m[2]);
-      }
-    } catch {
-      // gone
+  // The shim's native worker: its direct child running the packaged binary.
+  // Looked up once the worker has answered (so it has started), kept for cleanup.
+  findNative() {
+    if (!this.forkModule || this.nativePid || this.exit || !nativeExe) return this.nativePid;
+    const pid = childrenOf(this.pid).find((c) => exeOf(c) === nativeExe);
+    if (pid) {
+      this.nativePid = pid;
+      natives.add(pid);
     }
-    return out;
+    return this.nativePid;
   }
 
+  // VmRSS, VmHWM and Threads summed over the worker's processes (workerPids).
+  // Empty when the worker is gone.
+  status() {
+    const out = { VmRSS: 0, VmHWM: 0, Threads: 0, pids: [] };
+    for (const pid of workerPids(this.pid)) {
+      const st = procStatus(pid);
+      if (st.VmRSS == null) continue;
+      out.VmRSS += st.VmRSS;
+      out.VmHWM += st.VmHWM ?? 0;
+      out.Threads += st.Threads ?? 0;
+      out.pids.push(pid);
+    }
+    return out.pids.length ? out : {};
+  }
+
+  // the limit of the process that runs the commands (for the shim: the native worker)
   openFilesLimit() {
     try {
-      const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync(`/proc/${this.pid}/limits`, "utf8"));
+      const pid = this.findNative() ?? this.pid;
+      const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync(`/proc/${pid}/limits`, "utf8"));
       return m ? { soft: m[1], hard: m[2] } : null;
     } catch {
       return null;
@@ -372,7 +483,7 @@ class WorkerProc {
 
   // shutdown as the host does: request, then wait for exit; kill on deadline.
   async shutdown() {
-    if (this.exit) return { replied: false, ...this.exit };
+    if (this.exit) return { replied: false, ...this.exit, ...(await this.nativeAfterExit()) };
     let replied = false;
     let replyError = null;
     try {
@@ -385,27 +496,45 @@ class WorkerProc {
     if (!exit) {
       this.kill();
       await withDeadline(this.exited, 2_000, "exit after SIGKILL").catch(() => null);
-      return { replied, replyError, code: null, signal: "SIGKILL", forced: true };
+      return { replied, replyError, code: null, signal: "SIGKILL", forced: true, ...(await this.nativeAfterExit()) };
     }
-    return { replied, replyError, code: exit.code, signal: exit.signal, forced: false };
+    return { replied, replyError, code: exit.code, signal: exit.signal, forced: false, ...(await this.nativeAfterExit()) };
+  }
+
+  // After the shim has exited its native worker must be gone too (the shim
+  // waits for it; PR_SET_PDEATHSIG covers a killed shim). Wait up to 2 s for
+  // it, then kill it and say so.
+  async nativeAfterExit() {
+    if (!this.forkModule) return {};
+    if (!this.nativePid) return { nativeLeft: null };
+    const until = performance.now() + 2_000;
+    while (exeOf(this.nativePid) === nativeExe && performance.now() < until) await sleep(20);
+    const left = killNative(this.nativePid);
+    natives.delete(this.nativePid);
+    return { nativeLeft: left };
   }
 
   kill() {
-    if (this.exit || !this.pid) return;
-    try {
-      process.kill(-this.pid, "SIGKILL");
-    } catch {
+    if (!this.pid) return;
+    if (!this.exit) {
+      this.findNative();
       try {
-        this.child.kill("SIGKILL");
+        process.kill(-this.pid, "SIGKILL"); // the shim's native worker is in its group
       } catch {
-        // already gone
+        try {
+          this.child.kill("SIGKILL");
+        } catch {
+          // already gone
+        }
       }
     }
+    if (this.nativePid) killNative(this.nativePid);
   }
 }
 
 function killAll() {
   for (const w of live) w.kill();
+  for (const pid of natives) killNative(pid);
 }
 
 process.on("exit", killAll);
@@ -488,6 +617,19 @@ function selfOpenFilesLimit() {
   }
 }
 
+// a path relative to the repository root when inside it, else absolute
+function showPath(p) {
+  const rel = path.relative(ROOT, p);
+  return rel.startsWith("..") || path.isAbsolute(rel) ? p : rel || p;
+}
+
+// an error whose message says it all: reported without a stack
+function clearError(message) {
+  const err = new Error(message);
+  err.clear = true;
+  return err;
+}
+
 function log(msg) {
   process.stdout.write(`${msg}\n`);
 }
@@ -497,15 +639,16 @@ function log(msg) {
 
 // (a) spawn -> initialize reply, fresh process each time
 async function measureInit(cand) {
-  const w = new WorkerProc(cand.name, cand.argv).start();
+  const w = new WorkerProc(cand).start();
   try {
     const { msg, t } = await w.call("initialize", initializeParams(), INIT_TIMEOUT_MS);
     if (msg.error || msg.result?.ok !== true) {
       throw new Error(`initialize failed: ${JSON.stringify(msg.error ?? msg.result)}`);
     }
     const ms = t - w.t0;
+    w.findNative();
     const down = await w.shutdown();
-    return { ms, shutdownCode: down.code };
+    return { ms, shutdownCode: down.code, nativeLeft: down.nativeLeft };
   } catch (err) {
     w.kill();
     throw new Error(`${cand.name}: ${err.message}${w.stderr ? `\n--- worker stderr ---\n${w.stderr}` : ""}`);
@@ -514,17 +657,18 @@ async function measureInit(cand) {
 
 async function phaseInit(cands, n, results) {
   log(`\n(a) spawn -> initialize reply, ${n} fresh spawns each (alternating)`);
-  for (const c of cands) results[c.name].init = { samples: [], failures: 0, badShutdowns: 0, streak: 0 };
+  for (const c of cands) results[c.name].init = { samples: [], failures: 0, badShutdowns: 0, streak: 0, ...(c.fork ? { nativesLeft: 0 } : {}) };
   for (let i = 0; i < n; i++) {
     const order = i % 2 === 0 ? cands : [...cands].reverse();
     for (const c of order) {
       const r = results[c.name].init;
       if (r.streak >= 3) continue; // three failures in a row: stop spawning it
       try {
-        const { ms, shutdownCode } = await withDeadline(measureInit(c), PHASE_TIMEOUT_MS, `${c.name} initialize #${i + 1}`);
+        const { ms, shutdownCode, nativeLeft } = await withDeadline(measureInit(c), PHASE_TIMEOUT_MS, `${c.name} initialize #${i + 1}`);
         r.samples.push(ms);
         r.streak = 0;
         if (shutdownCode !== 0) r.badShutdowns++;
+        if (nativeLeft) r.nativesLeft++;
       } catch (err) {
         r.failures++;
         if (++r.streak === 3) process.stderr.write(`  ${c.name}: three failures in a row, giving up on it for (a)\n`);
@@ -538,22 +682,27 @@ async function phaseInit(cands, n, results) {
     r.medianMs = quantile(r.samples, 0.5);
     r.p90Ms = quantile(r.samples, 0.9);
     r.minMs = r.samples.length ? Math.min(...r.samples) : null;
-    log(`  ${c.name.padEnd(5)} median ${fmtMs(r.medianMs)}  p90 ${fmtMs(r.p90Ms)}  min ${fmtMs(r.minMs)}  failures ${r.failures}`);
+    const extra = `${r.badShutdowns ? `  bad shutdowns ${r.badShutdowns}` : ""}${r.nativesLeft ? `  native workers left behind (killed) ${r.nativesLeft}` : ""}`;
+    log(`  ${c.name.padEnd(5)} median ${fmtMs(r.medianMs)}  p90 ${fmtMs(r.p90Ms)}  min ${fmtMs(r.minMs)}  failures ${r.failures}${extra}`);
   }
 }
 
 // (b), (c), (d) on one long-lived worker
 async function phaseLong(cand, opts, res) {
-  const w = new WorkerProc(cand.name, cand.argv).start();
+  const w = new WorkerProc(cand).start();
   try {
     await withDeadline(w.request("initialize", initializeParams(), INIT_TIMEOUT_MS), PHASE_TIMEOUT_MS, `${cand.name} initialize`);
+    if (cand.fork && !w.findNative()) throw new Error(`no native worker (${nativeExe}) found as a child of the shim (pid ${w.pid})`);
     res.openFilesLimit = w.openFilesLimit();
 
-    // (b) idle RSS
+    // (b) idle RSS, summed over the worker's processes
     await sleep(IDLE_WAIT_MS);
     const idle = w.status();
-    res.idle = { rssKb: idle.VmRSS ?? null, threads: idle.Threads ?? null };
-    log(`  ${cand.name.padEnd(5)} (b) idle RSS ${fmtKb(res.idle.rssKb)}  threads ${res.idle.threads ?? "?"}  open-files limit ${fmtLimit(res.openFilesLimit)}`);
+    const procs = (idle.pids ?? []).map((pid) => ({ pid, exe: exeOf(pid), rssKb: procStatus(pid).VmRSS ?? null }));
+    res.idle = { rssKb: idle.VmRSS ?? null, threads: idle.Threads ?? null, processes: procs };
+    if (cand.fork && procs.length !== 2) throw new Error(`idle: expected the shim and its native worker, found ${procs.length} process(es)`);
+    const split = procs.length > 1 ? ` (${procs.map((p) => `${path.basename(p.exe ?? "?")} ${fmtKb(p.rssKb)}`).join(" + ")})` : "";
+    log(`  ${cand.name.padEnd(5)} (b) idle RSS ${fmtKb(res.idle.rssKb)}${split}  threads ${res.idle.threads ?? "?"}  open-files limit ${fmtLimit(res.openFilesLimit)}`);
 
     // (c) environmentValidateConfig round trips
     res.rtt = await withDeadline(measureRtt(w, opts), PHASE_TIMEOUT_MS, `${cand.name} validateConfig round trips`);
@@ -571,15 +720,16 @@ async function phaseLong(cand, opts, res) {
   } finally {
     res.shutdown = await w.shutdown();
     res.badLines = w.badLines;
+    const native = res.shutdown.nativeLeft === undefined ? "" : res.shutdown.nativeLeft === null ? ", native worker never seen" : res.shutdown.nativeLeft ? ", native worker left behind (killed)" : ", native worker gone";
     log(
-      `  ${cand.name.padEnd(5)} shutdown: reply ${res.shutdown.replied ? "ok" : `missing (${res.shutdown.replyError ?? "exited"})`}, exit code ${res.shutdown.code}${res.shutdown.signal ? `, signal ${res.shutdown.signal}` : ""}${res.shutdown.forced ? " (killed)" : ""}`,
+      `  ${cand.name.padEnd(5)} shutdown: reply ${res.shutdown.replied ? "ok" : `missing (${res.shutdown.replyError ?? "exited"})`}, exit code ${res.shutdown.code}${res.shutdown.signal ? `, signal ${res.shutdown.signal}` : ""}${res.shutdown.forced ? " (killed)" : ""}${native}`,
     );
   }
 }
 
 // floor: initialize already measured in (a); here only the round trips
 async function phaseFloor(cand, opts, res) {
-  const w = new WorkerProc(cand.name, cand.argv).start();
+  const w = new WorkerProc(cand).start();
   try {
     await withDeadline(w.request("initialize", initializeParams(), INIT_TIMEOUT_MS), PHASE_TIMEOUT_MS, "floor initialize");
     // same idle pause as the candidates get before (c): straight after a spawn,
@@ -673,13 +823,14 @@ async function measureSleeps(w, opts) {
   const leaseDir = lease.metadata?.remoteCwd;
   const leaseDirLeft = typeof leaseDir === "string" && existsSync(leaseDir);
 
-  const hwm = w.status().VmHWM ?? null; // just before shutdown
+  const end = w.status(); // just before shutdown; VmHWM is each process's own peak, summed
   return {
     count: opts.execs,
     payloadBytes,
     wallMs: last - t0,
     firstReplyMs: Number.isFinite(first) ? first - t0 : null,
-    hwmKb: hwm,
+    hwmKb: end.VmHWM ?? null,
+    hwmProcesses: end.pids?.length ?? 0,
     maxRssKb,
     failures,
     failureReasons: Object.fromEntries(reasons),
@@ -714,31 +865,35 @@ function fmtRatio(o, p) {
 }
 
 function buildRows(results) {
-  const o = results.ours ?? {};
-  const p = results.peer ?? {};
   const f = results.floor ?? {};
   const row = (label, key, get, fmt, ratio = true, floor = false) => {
-    const ov = get(o);
-    const pv = get(p);
-    const fv = floor ? get(f) : null;
+    const v = Object.fromEntries(CANDIDATES.map((c) => [c, results[c] ? get(results[c]) ?? null : null]));
     const target = TARGETS[key];
-    let met = null;
-    if (target && ov != null && (pv != null || key.startsWith("sleep"))) met = target.check(ov, pv);
+    // a target is about our worker: checked for ours and for shim, against the peer
+    const met = (c) => (target && v[c] != null && (v.peer != null || key.startsWith("sleep")) ? target.check(v[c], v.peer) : null);
+    const ratioOf = (c) => (ratio && v[c] != null && v.peer != null && v[c] > 0 ? v.peer / v[c] : null);
+    const fv = floor ? get(f) ?? null : null;
     return {
       metric: label,
       key,
-      ours: ov ?? null,
-      peer: pv ?? null,
-      floor: fv ?? null,
-      ratio: ratio && ov != null && pv != null && ov > 0 ? pv / ov : null,
-      oursText: fmt(ov),
-      peerText: fmt(pv),
+      ours: v.ours,
+      shim: v.shim,
+      peer: v.peer,
+      floor: fv,
+      ratio: ratioOf("ours"),
+      ratioShim: ratioOf("shim"),
+      oursText: results.ours ? fmt(v.ours) : "",
+      shimText: results.shim ? fmt(v.shim) : "",
+      peerText: results.peer ? fmt(v.peer) : "",
       floorText: floor ? fmt(fv) : "",
-      ratioText: ratio ? fmtRatio(ov, pv) : "",
+      ratioText: ratio ? fmtRatio(v.ours, v.peer) : "",
+      ratioShimText: ratio ? fmtRatio(v.shim, v.peer) : "",
       target: target?.text ?? "",
-      met,
+      met: met("ours"),
+      metShim: met("shim"),
     };
   };
+  const count = (v) => (v == null ? "-" : String(v));
   return [
     row("initialize latency, median", "initMedian", (r) => r.init?.medianMs, fmtMs, true, true),
     row("initialize latency, p90", "initP90", (r) => r.init?.p90Ms, fmtMs, true, true),
@@ -748,56 +903,91 @@ function buildRows(results) {
     row("N x sleep 1: wall", "sleepWall", (r) => r.sleeps?.wallMs, fmtMs),
     row("N x sleep 1: VmHWM", "sleepHwm", (r) => r.sleeps?.hwmKb, fmtKb),
     row("N x sleep 1: max sampled VmRSS", "sleepMaxRss", (r) => r.sleeps?.maxRssKb, fmtKb),
-    row("N x sleep 1: failures", "sleepFailures", (r) => r.sleeps?.failures, (v) => (v == null ? "-" : String(v)), false),
-    row("initialize failures", "initFailures", (r) => r.init?.failures, (v) => (v == null ? "-" : String(v)), false),
+    row("N x sleep 1: failures", "sleepFailures", (r) => r.sleeps?.failures, count, false),
+    row("initialize failures", "initFailures", (r) => r.init?.failures, count, false),
     row("shutdown exit code", "shutdownCode", (r) => r.shutdown?.code, (v) => (v === undefined ? "-" : String(v)), false),
   ];
 }
 
-function printTable(rows, execs) {
-  const header = ["metric", "ours", "peer", "peer/ours", "floor", "target"];
-  const body = rows.map((r) => [
-    r.metric.replace("N x", `${execs} x`),
-    r.oursText,
-    r.peerText,
-    r.ratioText,
-    r.floorText,
-    r.target ? `${r.target}${r.met == null ? "" : r.met ? "  (met)" : "  (not met)"}` : "",
-  ]);
-  const widths = header.map((h, i) => Math.max(h.length, ...body.map((b) => b[i].length)));
-  const line = (cols) => cols.map((c, i) => (i === 0 || i === 5 ? c.padEnd(widths[i]) : c.padStart(widths[i]))).join("  ").trimEnd();
+function printTable(rows, execs, results) {
+  const shown = CANDIDATES.filter((c) => results[c]);
+  const verdict = (r) => {
+    if (!r.target) return "";
+    const parts = [];
+    if (r.met != null) parts.push(`ours ${r.met ? "met" : "not met"}`);
+    if (r.metShim != null) parts.push(`shim ${r.metShim ? "met" : "not met"}`);
+    return parts.length ? `${r.target}  (${parts.join(", ")})` : r.target;
+  };
+  const cols = [
+    { head: "metric", left: true, get: (r) => r.metric.replace("N x", `${execs} x`) },
+    ...shown.map((c) => ({ head: c, get: (r) => r[`${c}Text`] })),
+    ...(results.ours && results.peer ? [{ head: "peer/ours", get: (r) => r.ratioText }] : []),
+    ...(results.shim && results.peer ? [{ head: "peer/shim", get: (r) => r.ratioShimText }] : []),
+    ...(results.floor ? [{ head: "floor", get: (r) => r.floorText }] : []),
+    { head: "target", left: true, get: verdict },
+  ];
+  const body = rows.map((r) => cols.map((c) => c.get(r)));
+  const widths = cols.map((c, i) => Math.max(c.head.length, ...body.map((b) => b[i].length)));
+  const line = (vals) => vals.map((v, i) => (cols[i].left ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join("  ").trimEnd();
   log("");
-  log(line(header));
+  log(line(cols.map((c) => c.head)));
   log(widths.map((w) => "-".repeat(w)).join("  "));
   for (const b of body) log(line(b));
+  const execve = typeof process.execve === "function" ? "has it" : "lacks it";
+  const foot = [
+    results.ours && "ours = the native binary alone: what Paperclip runs when its Node has process.execve (the shim replaces itself with the binary)",
+    results.shim && `shim = the packaged dist/worker.js forked by Node, spawning the binary: what Paperclip runs on a Node without process.execve (this Node, ${process.version}, ${execve}); its memory is the shim plus the native worker, summed`,
+    (results.ours || results.shim) && results.peer && `${[results.ours && "peer/ours", results.shim && "peer/shim"].filter(Boolean).join(", ")}: how many times faster or smaller than the peer`,
+    results.shim && "VmHWM of the shim is the sum of each process's own peak",
+  ].filter(Boolean);
+  log("");
+  for (const f of foot) log(`  ${f}`);
 }
 
 // ---------------------------------------------------------------------------
 // main
 
+// The shim candidate runs the plugin package as Paperclip installs it, written
+// fresh for every run: `provider-host package local --out bench/results/pkg-local`.
+function packageShim(binary) {
+  rmSync(PKG_DIR, { recursive: true, force: true });
+  try {
+    execFileSync(binary, ["package", "local", "--out", PKG_DIR], { cwd: ROOT, stdio: ["ignore", "pipe", "pipe"], timeout: PACKAGE_TIMEOUT_MS, encoding: "utf8" });
+  } catch (err) {
+    const why = err.signal ? `killed by ${err.signal}${err.code === "ETIMEDOUT" ? ` after ${PACKAGE_TIMEOUT_MS} ms` : ""}` : err.status != null ? `exit code ${err.status}` : err.message;
+    throw clearError(`shim: \`${showPath(binary)} package local --out ${path.relative(ROOT, PKG_DIR)}\` failed (${why})${err.stderr ? `\n${String(err.stderr).trimEnd()}` : ""}`);
+  }
+  const bin = path.join(PKG_DIR, "bin", "provider-host");
+  for (const f of [path.join(PKG_DIR, "dist", "worker.js"), bin]) {
+    if (!existsSync(f)) throw clearError(`shim: the package in ${path.relative(ROOT, PKG_DIR)} has no ${path.relative(PKG_DIR, f)}`);
+  }
+  nativeExe = realpathSync(bin);
+}
+
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
   const oursPath = path.resolve(ROOT, process.env.PROVIDER_HOST || "build/provider-host");
+  const shimModule = path.join(PKG_DIR, "dist", "worker.js");
   const all = [
     { name: "ours", argv: [oursPath, "worker", "--provider", "local"] },
+    { name: "shim", argv: [process.execPath, shimModule], fork: shimModule },
     { name: "peer", argv: [process.execPath, path.join(BENCH_DIR, "peer", "worker.mjs")] },
   ];
-  let cands = opts.only ? all.filter((c) => c.name === opts.only) : all;
+  const cands = opts.only ? all.filter((c) => c.name === opts.only) : all;
   const notes = [];
-  if (cands.some((c) => c.name === "ours") && !existsSync(oursPath)) {
-    const msg = `our binary ${path.relative(ROOT, oursPath) || oursPath} does not exist (build it, or set PROVIDER_HOST); measuring the peer only`;
-    log(`NOTE: ${msg}`);
-    notes.push(msg);
-    cands = cands.filter((c) => c.name !== "ours");
-    if (cands.length === 0) {
-      process.stderr.write("worker_bench: nothing to measure\n");
-      process.exit(2);
-    }
+  const needBinary = cands.filter((c) => c.name !== "peer").map((c) => c.name);
+  if (needBinary.length && !existsSync(oursPath)) {
+    process.stderr.write(
+      `worker_bench: our binary ${showPath(oursPath)} does not exist: build it (or set PROVIDER_HOST); ${needBinary.join(" and ")} ${needBinary.length > 1 ? "need" : "needs"} it. To measure the peer alone: --only=peer\n`,
+    );
+    process.exit(2);
   }
+  if (cands.some((c) => c.fork)) packageShim(oursPath);
 
   const limit = selfOpenFilesLimit();
   log(`worker benchmark  node ${process.version}  ${os.cpus().length} CPU  ${os.type()} ${os.release()}`);
-  log(`candidates: ${cands.map((c) => `${c.name} = ${c.argv.map((a) => path.relative(ROOT, a).startsWith("..") ? a : path.relative(ROOT, a) || a).join(" ")}`).join(";  ")}`);
+  const rel = showPath;
+  log(`candidates: ${cands.map((c) => `${c.name} = ${c.fork ? `node fork(${rel(c.fork)}) -> ${rel(nativeExe)} worker --provider local` : c.argv.map(rel).join(" ")}`).join(";  ")}`);
   log(`open-files limit (soft/hard), inherited by every worker: ${fmtLimit(limit)}`);
   if (limit && limit.soft !== "unlimited" && Number(limit.soft) < FD_WARN_BELOW) {
     const msg = `soft open-files limit ${limit.soft} is low: ${opts.execs} concurrent children need about ${2 * opts.execs} pipe fds in the worker; the peer will fail with EMFILE. Raise it (ulimit -n ${FD_WARN_BELOW} or more; bench/run does this).`;
@@ -818,7 +1008,7 @@ async function main() {
   if (floor) await phaseFloor(floor, opts, results.floor);
 
   const rows = buildRows(results);
-  printTable(rows, opts.execs);
+  printTable(rows, opts.execs, results);
   for (const c of cands) {
     const s = results[c.name].sleeps;
     if (s?.failures) log(`${c.name} execute failures: ${JSON.stringify(s.failureReasons)}`);
@@ -836,7 +1026,7 @@ async function main() {
     openFilesLimit: limit,
     notes,
     candidates: results,
-    rows: rows.map(({ metric, key, ours, peer, ratio, floor, target, met }) => ({ metric, key, ours, peer, ratio, floor, target, met })),
+    rows: rows.map(({ metric, key, ours, shim, peer, ratio, ratioShim, floor, target, met, metShim }) => ({ metric, key, ours, shim, peer, ratio, ratioShim, floor, target, met, metShim })),
   };
   mkdirSync(path.dirname(opts.out), { recursive: true });
   writeFileSync(opts.out, JSON.stringify(report, null, 2) + "\n");
@@ -849,7 +1039,7 @@ main().then(
     process.exit(0);
   },
   (err) => {
-    process.stderr.write(`worker_bench: ${err.stack ?? err}\n`);
+    process.stderr.write(`worker_bench: ${err?.clear ? err.message : err?.stack ?? err}\n`);
     killAll();
     process.exit(1);
   },
