@@ -111,7 +111,8 @@ int luaopen_host_core_task(lua_State *L);
 int luaopen_host_core_stdio(lua_State *L);
 int luaopen_host_core_sys(lua_State *L);
 int luaopen_host_core_proc(lua_State *L);
-int luaopen_host_core_http(lua_State *L);
+int luaopen_host_core_http(lua_State *L); /* in provider-host-net.so */
+int luaopen_host_core_ssh(lua_State *L);  /* in provider-host-net.so */
 int luaopen_host_core_util(lua_State *L);
 
 /* The closed list of failure codes, also documented in README.md. */

@@ -25,15 +25,11 @@ int luaopen_cjson_safe(lua_State *L); /* in Debian's liblua5.4-cjson, not in its
 static char runtime_root[PATH_MAX];
 
 static const luaL_Reg preload[] = {
-    { "host.core.task", luaopen_host_core_task },
-    { "host.core.stdio", luaopen_host_core_stdio },
-    { "host.core.sys", luaopen_host_core_sys },
-    { "host.core.proc", luaopen_host_core_proc },
-    { "host.core.http", ph_open_net_module },
-    { "host.core.util", luaopen_host_core_util },
-    { "cjson", luaopen_cjson },
-    { "cjson.safe", luaopen_cjson_safe },
-    { NULL, NULL },
+    { "host.core.task", luaopen_host_core_task }, { "host.core.stdio", luaopen_host_core_stdio },
+    { "host.core.sys", luaopen_host_core_sys },   { "host.core.proc", luaopen_host_core_proc },
+    { "host.core.http", ph_open_net_module },     { "host.core.ssh", ph_open_net_module },
+    { "host.core.util", luaopen_host_core_util }, { "cjson", luaopen_cjson },
+    { "cjson.safe", luaopen_cjson_safe },         { NULL, NULL },
 };
 
 static int has_runtime(const char *dir)
