@@ -1,0 +1,667 @@
+-- providers/e2b: E2B cloud sandboxes, a drop-in for upstream's newest E2B provider
+-- (paperclip.e2b-sandbox-provider) that speaks E2B's REST API and envd's Connect-RPC directly.
+-- See README.md in this folder for behaviour, settings and every deviation from upstream.
+local api = require("providers.e2b.api")
+local envd = require("providers.e2b.envd")
+local json = require("host.json")
+local log = require("host.log")
+local script = require("providers.e2b.script")
+local task = require("host.task")
+local util = require("host.util")
+
+local M = {
+  driver_key = "e2b",
+  display_name = "E2B Cloud Sandbox",
+  description = "Provisions E2B cloud sandboxes with configurable templates, timeouts, and lease "
+    .. "reuse.",
+  version = "0.1.0",
+  schema = require("providers.e2b.schema"),
+  -- Declared so the host honours reuseLease (upstream declares nothing, so reuse was ignored).
+  capabilities = { reusableLeases = true },
+  manifest = {
+    id = "paperclip.e2b-sandbox-provider",
+    package_name = "@paperclipai/plugin-e2b",
+    display_name = "E2B Sandbox Provider",
+    description = "First-party sandbox provider plugin that provisions E2B cloud sandboxes as "
+      .. "Paperclip execution environments.",
+    author = "Paperclip",
+    categories = { "automation" },
+    driver_display_name = "E2B Cloud Sandbox",
+    driver_description = "Provisions E2B cloud sandboxes with configurable templates, timeouts, "
+      .. "and lease reuse.",
+  },
+  hooks = {},
+}
+
+local hooks = M.hooks
+
+local WORKSPACE_TIMEOUT_MS = 60000 -- the SDK's default command timeout, which upstream uses
+local CANCEL_TIMEOUT_MS = 10000
+
+------------------------------------------------------------------------------------------------
+-- Helpers
+
+local function trim(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+local function lease_id(v)
+  return type(v) == "string" and v ~= "" and v or nil
+end
+
+local function lease_metadata(ctx, sbx, remote_cwd, resumed)
+  local c = ctx.config
+  return json.ordered({
+    provider = "e2b",
+    shellCommand = "bash",
+    template = c.template,
+    timeoutMs = c.timeoutMs,
+    reuseLease = c.reuseLease,
+    sandboxId = sbx.id,
+    sandboxDomain = sbx.domain,
+    remoteCwd = remote_cwd,
+    resumedLease = resumed,
+  }, {
+    "provider",
+    "shellCommand",
+    "template",
+    "timeoutMs",
+    "reuseLease",
+    "sandboxId",
+    "sandboxDomain",
+    "remoteCwd",
+    "resumedLease",
+  })
+end
+
+local function expired()
+  return { providerLeaseId = json.null, metadata = { expired = true } }
+end
+
+-- The labels a new sandbox carries in E2B (visible in its dashboard and list API).
+local function sandbox_labels(params)
+  local labels = { paperclipProvider = "e2b" }
+  for key, field in pairs({
+    paperclipCompanyId = "companyId",
+    paperclipEnvironmentId = "environmentId",
+    paperclipRunId = "runId",
+  }) do
+    local v = params[field]
+    if type(v) == "string" and v ~= "" and #v <= 256 then
+      labels[key] = v
+    end
+  end
+  return labels
+end
+
+-- with_sandbox(ctx, conn, id, fn) -> fn(sandbox)'s results. The sandbox's envd credentials
+-- come from this worker's memory when it has them (no request at all); otherwise, and once
+-- more when envd answers that a cached sandbox is unreachable or its token is refused before
+-- anything ran, a connect fetches them (it also resumes a paused sandbox, as upstream's
+-- connect-per-call did, and extends the lifetime). fn returns result | nil, message, kind,
+-- partial; partial.started means the command ran, so it is not retried.
+local function with_sandbox(ctx, conn, id, fn)
+  local entry = api.cached(conn, id)
+  local cached = entry ~= nil
+  if not entry then
+    local sbx, err, kind = api.connect(conn, id, ctx.config.timeoutMs)
+    if not sbx then
+      return nil, err, kind
+    end
+    entry = api.remember(conn, sbx)
+  end
+  local res = table.pack(fn(entry))
+  local kind, partial = res[3], res[4]
+  if
+    res[1] == nil
+    and cached
+    and (kind == "unavailable" or kind == "auth")
+    and not (partial and partial.started)
+  then
+    api.forget(conn, id)
+    local sbx, err, ckind = api.connect(conn, id, ctx.config.timeoutMs)
+    if not sbx then
+      return nil, err, ckind
+    end
+    res = table.pack(fn(api.remember(conn, sbx)))
+  end
+  return table.unpack(res, 1, res.n)
+end
+
+-- resolve_workspace(conn, sbx) -> remoteCwd | nil, message, kind: upstream's pwd + mkdir -p of
+-- <pwd>/paperclip-workspace, in one command.
+local function resolve_workspace(conn, sbx)
+  local res, err, kind = envd.run(conn, sbx, {
+    script = script.workspace(),
+    timeout_ms = WORKSPACE_TIMEOUT_MS,
+    what = "prepare the workspace",
+  })
+  if not res then
+    return nil, err, kind
+  end
+  if res.timed_out then
+    return nil, ("E2B sandbox %s did not prepare its workspace within %ds"):format(
+      sbx.id,
+      WORKSPACE_TIMEOUT_MS // 1000
+    ),
+      "timeout"
+  end
+  local cwd = trim(res.stdout):match("([^\n]*)$")
+  if res.exit_code ~= 0 or not cwd or cwd:sub(1, 1) ~= "/" then
+    return nil,
+      ("E2B sandbox %s could not prepare its workspace (exit code %s): %s"):format(
+        sbx.id,
+        tostring(res.exit_code),
+        trim(res.stderr) ~= "" and trim(res.stderr) or "no output"
+      ),
+      "upstream"
+  end
+  return cwd
+end
+
+-- Kill by id (no connect, so a paused sandbox is not resumed first); one retry on a transient
+-- failure, then a warning with upstream's text. Never raises.
+local function kill_best_effort(ctx, conn, id, reason)
+  local ok, err, kind = api.kill(conn, id)
+  if ok == nil and kind ~= "auth" and kind ~= "config" then
+    ok, err = api.kill(conn, id)
+  end
+  if ok == nil then
+    ctx.log.warn("Failed to kill E2B sandbox during %s: %s", reason, err)
+  end
+end
+
+------------------------------------------------------------------------------------------------
+-- Hooks
+
+--- environmentProbe: create a sandbox, prepare the workspace, always kill it; never raises.
+function hooks.probe(ctx, params)
+  local c = ctx.config
+  local keys = { "provider", "template", "timeoutMs", "reuseLease" }
+  local meta = {
+    provider = "e2b",
+    template = c.template,
+    timeoutMs = c.timeoutMs,
+    reuseLease = c.reuseLease,
+  }
+  local ok, res, failure = pcall(function()
+    local conn, err = api.connection(ctx)
+    if not conn then
+      return nil, err
+    end
+    local sbx
+    sbx, err = api.create(conn, c.template, c.timeoutMs, sandbox_labels(params))
+    if not sbx then
+      return nil, err
+    end
+    local entry = api.remember(conn, sbx)
+    local done, cwd, werr = pcall(resolve_workspace, conn, entry)
+    api.forget(conn, sbx.id)
+    api.kill(conn, sbx.id) -- always, and its errors are swallowed (as upstream)
+    if not done then
+      error(cwd, 0)
+    elseif not cwd then
+      return nil, werr
+    end
+    meta.sandboxId, meta.sandboxDomain, meta.remoteCwd = sbx.id, sbx.domain, cwd
+    return true
+  end)
+  if ok and res then
+    table.move({ "sandboxId", "sandboxDomain", "remoteCwd" }, 1, 3, #keys + 1, keys)
+    return {
+      ok = true,
+      summary = ("Connected to E2B sandbox template %s."):format(c.template),
+      metadata = json.ordered(meta, keys),
+    }
+  end
+  meta.error = ok and tostring(failure) or tostring(res):gsub("^[^\n]-%.lua:%d+: ", "")
+  keys[#keys + 1] = "error"
+  return {
+    ok = false,
+    summary = ("E2B sandbox probe failed for template %s."):format(c.template),
+    metadata = json.ordered(meta, keys),
+  }
+end
+
+--- environmentAcquireLease: create a sandbox (its lifetime set by the create itself) and
+-- prepare the workspace; a half-made sandbox is killed and the original error reported.
+function hooks.acquire_lease(ctx, params)
+  local conn, err = api.connection(ctx)
+  if not conn then
+    return nil, err
+  end
+  local c = ctx.config
+  local sbx
+  sbx, err = api.create(conn, c.template, c.timeoutMs, sandbox_labels(params))
+  if not sbx then
+    return nil, err
+  end
+  local cwd
+  cwd, err = resolve_workspace(conn, api.remember(conn, sbx))
+  if not cwd then
+    api.forget(conn, sbx.id)
+    api.kill(conn, sbx.id)
+    return nil, err
+  end
+  return { providerLeaseId = sbx.id, metadata = lease_metadata(ctx, sbx, cwd, false) }
+end
+
+--- environmentResumeLease: connect (resumes a paused sandbox), set the lifetime and prepare
+-- the workspace; a gone sandbox is {providerLeaseId = null, metadata = {expired = true}}.
+function hooks.resume_lease(ctx, params)
+  local id = params.providerLeaseId
+  if not api.valid_id(id) then
+    return expired()
+  end
+  local conn, err = api.connection(ctx)
+  if not conn then
+    return nil, err
+  end
+  local sbx, kind
+  sbx, err, kind = api.connect(conn, id, ctx.config.timeoutMs)
+  if not sbx then
+    if kind == "not_found" then
+      return expired()
+    end
+    return nil, err
+  end
+  local entry = api.remember(conn, sbx)
+  local steps = task.all({
+    function()
+      return api.set_timeout(conn, id, ctx.config.timeoutMs)
+    end,
+    function()
+      return resolve_workspace(conn, entry)
+    end,
+  })
+  local failed = (steps[1][1] == nil and steps[1]) or (steps[2][1] == nil and steps[2]) or nil
+  if failed then
+    api.forget(conn, id)
+    api.kill(conn, id)
+    if failed[3] == "not_found" or failed[3] == "unavailable" then
+      return expired()
+    end
+    return nil, failed[2]
+  end
+  return { providerLeaseId = id, metadata = lease_metadata(ctx, sbx, steps[2][1], true) }
+end
+
+--- environmentReleaseLease: pause when reusing (a failed pause falls back to kill), kill
+-- otherwise; both by id, so a paused sandbox is never resumed just to be cleaned up.
+function hooks.release_lease(ctx, params)
+  local id = lease_id(params.providerLeaseId)
+  if not id then
+    return true
+  end
+  local conn, err = api.connection(ctx)
+  if not conn then
+    return nil, err
+  end
+  api.forget(conn, id)
+  if not ctx.config.reuseLease then
+    kill_best_effort(ctx, conn, id, "lease release")
+    return true
+  end
+  local ok, perr, kind = api.pause(conn, id)
+  if ok == nil and kind ~= "not_found" then
+    ctx.log.warn(
+      "Failed to pause E2B sandbox during lease release: %s. Attempting kill instead.",
+      perr
+    )
+    kill_best_effort(ctx, conn, id, "lease release fallback cleanup")
+  end
+  return true
+end
+
+--- environmentDestroyLease: kill by id; a missing sandbox is success, a failure a warning.
+function hooks.destroy_lease(ctx, params)
+  local id = lease_id(params.providerLeaseId)
+  if not id then
+    return true
+  end
+  local conn, err = api.connection(ctx)
+  if not conn then
+    return nil, err
+  end
+  api.forget(conn, id)
+  kill_best_effort(ctx, conn, id, "lease destroy")
+  return true
+end
+
+--- environmentRealizeWorkspace: upstream's cwd order, then mkdir -p it in the sandbox.
+function hooks.realize_workspace(ctx, params)
+  local lease = type(params.lease) == "table" and params.lease or {}
+  local meta = type(lease.metadata) == "table" and lease.metadata or {}
+  local ws = type(params.workspace) == "table" and params.workspace or {}
+  local function given(v)
+    return type(v) == "string" and v:find("%S") and v or nil
+  end
+  local cwd = (given(meta.remoteCwd) and trim(meta.remoteCwd))
+    or given(ws.remotePath)
+    or given(ws.localPath)
+    or "/paperclip-workspace"
+  local id = lease_id(lease.providerLeaseId)
+  if id then
+    local conn, err = api.connection(ctx)
+    if not conn then
+      return nil, err
+    end
+    local res
+    res, err = with_sandbox(ctx, conn, id, function(sbx)
+      return envd.run(conn, sbx, {
+        script = script.mkdir(cwd),
+        timeout_ms = WORKSPACE_TIMEOUT_MS,
+        what = "create the workspace",
+      })
+    end)
+    if not res then
+      return nil, err
+    elseif res.timed_out or res.exit_code ~= 0 then
+      return nil,
+        ("E2B sandbox %s could not create the workspace %s (%s): %s"):format(
+          id,
+          cwd,
+          res.timed_out and "timed out" or ("exit code " .. tostring(res.exit_code)),
+          trim(res.stderr) ~= "" and trim(res.stderr) or "no output"
+        )
+    end
+  end
+  return { cwd = cwd, metadata = { provider = "e2b", remoteCwd = cwd } }
+end
+
+-- Lifetime refresh, best effort and rate-limited: setTimeout(timeoutMs) once more than
+-- refresh_fraction of timeoutMs has passed since this worker last refreshed (or connected to)
+-- the sandbox. Runs as its own task, concurrently with the command; a failure is logged and
+-- the next command tries again.
+local function refresh(ctx, conn, entry)
+  local timeout_ms = ctx.config.timeoutMs
+  local interval = timeout_ms / 1000 * api.settings.refresh_fraction
+  local last = entry.refreshed_at or -math.huge
+  if task.now() - last < interval then
+    return
+  end
+  entry.refreshed_at = task.now()
+  task.spawn(function()
+    local ok, err = api.set_timeout(conn, entry.id, timeout_ms)
+    if not ok then
+      if entry.refreshed_at and entry.refreshed_at <= task.now() then
+        entry.refreshed_at = last
+      end
+      -- host.log, not ctx.log: this task may outlive the execute's invocation
+      log.warn("Could not refresh the lifetime of E2B sandbox %s (the command runs on): %s",
+        entry.id, err)
+    end
+  end)
+end
+
+-- While a long command runs, keep refreshing its sandbox's lifetime at the same rate.
+local function refresher(ctx, conn, entry)
+  local every = math.max(1, ctx.config.timeoutMs / 1000 * api.settings.refresh_fraction)
+  return task.spawn(function()
+    while task.sleep(every) do
+      refresh(ctx, conn, entry)
+    end
+  end)
+end
+
+-- Best effort, in the background: stop the process group of a command whose wrapper was
+-- killed (a timeout) or whose stream was lost, and remove its control dir and staged stdin.
+local function reap(conn, sbx, exec_id, stdin_path)
+  task.spawn(function()
+    local res, err = envd.run(conn, sbx, {
+      script = script.reap(exec_id, stdin_path),
+      cwd = "/",
+      timeout_ms = CANCEL_TIMEOUT_MS,
+      what = "stop the command",
+    })
+    if not res then
+      log.debug("E2B: could not stop the processes of a command in sandbox %s: %s", sbx.id, err)
+    end
+  end)
+end
+
+local function random_id()
+  return "provider-host-" .. util.hex(assert(util.random(8)))
+end
+
+-- What upstream answers when a cancel arrives before the command was launched.
+local function cancelled_result()
+  return { exitCode = 130, timedOut = false, stdout = "", stderr = "" }
+end
+
+-- Upstream's timeout result: partial output kept, the message appended to stderr.
+local function timeout_result(ctx, res, message)
+  local stdout, stderr = ctx:output(res.stdout), ctx:output(res.stderr)
+  if stderr ~= "" then
+    if not stderr:find(message, 1, true) then
+      stderr = stderr .. (stderr:sub(-1) == "\n" and "" or "\n") .. message .. "\n"
+    end
+  else
+    stderr = message .. "\n"
+  end
+  return { exitCode = json.null, timedOut = true, stdout = stdout, stderr = stderr }
+end
+
+--- environmentExecute: upstream v-newest's command, one request on a warm lease (two with
+-- stdin), output streamed live.
+function hooks.execute(ctx, params)
+  local lease = type(params.lease) == "table" and params.lease or {}
+  local id = lease_id(lease.providerLeaseId)
+  if not id then
+    return {
+      exitCode = 1,
+      timedOut = false,
+      stdout = "",
+      stderr = "No provider lease ID available for execution.",
+    }
+  end
+  if params.args ~= nil and type(params.args) ~= "table" then
+    return nil, "environmentExecute: args must be an array of strings"
+  end
+  if params.env ~= nil and params.env ~= json.null and type(params.env) ~= "table" then
+    return nil, "environmentExecute: env must be an object of strings"
+  end
+  local stdin = params.stdin
+  if stdin == json.null then
+    stdin = nil
+  end
+  if stdin ~= nil and type(stdin) ~= "string" then
+    return nil, "environmentExecute: stdin must be a string"
+  end
+  local base, err =
+    script.command(params.command, params.args, type(params.env) == "table" and params.env or nil)
+  if not base then
+    return nil, err
+  end
+  local conn
+  conn, err = api.connection(ctx)
+  if not conn then
+    return nil, err
+  end
+  local timeout_ms = ctx.config.timeoutMs
+  if type(params.timeoutMs) == "number" and params.timeoutMs >= 1 then
+    timeout_ms = math.floor(params.timeoutMs)
+  end
+  local cwd = type(params.cwd) == "string" and params.cwd ~= "" and params.cwd or nil
+  local exec_id = ctx.execution and params.executionId or random_id()
+  local stdin_path = stdin and ("/tmp/paperclip-stdin-" .. util.uuid()) or nil
+  local wrapped = script.wrap(
+    exec_id,
+    stdin_path and (base .. " < " .. script.quote(stdin_path)) or base,
+    stdin_path
+  )
+
+  -- Shared with environmentCancelExecution (ctx.execution.cancel, below).
+  local state = { cancelled = false, launched = false }
+  if ctx.execution then
+    ctx.execution.cancel = function()
+      state.canceller = state.canceller
+        or task.spawn(function()
+          state.cancelled = true
+          if not state.launched then
+            return true -- the command never starts: execute answers 130
+          end
+          local res, cerr = envd.run(conn, state.sbx, {
+            script = script.cancel(exec_id),
+            cwd = "/",
+            timeout_ms = math.min(ctx.config.timeoutMs, CANCEL_TIMEOUT_MS),
+            what = "cancel the command",
+          })
+          if res and not res.timed_out and res.exit_code == 0 then
+            return true
+          end
+          if state.pid then -- last resort: at least the wrapper goes
+            local ok = envd.unary(conn, state.sbx, "process.Process/SendSignal", {
+              process = { pid = state.pid },
+              signal = "SIGNAL_SIGKILL",
+            }, "kill the command")
+            if ok then
+              return true
+            end
+          end
+          return nil,
+            cerr
+              or ("E2B exact command cancellation failed with exit code %s."):format(
+                res.timed_out and "null (timed out)" or tostring(res.exit_code)
+              )
+        end)
+      local ok, cerr = state.canceller:wait()
+      if not ok then
+        error(cerr or "E2B exact command cancellation failed", 0)
+      end
+    end
+  end
+
+  local staged -- the sandbox holding the staged stdin file, until the wrapper owns it
+  local res, kind, partial
+  res, err, kind, partial = with_sandbox(ctx, conn, id, function(sbx)
+    refresh(ctx, conn, sbx)
+    if state.cancelled then
+      return cancelled_result()
+    end
+    if stdin_path then
+      local ok, uerr, ukind = envd.upload(conn, sbx, stdin_path, stdin)
+      if not ok then
+        if ukind ~= "unavailable" and ukind ~= "auth" then
+          envd.remove(conn, sbx, stdin_path) -- best effort, as upstream
+        end
+        return nil, uerr, ukind
+      end
+      staged = sbx
+      if state.cancelled then
+        return cancelled_result()
+      end
+    end
+    state.launched, state.sbx = true, sbx
+    local ticker = refresher(ctx, conn, sbx)
+    local r, rerr, rkind, rpartial = envd.run(conn, sbx, {
+      script = wrapped,
+      cwd = cwd,
+      timeout_ms = timeout_ms,
+      max_output = ctx.max_output,
+      what = "run the command",
+      on_start = function(pid)
+        state.pid = pid
+        staged = nil -- the wrapper removes the staged file when it exits
+      end,
+      on_output = function(stream, bytes)
+        ctx:emit(stream, bytes)
+      end,
+    })
+    ticker:cancel()
+    if not r and not (rpartial and rpartial.started) then
+      state.launched = false
+    end
+    return r, rerr, rkind, rpartial
+  end)
+  local sbx = state.sbx
+  if staged then -- staged but never launched: nobody else removes it
+    task.spawn(function()
+      envd.remove(conn, staged, stdin_path)
+    end)
+  end
+  if not res then
+    if partial and partial.started and sbx then
+      reap(conn, sbx, exec_id, stdin_path)
+    end
+    if kind == "not_found" or kind == "unavailable" then
+      api.forget(conn, id)
+    end
+    return nil, err
+  end
+  if res.exitCode ~= nil then -- canceled before launch
+    return res
+  end
+  if res.timed_out then
+    if sbx then
+      reap(conn, sbx, exec_id, stdin_path)
+    end
+    return timeout_result(ctx, res, ("Command timed out after %dms"):format(timeout_ms))
+  end
+  local out = {
+    exitCode = res.exit_code,
+    timedOut = false,
+    stdout = ctx:output(res.stdout),
+    stderr = ctx:output(res.stderr),
+  }
+  if res.truncated then
+    out.metadata = { truncated = true }
+  end
+  return out
+end
+
+local function check_execution_id(id)
+  if type(id) ~= "string" or not id:find("%S") then -- the worker's rule for execute, too
+    return nil, "Environment executionId must be a non-empty opaque string."
+  elseif #id > 512 then
+    return nil, "Environment executionId exceeds the 512-character limit."
+  end
+  return id
+end
+
+--- environmentCancelExecution: exactly that command's process group. Tracked by this worker:
+-- its execute's cancel. Untracked (e.g. after a worker restart): the remote cancel script.
+function hooks.cancel_execution(ctx, params)
+  local exec_id, err = check_execution_id(params.executionId)
+  if not exec_id then
+    return nil, err
+  end
+  local active = ctx.active
+  if active and active.cancel then
+    active.cancel()
+    return { executionId = exec_id, cancelled = true }
+  end
+  local lease = type(params.lease) == "table" and params.lease or {}
+  local id = lease_id(lease.providerLeaseId)
+  if not id then
+    return { executionId = exec_id, cancelled = false }
+  end
+  local conn
+  conn, err = api.connection(ctx)
+  if not conn then
+    return nil, err
+  end
+  local timeout_ms = math.min(ctx.config.timeoutMs, CANCEL_TIMEOUT_MS)
+  local res
+  res, err = with_sandbox(ctx, conn, id, function(sbx)
+    return envd.run(conn, sbx, {
+      script = script.cancel(exec_id),
+      cwd = "/",
+      timeout_ms = timeout_ms,
+      what = "cancel the command",
+    })
+  end)
+  if not res then
+    return nil, err
+  end
+  if res.timed_out then
+    return nil, ("E2B exact command cancellation timed out after %dms."):format(timeout_ms)
+  end
+  if res.exit_code ~= 0 then
+    return nil,
+      ("E2B exact command cancellation failed with exit code %s."):format(tostring(res.exit_code))
+  end
+  return { executionId = exec_id, cancelled = true }
+end
+
+return M

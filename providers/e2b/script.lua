@@ -1,0 +1,202 @@
+-- providers/e2b/script.lua: the shell scripts the E2B provider runs in a sandbox.
+--   command(): upstream v-newest's clean-environment script (env -i, private HOME, /etc/profile)
+--   wrap(): the exact-cancellation wrapper (control dir, setsid process group, pid file)
+--   cancel(): the exact-cancellation script for one execution (TERM, grace, KILL)
+--   reap(): cancel() plus removal of the control dir, for a command whose wrapper was killed
+--   workspace(): pwd + mkdir -p <pwd>/paperclip-workspace in one command
+-- Every script is plain POSIX sh run by `bash -l -c`, as upstream's SDK runs commands.
+local M = {}
+
+--- quote(s) -> s as one single-quoted shell word, ' written as '"'"' (upstream's shellQuote).
+function M.quote(s)
+  return "'" .. s:gsub("'", "'\"'\"'") .. "'"
+end
+
+local quote = M.quote
+
+local function trim(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+local function has_nul(s)
+  return s:find("\0", 1, true) ~= nil
+end
+
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys, function(a, b)
+    return tostring(a) < tostring(b)
+  end)
+  return keys
+end
+
+--- command(cmd, args, env) -> script | nil, message
+-- Upstream's buildLoginShellScript (v-newest): source /etc/profile quietly, make a private
+-- HOME with mktemp unless env gives HOME (or USERPROFILE), then run the command under
+-- `env -i` with only PATH, HOME/USERPROFILE and the caller's env. A bad env key is an error
+-- with upstream's message; env values that are not strings are left out, as upstream does.
+function M.command(cmd, args, env)
+  if type(cmd) ~= "string" then
+    return nil, "environmentExecute: command must be a string"
+  end
+  local words = { quote(cmd) }
+  if has_nul(cmd) then
+    return nil, "environmentExecute: command contains a NUL byte"
+  end
+  for i, a in ipairs(args or {}) do
+    if type(a) ~= "string" then
+      return nil, ("environmentExecute: args[%d] must be a string"):format(i)
+    elseif has_nul(a) then
+      return nil, ("environmentExecute: args[%d] contains a NUL byte"):format(i)
+    end
+    words[#words + 1] = quote(a)
+  end
+  local vars = {}
+  for _, k in ipairs(sorted_keys(env or {})) do
+    if type(k) ~= "string" or not k:match("^[A-Za-z_][A-Za-z0-9_]*$") then
+      return nil, "Invalid sandbox environment variable key: " .. tostring(k)
+    end
+    local v = env[k]
+    if type(v) == "string" then
+      if has_nul(v) then
+        return nil, ("Sandbox environment variable %s contains a NUL byte"):format(k)
+      end
+      vars[k] = v
+    end
+  end
+  local function nonblank(v)
+    return type(v) == "string" and trim(v) ~= "" and trim(v) or nil
+  end
+  local home = nonblank(vars.HOME) or nonblank(vars.USERPROFILE)
+  if home then
+    vars.HOME = vars.HOME or home
+    vars.USERPROFILE = vars.USERPROFILE or home
+  end
+  local assignments = {}
+  for _, k in ipairs(sorted_keys(vars)) do
+    assignments[#assignments + 1] = k .. "=" .. quote(vars[k])
+  end
+  local exec_line = (home and "exec " or "")
+    .. 'env -i PATH="$PATH"'
+    .. (home and "" or ' HOME="$paperclip_provider_home" USERPROFILE="$paperclip_provider_home"')
+    .. (#assignments > 0 and " " .. table.concat(assignments, " ") or "")
+    .. " "
+    .. table.concat(words, " ")
+  local lines = { "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi" }
+  if not home then
+    lines[#lines + 1] =
+      'paperclip_provider_home="$(mktemp -d /tmp/paperclip-provider-home.XXXXXX)"'
+    lines[#lines + 1] = "trap 'rm -rf -- \"$paperclip_provider_home\"' EXIT"
+    -- a canceled or timed-out command still removes its private HOME (upstream leaks it)
+    lines[#lines + 1] = "trap 'exit 143' HUP INT TERM"
+  end
+  lines[#lines + 1] = exec_line
+  return table.concat(lines, " && ")
+end
+
+--- control_dir(execution_id) -> /tmp/.paperclip-execution-<hex of the id's bytes>
+function M.control_dir(execution_id)
+  return "/tmp/.paperclip-execution-"
+    .. execution_id:gsub(".", function(c)
+      return ("%02x"):format(c:byte())
+    end)
+end
+
+--- wrap(execution_id, script, extra_cleanup) -> the exact-cancellation wrapper (upstream's
+-- wrapCancellableEnvironmentShellCommand): the command runs in its own process group (setsid
+-- when present) and publishes "group:<pid>" in the control dir; a "cancelled" marker stops it
+-- before launch. extra_cleanup (a path, e.g. the staged stdin file) is removed with the
+-- control dir when the wrapper exits.
+function M.wrap(execution_id, script, extra_cleanup)
+  local dir = quote(M.control_dir(execution_id))
+  local function runner(kind)
+    return table.concat({
+      "paperclip_control=" .. dir,
+      "printf " .. quote(kind .. ":%s\\n") .. ' "$$" > "$paperclip_control/pid"',
+      'if [ -f "$paperclip_control/cancelled" ]; then exit 130; fi',
+      "exec sh -c " .. quote(script),
+    }, "\n")
+  end
+  return table.concat({
+    "paperclip_control=" .. dir,
+    'mkdir -p "$paperclip_control"',
+    'paperclip_cleanup() { rm -rf -- "$paperclip_control"'
+      .. (extra_cleanup and " " .. quote(extra_cleanup) or "")
+      .. "; }",
+    "trap paperclip_cleanup EXIT",
+    'if [ -f "$paperclip_control/cancelled" ]; then exit 130; fi',
+    "if command -v setsid >/dev/null 2>&1; then",
+    "  setsid sh -c " .. quote(runner("group")) .. " &",
+    "else",
+    "  sh -c " .. quote(runner("process")) .. " &",
+    "fi",
+    "paperclip_pid=$!",
+    'wait "$paperclip_pid"',
+    "exit $?",
+  }, "\n")
+end
+
+--- cancel(execution_id, grace_ms) -> upstream's buildCancelEnvironmentShellCommand: leave the
+-- "cancelled" marker, wait up to 2 s for the pid file, TERM the group (or process), wait up
+-- to grace_ms (default 5000) for it to go, then KILL. Exits 0 in every one of those cases.
+function M.cancel(execution_id, grace_ms)
+  local waits = math.max(0, math.ceil((grace_ms or 5000) / 100))
+  return table.concat({
+    "paperclip_control=" .. quote(M.control_dir(execution_id)),
+    'mkdir -p "$paperclip_control"',
+    ': > "$paperclip_control/cancelled"',
+    "paperclip_wait=0",
+    'while [ ! -s "$paperclip_control/pid" ] && [ "$paperclip_wait" -lt 100 ]; do',
+    "  sleep 0.02",
+    "  paperclip_wait=$((paperclip_wait + 1))",
+    "done",
+    'if [ ! -s "$paperclip_control/pid" ]; then exit 0; fi',
+    'IFS=: read -r paperclip_kind paperclip_pid < "$paperclip_control/pid"',
+    'case "$paperclip_pid" in ""|*[!0-9]*) exit 0 ;; esac',
+    'paperclip_alive() { if [ "$paperclip_kind" = "group" ]; then '
+      .. 'kill -0 "-$paperclip_pid" 2>/dev/null; else kill -0 "$paperclip_pid" 2>/dev/null; fi; }',
+    'paperclip_signal() { if [ "$paperclip_kind" = "group" ]; then '
+      .. 'kill "-$1" "-$paperclip_pid" 2>/dev/null || true; else '
+      .. 'kill "-$1" "$paperclip_pid" 2>/dev/null || true; fi; }',
+    "if paperclip_alive; then paperclip_signal TERM; fi",
+    "paperclip_wait=0",
+    ('while paperclip_alive && [ "$paperclip_wait" -lt %d ]; do'):format(waits),
+    "  sleep 0.1",
+    "  paperclip_wait=$((paperclip_wait + 1))",
+    "done",
+    "if paperclip_alive; then paperclip_signal KILL; fi",
+    "exit 0",
+  }, "\n")
+end
+
+--- reap(execution_id, extra_cleanup) -> cancel() then remove the control dir (and
+-- extra_cleanup): for a command whose wrapper died without its EXIT trap (a timeout kills
+-- the wrapper, not the setsid group) or whose stream was lost.
+function M.reap(execution_id, extra_cleanup)
+  return "sh -c "
+    .. quote(M.cancel(execution_id, 2000))
+    .. "; rm -rf -- "
+    .. quote(M.control_dir(execution_id))
+    .. (extra_cleanup and " " .. quote(extra_cleanup) or "")
+end
+
+--- workspace() -> upstream's resolveSandboxWorkingDirectory in one command: <pwd> (or "/")
+-- joined with paperclip-workspace, created with mkdir -p and printed.
+function M.workspace()
+  return table.concat({
+    'paperclip_cwd="$(pwd)"',
+    'case "$paperclip_cwd" in */) ;; *) paperclip_cwd="$paperclip_cwd/" ;; esac',
+    'paperclip_cwd="${paperclip_cwd}paperclip-workspace"',
+    'mkdir -p "$paperclip_cwd" && printf \'%s\\n\' "$paperclip_cwd"',
+  }, "; ")
+end
+
+--- mkdir(path) -> upstream's ensureSandboxWorkspace: mkdir -p '<path>'
+function M.mkdir(path)
+  return "mkdir -p " .. quote(path)
+end
+
+return M
