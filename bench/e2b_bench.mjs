@@ -17,23 +17,41 @@
 
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readFileSync } from "node:fs";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { fileURLToPath } from "node:url";
+import {
+  BENCH_DIR,
+  CALL_TIMEOUT_MS,
+  INIT_TIMEOUT_MS,
+  ROOT,
+  Worker,
+  fmtKb,
+  fmtMs,
+  fmtRatio,
+  hostEnv,
+  initializeParams,
+  killGroup,
+  killWorkers,
+  lineReader,
+  log,
+  machineInfo,
+  machineLine,
+  printColumns,
+  quantile,
+  runBench,
+  showPath,
+  sleep,
+  withDeadline,
+  writeReport,
+} from "./lib.mjs";
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(BENCH_DIR, "..");
 const FAKE_SCRIPT = path.join(ROOT, "spec", "support", "fake_e2b_main.lua");
 const PEER_SCRIPT = path.join(BENCH_DIR, "peer", "e2b_worker.mjs");
 
 const FAKE_START_TIMEOUT_MS = 15_000;
 const CONTROL_TIMEOUT_MS = 10_000; // one control request to the fake
-const INIT_TIMEOUT_MS = 15_000; // the host's initialize deadline
-const CALL_TIMEOUT_MS = 30_000; // the host's default per-call deadline
 const EXEC_TIMEOUT_MS = 30_000; // params.timeoutMs of every execute
-const SHUTDOWN_TIMEOUT_MS = 10_000; // the host's shutdown drain
 const SERIES_TIMEOUT_MS = 180_000; // one series, or the parallel phase, of one candidate
 const SETTLE_MS = 200; // after a series, before the fake's request log is read
 const CANDIDATES = ["ours", "peer"];
@@ -131,34 +149,11 @@ const MANIFEST = {
 
 let driverConfig = null; // set once the fake is up: its API key goes in config, as the host resolves the secret
 
-function initializeParams() {
-  return {
-    manifest: MANIFEST,
-    config: {},
-    instanceInfo: { instanceId: "default", hostVersion: "2026.916.1", deploymentMode: "authenticated" },
-    apiVersion: 1,
-    databaseNamespace: null,
-  };
-}
-
 // The host's minimal environment (worker-protocol.md 1.2), plus the E2B SDK's own
 // variables that point a client at the fake. Both workers read the same ones:
 // the `e2b` SDK (ConnectionConfig) and providers/e2b (api.lua) alike.
 function workerEnv(fake) {
-  const env = {
-    PATH: process.env.PATH ?? "",
-    NODE_PATH: process.env.NODE_PATH ?? "",
-    PAPERCLIP_PLUGIN_ID: PLUGIN_DB_ID,
-    NODE_ENV: process.env.NODE_ENV ?? "production",
-    TZ: process.env.TZ ?? "UTC",
-    PAPERCLIP_DEPLOYMENT_MODE: "authenticated",
-    PAPERCLIP_DEPLOYMENT_EXPOSURE: "",
-    E2B_API_URL: fake.apiUrl,
-    E2B_SANDBOX_URL: fake.sandboxUrl,
-    E2B_DOMAIN: fake.domain,
-  };
-  for (const [k, v] of Object.entries(process.env)) if (k.startsWith("PROVIDER_HOST_")) env[k] = v;
-  return env;
+  return hostEnv(PLUGIN_DB_ID, { E2B_API_URL: fake.apiUrl, E2B_SANDBOX_URL: fake.sandboxUrl, E2B_DOMAIN: fake.domain });
 }
 
 function invocation() {
@@ -207,21 +202,6 @@ function releaseParams(lease) {
 // ---------------------------------------------------------------------------
 // child processes: every one in its own process group, killed on exit
 
-const children = new Set();
-
-function killGroup(child) {
-  if (!child?.pid || child.exitCode !== null || child.signalCode !== null) return;
-  try {
-    process.kill(-child.pid, "SIGKILL");
-  } catch {
-    try {
-      child.kill("SIGKILL");
-    } catch {
-      // already gone
-    }
-  }
-}
-
 // Synchronous, for exit paths: true once pid has exited (gone, or a zombie).
 function waitExitSync(pid, ms) {
   const tick = new Int32Array(new SharedArrayBuffer(4));
@@ -240,8 +220,8 @@ function waitExitSync(pid, ms) {
 // its group for anything left.
 let fakeChild = null;
 function killAll() {
-  for (const c of children) if (c !== fakeChild) killGroup(c);
-  if (fakeChild && children.has(fakeChild) && fakeChild.exitCode === null && fakeChild.signalCode === null) {
+  killWorkers();
+  if (fakeChild && fakeChild.exitCode === null && fakeChild.signalCode === null) {
     try {
       process.kill(fakeChild.pid, "SIGTERM");
       waitExitSync(fakeChild.pid, 3_000);
@@ -250,41 +230,6 @@ function killAll() {
     }
   }
   if (fakeChild) killGroup(fakeChild);
-}
-
-process.on("exit", killAll);
-for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
-  process.on(sig, () => {
-    process.stderr.write(`\ne2b_bench: ${sig}, killing the workers and the fake\n`);
-    killAll();
-    process.exit(130);
-  });
-}
-process.on("uncaughtException", (err) => {
-  process.stderr.write(`e2b_bench: ${err.stack ?? err}\n`);
-  killAll();
-  process.exit(1);
-});
-process.on("unhandledRejection", (err) => {
-  process.stderr.write(`e2b_bench: unhandled rejection: ${err?.stack ?? err}\n`);
-  killAll();
-  process.exit(1);
-});
-
-// Split a stream into lines, calling onLine for each complete one.
-function lineReader(stream, onLine) {
-  let buf = "";
-  stream.setEncoding("utf8");
-  stream.on("data", (chunk) => {
-    buf += chunk;
-    let nl;
-    let start = 0;
-    while ((nl = buf.indexOf("\n", start)) !== -1) {
-      onLine(buf.slice(start, nl));
-      start = nl + 1;
-    }
-    buf = buf.slice(start);
-  });
 }
 
 // ---------------------------------------------------------------------------
@@ -303,7 +248,6 @@ class Fake {
   start() {
     const child = spawn(this.binary, [FAKE_SCRIPT], { cwd: ROOT, stdio: ["pipe", "pipe", "pipe"], detached: true });
     this.child = child;
-    children.add(child);
     fakeChild = child;
     const ready = new Promise((resolve, reject) => {
       this.onInfo = resolve;
@@ -322,7 +266,6 @@ class Fake {
         resolve(this.exit);
       });
       child.on("exit", (code, signal) => {
-        children.delete(child);
         this.exit = { code, signal };
         const why = `the fake E2B exited (code ${code}, signal ${signal})${this.stderr ? `\n--- fake stderr ---\n${this.stderr.trimEnd()}` : ""}`;
         this.onFail(new Error(why));
@@ -384,161 +327,15 @@ class Fake {
 // ---------------------------------------------------------------------------
 // a worker, spoken to like the host does
 
-class Worker {
-  constructor(name, argv, env) {
-    this.name = name;
-    this.argv = argv;
-    this.env = env;
-    this.nextId = 0;
-    this.pending = new Map();
-    this.stderr = "";
-    this.badLines = 0;
-    this.notifications = 0;
-    this.exit = null;
-  }
-
-  start() {
-    this.t0 = performance.now();
-    const child = spawn(this.argv[0], this.argv.slice(1), { cwd: ROOT, env: this.env, stdio: ["pipe", "pipe", "pipe"], detached: true });
-    this.child = child;
-    this.pid = child.pid;
-    children.add(child);
-    lineReader(child.stdout, (line) => this.onLine(line));
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (chunk) => {
-      this.stderr = (this.stderr + chunk).slice(-8000);
-    });
-    child.stdin.on("error", () => {}); // EPIPE after a crash is reported via exit
-    this.exited = new Promise((resolve) => {
-      const done = (code, signal, err) => {
-        if (this.exit) return;
-        children.delete(child);
-        this.exit = { code, signal, error: err ? err.message : null };
-        const why = err ? `spawn failed: ${err.message}` : `worker exited (code ${code}, signal ${signal})`;
-        for (const p of this.pending.values()) p.reject(new Error(`${this.name}: ${p.method}: ${why}`));
-        this.pending.clear();
-        resolve(this.exit);
-      };
-      child.on("error", (err) => done(null, null, err));
-      child.on("exit", (code, signal) => done(code, signal, null));
-    });
-    return this;
-  }
-
-  onLine(line) {
-    if (line.trim() === "") return;
-    let msg;
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      this.badLines++;
-      return;
-    }
-    if (msg === null || typeof msg !== "object" || msg.jsonrpc !== "2.0") {
-      this.badLines++;
-    } else if ("id" in msg && ("result" in msg || "error" in msg)) {
-      const p = this.pending.get(msg.id);
-      if (!p) {
-        this.badLines++;
-        return;
-      }
-      this.pending.delete(msg.id);
-      clearTimeout(p.timer);
-      p.resolve(msg);
-    } else if (typeof msg.method === "string" && "id" in msg && msg.id !== null) {
-      // worker->host request: this bench offers no host services
-      this.write(JSON.stringify({ jsonrpc: "2.0", id: msg.id, error: { code: -32601, message: `Unknown method: ${msg.method}` } }) + "\n");
-    } else {
-      this.notifications++; // log, execute.log
-    }
-  }
-
-  write(data) {
-    if (this.exit || !this.child.stdin.writable) return false;
-    this.child.stdin.write(data);
-    return true;
-  }
-
-  // the reply message; rejects on no reply within timeoutMs or the worker's exit
-  call(method, params, timeoutMs = CALL_TIMEOUT_MS, extra = {}) {
-    if (this.exit) return Promise.reject(new Error(`${this.name}: ${method}: the worker is not running`));
-    const id = ++this.nextId;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`${this.name}: ${method} (id ${id}) got no reply within ${timeoutMs} ms`));
-      }, timeoutMs);
-      this.pending.set(id, { method, resolve, reject, timer });
-      this.write(JSON.stringify({ jsonrpc: "2.0", id, method, params, ...extra }) + "\n");
-    });
-  }
-
-  // call and unwrap: error replies become exceptions
-  async request(method, params, timeoutMs = CALL_TIMEOUT_MS) {
-    const msg = await this.call(method, params, timeoutMs, method === "initialize" || method === "shutdown" ? {} : invocation());
-    if (msg.error) throw new Error(`${this.name}: ${method} failed: ${msg.error.code} ${msg.error.message}`);
-    return msg.result;
-  }
-
-  status() {
-    const out = {};
-    try {
-      for (const line of readFileSync(`/proc/${this.pid}/status`, "utf8").split("\n")) {
-        const m = /^(VmRSS|VmHWM):\s+(\d+)/.exec(line);
-        if (m) out[m[1]] = Number(m[2]);
-      }
-    } catch {
-      // gone
-    }
-    return out;
-  }
-
-  // shutdown as the host does: request, then wait for exit; kill on deadline
-  async shutdown() {
-    if (this.exit) return { replied: false, ...this.exit };
-    let replied = false;
-    let replyError = null;
-    try {
-      await this.request("shutdown", {}, SHUTDOWN_TIMEOUT_MS);
-      replied = true;
-    } catch (err) {
-      replyError = err.message;
-    }
-    const exit = await withDeadline(this.exited, SHUTDOWN_TIMEOUT_MS, `${this.name}: exit after shutdown`).catch(() => null);
-    if (exit) return { replied, replyError, code: exit.code, signal: exit.signal, forced: false };
-    killGroup(this.child);
-    await withDeadline(this.exited, 2_000, "exit after SIGKILL").catch(() => null);
-    return { replied, replyError, code: null, signal: "SIGKILL", forced: true };
+class E2bWorker extends Worker {
+  // every call carries the invocation, but initialize and shutdown
+  request(method, params, timeoutMs = CALL_TIMEOUT_MS) {
+    return super.request(method, params, timeoutMs, method === "initialize" || method === "shutdown" ? null : invocation());
   }
 }
 
 // ---------------------------------------------------------------------------
 // helpers
-
-function withDeadline(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function quantile(values, q) {
-  if (values.length === 0) return null;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
-}
-
-function showPath(p) {
-  const rel = path.relative(ROOT, p);
-  return rel.startsWith("..") || path.isAbsolute(rel) ? p : rel || p;
-}
-
-function log(msg) {
-  process.stdout.write(`${msg}\n`);
-}
 
 // "POST /v2/sandboxes/{id}/connect": a request of the fake's log, its sandbox id generalised
 function requestKey(r) {
@@ -596,6 +393,21 @@ async function measured(fake, fn) {
   return { value, wallMs, reqs };
 }
 
+// What n sequential calls came to: wall time, latencies, requests, failures.
+function seriesResult(n, wallMs, latencies, reqs, failures) {
+  return {
+    count: n,
+    wallMs,
+    medianMs: quantile(latencies, 0.5),
+    p90Ms: quantile(latencies, 0.9),
+    requests: reqs.length,
+    requestsPerExecute: reqs.length / n,
+    breakdown: breakdown(reqs, n),
+    failures: failures.count,
+    failureReasons: failures.reasons,
+  };
+}
+
 // n sequential executes on one lease; stdinOf(i) null: none
 async function series(w, fake, lease, n, command, args, stdinOf, wantOf) {
   const failures = new Failures();
@@ -607,7 +419,7 @@ async function series(w, fake, lease, n, command, args, stdinOf, wantOf) {
           const t = performance.now();
           let msg;
           try {
-            msg = await w.call("environmentExecute", executeParams(lease, command, args, stdinOf(i)), CALL_TIMEOUT_MS, invocation());
+            ({ msg } = await w.call("environmentExecute", executeParams(lease, command, args, stdinOf(i)), CALL_TIMEOUT_MS, invocation()));
           } catch (err) {
             failures.add(err.message);
             if (w.exit) throw err;
@@ -622,17 +434,7 @@ async function series(w, fake, lease, n, command, args, stdinOf, wantOf) {
       `${w.name}: ${n} sequential executes`,
     ),
   );
-  return {
-    count: n,
-    wallMs,
-    medianMs: quantile(latencies, 0.5),
-    p90Ms: quantile(latencies, 0.9),
-    requests: reqs.length,
-    requestsPerExecute: reqs.length / n,
-    breakdown: breakdown(reqs, n),
-    failures: failures.count,
-    failureReasons: failures.reasons,
-  };
+  return seriesResult(n, wallMs, latencies, reqs, failures);
 }
 
 // (1) one lease: acquire, the plain series, the stdin series, release
@@ -673,7 +475,7 @@ async function phaseParallel(w, fake, opts, res) {
       lease = await w.request("environmentAcquireLease", acquireParams());
       if (!lease?.providerLeaseId) throw new Error(`acquire returned no lease: ${JSON.stringify(lease)}`);
       ids.push(lease.providerLeaseId);
-      const msg = await w.call("environmentExecute", executeParams(lease, "sh", ["-c", "echo hi"], null), CALL_TIMEOUT_MS, invocation());
+      const { msg } = await w.call("environmentExecute", executeParams(lease, "sh", ["-c", "echo hi"], null), CALL_TIMEOUT_MS, invocation());
       const bad = checkExecute(msg, "hi\n");
       if (bad) failures.add(bad);
     } catch (err) {
@@ -709,10 +511,10 @@ async function phaseParallel(w, fake, opts, res) {
 }
 
 async function runCandidate(cand, fake, opts, res) {
-  const w = new Worker(cand.name, cand.argv, workerEnv(fake.info)).start();
+  const w = new E2bWorker(cand.name, cand.argv, workerEnv(fake.info)).start();
   try {
     try {
-      await w.request("initialize", initializeParams(), INIT_TIMEOUT_MS);
+      await w.request("initialize", initializeParams(MANIFEST), INIT_TIMEOUT_MS);
       res.initMs = performance.now() - w.t0;
     } catch (err) {
       await withDeadline(w.exited, 1_000, "exit").catch(() => null);
@@ -804,17 +606,7 @@ async function phaseFloor(fake, info, proc, n, res) {
         `floor: ${n} sequential Starts`,
       ),
     );
-    res.seq = {
-      count: n,
-      wallMs,
-      medianMs: quantile(latencies, 0.5),
-      p90Ms: quantile(latencies, 0.9),
-      requests: reqs.length,
-      requestsPerExecute: reqs.length / n,
-      breakdown: breakdown(reqs, n),
-      failures: failures.count,
-      failureReasons: failures.reasons,
-    };
+    res.seq = seriesResult(n, wallMs, latencies, reqs, failures);
   } finally {
     const killed = await api("DELETE", `/sandboxes/${sb.sandboxID}`).catch((err) => ({ status: err.message }));
     res.killStatus = killed.status;
@@ -825,23 +617,9 @@ async function phaseFloor(fake, info, proc, n, res) {
 // ---------------------------------------------------------------------------
 // report
 
-function fmtMs(ms) {
-  if (ms == null) return "-";
-  if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
-  if (ms >= 10) return `${ms.toFixed(1)} ms`;
-  return `${ms.toFixed(2)} ms`;
-}
 function fmtNum(v) {
   if (v == null) return "-";
   return Number.isInteger(v) ? String(v) : v.toFixed(2);
-}
-function fmtKb(kb) {
-  return kb == null ? "-" : `${(kb / 1024).toFixed(1)} MB`;
-}
-function fmtRatio(o, p) {
-  if (o == null || p == null || o <= 0) return "-";
-  const r = p / o;
-  return r >= 10 ? `${r.toFixed(0)}x` : `${r.toFixed(2)}x`;
 }
 
 function buildRows(results, opts) {
@@ -896,13 +674,7 @@ function printTable(rows, results) {
     ...(shown.length === 2 ? [{ head: "peer/ours", get: (r) => r.ratioText }] : []),
     ...(results.floor?.seq ? [{ head: "floor", get: (r) => r.floorText }] : []),
   ];
-  const body = rows.map((r) => cols.map((c) => c.get(r)));
-  const widths = cols.map((c, i) => Math.max(c.head.length, ...body.map((b) => b[i].length)));
-  const line = (vals) => vals.map((v, i) => (cols[i].left ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join("  ").trimEnd();
-  log("");
-  log(line(cols.map((c) => c.head)));
-  log(widths.map((w) => "-".repeat(w)).join("  "));
-  for (const b of body) log(line(b));
+  printColumns(cols, rows);
   log("");
   if (shown.length === 2) log("  peer/ours: how many times slower (or more requests) the peer is than ours");
   log("  requests: HTTP requests the fake E2B saw (REST API and envd), counted over the whole series");
@@ -960,7 +732,7 @@ async function main() {
   // a delay on every request, API and envd alike, for as long as the fake runs
   if (opts.delayMs > 0) await fake.control("fail", { spec: { delay: opts.delayMs / 1000, times: -1 } });
 
-  log(`e2b benchmark  node ${process.version}  ${os.cpus().length} CPU  ${os.type()} ${os.release()}`);
+  log(`e2b benchmark  ${machineLine()}`);
   log(`candidates: ${cands.map((c) => `${c.name} = ${c.argv.map(showPath).join(" ")}`).join(";  ")}`);
   if (sdkVersion) log(`peer: upstream's newest E2B plugin on e2b ${sdkVersion} (npm) and @paperclipai/plugin-sdk`);
   log(`fake E2B: ${showPath(binary)} ${showPath(FAKE_SCRIPT)}  api ${info.apiUrl}  envd ${info.sandboxUrl}  domain ${info.domain}`);
@@ -1024,7 +796,7 @@ async function main() {
   const report = {
     benchmark: "e2b",
     date: new Date().toISOString(),
-    machine: { node: process.version, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, kernel: os.release(), totalMemMb: Math.round(os.totalmem() / 2 ** 20) },
+    machine: machineInfo(),
     options: { quick: opts.quick, only: opts.only, floor: opts.floor, delayMs: opts.delayMs, seq: opts.seq, stdinExecs: opts.stdinExecs, leases: opts.leases },
     e2bSdkVersion: sdkVersion,
     fake: { apiUrl: info.apiUrl, sandboxUrl: info.sandboxUrl, domain: info.domain, exit: fakeStop },
@@ -1032,20 +804,8 @@ async function main() {
     candidates: results,
     rows: rows.map(({ metric, key, ours, peer, floor, ratio }) => ({ metric: metric.trim(), key, ours, peer, floor, ratio })),
   };
-  mkdirSync(path.dirname(opts.out), { recursive: true });
-  writeFileSync(opts.out, JSON.stringify(report, null, 2) + "\n");
-  log(`\nresults written to ${path.relative(process.cwd(), opts.out) || opts.out}`);
+  writeReport(opts.out, report);
   if (!measuredAny) process.exitCode = 1;
 }
 
-main().then(
-  () => {
-    killAll();
-    process.exit(process.exitCode ?? 0);
-  },
-  (err) => {
-    process.stderr.write(`e2b_bench: ${err?.stack ?? err}\n`);
-    killAll();
-    process.exit(1);
-  },
-);
+runBench("e2b_bench", "the workers and the fake", killAll, main);

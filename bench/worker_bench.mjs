@@ -12,21 +12,38 @@
 // PROVIDER_HOST overrides the path of our binary (relative to the repo root).
 // The shim candidate packages that binary into bench/results/pkg-local first.
 
-import { execFileSync, fork, spawn } from "node:child_process";
+import { execFileSync, fork } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync, mkdirSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync, writeFileSync } from "node:fs";
-import os from "node:os";
+import { existsSync, readdirSync, readFileSync, readlinkSync, realpathSync, rmSync } from "node:fs";
 import path from "node:path";
 import { performance } from "node:perf_hooks";
-import { fileURLToPath } from "node:url";
+import {
+  BENCH_DIR,
+  CALL_TIMEOUT_MS,
+  INIT_TIMEOUT_MS,
+  ROOT,
+  Worker,
+  clearError,
+  fmtKb,
+  fmtMs,
+  fmtRatio,
+  hostEnv,
+  initializeParams,
+  killWorkers,
+  log,
+  machineInfo,
+  machineLine,
+  printColumns,
+  procStatus,
+  quantile,
+  runBench,
+  showPath,
+  sleep,
+  withDeadline,
+  writeReport,
+} from "./lib.mjs";
 
-const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
-const ROOT = path.resolve(BENCH_DIR, "..");
-
-const INIT_TIMEOUT_MS = 15_000; // the host's initialize deadline
-const CALL_TIMEOUT_MS = 30_000; // the host's default per-call deadline
 const PHASE_TIMEOUT_MS = 30_000; // any one phase of one candidate
-const SHUTDOWN_TIMEOUT_MS = 10_000; // the host's shutdown drain
 const IDLE_WAIT_MS = 500;
 const RSS_SAMPLE_MS = 50;
 const FD_WARN_BELOW = 4096;
@@ -125,42 +142,18 @@ const MANIFEST = {
   ],
 };
 
-function initializeParams() {
-  return {
-    manifest: MANIFEST,
-    config: {},
-    instanceInfo: { instanceId: "default", hostVersion: "2026.916.1", deploymentMode: "authenticated" },
-    apiVersion: 1,
-    databaseNamespace: null,
-  };
-}
-
-// The host does not pass its environment through (worker-protocol.md 1.2).
-// PROVIDER_HOST_* is passed so a development build can be pointed at its files.
-function workerEnv() {
-  const env = {
-    PATH: process.env.PATH ?? "",
-    NODE_PATH: process.env.NODE_PATH ?? "",
-    PAPERCLIP_PLUGIN_ID: PLUGIN_DB_ID,
-    NODE_ENV: process.env.NODE_ENV ?? "production",
-    TZ: process.env.TZ ?? "UTC",
-    PAPERCLIP_DEPLOYMENT_MODE: "authenticated",
-    PAPERCLIP_DEPLOYMENT_EXPOSURE: "",
-  };
-  for (const [k, v] of Object.entries(process.env)) if (k.startsWith("PROVIDER_HOST_")) env[k] = v;
-  return env;
-}
-
 function invocation() {
   return { id: randomUUID(), scope: { companyId: COMPANY_ID } };
 }
 
+// What every environment call carries.
+function base() {
+  return { driverKey: "local", companyId: COMPANY_ID, environmentId: ENVIRONMENT_ID, issueId: null, config: { ...DRIVER_CONFIG } };
+}
+
 function acquireParams() {
   return {
-    driverKey: "local",
-    companyId: COMPANY_ID,
-    environmentId: ENVIRONMENT_ID,
-    issueId: null,
+    ...base(),
     config: { ...DRIVER_CONFIG, streamRunLogs: false },
     runId: randomUUID(),
     workspaceMode: "isolated",
@@ -185,11 +178,7 @@ function storedLeaseMetadata(lease) {
 
 function executeParams(lease, command, args) {
   return {
-    driverKey: "local",
-    companyId: COMPANY_ID,
-    environmentId: ENVIRONMENT_ID,
-    issueId: null,
-    config: { ...DRIVER_CONFIG },
+    ...base(),
     lease: { providerLeaseId: lease.providerLeaseId, metadata: storedLeaseMetadata(lease), expiresAt: null },
     command,
     args,
@@ -201,11 +190,7 @@ function executeParams(lease, command, args) {
 
 function releaseParams(lease) {
   return {
-    driverKey: "local",
-    companyId: COMPANY_ID,
-    environmentId: ENVIRONMENT_ID,
-    issueId: null,
-    config: { ...DRIVER_CONFIG },
+    ...base(),
     providerLeaseId: lease.providerLeaseId,
     leaseMetadata: storedLeaseMetadata(lease),
   };
@@ -247,19 +232,6 @@ function childrenOf(pid) {
   return out;
 }
 
-function procStatus(pid) {
-  const out = {};
-  try {
-    for (const line of readFileSync(`/proc/${pid}/status`, "utf8").split("\n")) {
-      const m = /^(VmRSS|VmHWM|Threads):\s+(\d+)/.exec(line);
-      if (m) out[m[1]] = Number(m[2]);
-    }
-  } catch {
-    // gone
-  }
-  return out;
-}
-
 // The processes that make up one worker, found in its process tree: the worker's
 // own pid and any direct child running the packaged binary (the shim's native
 // worker). Everything else below it is not the worker: the commands it runs
@@ -289,158 +261,27 @@ function killNative(pid) {
 // ---------------------------------------------------------------------------
 // a spawned worker, spoken to like the host does
 
-const live = new Set();
-
-class WorkerProc {
+class WorkerProc extends Worker {
   // cand: { name, argv } spawned as is, or { name, argv, fork: module } started
   // with child_process.fork as Paperclip starts a plugin worker
   constructor(cand) {
-    this.name = cand.name;
-    this.argv = cand.argv;
+    super(cand.name, cand.argv, hostEnv(PLUGIN_DB_ID));
     this.forkModule = cand.fork ?? null;
     this.nativePid = null;
-    this.nextId = 0;
-    this.pending = new Map();
-    this.buf = "";
-    this.stderr = "";
-    this.badLines = 0;
-    this.notifications = 0;
-    this.exit = null;
-    this.exited = new Promise((resolve) => (this.resolveExit = resolve));
   }
 
-  start() {
-    this.t0 = performance.now();
-    const child = this.forkModule
-      ? // the host's call (worker-protocol.md 1.1) but for detached, which only
-        // puts the shim in its own process group (its native child joins it),
-        // so cleanup can kill both at once
-        fork(this.forkModule, [], {
-          cwd: ROOT,
-          env: workerEnv(),
-          stdio: ["pipe", "pipe", "pipe", "ipc"],
-          execArgv: [],
-          detached: true,
-        })
-      : spawn(this.argv[0], this.argv.slice(1), {
-          cwd: ROOT,
-          env: workerEnv(),
-          stdio: ["pipe", "pipe", "pipe"],
-          detached: true, // own process group, so cleanup can kill it whole
-        });
-    this.child = child;
-    this.pid = child.pid;
-    live.add(this);
-    child.stdout.setEncoding("utf8");
-    child.stdout.on("data", (chunk) => this.onData(chunk));
-    child.stderr.setEncoding("utf8");
-    child.stderr.on("data", (chunk) => {
-      this.stderr = (this.stderr + chunk).slice(-8000);
+  spawnChild() {
+    if (!this.forkModule) return super.spawnChild();
+    // the host's call (worker-protocol.md 1.1) but for detached, which only
+    // puts the shim in its own process group (its native child joins it), so
+    // cleanup can kill both at once
+    return fork(this.forkModule, [], {
+      cwd: ROOT,
+      env: this.env,
+      stdio: ["pipe", "pipe", "pipe", "ipc"],
+      execArgv: [],
+      detached: true,
     });
-    child.stdin.on("error", () => {}); // EPIPE after a crash is reported via exit
-    child.on("error", (err) => this.onExit(null, null, err));
-    child.on("exit", (code, signal) => this.onExit(code, signal, null));
-    this.watchdog = setInterval(() => this.expire(), 100);
-    return this;
-  }
-
-  onExit(code, signal, err) {
-    if (this.exit) return;
-    this.exit = { code, signal, error: err ? err.message : null, at: performance.now() };
-    clearInterval(this.watchdog);
-    live.delete(this);
-    const why = err ? `spawn failed: ${err.message}` : `worker exited (code=${code}, signal=${signal})`;
-    for (const [id, p] of this.pending) {
-      this.pending.delete(id);
-      p.reject(new Error(why));
-    }
-    this.resolveExit(this.exit);
-  }
-
-  onData(chunk) {
-    this.buf += chunk;
-    let start = 0;
-    let nl;
-    while ((nl = this.buf.indexOf("\n", start)) !== -1) {
-      const line = this.buf.slice(start, nl);
-      start = nl + 1;
-      this.onLine(line);
-    }
-    this.buf = start === 0 ? this.buf : this.buf.slice(start);
-  }
-
-  onLine(line) {
-    const t = performance.now();
-    if (line.trim() === "") return;
-    let msg;
-    try {
-      msg = JSON.parse(line);
-    } catch {
-      this.badLines++;
-      return;
-    }
-    if (msg === null || typeof msg !== "object" || msg.jsonrpc !== "2.0") {
-      this.badLines++;
-      return;
-    }
-    if ("id" in msg && ("result" in msg || "error" in msg)) {
-      const p = this.pending.get(msg.id);
-      if (!p) {
-        this.badLines++;
-        return;
-      }
-      this.pending.delete(msg.id);
-      p.resolve({ msg, t, sent: p.sent });
-    } else if (typeof msg.method === "string" && "id" in msg && msg.id !== null) {
-      // worker->host request: this bench offers no host services
-      this.write(JSON.stringify({ jsonrpc: "2.0", id: msg.id, error: { code: -32601, message: `Unknown method: ${msg.method}` } }) + "\n");
-    } else {
-      this.notifications++;
-    }
-  }
-
-  expire() {
-    const now = performance.now();
-    for (const [id, p] of this.pending) {
-      if (now > p.deadline) {
-        this.pending.delete(id);
-        p.reject(new Error(`${this.name}: ${p.method} (id ${id}) got no reply within ${p.timeoutMs} ms`));
-      }
-    }
-  }
-
-  // Register a request and return its line without writing it (for batches).
-  prepare(method, params, timeoutMs = CALL_TIMEOUT_MS, extra = null) {
-    const id = ++this.nextId;
-    const line = JSON.stringify({ jsonrpc: "2.0", id, method, params, ...(extra ?? {}) }) + "\n";
-    const entry = { method, timeoutMs, deadline: performance.now() + timeoutMs, sent: 0 };
-    const promise = new Promise((resolve, reject) => {
-      entry.resolve = resolve;
-      entry.reject = reject;
-    });
-    if (this.exit) entry.reject(new Error(`${this.name}: worker is not running`));
-    else this.pending.set(id, entry);
-    return { id, line, promise, entry };
-  }
-
-  write(data) {
-    if (this.exit || !this.child.stdin.writable) return false;
-    this.child.stdin.write(data);
-    return true;
-  }
-
-  call(method, params, timeoutMs = CALL_TIMEOUT_MS, extra = null) {
-    const req = this.prepare(method, params, timeoutMs, extra);
-    req.entry.sent = performance.now();
-    this.write(req.line);
-    return req.promise;
-  }
-
-  // Call and unwrap: error replies become exceptions.
-  async request(method, params, timeoutMs = CALL_TIMEOUT_MS, extra = null) {
-    const { msg } = await this.call(method, params, timeoutMs, extra);
-    if (msg.error) throw new Error(`${this.name}: ${method} failed: ${msg.error.code} ${msg.error.message}`);
-    return msg.result;
   }
 
   // The shim's native worker: its direct child running the packaged binary.
@@ -481,30 +322,10 @@ class WorkerProc {
     }
   }
 
-  // shutdown as the host does: request, then wait for exit; kill on deadline.
-  async shutdown() {
-    if (this.exit) return { replied: false, ...this.exit, ...(await this.nativeAfterExit()) };
-    let replied = false;
-    let replyError = null;
-    try {
-      await this.request("shutdown", {}, SHUTDOWN_TIMEOUT_MS);
-      replied = true;
-    } catch (err) {
-      replyError = err.message;
-    }
-    const exit = await withDeadline(this.exited, SHUTDOWN_TIMEOUT_MS, `${this.name}: exit after shutdown`).catch(() => null);
-    if (!exit) {
-      this.kill();
-      await withDeadline(this.exited, 2_000, "exit after SIGKILL").catch(() => null);
-      return { replied, replyError, code: null, signal: "SIGKILL", forced: true, ...(await this.nativeAfterExit()) };
-    }
-    return { replied, replyError, code: exit.code, signal: exit.signal, forced: false, ...(await this.nativeAfterExit()) };
-  }
-
   // After the shim has exited its native worker must be gone too (the shim
   // waits for it; PR_SET_PDEATHSIG covers a killed shim). Wait up to 2 s for
   // it, then kill it and say so.
-  async nativeAfterExit() {
+  async afterExit() {
     if (!this.forkModule) return {};
     if (!this.nativePid) return { nativeLeft: null };
     const until = performance.now() + 2_000;
@@ -514,47 +335,20 @@ class WorkerProc {
     return { nativeLeft: left };
   }
 
+  // the worker's process group (the shim's native worker is in it), then the
+  // native worker by pid
   kill() {
     if (!this.pid) return;
-    if (!this.exit) {
-      this.findNative();
-      try {
-        process.kill(-this.pid, "SIGKILL"); // the shim's native worker is in its group
-      } catch {
-        try {
-          this.child.kill("SIGKILL");
-        } catch {
-          // already gone
-        }
-      }
-    }
+    if (!this.exit) this.findNative();
+    super.kill();
     if (this.nativePid) killNative(this.nativePid);
   }
 }
 
 function killAll() {
-  for (const w of live) w.kill();
+  killWorkers();
   for (const pid of natives) killNative(pid);
 }
-
-process.on("exit", killAll);
-for (const sig of ["SIGINT", "SIGTERM", "SIGHUP"]) {
-  process.on(sig, () => {
-    process.stderr.write(`\nworker_bench: ${sig}, killing workers\n`);
-    killAll();
-    process.exit(130);
-  });
-}
-process.on("uncaughtException", (err) => {
-  process.stderr.write(`worker_bench: ${err.stack ?? err}\n`);
-  killAll();
-  process.exit(1);
-});
-process.on("unhandledRejection", (err) => {
-  process.stderr.write(`worker_bench: unhandled rejection: ${err?.stack ?? err}\n`);
-  killAll();
-  process.exit(1);
-});
 
 // ---------------------------------------------------------------------------
 // the harness floor: a trivial awk responder that answers every request with
@@ -592,22 +386,6 @@ function floorCandidate() {
 // ---------------------------------------------------------------------------
 // helpers
 
-function withDeadline(promise, ms, what) {
-  let timer;
-  const timeout = new Promise((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`${what}: no result within ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
-}
-
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
-
-function quantile(values, q) {
-  if (values.length === 0) return null;
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(q * sorted.length) - 1))];
-}
-
 function selfOpenFilesLimit() {
   try {
     const m = /^Max open files\s+(\S+)\s+(\S+)/m.exec(readFileSync("/proc/self/limits", "utf8"));
@@ -617,23 +395,6 @@ function selfOpenFilesLimit() {
   }
 }
 
-// a path relative to the repository root when inside it, else absolute
-function showPath(p) {
-  const rel = path.relative(ROOT, p);
-  return rel.startsWith("..") || path.isAbsolute(rel) ? p : rel || p;
-}
-
-// an error whose message says it all: reported without a stack
-function clearError(message) {
-  const err = new Error(message);
-  err.clear = true;
-  return err;
-}
-
-function log(msg) {
-  process.stdout.write(`${msg}\n`);
-}
-
 // ---------------------------------------------------------------------------
 // phases
 
@@ -641,7 +402,7 @@ function log(msg) {
 async function measureInit(cand) {
   const w = new WorkerProc(cand).start();
   try {
-    const { msg, t } = await w.call("initialize", initializeParams(), INIT_TIMEOUT_MS);
+    const { msg, t } = await w.call("initialize", initializeParams(MANIFEST), INIT_TIMEOUT_MS);
     if (msg.error || msg.result?.ok !== true) {
       throw new Error(`initialize failed: ${JSON.stringify(msg.error ?? msg.result)}`);
     }
@@ -691,7 +452,7 @@ async function phaseInit(cands, n, results) {
 async function phaseLong(cand, opts, res) {
   const w = new WorkerProc(cand).start();
   try {
-    await withDeadline(w.request("initialize", initializeParams(), INIT_TIMEOUT_MS), PHASE_TIMEOUT_MS, `${cand.name} initialize`);
+    await withDeadline(w.request("initialize", initializeParams(MANIFEST), INIT_TIMEOUT_MS), PHASE_TIMEOUT_MS, `${cand.name} initialize`);
     if (cand.fork && !w.findNative()) throw new Error(`no native worker (${nativeExe}) found as a child of the shim (pid ${w.pid})`);
     res.openFilesLimit = w.openFilesLimit();
 
@@ -731,7 +492,7 @@ async function phaseLong(cand, opts, res) {
 async function phaseFloor(cand, opts, res) {
   const w = new WorkerProc(cand).start();
   try {
-    await withDeadline(w.request("initialize", initializeParams(), INIT_TIMEOUT_MS), PHASE_TIMEOUT_MS, "floor initialize");
+    await withDeadline(w.request("initialize", initializeParams(MANIFEST), INIT_TIMEOUT_MS), PHASE_TIMEOUT_MS, "floor initialize");
     // same idle pause as the candidates get before (c): straight after a spawn,
     // round trips measure about 4x slower here (scheduler placement)
     await sleep(IDLE_WAIT_MS);
@@ -842,26 +603,12 @@ async function measureSleeps(w, opts) {
 // ---------------------------------------------------------------------------
 // report
 
-function fmtMs(ms) {
-  if (ms == null) return "-";
-  if (ms >= 1000) return `${(ms / 1000).toFixed(2)} s`;
-  if (ms >= 10) return `${ms.toFixed(1)} ms`;
-  return `${ms.toFixed(2)} ms`;
-}
 function fmtUs(ms) {
   if (ms == null) return "-";
   return ms >= 1 ? fmtMs(ms) : `${(ms * 1000).toFixed(0)} us`;
 }
-function fmtKb(kb) {
-  return kb == null ? "-" : `${(kb / 1024).toFixed(1)} MB`;
-}
 function fmtLimit(l) {
   return l ? `${l.soft}/${l.hard}` : "?";
-}
-function fmtRatio(o, p) {
-  if (o == null || p == null || o <= 0) return "-";
-  const r = p / o;
-  return r >= 10 ? `${r.toFixed(0)}x` : `${r.toFixed(2)}x`;
 }
 
 function buildRows(results) {
@@ -926,13 +673,7 @@ function printTable(rows, execs, results) {
     ...(results.floor ? [{ head: "floor", get: (r) => r.floorText }] : []),
     { head: "target", left: true, get: verdict },
   ];
-  const body = rows.map((r) => cols.map((c) => c.get(r)));
-  const widths = cols.map((c, i) => Math.max(c.head.length, ...body.map((b) => b[i].length)));
-  const line = (vals) => vals.map((v, i) => (cols[i].left ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join("  ").trimEnd();
-  log("");
-  log(line(cols.map((c) => c.head)));
-  log(widths.map((w) => "-".repeat(w)).join("  "));
-  for (const b of body) log(line(b));
+  printColumns(cols, rows);
   const execve = typeof process.execve === "function" ? "has it" : "lacks it";
   const foot = [
     results.ours && "ours = the native binary alone: what Paperclip runs when its Node has process.execve (the shim replaces itself with the binary)",
@@ -985,7 +726,7 @@ async function main() {
   if (cands.some((c) => c.fork)) packageShim(oursPath);
 
   const limit = selfOpenFilesLimit();
-  log(`worker benchmark  node ${process.version}  ${os.cpus().length} CPU  ${os.type()} ${os.release()}`);
+  log(`worker benchmark  ${machineLine()}`);
   const rel = showPath;
   log(`candidates: ${cands.map((c) => `${c.name} = ${c.fork ? `node fork(${rel(c.fork)}) -> ${rel(nativeExe)} worker --provider local` : c.argv.map(rel).join(" ")}`).join(";  ")}`);
   log(`open-files limit (soft/hard), inherited by every worker: ${fmtLimit(limit)}`);
@@ -1021,26 +762,14 @@ async function main() {
   const report = {
     benchmark: "worker",
     date: new Date().toISOString(),
-    machine: { node: process.version, cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, kernel: os.release(), totalMemMb: Math.round(os.totalmem() / 2 ** 20) },
+    machine: machineInfo(),
     options: { quick: opts.quick, only: opts.only, n: opts.n, calls: opts.calls, warmup: opts.warmup, execs: opts.execs },
     openFilesLimit: limit,
     notes,
     candidates: results,
     rows: rows.map(({ metric, key, ours, shim, peer, ratio, ratioShim, floor, target, met, metShim }) => ({ metric, key, ours, shim, peer, ratio, ratioShim, floor, target, met, metShim })),
   };
-  mkdirSync(path.dirname(opts.out), { recursive: true });
-  writeFileSync(opts.out, JSON.stringify(report, null, 2) + "\n");
-  log(`\nresults written to ${path.relative(process.cwd(), opts.out) || opts.out}`);
+  writeReport(opts.out, report);
 }
 
-main().then(
-  () => {
-    killAll();
-    process.exit(0);
-  },
-  (err) => {
-    process.stderr.write(`worker_bench: ${err?.clear ? err.message : err?.stack ?? err}\n`);
-    killAll();
-    process.exit(1);
-  },
-);
+runBench("worker_bench", "workers", killAll, main);

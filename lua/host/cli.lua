@@ -107,7 +107,49 @@ local function load_or_report(ref, dirs)
   return p
 end
 
+-- "probe, acquire_lease, ...": the hooks p implements, in providers.HOOKS order.
+local function hook_names(p)
+  local hooks = {}
+  for _, pair in ipairs(providers.HOOKS) do
+    if p.hooks[pair[1]] then
+      hooks[#hooks + 1] = pair[1]
+    end
+  end
+  return table.concat(hooks, ", ")
+end
+
 local commands = {}
+
+-- command(def, run) -> a command: argv parsed with the common options and def.options, then
+-- run(opts, words, p). A mistake (an unknown option, def.required missing, a number of words
+-- other than def.words: a count or {min, max}; any when nil) writes "usage: provider-host
+-- <def.usage>" (nothing when def.usage is nil) and exits EXIT.usage. With def.provider, words[1]
+-- names the provider p, loaded from the search path; when it fails to load: EXIT.load.
+local function command(def, run)
+  local min, max = 0, math.huge
+  if type(def.words) == "number" then
+    min, max = def.words, def.words
+  elseif def.words then
+    min, max = def.words[1], def.words[2]
+  end
+  return function(argv)
+    local opts, words = parse(argv, spec_with(def.options))
+    if not opts or #words < min or #words > max or (def.required and not opts[def.required]) then
+      if def.usage then
+        err("usage: provider-host ", def.usage, "\n")
+      end
+      return M.EXIT.usage
+    end
+    local p
+    if def.provider then
+      p = load_or_report(words[1], providers.search_path(opts.providers))
+      if not p then
+        return M.EXIT.load
+      end
+    end
+    return run(opts, words, p)
+  end
+end
 
 function commands.worker(argv)
   local opts, words = parse(argv, spec_with({ provider = "list" }))
@@ -143,11 +185,7 @@ function commands.worker(argv)
   return require("host.worker").serve(list)
 end
 
-function commands.list(argv)
-  local opts = parse(argv, spec_with())
-  if not opts then
-    return M.EXIT.usage
-  end
+commands.list = command({}, function(opts)
   local dirs = providers.search_path(opts.providers)
   out("search path:\n")
   for i, d in ipairs(dirs) do
@@ -160,13 +198,7 @@ function commands.list(argv)
     if f.shadowed_by then
       status = "shadowed by " .. f.shadowed_by
     elseif p then
-      local hooks = {}
-      for _, pair in ipairs(providers.HOOKS) do
-        if p.hooks[pair[1]] then
-          hooks[#hooks + 1] = pair[1]
-        end
-      end
-      status = ("%s %s; hooks: %s"):format(p.display_name, p.version, table.concat(hooks, ", "))
+      status = ("%s %s; hooks: %s"):format(p.display_name, p.version, hook_names(p))
     else
       status = ("BROKEN (%d problem%s; run: provider-host check %s)"):format(
         #problems,
@@ -177,14 +209,9 @@ function commands.list(argv)
     out(("  %-12s %s\n  %-12s %s\n"):format(f.name, f.path, "", status))
   end
   return M.EXIT.ok
-end
+end)
 
-function commands.check(argv)
-  local opts, words = parse(argv, spec_with())
-  if not opts or #words ~= 1 then
-    err("usage: provider-host check FILE|NAME\n")
-    return M.EXIT.usage
-  end
+commands.check = command({ usage = "check FILE|NAME", words = 1 }, function(opts, words)
   local p, problems = providers.load(words[1], providers.search_path(opts.providers))
   if not p then
     for _, pr in ipairs(problems) do
@@ -193,49 +220,35 @@ function commands.check(argv)
     out(("%d problem%s found\n"):format(#problems, #problems == 1 and "" or "s"))
     return M.EXIT.failed
   end
-  local hooks = {}
-  for _, pair in ipairs(providers.HOOKS) do
-    if p.hooks[pair[1]] then
-      hooks[#hooks + 1] = pair[1]
-    end
-  end
   out(
     ("ok: %s (%s) %s\n  hooks: %s\n  config: %d field%s\n"):format(
       p.driver_key,
       p.path,
       p.version,
-      table.concat(hooks, ", "),
+      hook_names(p),
       #p.schema.fields,
       #p.schema.fields == 1 and "" or "s"
     )
   )
   return M.EXIT.ok
-end
+end)
 
-function commands.manifest(argv)
-  local opts, words = parse(argv, spec_with())
-  if not opts or #words ~= 1 then
-    err("usage: provider-host manifest NAME\n")
-    return M.EXIT.usage
-  end
-  local p = load_or_report(words[1], providers.search_path(opts.providers))
-  if not p then
-    return M.EXIT.load
-  end
+commands.manifest = command({
+  usage = "manifest NAME",
+  words = 1,
+  provider = true,
+}, function(_opts, _words, p)
   out(json.pretty(require("host.manifest").build(p)), "\n")
   return M.EXIT.ok
-end
+end)
 
-function commands.package(argv)
-  local opts, words = parse(argv, spec_with({ out = "value" }))
-  if not opts or #words ~= 1 or not opts.out then
-    err("usage: provider-host package NAME --out DIR\n")
-    return M.EXIT.usage
-  end
-  local p = load_or_report(words[1], providers.search_path(opts.providers))
-  if not p then
-    return M.EXIT.load
-  end
+commands.package = command({
+  usage = "package NAME --out DIR",
+  words = 1,
+  options = { out = "value" },
+  required = "out",
+  provider = true,
+}, function(opts, _words, p)
   local ok, e = require("host.package").write(p, opts.out)
   if not ok then
     err("provider-host package: ", e, "\n")
@@ -244,14 +257,13 @@ function commands.package(argv)
   out(("wrote %s (plugin %s, driver %s)\n"):format(opts.out, ok.id, p.driver_key))
   out(("install it in Paperclip as a local plugin from %s, or npm pack it\n"):format(opts.out))
   return M.EXIT.ok
-end
+end)
 
-function commands.new(argv)
-  local opts, words = parse(argv, spec_with({ dir = "value" }))
-  if not opts or #words ~= 1 then
-    err("usage: provider-host new NAME [--dir DIR]\n")
-    return M.EXIT.usage
-  end
+commands.new = command({
+  usage = "new NAME [--dir DIR]",
+  words = 1,
+  options = { dir = "value" },
+}, function(opts, words)
   local path, e = require("host.scaffold").write(words[1], opts.dir or ".")
   if not path then
     err("provider-host new: ", e, "\n")
@@ -259,18 +271,13 @@ function commands.new(argv)
   end
   out(("created %s\nnext: edit it, then run: provider-host check %s\n"):format(path, path))
   return M.EXIT.ok
-end
+end)
 
-function commands.call(argv)
-  local opts, words = parse(argv, spec_with())
-  if not opts or #words < 2 or #words > 3 then
-    err("usage: provider-host call NAME METHOD [JSON|-]\n")
-    return M.EXIT.usage
-  end
-  local p = load_or_report(words[1], providers.search_path(opts.providers))
-  if not p then
-    return M.EXIT.load
-  end
+commands.call = command({
+  usage = "call NAME METHOD [JSON|-]",
+  words = { 2, 3 },
+  provider = true,
+}, function(_opts, words, p)
   local text = words[3] or "{}"
   if text == "-" then
     text = io.stdin:read("a")
@@ -291,15 +298,11 @@ function commands.call(argv)
   end
   out(json.pretty(res), "\n")
   return M.EXIT.ok
-end
+end)
 
-function commands.demo(argv)
-  local opts = parse(argv, spec_with())
-  if not opts then
-    return M.EXIT.usage
-  end
+commands.demo = command({}, function(opts)
   return require("host.demo").run(providers.search_path(opts.providers))
-end
+end)
 
 --- main(argv) -> exit code
 function M.main(argv)

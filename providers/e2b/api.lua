@@ -244,19 +244,33 @@ local function ceil_seconds(ms)
   return math.ceil(ms / 1000)
 end
 
---- create(conn, template, timeout_ms, metadata) -> sandbox | nil, message, kind
-function M.create(conn, template, timeout_ms, metadata)
-  local what = ("create a sandbox from template %s"):format(template)
-  local res, err, kind, attempts = M.request(conn, "POST", "/v2/sandboxes", {
-    templateID = template,
-    timeout = ceil_seconds(timeout_ms),
-    metadata = metadata,
-  }, what)
+-- The statuses a call expects: created (create, connect) and done (set_timeout, pause, kill).
+local CREATED = { [200] = true, [201] = true }
+local DONE = { [200] = true, [204] = true }
+
+-- call(conn, method, path, body, what, ok) -> response | nil, message, kind: M.request, with an
+-- answer whose status is not in ok turned into M.http_error's message and kind.
+local function call(conn, method, path, body, what, ok)
+  local res, err, kind, attempts = M.request(conn, method, path, body, what)
   if not res then
     return nil, err, kind
   end
-  if res.status ~= 200 and res.status ~= 201 then
+  if not ok[res.status] then
     return nil, M.http_error(conn, res, what, attempts)
+  end
+  return res
+end
+
+--- create(conn, template, timeout_ms, metadata) -> sandbox | nil, message, kind
+function M.create(conn, template, timeout_ms, metadata)
+  local what = ("create a sandbox from template %s"):format(template)
+  local res, err, kind = call(conn, "POST", "/v2/sandboxes", {
+    templateID = template,
+    timeout = ceil_seconds(timeout_ms),
+    metadata = metadata,
+  }, what, CREATED)
+  if not res then
+    return nil, err, kind
   end
   local sbx
   sbx, err, kind = sandbox_of(conn, res, nil, what)
@@ -279,18 +293,10 @@ function M.connect(conn, id, timeout_ms)
   if not M.valid_id(id) then
     return nil, ("E2B could not %s: not a sandbox id"):format(what), "not_found"
   end
-  local res, err, kind, attempts = M.request(
-    conn,
-    "POST",
-    "/v2/sandboxes/" .. id .. "/connect",
-    { timeout = ceil_seconds(timeout_ms) },
-    what
-  )
+  local res, err, kind = call(conn, "POST", "/v2/sandboxes/" .. id .. "/connect",
+    { timeout = ceil_seconds(timeout_ms) }, what, CREATED)
   if not res then
     return nil, err, kind
-  end
-  if res.status ~= 200 and res.status ~= 201 then
-    return nil, M.http_error(conn, res, what, attempts)
   end
   return sandbox_of(conn, res, id, what)
 end
@@ -299,18 +305,10 @@ end
 -- plus timeout_ms; it may shorten the current one)
 function M.set_timeout(conn, id, timeout_ms)
   local what = ("set the lifetime of sandbox %s"):format(id)
-  local res, err, kind, attempts = M.request(
-    conn,
-    "POST",
-    "/sandboxes/" .. id .. "/timeout",
-    { timeout = ceil_seconds(timeout_ms) },
-    what
-  )
+  local res, err, kind = call(conn, "POST", "/sandboxes/" .. id .. "/timeout",
+    { timeout = ceil_seconds(timeout_ms) }, what, DONE)
   if not res then
     return nil, err, kind
-  end
-  if res.status ~= 204 and res.status ~= 200 then
-    return nil, M.http_error(conn, res, what, attempts)
   end
   return true
 end
@@ -321,16 +319,11 @@ function M.pause(conn, id)
   if not M.valid_id(id) then
     return nil, ("E2B could not %s: not a sandbox id"):format(what), "not_found"
   end
-  local res, err, kind, attempts =
-    M.request(conn, "POST", "/sandboxes/" .. id .. "/pause", json.ordered({}, {}), what)
-  if not res then
-    return nil, err, kind
-  end
-  if res.status == 204 or res.status == 200 then
+  local res, err, kind =
+    call(conn, "POST", "/sandboxes/" .. id .. "/pause", json.ordered({}, {}), what, DONE)
+  if res then
     return true
-  end
-  err, kind = M.http_error(conn, res, what, attempts)
-  if kind == "conflict" then
+  elseif kind == "conflict" then -- HTTP 409: paused already
     return false
   end
   return nil, err, kind
@@ -343,15 +336,10 @@ function M.kill(conn, id)
   if not M.valid_id(id) then
     return false
   end
-  local res, err, kind, attempts = M.request(conn, "DELETE", "/sandboxes/" .. id, nil, what)
-  if not res then
-    return nil, err, kind
-  end
-  if res.status == 204 or res.status == 200 then
+  local res, err, kind = call(conn, "DELETE", "/sandboxes/" .. id, nil, what, DONE)
+  if res then
     return true
-  end
-  err, kind = M.http_error(conn, res, what, attempts)
-  if kind == "not_found" then
+  elseif kind == "not_found" then -- HTTP 404: gone already
     return false
   end
   return nil, err, kind

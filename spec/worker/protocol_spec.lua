@@ -21,35 +21,47 @@ local function with_worker(fn, args, opts)
   end)
 end
 
+-- call(w, id, method, params, timeout) -> the reply to the request (nil, message: none in time)
+local function call(w, id, method, params, timeout)
+  w:request(id, method, params)
+  return w:reply_to(id, timeout)
+end
+
+-- The params of a call on the local provider as Paperclip sends them, with extra's fields.
+local function local_params(extra)
+  local params = { driverKey = "local", companyId = "c1", environmentId = "e1", config = {} }
+  for k, v in pairs(extra or {}) do
+    params[k] = v
+  end
+  return params
+end
+
 local function lease_for(w, id)
-  w:request(id, "environmentAcquireLease", {
-    driverKey = "local",
-    companyId = "c1",
-    environmentId = "e1",
-    config = {},
-    runId = "r1",
-  })
-  local r = assert(w:reply_to(id))
+  local r = assert(call(w, id, "environmentAcquireLease", local_params({ runId = "r1" })))
   assert(r.result, r.error and r.error.message)
   return { providerLeaseId = r.result.providerLeaseId, metadata = r.result.metadata }
 end
 
+-- Sends (without waiting for the reply) an execute of `bash -c command` on the lease.
 local function execute(w, id, lease, command, extra, invocation)
-  local params = {
-    driverKey = "local",
-    companyId = "c1",
-    environmentId = "e1",
-    config = {},
-    lease = lease,
-    command = "bash",
-    args = { "-c", command },
-  }
+  local params = local_params({ lease = lease, command = "bash", args = { "-c", command } })
   for k, v in pairs(extra or {}) do
     params[k] = v
   end
   w:request(id, "environmentExecute", params, invocation and {
     paperclipInvocation = { id = invocation, scope = { companyId = "c1" } },
   } or nil)
+end
+
+-- The contents of a /proc file, "" when it cannot be read (the process is gone).
+local function read_proc(path)
+  local f = io.open(path)
+  if not f then
+    return ""
+  end
+  local text = f:read("a")
+  f:close()
+  return text
 end
 
 describe("worker protocol", function()
@@ -97,8 +109,7 @@ describe("worker protocol", function()
   it("refuses a second initialize with -32002", function()
     with_worker(function(w)
       w:initialize()
-      w:request(9, "initialize", {})
-      local r = w:reply_to(9)
+      local r = call(w, 9, "initialize", {})
       assert.equal(-32002, r.error.code)
       assert.equal("Worker already initialized", r.error.message)
     end)
@@ -123,13 +134,9 @@ describe("worker protocol", function()
       local line = w:recv_line()
       assert.matches('"result":null', line)
       local lease = lease_for(w, 6)
-      w:request(7, "environmentReleaseLease", {
-        driverKey = "local",
-        companyId = "c1",
-        environmentId = "e1",
-        config = {},
+      w:request(7, "environmentReleaseLease", local_params({
         providerLeaseId = lease.providerLeaseId,
-      })
+      }))
       line = w:recv_line()
       assert.matches('"result":null', line)
       assert.matches('"id":7', line)
@@ -138,23 +145,19 @@ describe("worker protocol", function()
 
   it("answers health", function()
     with_worker(function(w)
-      w:request(1, "health", {})
-      assert.equal("ok", w:reply_to(1).result.status)
+      assert.equal("ok", call(w, 1, "health", {}).result.status)
     end)
   end)
 
   it("answers an unknown method with -32601 and an unimplemented one with -32004", function()
     with_worker(function(w)
-      w:request(1, "bogus", {})
-      local r = w:reply_to(1)
+      local r = call(w, 1, "bogus", {})
       assert.equal(-32601, r.error.code)
       assert.equal("Unknown method: bogus", r.error.message)
-      w:request(2, "environmentSyncIn", { driverKey = "local", config = {} })
-      r = w:reply_to(2)
+      r = call(w, 2, "environmentSyncIn", { driverKey = "local", config = {} })
       assert.equal(-32004, r.error.code)
       assert.equal("environmentSyncIn is not implemented by this plugin", r.error.message)
-      w:request(3, "onEvent", {})
-      assert.equal(-32004, w:reply_to(3).error.code)
+      assert.equal(-32004, call(w, 3, "onEvent", {}).error.code)
     end)
   end)
 
@@ -166,8 +169,7 @@ describe("worker protocol", function()
       assert.equal(-32700, json.decode(line).error.code)
       w:send('{"jsonrpc":"2.0","id":1,"method":\n')
       assert.equal(-32700, w:recv().error.code)
-      w:request(2, "health", {})
-      assert.equal("ok", w:reply_to(2).result.status)
+      assert.equal("ok", call(w, 2, "health", {}).result.status)
     end)
   end)
 
@@ -282,16 +284,12 @@ describe("worker protocol", function()
           jsonrpc = "2.0",
           id = 2,
           method = "environmentExecute",
-          params = {
-            driverKey = "local",
-            companyId = "c1",
-            environmentId = "e1",
-            config = {},
+          params = local_params({
             lease = lease,
             command = "bash",
             args = { "-c", 'printf %s "$X"' },
             env = { X = "x" },
-          },
+          }),
         })
         :gsub('"X":"x"', '"X":"h\\u00e9\\r\\nllo \\ud83d\\ude00 \\ud800!"') .. "\n")
       local line = w:recv_line()
@@ -316,18 +314,17 @@ describe("worker protocol", function()
 
   it("dispatches several providers in one worker by driverKey", function()
     with_worker(function(w)
-      w:request(1, "environmentExecute", {
+      local r = call(w, 1, "environmentExecute", {
         driverKey = "echo",
         config = {},
         lease = { providerLeaseId = "x" },
         command = "hi",
       })
-      assert.equal("hi", w:reply_to(1).result.stdout)
+      assert.equal("hi", r.result.stdout)
       local lease = lease_for(w, 2)
       execute(w, 3, lease, "echo local")
       assert.equal("local\n", w:reply_to(3).result.stdout)
-      w:request(4, "environmentExecute", { driverKey = "nope", config = {} })
-      local r = w:reply_to(4)
+      r = call(w, 4, "environmentExecute", { driverKey = "nope", config = {} })
       assert.equal(-32602, r.error.code)
       assert.matches("unknown driverKey", r.error.message)
     end, { "worker", "--provider", "local", "--provider", "echo", "--providers", FIXTURES })
@@ -335,12 +332,10 @@ describe("worker protocol", function()
 
   it("turns a raising hook into -32002 without a traceback and keeps serving", function()
     with_worker(function(w)
-      w:request(1, "environmentProbe", { driverKey = "echo", config = {} })
-      local r = w:reply_to(1)
+      local r = call(w, 1, "environmentProbe", { driverKey = "echo", config = {} })
       assert.equal(-32002, r.error.code)
       assert.equal("probe exploded", r.error.message)
-      w:request(2, "health", {})
-      assert.equal("ok", w:reply_to(2).result.status)
+      assert.equal("ok", call(w, 2, "health", {}).result.status)
       assert.matches("stack traceback", w:stderr_text())
     end, { "worker", "--provider", "echo", "--providers", FIXTURES })
   end)
@@ -348,12 +343,11 @@ describe("worker protocol", function()
   it("keeps secrets out of error messages and logs", function()
     with_worker(function(w)
       local secret = "sk-live-" .. util.hex(util.random(12))
-      w:request(1, "environmentAcquireLease", {
+      local r = call(w, 1, "environmentAcquireLease", {
         driverKey = "echo",
         companyId = "c1",
         config = { token = secret },
       })
-      local r = w:reply_to(1)
       assert.equal(-32002, r.error.code)
       assert.matches("no capacity for token %[REDACTED%]", r.error.message)
       local all = table.concat(w.raw) .. w:stderr_text()
@@ -367,23 +361,21 @@ describe("worker protocol", function()
       local r = w:recv()
       assert.equal(-32602, r.error.code)
       local lease = lease_for(w, 2)
-      w:request(3, "environmentExecute", {
+      r = call(w, 3, "environmentExecute", {
         driverKey = "local",
         config = {},
         lease = lease,
         command = "echo",
         args = { 1, 2 },
       })
-      r = w:reply_to(3)
       assert.equal(-32002, r.error.code)
       assert.matches("args%[1%] must be a string", r.error.message)
-      w:request(4, "environmentExecute", {
+      r = call(w, 4, "environmentExecute", {
         driverKey = "local",
         config = { timeoutMs = "soon" },
         lease = lease,
         command = "true",
       })
-      r = w:reply_to(4)
       assert.equal(-32002, r.error.code)
       assert.matches("timeoutMs", r.error.message)
     end)
@@ -396,8 +388,7 @@ describe("worker protocol", function()
       execute(w, 2, lease, "sleep 30")
       task.sleep(0.1)
       local t0 = task.now()
-      w:request(3, "shutdown", {})
-      local r = w:reply_to(3)
+      local r = call(w, 3, "shutdown", {})
       assert.equal(json.null, r.result)
       local res = w:wait(5)
       assert.equal(0, res.exit_code)
@@ -431,8 +422,7 @@ describe("worker protocol", function()
       local lease = lease_for(w, 1)
       execute(w, 2, lease, "echo out; echo err >&2", nil, "inv")
       w:reply_to(2)
-      w:request(3, "shutdown", {})
-      w:reply_to(3)
+      call(w, 3, "shutdown", {})
       w:wait(5)
       for line in table.concat(w.raw):gmatch("([^\n]*)\n") do
         local msg = json.decode(line)
@@ -467,18 +457,10 @@ describe("worker protocol", function()
       local deadline = task.now() + 5
       repeat
         task.sleep(0.02)
-        local f = io.open("/proc/" .. p.pid .. "/task/" .. p.pid .. "/children")
-        local kids = f and f:read("a") or ""
-        if f then
-          f:close()
-        end
+        local kids = read_proc("/proc/" .. p.pid .. "/task/" .. p.pid .. "/children")
         for k in kids:gmatch("%d+") do
-          local cmd = io.open("/proc/" .. k .. "/cmdline")
-          if cmd and cmd:read("a"):find("worker", 1, true) then
+          if read_proc("/proc/" .. k .. "/cmdline"):find("worker", 1, true) then
             pid = tonumber(k)
-          end
-          if cmd then
-            cmd:close()
           end
         end
       until pid or task.now() > deadline
@@ -490,11 +472,7 @@ describe("worker protocol", function()
       deadline = task.now() + 3
       repeat
         task.sleep(0.05)
-        local f = io.open("/proc/" .. pid .. "/stat")
-        local stat = f and f:read("a") or ""
-        if f then
-          f:close()
-        end
+        local stat = read_proc("/proc/" .. pid .. "/stat")
         gone = stat == "" or stat:match("^%d+ %b() Z") ~= nil
       until gone or task.now() > deadline
       p:wait(5)

@@ -1,138 +1,35 @@
 -- spec/providers/e2b/conformance_spec.lua: upstream's E2B provider tests (providers.md section 2,
 -- assertions 1-19 and N1-N9) ported to the fake E2B, through the worker's own dispatch.
 local api = require("providers.e2b.api")
-local client = require("host.client")
-local fake_e2b = require("spec.support.fake_e2b")
 local fs = require("host.fs")
-local helpers = require("spec.helpers")
+local harness = require("spec.support.e2b_harness")
 local json = require("host.json")
-local log = require("host.log")
 local provider = require("providers.e2b")
 local script = require("providers.e2b.script")
 local task = require("host.task")
 
-local KEY = "e2b_test_key"
-local DEFAULTS = {}
-for k, v in pairs(api.settings) do
-  DEFAULTS[k] = v
-end
+local KEY = harness.KEY
+local session, config, acquire, destroy, exec, wait_for = harness.session, harness.config,
+  harness.acquire, harness.destroy, harness.exec, harness.wait_for
 
--- Harness: a fresh fake per spec; after every spec no sandbox may be left running. ----------
-
-local fake, env, warnings, leftover
-
--- What the commands leave in this machine's /tmp (the fake shares it with its sandboxes): the
--- spec removes whatever appeared while it ran.
-local TMP_LEFTOVERS = { "^%.paperclip%-execution%-", "^paperclip%-provider%-home%.",
-  "^paperclip%-stdin%-" }
-
-local function tmp_entries()
-  local set = {}
-  for _, name in ipairs(fs.list("/tmp") or {}) do
-    for _, pattern in ipairs(TMP_LEFTOVERS) do
-      if name:find(pattern) then
-        set[name] = true
-      end
-    end
-  end
-  return set
-end
-
-local function run(fn)
-  helpers.run(function()
-    local tmp_before = tmp_entries()
-    fake = fake_e2b.start({ api_key = KEY })
-    for k, v in pairs(DEFAULTS) do
-      api.settings[k] = v
-    end
-    api.settings.api_url, api.settings.sandbox_url = fake.api_url, fake.sandbox_url
-    api.settings.domain = fake.domain
-    env = {}
-    api.settings.getenv = function(name)
-      return env[name]
-    end
-    api.forget_all()
-    warnings = {}
-    log.set_sink(function(level, message)
-      if level == "warn" then
-        warnings[#warnings + 1] = message
-      end
-    end)
-    local ok, err = pcall(fn)
-    leftover = fake:running()
-    log.set_sink(nil)
-    fake:stop()
-    for name in pairs(tmp_entries()) do
-      if not tmp_before[name] then
-        fs.remove_tree("/tmp/" .. name)
-      end
-    end
-    if not ok then
-      error(err, 0)
-    end
-  end)
-end
-
-after_each(function()
-  assert.same({}, leftover or {}, "sandboxes left running after the spec")
-  leftover = nil
-end)
-
-local function session(opts)
-  return client.session({ provider }, opts)
-end
-
-local function config(extra)
-  local c = { apiKey = KEY }
-  for k, v in pairs(extra or {}) do
-    c[k] = v
-  end
-  return c
-end
-
-local function acquire(s, cfg)
-  local lease = assert(s:call("environmentAcquireLease", { config = cfg or config(), runId = "r" }))
-  return lease, { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata }
-end
-
-local function destroy(s, id, cfg)
-  assert.equal(
-    json.null,
-    s:call("environmentDestroyLease", { config = cfg or config(), providerLeaseId = id })
-  )
-end
-
-local function exec(s, lp, params, cfg)
-  params.config = cfg or config()
-  params.lease = lp
-  params.command = params.command or "sh"
-  return s:call("environmentExecute", params)
-end
+-- A fresh fake per spec (h.fake, h.env; h.logs: the warnings); no sandbox may be left running.
+local h = harness.new({ logs = "warn" })
+local run = h.run
+after_each(h.assert_none_running)
 
 -- The command string of the last process the fake started (bash -l -c <script>).
 local function last_script()
-  local c = fake.commands[#fake.commands]
+  local c = h.fake.commands[#h.fake.commands]
   return c and c.args[3], c
-end
-
-local function wait_for(pred, seconds)
-  local deadline = task.now() + (seconds or 5)
-  while not pred() do
-    if task.now() > deadline then
-      return false
-    end
-    task.sleep(0.02)
-  end
-  return true
 end
 
 -- The staged stdin paths the fake saw (POST /files?path=...).
 local function staged_paths()
   local out = {}
-  for _, r in ipairs(fake.requests) do
+  for _, r in ipairs(h.fake.requests) do
     if r.path == "/files" and r.method == "POST" then
-      out[#out + 1] = (r.query or ""):match("path=([^&]+)"):gsub("%%(%x%x)", function(h)
-        return string.char(tonumber(h, 16))
+      out[#out + 1] = (r.query or ""):match("path=([^&]+)"):gsub("%%(%x%x)", function(hex)
+        return string.char(tonumber(hex, 16))
       end)
     end
   end
@@ -231,10 +128,10 @@ describe("providers.e2b conformance", function()
   describe("acquireLease", function()
     it("5. prefers the config key over E2B_API_KEY and prepares the workspace", function()
       run(function()
-        env.E2B_API_KEY = "e2b_wrong_host_key"
+        h.env.E2B_API_KEY = "e2b_wrong_host_key"
         local s = session()
         local lease = acquire(s, config({ timeoutMs = 300000 }))
-        local sb = fake.sandboxes[lease.providerLeaseId]
+        local sb = h.fake.sandboxes[lease.providerLeaseId]
         assert.equal("running", sb.state)
         assert.equal("base", sb.template)
         assert.equal(300000, sb.timeout_ms)
@@ -247,45 +144,45 @@ describe("providers.e2b conformance", function()
           timeoutMs = 300000,
           reuseLease = false,
           sandboxId = sb.id,
-          sandboxDomain = fake.domain,
+          sandboxDomain = h.fake.domain,
           remoteCwd = sb.home .. "/paperclip-workspace",
           resumedLease = false,
         }, lease.metadata)
         assert.equal("directory", fs.stat(sb.home .. "/paperclip-workspace").type)
         -- upstream's "pwd" then "mkdir -p '<pwd>/paperclip-workspace'", in one command
-        assert.equal(1, #fake.commands)
+        assert.equal(1, #h.fake.commands)
         local cmd = last_script()
         assert.matches("pwd", cmd, 1, true)
         assert.matches('mkdir -p "$paperclip_cwd"', cmd, 1, true)
-        assert.same({ "-l", "-c" }, { fake.commands[1].args[1], fake.commands[1].args[2] })
+        assert.same({ "-l", "-c" }, { h.fake.commands[1].args[1], h.fake.commands[1].args[2] })
         -- create, then one Start: setTimeout after create is redundant (create sets it)
-        assert.equal(1, fake:count("^/v2/sandboxes$", "POST"))
-        assert.equal(0, fake:count("/timeout$"))
+        assert.equal(1, h.fake:count("^/v2/sandboxes$", "POST"))
+        assert.equal(0, h.fake:count("/timeout$"))
         destroy(s, lease.providerLeaseId)
       end)
     end)
 
     it("6. kills a half-made sandbox and reports the original error", function()
       run(function()
-        fake:fail({ path = "^/process%.Process/Start$", status = 503,
+        h.fake:fail({ path = "^/process%.Process/Start$", status = 503,
           body = { code = "unavailable", message = "setup exploded" } })
         local r, err = session():call("environmentAcquireLease", { config = config(), runId = "r" })
         assert.is_nil(r)
         assert.matches("prepare the workspace", err.message)
-        local id = next(fake.sandboxes)
-        assert.equal("killed", fake.sandboxes[id].state)
-        assert.equal(1, fake:count("^/sandboxes/[^/]+$", "DELETE"))
+        local id = next(h.fake.sandboxes)
+        assert.equal("killed", h.fake.sandboxes[id].state)
+        assert.equal(1, h.fake:count("^/sandboxes/[^/]+$", "DELETE"))
       end)
     end)
 
     it("7. falls back to E2B_API_KEY (read at call time) and names both when missing", function()
       run(function()
         local s = session()
-        env.E2B_API_KEY = "  " .. KEY .. "  "
+        h.env.E2B_API_KEY = "  " .. KEY .. "  "
         local lease = acquire(s, { apiKey = json.null })
         assert.is_string(lease.providerLeaseId)
         destroy(s, lease.providerLeaseId, {})
-        env.E2B_API_KEY = nil
+        h.env.E2B_API_KEY = nil
         local r, err = s:call("environmentAcquireLease", { config = {}, runId = "r" })
         assert.is_nil(r)
         assert.equal("E2B sandbox environments require an API key in config or E2B_API_KEY.",
@@ -299,14 +196,14 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease = acquire(s)
-        fake:fail({ path = "^/sandboxes/[^/]+/timeout$", status = 500 })
+        h.fake:fail({ path = "^/sandboxes/[^/]+/timeout$", status = 500 })
         local r, err = s:call("environmentResumeLease", {
           config = config(),
           providerLeaseId = lease.providerLeaseId,
         })
         assert.is_nil(r)
         assert.matches("set the lifetime", err.message)
-        assert.equal("killed", fake.sandboxes[lease.providerLeaseId].state)
+        assert.equal("killed", h.fake.sandboxes[lease.providerLeaseId].state)
       end)
     end)
 
@@ -319,7 +216,7 @@ describe("providers.e2b conformance", function()
           config = config({ reuseLease = true }),
           providerLeaseId = id,
         }))
-        assert.equal("paused", fake.sandboxes[id].state)
+        assert.equal("paused", h.fake.sandboxes[id].state)
         local r = assert(s:call("environmentResumeLease", {
           config = config({ reuseLease = true, timeoutMs = 120000 }),
           providerLeaseId = id,
@@ -328,8 +225,8 @@ describe("providers.e2b conformance", function()
         assert.equal(id, r.providerLeaseId)
         assert.is_true(r.metadata.resumedLease)
         assert.equal(lease.metadata.remoteCwd, r.metadata.remoteCwd)
-        assert.equal("running", fake.sandboxes[id].state)
-        assert.equal(120000, fake.sandboxes[id].timeout_ms)
+        assert.equal("running", h.fake.sandboxes[id].state)
+        assert.equal(120000, h.fake.sandboxes[id].timeout_ms)
         destroy(s, id)
         r = assert(s:call("environmentResumeLease", { config = config(), providerLeaseId = id }))
         assert.same({ providerLeaseId = json.null, metadata = { expired = true } }, r)
@@ -347,7 +244,7 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local before = #fake.requests
+        local before = #h.fake.requests
         local r = assert(exec(s, lp, {
           command = "sh",
           args = { "-c", 'cat; printf "%s" "$FOO" >&2' },
@@ -371,9 +268,9 @@ describe("providers.e2b conformance", function()
         assert.equal(lease.metadata.remoteCwd, record.cwd)
         assert.equal(1000, record.timeout_ms)
         assert.is_false(record.stdin) -- no stdin pipe, no sendStdin/closeStdin
-        assert.equal(0, fake:count("SendInput") + fake:count("CloseStdin"))
+        assert.equal(0, h.fake:count("SendInput") + h.fake:count("CloseStdin"))
         assert.is_nil(fs.stat(paths[1])) -- removed by the wrapper, without another request
-        assert.equal(2, #fake.requests - before)
+        assert.equal(2, #h.fake.requests - before)
         destroy(s, lease.providerLeaseId)
       end)
     end)
@@ -393,7 +290,7 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local before = #fake.requests
+        local before = #h.fake.requests
         local r = assert(exec(s, lp, {
           command = "printf",
           args = { "foreground\\n" },
@@ -410,7 +307,7 @@ describe("providers.e2b conformance", function()
         assert.equal(script.wrap("e10", base), cmd)
         assert.equal(1000, record.timeout_ms)
         assert.equal(0, #staged_paths())
-        assert.equal(1, #fake.requests - before)
+        assert.equal(1, #h.fake.requests - before)
         destroy(s, lease.providerLeaseId)
       end)
     end)
@@ -421,15 +318,15 @@ describe("providers.e2b conformance", function()
         local cfg = config({ timeoutMs = 1800000 })
         local lease, lp = acquire(s, cfg)
         local id = lease.providerLeaseId
-        fake.sandboxes[id].timeout_ms = 0 -- so the refresh shows
+        h.fake.sandboxes[id].timeout_ms = 0 -- so the refresh shows
         assert(exec(s, lp, { args = { "-c", "true" } }, cfg))
-        assert.equal(0, fake:count("/timeout$"), "just created: no refresh due yet")
+        assert.equal(0, h.fake:count("/timeout$"), "just created: no refresh due yet")
         api.settings.refresh_fraction = 0 -- every execute is due
         assert(exec(s, lp, { args = { "-c", "true" } }, cfg))
         assert.is_true(wait_for(function()
-          return fake:count("^/sandboxes/" .. id .. "/timeout$") == 1
+          return h.fake:count("^/sandboxes/" .. id .. "/timeout$") == 1
         end))
-        assert.equal(1800000, fake.sandboxes[id].timeout_ms)
+        assert.equal(1800000, h.fake.sandboxes[id].timeout_ms)
         destroy(s, id)
       end)
     end)
@@ -439,15 +336,15 @@ describe("providers.e2b conformance", function()
         local s = session()
         local lease, lp = acquire(s)
         api.settings.refresh_fraction = 0
-        fake:fail({ path = "/timeout$", status = 500,
+        h.fake:fail({ path = "/timeout$", status = 500,
           body = { code = 500, message = "transient" } })
         local r = assert(exec(s, lp, { args = { "-c", "echo ran" } }))
         assert.equal(0, r.exitCode)
         assert.equal("ran\n", r.stdout)
         assert.is_true(wait_for(function()
-          return #warnings > 0
+          return #h.logs > 0
         end))
-        assert.matches("Could not refresh the lifetime", warnings[1])
+        assert.matches("Could not refresh the lifetime", h.logs[1])
         destroy(s, lease.providerLeaseId)
       end)
     end)
@@ -456,14 +353,14 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local starts = fake:count("/process%.Process/Start$")
-        fake:fail({ path = "^/files$", status = 500,
+        local starts = h.fake:count("/process%.Process/Start$")
+        h.fake:fail({ path = "^/files$", status = 500,
           body = { code = 500, message = "write failed" } })
         local r, err = exec(s, lp, { args = { "-c", "cat" }, stdin = "input" })
         assert.is_nil(r)
         assert.matches("write failed", err.message)
-        assert.equal(1, fake:count("/filesystem%.Filesystem/Remove$"))
-        assert.equal(starts, fake:count("/process%.Process/Start$"))
+        assert.equal(1, h.fake:count("/filesystem%.Filesystem/Remove$"))
+        assert.equal(starts, h.fake:count("/process%.Process/Start$"))
         destroy(s, lease.providerLeaseId)
       end)
     end)
@@ -554,7 +451,7 @@ describe("providers.e2b conformance", function()
           stdout = "",
           stderr = "No provider lease ID available for execution.",
         }, r)
-        assert.equal(0, #fake.requests)
+        assert.equal(0, #h.fake.requests)
       end)
     end)
   end)
@@ -568,14 +465,14 @@ describe("providers.e2b conformance", function()
           config = config({ reuseLease = true }),
           providerLeaseId = kept.providerLeaseId,
         }))
-        assert.equal("paused", fake.sandboxes[kept.providerLeaseId].state)
-        assert.equal(0, fake:count("DELETE /sandboxes/" .. kept.providerLeaseId))
+        assert.equal("paused", h.fake.sandboxes[kept.providerLeaseId].state)
+        assert.equal(0, h.fake:count("DELETE /sandboxes/" .. kept.providerLeaseId))
         local gone = acquire(s)
         assert.equal(json.null, s:call("environmentReleaseLease", {
           config = config(),
           providerLeaseId = gone.providerLeaseId,
         }))
-        assert.equal("killed", fake.sandboxes[gone.providerLeaseId].state)
+        assert.equal("killed", h.fake.sandboxes[gone.providerLeaseId].state)
         -- a null id is a no-op; a second release of a gone sandbox is success
         assert.equal(json.null, s:call("environmentReleaseLease", {
           config = config(),
@@ -585,7 +482,7 @@ describe("providers.e2b conformance", function()
           config = config(),
           providerLeaseId = gone.providerLeaseId,
         }))
-        assert.same({}, warnings)
+        assert.same({}, h.logs)
         destroy(s, kept.providerLeaseId)
       end)
     end)
@@ -594,15 +491,15 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease = acquire(s, config({ reuseLease = true }))
-        fake:fail({ path = "/pause$", status = 500, body = { code = 500, message = "no pause" } })
+        h.fake:fail({ path = "/pause$", status = 500, body = { code = 500, message = "no pause" } })
         assert.equal(json.null, s:call("environmentReleaseLease", {
           config = config({ reuseLease = true }),
           providerLeaseId = lease.providerLeaseId,
         }))
-        assert.equal("killed", fake.sandboxes[lease.providerLeaseId].state)
-        assert.equal(1, #warnings)
+        assert.equal("killed", h.fake.sandboxes[lease.providerLeaseId].state)
+        assert.equal(1, #h.logs)
         assert.matches("^Failed to pause E2B sandbox during lease release: .*no pause.*%. "
-          .. "Attempting kill instead%.$", warnings[1])
+          .. "Attempting kill instead%.$", h.logs[1])
       end)
     end)
 
@@ -610,7 +507,7 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease = acquire(s)
-        local sb = fake.sandboxes[lease.providerLeaseId]
+        local sb = h.fake.sandboxes[lease.providerLeaseId]
         local remote = sb.home .. "/paperclip-workspace"
         local r = assert(s:call("environmentRealizeWorkspace", {
           config = config(),
@@ -647,18 +544,18 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease = acquire(s)
-        fake:fail({ method = "DELETE", status = 500, times = 2,
+        h.fake:fail({ method = "DELETE", status = 500, times = 2,
           body = { code = 500, message = "kill exploded" } })
         assert.equal(json.null, s:call("environmentDestroyLease", {
           config = config(),
           providerLeaseId = lease.providerLeaseId,
         }))
-        assert.equal(1, #warnings)
+        assert.equal(1, #h.logs)
         assert.matches("^Failed to kill E2B sandbox during lease destroy: .*kill exploded",
-          warnings[1])
+          h.logs[1])
         -- the sandbox this spec deliberately left behind goes now
         destroy(s, lease.providerLeaseId)
-        assert.equal("killed", fake.sandboxes[lease.providerLeaseId].state)
+        assert.equal("killed", h.fake.sandboxes[lease.providerLeaseId].state)
       end)
     end)
 
@@ -669,15 +566,15 @@ describe("providers.e2b conformance", function()
         local id = lease.providerLeaseId
         s:call("environmentReleaseLease", { config = config({ reuseLease = true }),
           providerLeaseId = id })
-        assert.equal("paused", fake.sandboxes[id].state)
+        assert.equal("paused", h.fake.sandboxes[id].state)
         -- a second release while paused: pause answers 409, nothing is resumed
         s:call("environmentReleaseLease", { config = config({ reuseLease = true }),
           providerLeaseId = id })
-        assert.equal("paused", fake.sandboxes[id].state)
+        assert.equal("paused", h.fake.sandboxes[id].state)
         destroy(s, id)
-        assert.equal("killed", fake.sandboxes[id].state)
-        assert.equal(0, fake:count("/connect$"))
-        assert.same({}, warnings)
+        assert.equal("killed", h.fake.sandboxes[id].state)
+        assert.equal(0, h.fake:count("/connect$"))
+        assert.same({}, h.logs)
       end)
     end)
   end)
@@ -723,7 +620,7 @@ describe("providers.e2b conformance", function()
         assert.matches("^/tmp/paperclip%-provider%-home%.", home)
         assert.equal(home .. "\n" .. home .. "\n", r.stdout)
         assert.is_nil(fs.stat(home), "the private HOME is removed")
-        local mine = fake.sandboxes[lease.providerLeaseId].home
+        local mine = h.fake.sandboxes[lease.providerLeaseId].home
         r = assert(exec(s, lp, {
           args = { "-c", 'echo "$HOME"; echo "$USERPROFILE"' },
           env = { HOME = mine },
@@ -762,7 +659,7 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local marker = fake.sandboxes[lease.providerLeaseId].home .. "/marker"
+        local marker = h.fake.sandboxes[lease.providerLeaseId].home .. "/marker"
         local done
         local t = task.spawn(function()
           done = table.pack(exec(s, lp, {
@@ -789,8 +686,8 @@ describe("providers.e2b conformance", function()
         task.sleep(1.3)
         assert.is_nil(fs.stat(marker), "the whole group stopped, not only the wrapper")
         -- before launch: the cancel lands while stdin is being staged
-        fake:fail({ path = "^/files$", delay = 0.5 })
-        local starts = fake:count("/process%.Process/Start$")
+        h.fake:fail({ path = "^/files$", delay = 0.5 })
+        local starts = h.fake:count("/process%.Process/Start$")
         t = task.spawn(function()
           done = table.pack(exec(s, lp, {
             args = { "-c", "echo should-not-run" },
@@ -799,7 +696,7 @@ describe("providers.e2b conformance", function()
           }))
         end)
         assert.is_true(wait_for(function()
-          return fake:count("^/files$") == 1
+          return h.fake:count("^/files$") == 1
         end))
         r = assert(s:call("environmentCancelExecution", {
           config = config(),
@@ -809,7 +706,7 @@ describe("providers.e2b conformance", function()
         assert.is_true(r.cancelled)
         t:wait(10)
         assert.same({ exitCode = 130, timedOut = false, stdout = "", stderr = "" }, done[1])
-        assert.equal(starts, fake:count("/process%.Process/Start$"))
+        assert.equal(starts, h.fake:count("/process%.Process/Start$"))
         destroy(s, lp.providerLeaseId)
       end)
     end)
@@ -818,7 +715,7 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local marker = fake.sandboxes[lease.providerLeaseId].home .. "/marker2"
+        local marker = h.fake.sandboxes[lease.providerLeaseId].home .. "/marker2"
         local done
         local t = task.spawn(function()
           done = table.pack(exec(s, lp, {
@@ -838,8 +735,8 @@ describe("providers.e2b conformance", function()
           executionId = "exec-other-worker",
         }))
         assert.same({ executionId = "exec-other-worker", cancelled = true }, r)
-        local record = fake.commands[#fake.commands]
-        for _, c in ipairs(fake.commands) do
+        local record = h.fake.commands[#h.fake.commands]
+        for _, c in ipairs(h.fake.commands) do
           if c.args[3] == script.cancel("exec-other-worker") then
             record = c
           end
@@ -857,13 +754,13 @@ describe("providers.e2b conformance", function()
           lease = lp,
           executionId = "exec-none",
         })
-        assert.equal(10000, fake.commands[#fake.commands].timeout_ms)
+        assert.equal(10000, h.fake.commands[#h.fake.commands].timeout_ms)
         -- exit 7 from the cancel script is an error with upstream's text
         local function env_(flags, v)
           local p = json.encode(v)
           return string.pack(">BI4", flags, #p) .. p
         end
-        fake:fail({
+        h.fake:fail({
           path = "^/process%.Process/Start$",
           status = 200,
           headers = { ["content-type"] = "application/connect+json" },
@@ -897,7 +794,7 @@ describe("providers.e2b conformance", function()
           exec(s, lp, { args = { "-c", "sleep 0.5" }, executionId = "dup" })
         end)
         assert.is_true(wait_for(function()
-          return fake:count("/process%.Process/Start$") >= 2
+          return h.fake:count("/process%.Process/Start$") >= 2
         end))
         local r, err = exec(s, lp, { args = { "-c", "true" }, executionId = "dup" })
         assert.is_nil(r)
@@ -943,14 +840,14 @@ describe("providers.e2b conformance", function()
         local r = assert(session():call("environmentProbe", { config = config() }))
         assert.is_true(r.ok)
         assert.equal("Connected to E2B sandbox template base.", r.summary)
-        local sb = fake.sandboxes[r.metadata.sandboxId]
+        local sb = h.fake.sandboxes[r.metadata.sandboxId]
         assert.same({
           provider = "e2b",
           template = "base",
           timeoutMs = 3600000,
           reuseLease = false,
           sandboxId = sb.id,
-          sandboxDomain = fake.domain,
+          sandboxDomain = h.fake.domain,
           remoteCwd = sb.home .. "/paperclip-workspace",
         }, r.metadata)
         assert.equal("killed", sb.state)
@@ -964,10 +861,10 @@ describe("providers.e2b conformance", function()
         assert.equal("E2B sandbox probe failed for template base.", r.summary)
         assert.matches("HTTP 401", r.metadata.error)
         assert.is_nil(r.metadata.error:find("e2b_bad", 1, true))
-        fake:fail({ path = "^/process%.Process/Start$", status = 500 })
+        h.fake:fail({ path = "^/process%.Process/Start$", status = 500 })
         r = assert(session():call("environmentProbe", { config = config() }))
         assert.is_false(r.ok)
-        assert.equal("killed", fake.sandboxes[next(fake.sandboxes)].state)
+        assert.equal("killed", h.fake.sandboxes[next(h.fake.sandboxes)].state)
         r = assert(session():call("environmentProbe", { config = {} }))
         assert.is_false(r.ok)
         assert.equal("E2B sandbox environments require an API key in config or E2B_API_KEY.",

@@ -2,125 +2,26 @@
 -- 5xx, a connection dropped mid-stream, a truncated stream, a stalled server): clear errors,
 -- within their deadlines, no secret in any message, log or lease metadata.
 local api = require("providers.e2b.api")
-local client = require("host.client")
-local fake_e2b = require("spec.support.fake_e2b")
 local fs = require("host.fs")
-local helpers = require("spec.helpers")
+local harness = require("spec.support.e2b_harness")
 local http = require("host.http")
 local json = require("host.json")
-local log = require("host.log")
-local provider = require("providers.e2b")
 local task = require("host.task")
 
-local KEY = "e2b_test_key"
-local DEFAULTS = {}
-for k, v in pairs(api.settings) do
-  DEFAULTS[k] = v
-end
+local KEY = harness.KEY
+local session, config, acquire, destroy, exec, wait_for = harness.session, harness.config,
+  harness.acquire, harness.destroy, harness.exec, harness.wait_for
 
-local fake, env, logs, leftover
+-- A fresh fake per spec (h.fake; h.logs: every log line); no sandbox may be left running.
+local h = harness.new({ logs = "all" })
+local run = h.run
+after_each(h.assert_none_running)
 
--- What the commands leave in this machine's /tmp (the fake shares it with its sandboxes): the
--- spec removes whatever appeared while it ran.
-local TMP_LEFTOVERS = { "^%.paperclip%-execution%-", "^paperclip%-provider%-home%.",
-  "^paperclip%-stdin%-" }
-
-local function tmp_entries()
-  local set = {}
-  for _, name in ipairs(fs.list("/tmp") or {}) do
-    for _, pattern in ipairs(TMP_LEFTOVERS) do
-      if name:find(pattern) then
-        set[name] = true
-      end
-    end
-  end
-  return set
-end
-
-local function run(fn)
-  helpers.run(function()
-    local tmp_before = tmp_entries()
-    fake = fake_e2b.start({ api_key = KEY })
-    for k, v in pairs(DEFAULTS) do
-      api.settings[k] = v
-    end
-    api.settings.api_url, api.settings.sandbox_url = fake.api_url, fake.sandbox_url
-    api.settings.domain = fake.domain
-    env = {}
-    api.settings.getenv = function(name)
-      return env[name]
-    end
-    api.forget_all()
-    logs = {}
-    log.set_sink(function(level, message)
-      logs[#logs + 1] = level .. ": " .. message
-    end)
-    local ok, err = pcall(fn)
-    leftover = fake:running()
-    log.set_sink(nil)
-    fake:stop()
-    for name in pairs(tmp_entries()) do
-      if not tmp_before[name] then
-        fs.remove_tree("/tmp/" .. name)
-      end
-    end
-    if not ok then
-      error(err, 0)
-    end
-  end)
-end
-
-after_each(function()
-  assert.same({}, leftover or {}, "sandboxes left running after the spec")
-  leftover = nil
-end)
-
-local function session(opts)
-  return client.session({ provider }, opts)
-end
-
-local function config(extra)
-  local c = { apiKey = KEY }
-  for k, v in pairs(extra or {}) do
-    c[k] = v
-  end
-  return c
-end
-
-local function acquire(s, cfg)
-  local lease = assert(s:call("environmentAcquireLease", { config = cfg or config(), runId = "r" }))
-  return lease, { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata }
-end
-
-local function destroy(s, id)
-  assert.equal(json.null, s:call("environmentDestroyLease", {
-    config = config(),
-    providerLeaseId = id,
-  }))
-end
-
-local function exec(s, lp, params, cfg)
-  params.config = cfg or config()
-  params.lease = lp
-  params.command = params.command or "sh"
-  return s:call("environmentExecute", params)
-end
-
+-- timed(fn) -> the seconds fn took, fn's results
 local function timed(fn)
   local t0 = task.now()
   local res = table.pack(fn())
   return task.now() - t0, table.unpack(res, 1, res.n)
-end
-
-local function wait_for(pred, seconds)
-  local deadline = task.now() + (seconds or 5)
-  while not pred() do
-    if task.now() > deadline then
-      return false
-    end
-    task.sleep(0.02)
-  end
-  return true
 end
 
 describe("providers.e2b faults", function()
@@ -141,7 +42,7 @@ describe("providers.e2b faults", function()
       r, err = exec(s, lp, { args = { "-c", "echo hi" } }, { apiKey = secret })
       assert.is_nil(r)
       assert.matches("HTTP 401", err.message)
-      assert.equal(1, fake:count("/connect$"))
+      assert.equal(1, h.fake:count("/connect$"))
       destroy(s, lp.providerLeaseId)
     end)
   end)
@@ -150,12 +51,12 @@ describe("providers.e2b faults", function()
     run(function()
       local s = session()
       local _, lp = acquire(s)
-      fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 401,
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 401,
         body = { code = 401, message = "unauthorized access" } })
       local r = assert(exec(s, lp, { args = { "-c", "echo ok" } }))
       assert.equal("ok\n", r.stdout)
-      assert.equal(1, fake:count("/connect$"))
-      fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 401, times = 2,
+      assert.equal(1, h.fake:count("/connect$"))
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 401, times = 2,
         body = { code = 401, message = "unauthorized access" } })
       local err
       r, err = exec(s, lp, { args = { "-c", "echo ok" } })
@@ -168,16 +69,16 @@ describe("providers.e2b faults", function()
   it("429: retries honouring Retry-After, a bounded number of times", function()
     run(function()
       local s = session()
-      fake:fail({ method = "POST", path = "^/v2/sandboxes$", status = 429, times = 2,
+      h.fake:fail({ method = "POST", path = "^/v2/sandboxes$", status = 429, times = 2,
         headers = { ["Retry-After"] = "1" }, body = { code = 429, message = "slow down" } })
       local took, lease = timed(function()
         return acquire(s)
       end)
-      assert.equal(3, fake:count("^/v2/sandboxes$", "POST"))
+      assert.equal(3, h.fake:count("^/v2/sandboxes$", "POST"))
       assert.is_true(took >= 2 and took < 4, "slept Retry-After twice: " .. took)
       destroy(s, lease.providerLeaseId)
       -- always 429: 1 + 3 retries, then a clear error
-      fake:fail({ method = "POST", path = "^/v2/sandboxes$", status = 429, times = math.huge,
+      h.fake:fail({ method = "POST", path = "^/v2/sandboxes$", status = 429, times = math.huge,
         headers = { ["Retry-After"] = "1" }, body = { code = 429, message = "slow down" } })
       local r, err
       took, r, err = timed(function()
@@ -185,32 +86,32 @@ describe("providers.e2b faults", function()
       end)
       assert.is_nil(r)
       assert.matches("rate limit exceeded .*HTTP 429, 4 attempts%): slow down", err.message)
-      assert.equal(3 + 4, fake:count("^/v2/sandboxes$", "POST"))
+      assert.equal(3 + 4, h.fake:count("^/v2/sandboxes$", "POST"))
       assert.is_true(took >= 3 and took < 5, took)
       -- the retries stop when the next sleep would pass the request budget
       api.settings.request_timeout = 1.5
-      local before = fake:count("^/v2/sandboxes$", "POST")
+      local before = h.fake:count("^/v2/sandboxes$", "POST")
       took, r = timed(function()
         return s:call("environmentAcquireLease", { config = config(), runId = "r" })
       end)
       assert.is_nil(r)
-      assert.equal(before + 2, fake:count("^/v2/sandboxes$", "POST"))
+      assert.equal(before + 2, h.fake:count("^/v2/sandboxes$", "POST"))
       assert.is_true(took < 1.6, took)
       -- Retry-After as an HTTP date is not an integer: no retry, as the SDK
-      fake.faults = {}
-      fake:fail({ method = "POST", path = "^/v2/sandboxes$", status = 429,
+      h.fake.faults = {}
+      h.fake:fail({ method = "POST", path = "^/v2/sandboxes$", status = 429,
         headers = { ["Retry-After"] = "Wed, 21 Oct 2015 07:28:00 GMT" } })
-      before = fake:count("^/v2/sandboxes$", "POST")
+      before = h.fake:count("^/v2/sandboxes$", "POST")
       r = s:call("environmentAcquireLease", { config = config(), runId = "r" })
       assert.is_nil(r)
-      assert.equal(before + 1, fake:count("^/v2/sandboxes$", "POST"))
+      assert.equal(before + 1, h.fake:count("^/v2/sandboxes$", "POST"))
     end)
   end)
 
   it("5xx: a clear error naming the operation and the status", function()
     run(function()
       local s = session()
-      fake:fail({ method = "POST", path = "^/v2/sandboxes$", status = 503,
+      h.fake:fail({ method = "POST", path = "^/v2/sandboxes$", status = 503,
         body = { code = 503, message = "service unavailable" } })
       local r, err = s:call("environmentAcquireLease", { config = config(), runId = "r" })
       assert.is_nil(r)
@@ -218,12 +119,12 @@ describe("providers.e2b faults", function()
         .. "HTTP 503: service unavailable", err.message)
       local _, lp = acquire(s)
       api.forget_all() -- a cold worker must connect first
-      fake:fail({ path = "/connect$", status = 500, body = "<html>boom</html>" })
+      h.fake:fail({ path = "/connect$", status = 500, body = "<html>boom</html>" })
       r, err = exec(s, lp, { args = { "-c", "true" } })
       assert.is_nil(r)
       assert.equal(("E2B API error while trying to connect to sandbox %s: HTTP 500"):format(
         lp.providerLeaseId), err.message)
-      fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 500,
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 500,
         body = { code = "internal", message = "envd broke" } })
       r, err = exec(s, lp, { args = { "-c", "true" } })
       assert.is_nil(r)
@@ -236,8 +137,8 @@ describe("providers.e2b faults", function()
     run(function()
       local s = session()
       local lease, lp = acquire(s)
-      local marker = fake.sandboxes[lease.providerLeaseId].home .. "/dropped"
-      fake:fail({ kind = "envd", path = "^/process%.Process/Start$", drop = true })
+      local marker = h.fake.sandboxes[lease.providerLeaseId].home .. "/dropped"
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", drop = true })
       local took, r, err = timed(function()
         return exec(s, lp, { args = { "-c", "sleep 1 && touch " .. marker .. "; sleep 30" } })
       end)
@@ -254,20 +155,20 @@ describe("providers.e2b faults", function()
     run(function()
       local s = session()
       local _, lp = acquire(s)
-      fake:fail({ kind = "envd", path = "^/process%.Process/Start$", truncate = true })
-      local starts = fake:count("/process%.Process/Start$")
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", truncate = true })
+      local starts = h.fake:count("/process%.Process/Start$")
       local r, err = exec(s, lp, { args = { "-c", "echo partial" } })
       assert.is_nil(r)
       assert.matches("truncated stream", err.message)
       assert.is_true(wait_for(function() -- the command's processes are reaped in the background
-        return fake:count("/process%.Process/Start$") == starts + 2
+        return h.fake:count("/process%.Process/Start$") == starts + 2
       end))
-      fake:fail({ kind = "envd", path = "^/process%.Process/Start$", truncate = "end" })
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", truncate = "end" })
       r, err = exec(s, lp, { args = { "-c", "echo partial" } })
       assert.is_nil(r)
       assert.matches("ended without the command's result", err.message)
       -- a body cut short (a response of the wrong length)
-      fake:fail({ kind = "api", path = "^/v2/sandboxes$", status = 201, truncate = true,
+      h.fake:fail({ kind = "api", path = "^/v2/sandboxes$", status = 201, truncate = true,
         body = { sandboxID = "abc", envdVersion = "0.5.7" } })
       r, err = s:call("environmentAcquireLease", { config = config(), runId = "r" })
       assert.is_nil(r)
@@ -280,7 +181,7 @@ describe("providers.e2b faults", function()
     run(function()
       local s = session()
       api.settings.request_timeout = 1
-      fake:fail({ kind = "api", path = "^/v2/sandboxes$", stall = 5 })
+      h.fake:fail({ kind = "api", path = "^/v2/sandboxes$", stall = 5 })
       local took, r, err = timed(function()
         return s:call("environmentAcquireLease", { config = config(), runId = "r" })
       end)
@@ -288,7 +189,7 @@ describe("providers.e2b faults", function()
       assert.matches("no answer within 1s", err.message)
       assert.is_true(took < 2, took)
       local _, lp = acquire(s)
-      fake:fail({ kind = "envd", path = "^/process%.Process/Start$", stall = 5 })
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", stall = 5 })
       took, r, err = timed(function()
         return exec(s, lp, { args = { "-c", "echo never" } })
       end)
@@ -296,13 +197,13 @@ describe("providers.e2b faults", function()
       assert.matches("no answer within 1s", err.message)
       assert.is_true(took < 2, took)
       -- stall (and a failing DELETE) on cleanup: warned, bounded
-      fake:fail({ kind = "api", method = "DELETE", stall = 5, times = 2 })
+      h.fake:fail({ kind = "api", method = "DELETE", stall = 5, times = 2 })
       took = timed(function()
         return s:call("environmentDestroyLease", { config = config(),
           providerLeaseId = lp.providerLeaseId })
       end)
       assert.is_true(took < 3, took)
-      assert.matches("Failed to kill E2B sandbox during lease destroy", logs[#logs])
+      assert.matches("Failed to kill E2B sandbox during lease destroy", h.logs[#h.logs])
       destroy(s, lp.providerLeaseId)
     end)
   end)
@@ -335,15 +236,15 @@ describe("providers.e2b faults", function()
       local id = lp.providerLeaseId
       local res = assert(http.request({
         method = "POST",
-        url = fake.api_url .. "/sandboxes/" .. id .. "/pause",
+        url = h.fake.api_url .. "/sandboxes/" .. id .. "/pause",
         headers = { ["X-API-KEY"] = KEY },
       }))
       assert.equal(204, res.status)
-      local before = #fake.requests
+      local before = #h.fake.requests
       local r = assert(exec(s, lp, { args = { "-c", "echo resumed" } }))
       assert.equal("resumed\n", r.stdout)
-      assert.equal("running", fake.sandboxes[id].state)
-      assert.equal(3, #fake.requests - before) -- Start (502), connect (201), Start
+      assert.equal("running", h.fake.sandboxes[id].state)
+      assert.equal(3, #h.fake.requests - before) -- Start (502), connect (201), Start
       destroy(s, id)
     end)
   end)
@@ -375,11 +276,11 @@ describe("providers.e2b faults", function()
     run(function()
       local s = session()
       local lease, lp = acquire(s)
-      local token = fake.sandboxes[lease.providerLeaseId].envd_access_token
+      local token = h.fake.sandboxes[lease.providerLeaseId].envd_access_token
       assert.is_string(token)
-      fake:fail({ kind = "api", path = "/connect$", status = 500,
+      h.fake:fail({ kind = "api", path = "/connect$", status = 500,
         body = { code = 500, message = "key " .. KEY .. " token " .. token } })
-      fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 500,
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 500,
         body = { code = "internal", message = "token " .. token .. " key " .. KEY } })
       local errors = {}
       local _, err = exec(s, lp, { args = { "-c", "true" } })
@@ -388,11 +289,11 @@ describe("providers.e2b faults", function()
       _, err = exec(s, lp, { args = { "-c", "true" } })
       errors[#errors + 1] = err.message
       api.settings.refresh_fraction = 0
-      fake:fail({ kind = "api", path = "/timeout$", status = 500,
+      h.fake:fail({ kind = "api", path = "/timeout$", status = 500,
         body = { code = 500, message = "refresh " .. KEY .. " " .. token } })
       assert(exec(s, lp, { args = { "-c", "true" } }))
       assert.is_true(wait_for(function()
-        return #logs > 0
+        return #h.logs > 0
       end))
       local function clean(text)
         return not text:find(KEY, 1, true) and not text:find(token, 1, true)
@@ -401,7 +302,7 @@ describe("providers.e2b faults", function()
         assert.is_true(clean(text), text)
         assert.matches("[REDACTED]", text, 1, true)
       end
-      for _, text in ipairs(logs) do
+      for _, text in ipairs(h.logs) do
         assert.is_true(clean(text), text)
       end
       assert.is_true(clean(json.encode(lease.metadata)))
