@@ -62,6 +62,7 @@ local FACADES = {
   ["host.shell"] = true,
   ["host.util"] = true,
   ["host.fs"] = true,
+  ["host.remote"] = true,
   ["host.bridge"] = true,
 }
 
@@ -230,7 +231,8 @@ local function make_env(name, base_dir, problems)
         ("provider %q: no module %s (available: %s)"):format(
           name,
           modname,
-          "host.http, host.proc, host.json, host.log, host.task, host.schema, host.shell, host.util"
+          "host.http, host.ssh, host.remote, host.proc, host.json, host.log, host.task, "
+          .. "host.schema, host.shell, host.util, host.fs"
         ),
         2
       )

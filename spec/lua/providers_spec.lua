@@ -18,6 +18,15 @@ describe("host.providers", function()
     assert.matches("/providers/local/init%.lua$", p.path)
   end)
 
+  it("loads every built-in provider through the sandboxed loader", function()
+    local found = providers.discover({ helpers.root .. "/providers" })
+    assert.is_true(#found >= 4)
+    for _, f in ipairs(found) do
+      local p, problems = providers.load(f.name)
+      assert.is_table(p, f.name .. ": " .. table.concat(problems or {}, "\n"))
+    end
+  end)
+
   it("loads a one-file provider from a path", function()
     local p = assert(providers.load(FIXTURES .. "/echo.lua"))
     assert.equal("echo", p.driver_key)
