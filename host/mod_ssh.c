@@ -1,0 +1,770 @@
+/* mod_ssh.c - host.core.ssh: exec, upload and fingerprint over pooled libssh2 sessions; the
+ * Lua side of the module: option checks, jobs, results, and the dispatcher that runs output
+ * callbacks and wakes tasks outside any libssh2 frame. Sessions and channels live in
+ * mod_ssh_session.c; keys and known_hosts in mod_ssh_key.c. */
+#include "ph_ssh.h"
+#include "ph_util.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define DEFAULT_TIMEOUT         3600.0
+#define DEFAULT_CONNECT_TIMEOUT 15.0
+#define DEFAULT_KEEPALIVE       15.0
+#define DEFAULT_IDLE            60.0
+#define DEFAULT_MAX_OUTPUT      (16 * 1024 * 1024)
+#define MAX_KEY                 (64 * 1024)
+#define MAX_HOST                1024
+
+/* ---- small helpers ------------------------------------------------------------------------ */
+
+int ph_ssh_buf_append(SshBuf *b, const void *p, size_t n)
+{
+    if (n == 0)
+        return 0;
+    if (b->cap - b->len < n) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap - b->len < n) {
+            if (cap > SIZE_MAX / 2)
+                return -1;
+            cap *= 2;
+        }
+        char *q = realloc(b->p, cap);
+        if (q == NULL)
+            return -1;
+        b->p = q;
+        b->cap = cap;
+    }
+    memcpy(b->p + b->len, p, n);
+    b->len += n;
+    return 0;
+}
+
+void ph_ssh_buf_free(SshBuf *b)
+{
+    free(b->p);
+    b->p = NULL;
+    b->len = b->cap = 0;
+}
+
+static char *vprintf_alloc(const char *fmt, va_list ap)
+{
+    va_list ap2;
+    va_copy(ap2, ap);
+    int n = vsnprintf(NULL, 0, fmt, ap2);
+    va_end(ap2);
+    if (n < 0)
+        return NULL;
+    char *s = malloc((size_t)n + 1);
+    if (s != NULL)
+        vsnprintf(s, (size_t)n + 1, fmt, ap);
+    return s;
+}
+
+char *ph_ssh_strdup_printf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = vprintf_alloc(fmt, ap);
+    va_end(ap);
+    return s;
+}
+
+void ph_ssh_job_fail(SshJob *j, const char *code, const char *fmt, ...)
+{
+    if (j->code != NULL)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    j->msg = vprintf_alloc(fmt, ap);
+    va_end(ap);
+    j->code = code;
+}
+
+static char *dup_mem(const char *p, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d != NULL) {
+        memcpy(d, p, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+static void free_secret(char *p, size_t n)
+{
+    if (p != NULL) {
+        explicit_bzero(p, n);
+        free(p);
+    }
+}
+
+void ph_ssh_target_free(SshTarget *t)
+{
+    free(t->host);
+    free(t->user);
+    free_secret(t->key, t->key_len);
+    if (t->passphrase != NULL)
+        free_secret(t->passphrase, strlen(t->passphrase));
+    free(t->known_hosts);
+    memset(t, 0, sizeof *t);
+}
+
+int ph_ssh_target_copy(SshTarget *d, const SshTarget *s)
+{
+    *d = *s;
+    d->host = s->host ? strdup(s->host) : NULL;
+    d->user = s->user ? strdup(s->user) : NULL;
+    d->key = s->key ? dup_mem(s->key, s->key_len) : NULL;
+    d->passphrase = s->passphrase ? strdup(s->passphrase) : NULL;
+    d->known_hosts = s->known_hosts ? strdup(s->known_hosts) : NULL;
+    if ((s->host && !d->host) || (s->user && !d->user) || (s->key && !d->key) ||
+        (s->passphrase && !d->passphrase) || (s->known_hosts && !d->known_hosts)) {
+        ph_ssh_target_free(d);
+        return -1;
+    }
+    return 0;
+}
+
+static void dispatch_remove(SshJob *j);
+
+void ph_ssh_job_free(SshJob *j)
+{
+    dispatch_remove(j);
+    if (j->timer != NULL) {
+        uv_timer_stop(j->timer);
+        uv_close((uv_handle_t *)j->timer, (uv_close_cb)free);
+    }
+    ph_ssh_target_free(&j->t);
+    if (j->cmd != NULL)
+        free_secret(j->cmd, strlen(j->cmd)); /* commands may carry tokens */
+    if (j->env != NULL) {
+        for (int i = 0; j->env[i] != NULL; i++)
+            free_secret(j->env[i], strlen(j->env[i]));
+        free(j->env);
+    }
+    free_secret(j->in, j->in_len);
+    free(j->path);
+    free(j->hdr);
+    free(j->msg);
+    for (int k = 0; k < 2; k++) {
+        ph_ssh_buf_free(&j->out[k]);
+        if (j->cb[k] != LUA_NOREF && ph_main_state() != NULL)
+            luaL_unref(ph_main_state(), LUA_REGISTRYINDEX, j->cb[k]);
+    }
+    free(j);
+}
+
+/* ---- warnings for host.log --------------------------------------------------------------- */
+
+typedef struct Warning {
+    struct Warning *next;
+    char text[];
+} Warning;
+
+static Warning *warnings, **warnings_tail = &warnings;
+static int warn_ref = LUA_NOREF;
+
+void ph_ssh_warn(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = vprintf_alloc(fmt, ap);
+    va_end(ap);
+    if (s == NULL)
+        return;
+    size_t n = strlen(s);
+    Warning *w = malloc(sizeof *w + n + 1);
+    if (w != NULL) {
+        memcpy(w->text, s, n + 1);
+        w->next = NULL;
+        *warnings_tail = w;
+        warnings_tail = &w->next;
+    }
+    free(s);
+}
+
+static void flush_warnings(void)
+{
+    lua_State *L = ph_main_state();
+    while (warnings != NULL) {
+        Warning *w = warnings;
+        warnings = w->next;
+        if (warnings == NULL)
+            warnings_tail = &warnings;
+        if (warn_ref != LUA_NOREF && lua_checkstack(L, 4)) {
+            lua_rawgeti(L, LUA_REGISTRYINDEX, warn_ref);
+            lua_pushstring(L, w->text);
+            ph_callback(L, 1, "ssh warning");
+        } else {
+            ph_diag("provider-host: warn: %s", w->text);
+        }
+        free(w);
+    }
+}
+
+/* ---- the dispatcher: callbacks and answers, at the loop's top level ----------------------- */
+
+static SshJob *dhead, *dtail;
+static int dispatching;
+static uv_timer_t *dispatch_timer;
+
+static void on_dispatch_timer(uv_timer_t *t)
+{
+    ph_ssh_dispatch_run();
+}
+
+void ph_ssh_dispatch_add(SshJob *j)
+{
+    if (!j->dispatch) {
+        j->dispatch = 1;
+        j->dnext = NULL;
+        if (dtail != NULL)
+            dtail->dnext = j;
+        else
+            dhead = j;
+        dtail = j;
+    }
+    /* Added from a cancel or close_all (Lua running): the loop runs the dispatcher soon. */
+    if (dispatch_timer == NULL) {
+        dispatch_timer = malloc(sizeof *dispatch_timer);
+        if (dispatch_timer == NULL)
+            return;
+        uv_timer_init(ph_loop(), dispatch_timer);
+    }
+    if (!dispatching)
+        uv_timer_start(dispatch_timer, on_dispatch_timer, 0, 0);
+}
+
+static void dispatch_remove(SshJob *j)
+{
+    if (!j->dispatch)
+        return;
+    SshJob **pp = &dhead, *prev = NULL;
+    while (*pp != NULL && *pp != j) {
+        prev = *pp;
+        pp = &(*pp)->dnext;
+    }
+    if (*pp == j) {
+        *pp = j->dnext;
+        if (dtail == j)
+            dtail = prev;
+    }
+    j->dispatch = 0;
+}
+
+/* {exit_code=, signal=, stdout=, stderr=, timed_out=, truncated=, duration=} */
+static int push_exec_result(lua_State *co, SshJob *j)
+{
+    lua_createtable(co, 0, 7);
+    if (j->has_exit && !j->timed_out) {
+        lua_pushinteger(co, j->exit_code);
+        lua_setfield(co, -2, "exit_code");
+    }
+    if (j->exit_signal[0] != '\0' && !j->timed_out) {
+        lua_pushstring(co, j->exit_signal);
+        lua_setfield(co, -2, "signal");
+    }
+    for (int k = 0; k < 2; k++) {
+        lua_pushlstring(co, j->out[k].p != NULL ? j->out[k].p : "", j->out[k].len);
+        lua_setfield(co, -2, k == SSH_OUT ? "stdout" : "stderr");
+    }
+    lua_pushboolean(co, j->timed_out);
+    lua_setfield(co, -2, "timed_out");
+    lua_pushboolean(co, j->truncated);
+    lua_setfield(co, -2, "truncated");
+    lua_pushnumber(co, ph_now() - j->started);
+    lua_setfield(co, -2, "duration");
+    return 1;
+}
+
+static void answer(SshJob *j)
+{
+    ph_task *t = j->op.task;
+    lua_State *co = ph_task_thread(t);
+    int n;
+    j->op.task = NULL;
+    if (!lua_checkstack(co, 8)) {
+        n = 0; /* cannot happen on a parked task's frame */
+    } else if (j->code != NULL) {
+        n = ph_fail(co, j->code, "%s", j->msg != NULL ? j->msg : "ssh: out of memory");
+    } else if (j->kind == JOB_EXEC) {
+        n = push_exec_result(co, j);
+    } else if (j->kind == JOB_FINGERPRINT) {
+        lua_pushstring(co, j->fingerprint);
+        n = 1;
+    } else {
+        lua_pushboolean(co, 1);
+        n = 1;
+    }
+    ph_task_wake(t, n);
+}
+
+/* Hand new output to on_stdout / on_stderr: the kept bytes, in order, on the main thread. */
+static void deliver(SshJob *j)
+{
+    lua_State *L = ph_main_state();
+    for (int k = 0; k < 2 && j->op.task != NULL; k++) {
+        if (j->cb[k] == LUA_NOREF || j->delivered[k] >= j->out[k].len || !lua_checkstack(L, 4))
+            continue;
+        lua_rawgeti(L, LUA_REGISTRYINDEX, j->cb[k]);
+        lua_pushlstring(L, j->out[k].p + j->delivered[k], j->out[k].len - j->delivered[k]);
+        j->delivered[k] = j->out[k].len;
+        ph_callback(L, 1, k == SSH_OUT ? "ssh on_stdout" : "ssh on_stderr");
+    }
+}
+
+void ph_ssh_dispatch_run(void)
+{
+    if (dispatching || ph_main_state() == NULL)
+        return;
+    dispatching = 1;
+    flush_warnings();
+    SshJob *j;
+    while ((j = dhead) != NULL) {
+        dhead = j->dnext;
+        if (dhead == NULL)
+            dtail = NULL;
+        j->dispatch = 0;
+        j->dnext = NULL;
+        if (j->op.task != NULL && j->kind == JOB_EXEC)
+            deliver(j); /* may run anything, even close_all or a cancel of this task */
+        if (j->op.task != NULL && j->finished)
+            answer(j);
+        if (j->freed_pending && j->op.task == NULL && !j->dispatch)
+            ph_ssh_job_free(j);
+    }
+    flush_warnings();
+    dispatching = 0;
+}
+
+/* ---- options ------------------------------------------------------------------------------- */
+
+static int argerr(lua_State *L, const char *fname, const char *fmt, ...)
+{
+    va_list ap;
+    lua_pushfstring(L, "bad argument #1 to '%s' (", fname);
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_pushliteral(L, ")");
+    lua_concat(L, 3);
+    return lua_error(L);
+}
+
+/* Push opts[field]; raise unless it is nil or of type t. Returns 1 when present. */
+static int opt(lua_State *L, const char *fname, const char *field, int t)
+{
+    int got = lua_getfield(L, 1, field);
+    if (got != LUA_TNIL && got != t)
+        argerr(L, fname, "field '%s' must be a %s, got %s", field, lua_typename(L, t),
+               luaL_typename(L, -1));
+    return got != LUA_TNIL;
+}
+
+/* A string without NUL bytes (C strings all the way down); left on the stack. */
+static const char *opt_string(lua_State *L, const char *fname, const char *field, int required,
+                              size_t *len)
+{
+    size_t n = 0;
+    if (!opt(L, fname, field, LUA_TSTRING)) {
+        if (required)
+            argerr(L, fname, "field '%s' is required", field);
+        if (len != NULL)
+            *len = 0;
+        return NULL;
+    }
+    const char *s = lua_tolstring(L, -1, &n);
+    if (strlen(s) != n)
+        argerr(L, fname, "field '%s' must not contain a NUL byte", field);
+    if (len != NULL)
+        *len = n;
+    return s;
+}
+
+static double opt_seconds(lua_State *L, const char *fname, const char *field, double dflt,
+                          int allow_zero)
+{
+    double v = dflt;
+    if (opt(L, fname, field, LUA_TNUMBER)) {
+        v = lua_tonumber(L, -1);
+        if (isnan(v) || v > 1e9 || v < 0 || (v == 0 && !allow_zero))
+            argerr(L, fname, "field '%s' must be a number of seconds in %s, 1e9]", field,
+                   allow_zero ? "[0" : "(0");
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+static lua_Integer opt_int(lua_State *L, const char *fname, const char *field, lua_Integer dflt,
+                           lua_Integer lo, lua_Integer hi)
+{
+    lua_Integer v = dflt;
+    if (opt(L, fname, field, LUA_TNUMBER)) {
+        int isint;
+        v = lua_tointegerx(L, -1, &isint);
+        if (!isint || v < lo || v > hi)
+            argerr(L, fname, "field '%s' must be an integer in [%I, %I]", field, (LUAI_UACINT)lo,
+                   (LUAI_UACINT)hi);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
+/* Everything a call asked for, pointing into Lua strings that stay on the stack. */
+typedef struct {
+    const char *host, *user, *key, *passphrase, *known_hosts, *cmd, *in, *path, *data;
+    size_t key_len, in_len, data_len;
+    int port, policy, mode;
+    double timeout, connect_timeout, keepalive, idle;
+    lua_Integer max_output;
+    int env, cb[2]; /* stack indexes, 0 when absent */
+} Conf;
+
+static void read_target(lua_State *L, const char *fname, int need_auth, Conf *c)
+{
+    size_t n;
+    c->host = opt_string(L, fname, "host", 1, &n);
+    if (n == 0 || n > MAX_HOST)
+        argerr(L, fname, "field 'host' must be a host name or address");
+    c->port = (int)opt_int(L, fname, "port", 22, 1, 65535);
+    c->user = opt_string(L, fname, "user", need_auth, &n);
+    if (need_auth && n == 0)
+        argerr(L, fname, "field 'user' must not be empty");
+    c->key = opt_string(L, fname, "key", need_auth, &c->key_len);
+    if (c->key_len > MAX_KEY)
+        argerr(L, fname, "field 'key' is longer than %d bytes", MAX_KEY);
+    c->passphrase = opt_string(L, fname, "passphrase", 0, &n);
+    if (c->passphrase != NULL && n == 0)
+        c->passphrase = NULL; /* "" means none */
+    const char *policy = opt_string(L, fname, "host_key_policy", 0, NULL);
+    if (policy == NULL || strcmp(policy, "accept-new") == 0)
+        c->policy = SSH_POLICY_ACCEPT_NEW;
+    else if (strcmp(policy, "yes") == 0)
+        c->policy = SSH_POLICY_YES;
+    else if (strcmp(policy, "no") == 0)
+        c->policy = SSH_POLICY_NO;
+    else
+        argerr(L, fname, "field 'host_key_policy' must be \"accept-new\", \"yes\" or \"no\"");
+    c->known_hosts = opt_string(L, fname, "known_hosts", 0, &n);
+    if (c->known_hosts != NULL && n == 0)
+        argerr(L, fname, "field 'known_hosts' must be a file path");
+    if (c->known_hosts == NULL && c->policy != SSH_POLICY_NO && need_auth)
+        argerr(L, fname, "field 'known_hosts' is required unless host_key_policy is \"no\"");
+    c->timeout = opt_seconds(L, fname, "timeout", DEFAULT_TIMEOUT, 0);
+    c->connect_timeout = opt_seconds(L, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0);
+    c->keepalive = opt_seconds(L, fname, "keepalive", DEFAULT_KEEPALIVE, 1);
+    c->idle = opt_seconds(L, fname, "idle_timeout", DEFAULT_IDLE, 0);
+}
+
+static void read_exec(lua_State *L, Conf *c)
+{
+    static const char fname[] = "exec";
+    size_t n;
+    c->cmd = opt_string(L, fname, "cmd", 1, &n);
+    if (n == 0)
+        argerr(L, fname, "field 'cmd' must not be empty");
+    if (opt(L, fname, "stdin", LUA_TSTRING))
+        c->in = lua_tolstring(L, -1, &c->in_len); /* binary is fine here */
+    if (opt(L, fname, "env", LUA_TTABLE)) {
+        c->env = lua_gettop(L);
+        lua_pushnil(L);
+        while (lua_next(L, c->env) != 0) {
+            size_t kl, vl;
+            if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
+                argerr(L, fname, "field 'env' must map names to strings");
+            const char *k = lua_tolstring(L, -2, &kl), *v = lua_tolstring(L, -1, &vl);
+            if (kl == 0 || strlen(k) != kl || strchr(k, '=') != NULL)
+                argerr(L, fname, "env name '%s' is not a valid name", k);
+            if (strlen(v) != vl)
+                argerr(L, fname, "env value of '%s' must not contain a NUL byte", k);
+            lua_pop(L, 1);
+        }
+    }
+    for (int k = 0; k < 2; k++) {
+        if (opt(L, fname, k == SSH_OUT ? "on_stdout" : "on_stderr", LUA_TFUNCTION))
+            c->cb[k] = lua_gettop(L);
+    }
+    c->max_output = opt_int(L, fname, "max_output", DEFAULT_MAX_OUTPUT, 0, (lua_Integer)1 << 40);
+}
+
+static void read_upload(lua_State *L, Conf *c)
+{
+    static const char fname[] = "upload";
+    size_t n;
+    c->path = opt_string(L, fname, "path", 1, &n);
+    if (n == 0 || strchr(c->path, '\n') != NULL || strchr(c->path, '\r') != NULL ||
+        c->path[n - 1] == '/')
+        argerr(L, fname, "field 'path' must be a file path without line breaks");
+    if (!opt(L, fname, "data", LUA_TSTRING))
+        argerr(L, fname, "field 'data' is required");
+    c->data = lua_tolstring(L, -1, &c->data_len);
+    c->mode = (int)opt_int(L, fname, "mode", 0644, 0, 07777);
+}
+
+/* The pool key: every setting that changes what a session is, or may do. */
+static void target_id(SshTarget *t)
+{
+    ph_sha256_ctx h;
+    char port[16];
+    ph_sha256_init(&h);
+    const char *parts[] = { t->host, t->user, t->known_hosts };
+    for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
+        ph_sha256_update(&h, parts[i] ? parts[i] : "", (parts[i] ? strlen(parts[i]) : 0) + 1);
+    snprintf(port, sizeof port, "%d/%d", t->port, t->policy);
+    ph_sha256_update(&h, port, strlen(port) + 1);
+    ph_sha256_update(&h, t->key ? t->key : "", t->key_len);
+    ph_sha256_final(&h, t->id);
+}
+
+static int build_target(SshTarget *t, const Conf *c, int rsa)
+{
+    memset(t, 0, sizeof *t);
+    t->host = strdup(c->host);
+    t->port = c->port;
+    t->user = c->user ? strdup(c->user) : NULL;
+    t->key = c->key ? dup_mem(c->key, c->key_len) : NULL;
+    t->key_len = c->key_len;
+    t->passphrase = c->passphrase ? strdup(c->passphrase) : NULL;
+    t->policy = c->policy;
+    t->known_hosts = c->known_hosts ? strdup(c->known_hosts) : NULL;
+    t->rsa_key = rsa;
+    t->connect_timeout = c->connect_timeout;
+    t->keepalive = c->keepalive;
+    t->idle_timeout = c->idle;
+    if (!t->host || (c->user && !t->user) || (c->key && !t->key) ||
+        (c->passphrase && !t->passphrase) || (c->known_hosts && !t->known_hosts))
+        return -1;
+    target_id(t);
+    return 0;
+}
+
+static char **build_env(lua_State *L, int idx)
+{
+    size_t count = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        count++;
+        lua_pop(L, 1);
+    }
+    char **env = calloc(2 * count + 1, sizeof *env);
+    if (env == NULL)
+        return NULL;
+    size_t i = 0;
+    lua_pushnil(L);
+    while (lua_next(L, idx) != 0) {
+        env[i] = strdup(lua_tostring(L, -2));
+        env[i + 1] = strdup(lua_tostring(L, -1));
+        lua_pop(L, 1);
+        if (env[i] == NULL || env[i + 1] == NULL) {
+            lua_pop(L, 1);
+            for (size_t k = 0; k <= i + 1; k++)
+                free(env[k]);
+            free(env);
+            return NULL;
+        }
+        i += 2;
+    }
+    return env;
+}
+
+/* "scp -t '<path>'": the remote sink, the path single-quoted for the remote shell. */
+static char *scp_command(const char *path)
+{
+    size_t n = strlen(path), quotes = 0;
+    for (size_t i = 0; i < n; i++)
+        quotes += path[i] == '\'';
+    char *cmd = malloc(8 + n + 3 * quotes + 3);
+    if (cmd == NULL)
+        return NULL;
+    char *o = cmd;
+    memcpy(o, "scp -t '", 8);
+    o += 8;
+    for (size_t i = 0; i < n; i++) {
+        if (path[i] == '\'') {
+            memcpy(o, "'\\''", 4); /* close, escaped quote, reopen */
+            o += 4;
+        } else {
+            *o++ = path[i];
+        }
+    }
+    *o++ = '\'';
+    *o = '\0';
+    return cmd;
+}
+
+/* Validate, make the job, start it and park the task. Misuse raises before anything starts;
+ * a bad private key fails ("auth") before connecting. */
+static int start(lua_State *L, int kind, const char *fname)
+{
+    Conf c;
+    memset(&c, 0, sizeof c);
+    if (lua_type(L, 1) != LUA_TTABLE)
+        argerr(L, fname, "table expected, got %s", luaL_typename(L, 1));
+    lua_settop(L, 1);
+    luaL_checkstack(L, 40, "ssh options");
+    read_target(L, fname, kind != JOB_FINGERPRINT, &c);
+    if (kind == JOB_EXEC)
+        read_exec(L, &c);
+    else if (kind == JOB_UPLOAD)
+        read_upload(L, &c);
+    ph_task *task = ph_task_current(L); /* raises outside a task */
+    if (ph_task_is_canceled(task))
+        return ph_fail(L, "canceled", "ssh: %s:%d: canceled", c.host, c.port);
+
+    SshKeyInfo info;
+    memset(&info, 0, sizeof info);
+    if (kind != JOB_FINGERPRINT) {
+        const char *why = NULL;
+        if (ph_ssh_key_check(c.key, c.key_len, c.passphrase != NULL, &info, &why) != 0)
+            return ph_fail(L, "auth", "%s", why);
+    }
+
+    SshJob *j = calloc(1, sizeof *j);
+    if (j == NULL)
+        return ph_fail(L, "internal", "ssh: out of memory");
+    j->kind = kind;
+    j->cb[0] = j->cb[1] = LUA_NOREF;
+    j->started = ph_now();
+    j->timeout = c.timeout;
+    j->max_output = kind == JOB_EXEC ? (size_t)c.max_output : 4096;
+    int oom = build_target(&j->t, &c, info.rsa) != 0;
+    if (kind == JOB_EXEC) {
+        j->cmd = strdup(c.cmd);
+        oom |= j->cmd == NULL;
+        if (c.in != NULL && c.in_len > 0) {
+            j->in = dup_mem(c.in, c.in_len);
+            j->in_len = c.in_len;
+            oom |= j->in == NULL;
+        }
+        if (c.env != 0 && !oom) {
+            j->env = build_env(L, c.env);
+            oom |= j->env == NULL;
+            if (j->env != NULL && j->env[0] == NULL) { /* an empty table: nothing to send */
+                free(j->env);
+                j->env = NULL;
+            }
+        }
+    } else if (kind == JOB_UPLOAD) {
+        j->path = strdup(c.path);
+        j->cmd = scp_command(c.path);
+        const char *base = strrchr(c.path, '/');
+        j->hdr = ph_ssh_strdup_printf("C%04o %zu %s\n", c.mode, c.data_len,
+                                      base != NULL ? base + 1 : c.path);
+        j->in = malloc(c.data_len + 1); /* the bytes, then the NUL that closes an scp file */
+        oom |= j->path == NULL || j->cmd == NULL || j->hdr == NULL || j->in == NULL;
+        if (j->hdr != NULL)
+            j->hdr_len = strlen(j->hdr);
+        if (j->in != NULL) {
+            memcpy(j->in, c.data, c.data_len);
+            j->in[c.data_len] = '\0';
+            j->in_len = c.data_len + 1;
+        }
+        j->mode = c.mode;
+    }
+    if (oom) {
+        ph_ssh_job_free(j);
+        return ph_fail(L, "internal", "ssh: out of memory");
+    }
+    for (int k = 0; k < 2; k++) {
+        if (c.cb[k] != 0) {
+            lua_pushvalue(L, c.cb[k]);
+            j->cb[k] = luaL_ref(L, LUA_REGISTRYINDEX);
+        }
+    }
+    j->op.cancel = ph_ssh_job_cancel;
+    if (ph_ssh_job_start(j) != 0) {
+        ph_ssh_job_free(j);
+        return ph_fail(L, "internal", "ssh: cannot start a session for %s:%d", c.host, c.port);
+    }
+    lua_settop(L, 0);
+    return ph_task_park(L, task, &j->op);
+}
+
+/* ---- module functions ----------------------------------------------------------------------- */
+
+/* ssh.exec{host=, port=, user=, key=, passphrase=, host_key_policy=, known_hosts=, cmd=,
+ *          stdin=, env=, timeout=, connect_timeout=, keepalive=, idle_timeout=,
+ *          max_output=, on_stdout=, on_stderr=}
+ *   -> {exit_code=, signal=, stdout=, stderr=, timed_out=, truncated=, duration=}
+ *    | nil, msg, "dns"|"connect"|"auth"|"protocol"|"timeout"|"closed"|"canceled"|"io" */
+static int ssh_exec(lua_State *L)
+{
+    return start(L, JOB_EXEC, "exec");
+}
+
+/* ssh.upload{...connection options..., path=, data=, mode=} -> true | nil, msg, code */
+static int ssh_upload(lua_State *L)
+{
+    return start(L, JOB_UPLOAD, "upload");
+}
+
+/* ssh.fingerprint{host=, port=, connect_timeout=, timeout=} -> "SHA256:..." | nil, msg, code */
+static int ssh_fingerprint(lua_State *L)
+{
+    return start(L, JOB_FINGERPRINT, "fingerprint");
+}
+
+/* ssh.close_all(): close every session; running operations fail with "closed". */
+static int ssh_close_all(lua_State *L)
+{
+    ph_ssh_close_all();
+    return 0;
+}
+
+/* ssh.stats() -> {sessions=, channels=, queued=, connects=} */
+static int ssh_stats(lua_State *L)
+{
+    int sessions, channels, queued;
+    ph_ssh_stats(&sessions, &channels, &queued);
+    lua_createtable(L, 0, 4);
+    lua_pushinteger(L, sessions);
+    lua_setfield(L, -2, "sessions");
+    lua_pushinteger(L, channels);
+    lua_setfield(L, -2, "channels");
+    lua_pushinteger(L, queued);
+    lua_setfield(L, -2, "queued");
+    lua_pushinteger(L, (lua_Integer)ph_ssh_connects);
+    lua_setfield(L, -2, "connects");
+    return 1;
+}
+
+/* ssh.set_warn(fn | nil): fn(message) receives warnings (host key checking off). */
+static int ssh_set_warn(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1))
+        luaL_checktype(L, 1, LUA_TFUNCTION);
+    if (warn_ref != LUA_NOREF)
+        luaL_unref(L, LUA_REGISTRYINDEX, warn_ref);
+    warn_ref = LUA_NOREF;
+    if (!lua_isnoneornil(L, 1)) {
+        lua_pushvalue(L, 1);
+        warn_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+    }
+    return 0;
+}
+
+static const luaL_Reg ssh_funcs[] = {
+    { "exec", ssh_exec },
+    { "upload", ssh_upload },
+    { "fingerprint", ssh_fingerprint },
+    { "close_all", ssh_close_all },
+    { "stats", ssh_stats },
+    { "set_warn", ssh_set_warn },
+    { NULL, NULL },
+};
+
+int luaopen_host_core_ssh(lua_State *L)
+{
+    static int initialized;
+    if (!initialized) { /* once per process; busted re-requires the module per spec file */
+        if (libssh2_init(0) != 0)
+            return luaL_error(L, "host.core.ssh: libssh2_init failed");
+        initialized = 1;
+    }
+    luaL_newlib(L, ssh_funcs);
+    return 1;
+}

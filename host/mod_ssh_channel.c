@@ -1,0 +1,623 @@
+/* mod_ssh_channel.c - host.core.ssh: the per-job state machines on a pooled session: open a
+ * channel, set the environment, exec, then stream stdin out and stdout/stderr in until the
+ * exit status; uploads speak scp's sink protocol on such a channel. Each step runs only as far
+ * as libssh2 goes without blocking (LIBSSH2_ERROR_EAGAIN); mod_ssh_session.c calls
+ * ph_ssh_step_jobs whenever the session's socket is ready. See that file for the libssh2 1.10
+ * rules these steps obey (send_owner, one opener, no signals). */
+#include "ph_ssh.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define READ_CHUNK        (64 * 1024)
+#define WRITE_CHUNK       (32 * 1024)
+#define MAX_PASSES        8
+#define MAX_OPEN_REFUSALS 25 /* back-offs of 20 ms, 40 ms ...: about 6 s in all */
+
+static char rbuf[READ_CHUNK];
+
+/* The calls of the I/O phase (SshJob.pending_op). */
+enum { OP_NONE, OP_READ_OUT, OP_READ_ERR, OP_WRITE, OP_EOF, OP_CLOSED };
+
+static int job_abort_pending(SshJob *j);
+
+static void free_handle(uv_handle_t *h)
+{
+    free(h);
+}
+
+/* The job's outcome is final: hand it to the dispatcher (which answers its task). */
+void ph_ssh_job_finish(SshJob *j)
+{
+    if (j->finished)
+        return;
+    j->finished = 1;
+    if (j->timer != NULL) {
+        uv_timer_stop(j->timer);
+        uv_close((uv_handle_t *)j->timer, free_handle);
+        j->timer = NULL;
+    }
+    if (j->kind != JOB_PUMP) /* a pump has nobody to answer */
+        ph_ssh_dispatch_add(j);
+}
+
+/* The channel is gone (or never existed): leave the session; free once answered. */
+void ph_ssh_job_release(SshJob *j)
+{
+    j->state = J_DONE;
+    j->ch = NULL;
+    ph_ssh_job_detach(j);
+    if (j->kind == JOB_PUMP) {
+        ph_ssh_job_free(j);
+        return;
+    }
+    j->freed_pending = 1;
+    ph_ssh_dispatch_add(j); /* frees it once its task was answered */
+}
+
+int ph_ssh_blocked_out(SshSession *s)
+{
+    return (libssh2_session_block_directions(s->ssh) & LIBSSH2_SESSION_BLOCK_OUTBOUND) != 0;
+}
+
+/* A call returned EAGAIN: when it left a packet half written, only this job may send next. */
+static int would_block(SshSession *s, SshJob *j)
+{
+    if (ph_ssh_blocked_out(s))
+        s->send_owner = j;
+    return 0;
+}
+
+int ph_ssh_is_session_error(int rc)
+{
+    switch (rc) {
+    case LIBSSH2_ERROR_SOCKET_NONE:
+    case LIBSSH2_ERROR_BANNER_RECV:
+    case LIBSSH2_ERROR_BANNER_SEND:
+    case LIBSSH2_ERROR_INVALID_MAC:
+    case LIBSSH2_ERROR_KEX_FAILURE:
+    case LIBSSH2_ERROR_SOCKET_SEND:
+    case LIBSSH2_ERROR_KEY_EXCHANGE_FAILURE:
+    case LIBSSH2_ERROR_TIMEOUT:
+    case LIBSSH2_ERROR_HOSTKEY_INIT:
+    case LIBSSH2_ERROR_HOSTKEY_SIGN:
+    case LIBSSH2_ERROR_DECRYPT:
+    case LIBSSH2_ERROR_SOCKET_DISCONNECT:
+    case LIBSSH2_ERROR_PROTO:
+    case LIBSSH2_ERROR_SOCKET_TIMEOUT:
+    case LIBSSH2_ERROR_SOCKET_RECV:
+    case LIBSSH2_ERROR_BAD_USE:
+    case LIBSSH2_ERROR_ENCRYPT:
+    case LIBSSH2_ERROR_ALLOC:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* libssh2's last message and its error number (in a static buffer: use it at once). */
+const char *ph_ssh_last_error(SshSession *s)
+{
+    static char text[512];
+    char *m = NULL;
+    int rc = libssh2_session_last_error(s->ssh, &m, NULL, 0);
+    snprintf(text, sizeof text, "%s (libssh2 error %d)",
+             m != NULL && *m != '\0' ? m : "unknown error", rc);
+    return text;
+}
+
+char *ph_ssh_lost_message(SshSession *s, const char *what)
+{
+    return ph_ssh_strdup_printf("ssh: connection to %s:%d lost while %s: %s", s->t.host, s->t.port,
+                                what, ph_ssh_last_error(s));
+}
+
+/* A libssh2 call on the job's channel failed with rc (not EAGAIN). */
+static int job_error(SshSession *s, SshJob *j, int rc, const char *code, const char *what)
+{
+    if (ph_ssh_is_session_error(rc)) {
+        ph_ssh_session_fail(s, "closed", ph_ssh_lost_message(s, what));
+        return 1;
+    }
+    ph_ssh_job_fail(j, code, "ssh: %s:%d: %s failed: %s", s->t.host, s->t.port, what,
+                    ph_ssh_last_error(s));
+    if (j->ch != NULL) {
+        j->state = J_FREE;
+    } else {
+        ph_ssh_job_finish(j);
+        ph_ssh_job_release(j);
+    }
+    return 1;
+}
+
+/* ---- output ------------------------------------------------------------------------------ */
+
+static void keep_output(SshJob *j, int which, const char *p, size_t n)
+{
+    if (j->finished)
+        return; /* answered already (timeout, cancel): nobody will read it */
+    SshBuf *b = &j->out[which];
+    size_t room = b->len < j->max_output ? j->max_output - b->len : 0;
+    if (n > room) {
+        j->truncated = 1; /* the rest is dropped; the command keeps running */
+        n = room;
+    }
+    if (n == 0)
+        return;
+    if (ph_ssh_buf_append(b, p, n) != 0) {
+        j->truncated = 1;
+        return;
+    }
+    if (j->cb[which] != LUA_NOREF)
+        ph_ssh_dispatch_add(j);
+}
+
+/* ---- the exec and upload state machines ------------------------------------------------ */
+
+static void exit_status(SshJob *j)
+{
+    char *sig = NULL;
+    size_t len = 0;
+    libssh2_channel_get_exit_signal(j->ch, &sig, &len, NULL, NULL, NULL, NULL);
+    if (sig != NULL && len > 0) {
+        snprintf(j->exit_signal, sizeof j->exit_signal, "%.*s", (int)len, sig);
+    } else {
+        j->exit_code = libssh2_channel_get_exit_status(j->ch);
+        j->has_exit = 1;
+    }
+    if (sig != NULL)
+        libssh2_free(j->sess->ssh, sig);
+}
+
+/* What the job writes next: stdin for a command; scp's header, then the bytes, for an upload.
+ * After a write returned EAGAIN the same call must come again: the source stays put until
+ * the write completes. */
+static int write_source(SshJob *j, const char **p, size_t *len, size_t **off)
+{
+    if (j->kind == JOB_UPLOAD && j->scp_stage == 1) {
+        *p = j->hdr, *len = j->hdr_len, *off = &j->hdr_off;
+        return 1;
+    }
+    if (j->in == NULL || (j->kind == JOB_UPLOAD && j->scp_stage != 3))
+        return 0;
+    *p = j->in, *len = j->in_len, *off = &j->in_off;
+    return 1;
+}
+
+static int write_pending(SshJob *j)
+{
+    const char *p;
+    size_t len, *off;
+    return write_source(j, &p, &len, &off) && *off < len;
+}
+
+/* One libssh2 call of the I/O phase: 1 when it moved something, 0 when nothing moved, -1 when
+ * the job must stop now: it failed, or it left a packet half written and so became the
+ * send_owner, and only the same call (op, kept in pending_op) may come next. */
+static int io_op(SshSession *s, SshJob *j, int op)
+{
+    ssize_t n;
+    const char *p;
+    size_t len, *off;
+    switch (op) {
+    case OP_READ_OUT:
+    case OP_READ_ERR:
+        n = libssh2_channel_read_ex(j->ch, op == OP_READ_OUT ? 0 : SSH_EXTENDED_DATA_STDERR, rbuf,
+                                    sizeof rbuf);
+        if (n > 0) {
+            s->last_rx = ph_now();
+            s->keepalive_wait = 0;
+            keep_output(j, op == OP_READ_OUT ? SSH_OUT : SSH_ERR, rbuf, (size_t)n);
+            return 1;
+        }
+        if (n != LIBSSH2_ERROR_EAGAIN && n < 0 && n != LIBSSH2_ERROR_CHANNEL_CLOSED) {
+            job_error(s, j, (int)n, "closed", "reading output");
+            return -1;
+        }
+        break;
+    case OP_WRITE:
+        if (!write_source(j, &p, &len, &off) || *off >= len)
+            return 0;
+        n = libssh2_channel_write_ex(j->ch, 0, p + *off,
+                                     len - *off > WRITE_CHUNK ? WRITE_CHUNK : len - *off);
+        if (n > 0) {
+            *off += (size_t)n;
+            return 1;
+        }
+        if (n == LIBSSH2_ERROR_EAGAIN)
+            break;
+        if (ph_ssh_is_session_error((int)n) || j->kind == JOB_UPLOAD) {
+            job_error(s, j, (int)n, j->kind == JOB_UPLOAD ? "io" : "closed",
+                      j->kind == JOB_UPLOAD ? "writing the upload" : "writing stdin");
+            return -1;
+        }
+        *off = len; /* the command closed its stdin: drop the rest */
+        return 1;
+    case OP_EOF:
+        n = libssh2_channel_send_eof(j->ch);
+        if (n == LIBSSH2_ERROR_EAGAIN)
+            break;
+        if (n != 0 && ph_ssh_is_session_error((int)n)) {
+            job_error(s, j, (int)n, "closed", "sending EOF");
+            return -1;
+        }
+        j->eof_sent = 1;
+        return 1;
+    case OP_CLOSED:
+        n = libssh2_channel_wait_closed(j->ch);
+        if (n == 0) {
+            j->eof_sent = 1;
+            j->state = J_WAITCLOSE;
+            return 1;
+        }
+        if (n != LIBSSH2_ERROR_EAGAIN && ph_ssh_is_session_error((int)n)) {
+            job_error(s, j, (int)n, "closed", "waiting for the exit status");
+            return -1;
+        }
+        break;
+    default:
+        return 0;
+    }
+    if (ph_ssh_blocked_out(s)) { /* EAGAIN with a packet half written */
+        j->pending_op = op;
+        s->send_owner = j;
+        return -1;
+    }
+    return 0;
+}
+
+/* Redo the call that left a packet half written, if any. 0 when the job may go on. */
+static int redo_pending(SshSession *s, SshJob *j, int *progress)
+{
+    int op = j->pending_op;
+    if (op == OP_NONE)
+        return 0;
+    j->pending_op = OP_NONE;
+    int r = io_op(s, j, op);
+    if (r < 0) {
+        if (s->send_owner != j)
+            *progress = 1; /* it failed: that is a change */
+        return -1;
+    }
+    *progress |= r;
+    return j->state == J_IO ? 0 : -1;
+}
+
+/* Reads both streams, writes stdin, then sends EOF, until the remote EOF. Progress (1) or 0. */
+static int step_io(SshSession *s, SshJob *j)
+{
+    int progress = 0;
+    if (redo_pending(s, j, &progress) != 0)
+        return progress;
+    if (j->finished && job_abort_pending(j))
+        return 1; /* the packet is out: now the channel can go (step_job) */
+    for (int round = 0; round < 16; round++) {
+        int moved = 0, r;
+        static const int ops[] = { OP_READ_OUT, OP_READ_ERR, OP_WRITE };
+        for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+            if ((r = io_op(s, j, ops[i])) < 0)
+                return s->send_owner == j ? progress : 1;
+            moved |= r;
+        }
+        int may_eof = j->kind == JOB_EXEC || j->scp_stage == 5;
+        if (!j->eof_sent && may_eof && !write_pending(j)) {
+            if ((r = io_op(s, j, OP_EOF)) < 0)
+                return s->send_owner == j ? progress : 1;
+            moved |= r;
+        }
+        if (libssh2_channel_eof(j->ch)) {
+            if (j->eof_sent) {
+                j->state = J_WAITCLOSE;
+                return 1;
+            }
+            /* The command closed its output but may still read stdin: keep writing, unless
+             * the channel is closed already (it exited without reading everything). */
+            if ((r = io_op(s, j, OP_CLOSED)) < 0)
+                return s->send_owner == j ? progress : 1;
+            if (j->state == J_WAITCLOSE)
+                return 1;
+        }
+        if (!moved)
+            break;
+        progress = 1;
+    }
+    return progress;
+}
+
+/* An upload speaks scp's sink protocol on an exec channel running "scp -t <path>": scp
+ * answers each step with one byte, 0 for yes, or 1/2 and an error line. Stages:
+ *   0 wait for scp's first answer; 1 write "C<mode> <size> <name>\n"; 2 wait for its answer;
+ *   3 write the bytes and a NUL; 4 wait for the answer; 5 EOF, then the exit status.
+ * Every write waits for the answer before it: the bytes never follow a refused header (scp
+ * would read them as its next command). */
+static int scp_answers(SshSession *s, SshJob *j)
+{
+    SshBuf *b = &j->out[SSH_OUT];
+    while (j->scp_seen < b->len) {
+        unsigned char c = (unsigned char)b->p[j->scp_seen];
+        if (c == 0) {
+            j->scp_seen++;
+            j->scp_acks++;
+            continue;
+        }
+        const char *nl = memchr(b->p + j->scp_seen, '\n', b->len - j->scp_seen);
+        if (nl == NULL && b->len - j->scp_seen < 1024 && !libssh2_channel_eof(j->ch))
+            return 0; /* the rest of the error line is on its way */
+        size_t n = nl != NULL ? (size_t)(nl - (b->p + j->scp_seen)) : b->len - j->scp_seen;
+        ph_ssh_job_fail(j, c == 1 || c == 2 ? "io" : "protocol",
+                        "ssh: upload to %s:%d:%s failed: %.*s", s->t.host, s->t.port, j->path,
+                        (int)(n > 1 ? n - 1 : 0), b->p + j->scp_seen + 1);
+        j->state = J_FREE;
+        return -1;
+    }
+    return 0;
+}
+
+static int step_upload(SshSession *s, SshJob *j)
+{
+    int progress = 0;
+    if (redo_pending(s, j, &progress) != 0)
+        return progress;
+    for (int round = 0; round < 64; round++) {
+        size_t had = j->out[SSH_OUT].len;
+        int r, stage = j->scp_stage;
+        if ((r = io_op(s, j, OP_READ_OUT)) < 0 || (r = io_op(s, j, OP_READ_ERR)) < 0)
+            return s->send_owner == j ? progress : 1;
+        if (scp_answers(s, j) != 0)
+            return 1;
+        if ((stage == 0 && j->scp_acks >= 1) || (stage == 2 && j->scp_acks >= 2) ||
+            (stage == 4 && j->scp_acks >= 3)) {
+            j->scp_stage++;
+        } else if (stage == 1 || stage == 3) {
+            if ((r = io_op(s, j, OP_WRITE)) < 0)
+                return s->send_owner == j ? progress : 1;
+            if (!write_pending(j))
+                j->scp_stage++;
+            else if (r == 0)
+                return progress;
+        } else if (stage == 5) {
+            return step_io(s, j) | 1; /* EOF, then wait for scp to finish like a command */
+        }
+        if (libssh2_channel_eof(j->ch) && j->scp_stage < 5) {
+            ph_ssh_job_fail(j, "io", "ssh: upload to %s:%d:%s failed: scp ended early: %.*s",
+                            s->t.host, s->t.port, j->path, (int)j->out[SSH_ERR].len,
+                            j->out[SSH_ERR].p != NULL ? j->out[SSH_ERR].p : "");
+            j->state = J_FREE;
+            return 1;
+        }
+        if (j->scp_stage == stage && j->out[SSH_OUT].len == had && r == 0)
+            break;
+        progress = 1;
+    }
+    return progress;
+}
+
+/* A free channel slot, and the opener lock: libssh2 keeps the state of a channel open in the
+ * session, so a second open would take over the first one's. */
+static int can_open(SshSession *s, SshJob *j)
+{
+    return s->channels < s->max_channels && (s->opener == NULL || s->opener == j) &&
+           !s->open_wait && ph_now() >= s->open_after;
+}
+
+/* The requester lock, for requests that wait for CHANNEL_SUCCESS/FAILURE (setenv, exec).
+ * libssh2 1.10's _libssh2_packet_requirev reads packets off the socket and, when one is a
+ * SUCCESS or FAILURE for another channel, looks for its own, misses, and fails the request
+ * with -1 ("Failed waiting for channel success"). With one request in flight per session,
+ * every such reply is the waiting job's. */
+static int take_requester(SshSession *s, SshJob *j)
+{
+    if (s->requester != NULL && s->requester != j)
+        return 0;
+    s->requester = j;
+    return 1;
+}
+
+static int step_open(SshSession *s, SshJob *j)
+{
+    s->opener = j;
+    j->ch = libssh2_channel_open_session(s->ssh);
+    if (j->ch == NULL && libssh2_session_last_errno(s->ssh) == LIBSSH2_ERROR_EAGAIN)
+        return would_block(s, j);
+    s->opener = NULL;
+    if (j->ch != NULL) {
+        s->open_refusals = 0;
+        j->state = j->kind == JOB_PUMP ? J_FREE : j->env != NULL ? J_ENV : J_EXEC;
+        return 1;
+    }
+    int rc = libssh2_session_last_errno(s->ssh);
+    if (ph_ssh_is_session_error(rc)) {
+        ph_ssh_session_fail(s, "closed", ph_ssh_lost_message(s, "opening a channel"));
+        return 1;
+    }
+    if (rc == LIBSSH2_ERROR_CHANNEL_FAILURE && j->kind != JOB_PUMP &&
+        s->open_refusals < MAX_OPEN_REFUSALS) {
+        /* The server's channel limit (OpenSSH MaxSessions), which also counts sessions it is
+         * still closing: wait until one of ours closes, or back off and try again. */
+        j->slot = 0;
+        s->channels--;
+        j->state = J_QUEUED;
+        if (s->channels > 0) {
+            s->open_wait = 1;
+        } else {
+            s->open_refusals++;
+            ph_ssh_open_backoff(s, 0.02 * s->open_refusals);
+        }
+        return 0;
+    }
+    if (j->kind == JOB_PUMP) {
+        ph_ssh_job_release(j);
+        return 1;
+    }
+    return job_error(s, j, rc, "protocol", "opening a channel");
+}
+
+/* Advance one job as far as it goes without blocking. Returns progress. */
+static int step_job(SshSession *s, SshJob *j)
+{
+    int rc;
+    if (j->state != J_QUEUED && j->state != J_OPEN && j->state < J_FREE && j->finished &&
+        !j->owning && s->requester != j && job_abort_pending(j))
+        j->state = J_FREE; /* answered (timeout, cancel): tear the channel down */
+    switch (j->state) {
+    case J_QUEUED:
+        if (j->finished) { /* answered before it got a channel */
+            ph_ssh_job_release(j);
+            return 1;
+        }
+        if (!can_open(s, j))
+            return 0;
+        j->slot = 1;
+        s->channels++;
+        j->state = J_OPEN;
+        /* fall through */
+    case J_OPEN:
+        rc = step_open(s, j);
+        if (j->sess == s && j->ch != NULL && j->finished && j->state != J_FREE)
+            j->state = J_FREE; /* canceled while opening */
+        return rc;
+    case J_ENV:
+        while (j->env[j->env_at] != NULL) {
+            const char *name = j->env[j->env_at], *value = j->env[j->env_at + 1];
+            if (!take_requester(s, j))
+                return 0;
+            rc = libssh2_channel_setenv_ex(j->ch, name, (unsigned)strlen(name), value,
+                                           (unsigned)strlen(value));
+            if (rc == LIBSSH2_ERROR_EAGAIN)
+                return would_block(s, j);
+            s->requester = NULL;
+            if (rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED) {
+                ph_ssh_job_fail(j, "protocol",
+                                "ssh: %s:%d refused environment variable %s (sshd sets only the "
+                                "names its AcceptEnv lists; put them in the command instead)",
+                                s->t.host, s->t.port, name);
+                j->state = J_FREE;
+                return 1;
+            }
+            if (rc != 0)
+                return job_error(s, j, rc, "protocol", "setting the environment");
+            j->env_at += 2;
+        }
+        j->state = J_EXEC;
+        /* fall through */
+    case J_EXEC:
+        if (!take_requester(s, j))
+            return 0;
+        j->cmd_started = 1; /* from the first try on, the command may run remotely */
+        rc = libssh2_channel_process_startup(j->ch, "exec", 4, j->cmd, (unsigned)strlen(j->cmd));
+        if (rc == LIBSSH2_ERROR_EAGAIN)
+            return would_block(s, j);
+        s->requester = NULL;
+        if (rc != 0)
+            return job_error(s, j, rc, "protocol", "starting the command");
+        j->state = J_IO;
+        return 1;
+    case J_IO:
+        return j->kind == JOB_UPLOAD && j->scp_stage < 5 ? step_upload(s, j) : step_io(s, j);
+    case J_WAITCLOSE:
+        rc = libssh2_channel_wait_closed(j->ch);
+        if (rc == LIBSSH2_ERROR_EAGAIN)
+            return would_block(s, j);
+        if (rc != 0 && ph_ssh_is_session_error(rc))
+            return job_error(s, j, rc, "closed", "waiting for the exit status");
+        exit_status(j);
+        if (j->kind == JOB_UPLOAD && j->code == NULL && (!j->has_exit || j->exit_code != 0)) {
+            SshBuf *e = &j->out[SSH_ERR];
+            size_t n = e->len;
+            while (n > 0 && (e->p[n - 1] == '\n' || e->p[n - 1] == '\r'))
+                n--;
+            ph_ssh_job_fail(j, "io", "ssh: upload to %s:%d:%s failed: scp exited %d%s%.*s",
+                            s->t.host, s->t.port, j->path, j->exit_code, n > 0 ? ": " : "", (int)n,
+                            n > 0 ? e->p : "");
+        }
+        ph_ssh_job_finish(j);
+        j->state = J_FREE;
+        /* fall through */
+    case J_FREE:
+        rc = libssh2_channel_free(j->ch);
+        if (rc == LIBSSH2_ERROR_EAGAIN) {
+            if (!ph_ssh_blocked_out(s) && s->send_owner == NULL && ph_now() - s->last_rx > 0.1) {
+                /* waiting for any packet on a quiet session: ask the server for one (quiet,
+                 * so the socket buffer is empty and the keepalive goes out whole) */
+                libssh2_keepalive_config(s->ssh, 1, 1);
+                int next = 0;
+                libssh2_keepalive_send(s->ssh, &next);
+            }
+            ph_ssh_redrive(s, 0.2); /* provoke later if the server stays quiet */
+            return would_block(s, j);
+        }
+        if (!j->finished) {
+            if (j->code == NULL)
+                ph_ssh_job_fail(j, "closed", "ssh: %s:%d: channel closed", s->t.host, s->t.port);
+            ph_ssh_job_finish(j);
+        }
+        ph_ssh_job_release(j);
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* 1 when a finished job still holds a channel that should go (its task was answered). */
+static int job_abort_pending(SshJob *j)
+{
+    return j->ch != NULL && (j->op.task == NULL || j->timed_out || j->code != NULL);
+}
+
+/* Put the jobs up to and including j at the end of the list: the next pass starts after
+ * the job that filled the socket, so bulk writers take turns. */
+static void rotate_after(SshSession *s, SshJob *j)
+{
+    if (j->next == NULL || j->sess != s)
+        return;
+    SshJob *first = s->head, *rest = j->next;
+    rest->prev = NULL;
+    j->next = NULL;
+    s->tail->next = first;
+    first->prev = s->tail;
+    s->head = rest;
+    s->tail = j;
+}
+
+/* One pass over a set of jobs: 0 done, 1 stop (a send owner appeared, or the session died). */
+static int pass_over(SshSession *s, int io, int *progress)
+{
+    SshJob *j = s->head;
+    while (j != NULL && !s->doomed) {
+        SshJob *next = j->next;
+        if ((j->state == J_IO) == io) {
+            *progress |= step_job(s, j);
+            if (s->send_owner != NULL) {
+                if (s->send_owner == j)
+                    rotate_after(s, j);
+                return 1;
+            }
+        }
+        j = next;
+    }
+    return s->doomed;
+}
+
+void ph_ssh_step_jobs(SshSession *s)
+{
+    for (int pass = 0; pass < MAX_PASSES; pass++) {
+        int progress = 0;
+        if (s->send_owner != NULL) { /* it alone may send until its call completes */
+            SshJob *o = s->send_owner;
+            s->send_owner = NULL;
+            o->owning = 1;
+            progress |= step_job(s, o);
+            o->owning = 0;
+            if (s->doomed || s->send_owner != NULL)
+                return;
+        }
+        /* Opens, requests and teardowns first: they are small, and a bulk transfer must not
+         * starve them (libssh2 fails a request still unanswered after 60 s). */
+        if (pass_over(s, 0, &progress) || pass_over(s, 1, &progress))
+            return;
+        if (!progress)
+            return;
+    }
+    s->again = 1; /* still busy: continue after the loop polled I/O */
+}

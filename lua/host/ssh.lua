@@ -1,0 +1,160 @@
+--- host.ssh: commands and file uploads over SSH for providers (exe.dev VMs and the like).
+-- Built on libssh2 sessions driven by the host's loop: calls yield the calling task and the
+-- host never blocks. Sessions are pooled per (host, port, user, key, host_key_policy,
+-- known_hosts) and shared by concurrent calls, one channel each, so a burst of commands to one
+-- VM uses one TCP connection. A non-zero exit is a result, not a failure.
+-- Failures return nil, message, code with code one of: "dns", "connect", "auth" (refused key,
+-- wrong passphrase, or a key that is encrypted without a passphrase or malformed: these two
+-- are reported before connecting), "protocol" (host key changed or unknown under "yes",
+-- handshake failure, a request the server refused), "timeout" (before the command started),
+-- "closed" (the connection died mid-command), "canceled", "io" (known_hosts, upload errors),
+-- "internal". Argument mistakes raise, blamed on the caller.
+--
+-- libssh2 1.10 limits worth knowing:
+--   * RSA keys are signed with ssh-rsa (SHA-1) only; OpenSSH 8.8+ refuses that unless its
+--     PubkeyAcceptedAlgorithms allows ssh-rsa. Use ed25519 or ECDSA keys.
+--   * There is no "signal" request: on timeout or cancel the channel is closed, and OpenSSH
+--     closes the command's pipes, so it dies of SIGPIPE at its next write to stdout/stderr; a
+--     command that never writes runs on until it ends by itself. Wrap such commands (timeout(1)
+--     on the remote side) when they must not outlive the call.
+local core = require("host.core.ssh") -- C; yields the calling task until done
+local log = require("host.log")
+
+local M = {}
+
+--- Defaults, read at each call (specs and providers may change them).
+M.default_timeout = 3600 -- seconds for a whole exec or upload, connecting included
+M.default_connect_timeout = 15 -- seconds for DNS + TCP + handshake + authentication
+M.default_keepalive = 15 -- seconds between keepalives on a session (0: none)
+M.default_idle_timeout = 60 -- seconds an unused pooled session stays open
+
+core.set_warn(function(message)
+  log.warn("%s", message)
+end)
+
+local POLICIES = { ["accept-new"] = true, yes = true, no = true }
+
+local function fail_arg(name, msg)
+  error(("bad argument #1 to '%s' (%s)"):format(name, msg), 4)
+end
+
+-- A copy of opts with the defaults filled in; checks what C cannot word as well.
+local function prepare(opts, name)
+  if type(opts) ~= "table" then
+    fail_arg(name, "table expected, got " .. type(opts))
+  end
+  local o = {}
+  for k, v in pairs(opts) do
+    o[k] = v
+  end
+  o.port = o.port or 22
+  o.host_key_policy = o.host_key_policy or "accept-new"
+  if not POLICIES[o.host_key_policy] then
+    fail_arg(name, "field 'host_key_policy' must be \"accept-new\", \"yes\" or \"no\"")
+  end
+  if o.timeout == nil then
+    o.timeout = M.default_timeout
+  end
+  if o.connect_timeout == nil then
+    o.connect_timeout = M.default_connect_timeout
+  end
+  if o.keepalive == nil then
+    o.keepalive = M.default_keepalive
+  end
+  if o.idle_timeout == nil then
+    o.idle_timeout = M.default_idle_timeout
+  end
+  return o
+end
+
+-- Call fn(o); argument errors raised by C are re-raised against our caller's line, named
+-- after the facade function. Not a tail call (that would drop the facade's frame).
+local function call(fn, o, name)
+  local res = table.pack(pcall(fn, o))
+  if not res[1] then
+    local msg = tostring(res[2]):gsub("^bad argument #1 to '[^']*'", "bad argument #1 to '"
+      .. name .. "'")
+    error(msg, 3)
+  end
+  return res
+end
+
+--- exec(opts) -> result | nil, message, code
+-- Runs opts.cmd on the remote host, as its login shell runs a command string (`ssh host cmd`).
+-- opts, connection (also for upload):
+--   host, port (22), user            where and as whom (host and user required)
+--   key                              the private key TEXT, never written to disk: OpenSSH
+--                                    ("BEGIN OPENSSH PRIVATE KEY": ed25519, ECDSA, RSA) or PEM
+--                                    (RSA, EC, PKCS#8)
+--   passphrase                       for an encrypted key
+--   host_key_policy                  "accept-new" (default): remember a new host in
+--                                    known_hosts, refuse a changed key; "yes": the host must
+--                                    already be in known_hosts; "no": accept any key (logged
+--                                    as a warning)
+--   known_hosts                      path of a private known_hosts file (required unless "no")
+--   timeout                          seconds for the whole call, connecting included
+--                                    (default M.default_timeout)
+--   connect_timeout                  seconds to connect and authenticate (default 15)
+--   keepalive                        seconds between keepalives (default 15; 0: none); 3
+--                                    unanswered while commands run mark the session dead
+--   idle_timeout                     seconds a pooled session stays open unused (default 60)
+--   (connect_timeout, keepalive and idle_timeout of the call that opens a session apply to it)
+-- opts, command:
+--   cmd                              the command string (required)
+--   stdin                            string delivered in full, then EOF; nil: EOF at once
+--   env                              table name -> value sent as SSH "env" requests: most
+--                                    sshd refuse them (only AcceptEnv names pass) and the call
+--                                    then fails with "protocol". Prefer `env K=V cmd` built
+--                                    with host.shell
+--   max_output                       bytes kept per stream (default 16 MiB); the rest is
+--                                    dropped and result.truncated is true
+--   on_stdout, on_stderr             fn(chunk) with each chunk as it arrives (the kept bytes,
+--                                    in order: they add up to result.stdout/stderr). They run
+--                                    on the main thread between network events: they cannot
+--                                    yield, and an error in one is logged, not raised
+-- result = { exit_code (integer; nil when killed by a signal or timed out), signal ("TERM",
+-- "KILL"... as the server names it, or nil), stdout, stderr, timed_out, truncated,
+-- duration (seconds) }. When the deadline passes after the command started, the channel is
+-- closed and the result comes back with timed_out = true and the output so far; before it
+-- started, exec fails with "timeout". A pooled session found dead before the command started
+-- is replaced by a fresh connection once; a connection lost mid-command fails with "closed".
+-- Cancelling the calling task closes the channel and returns nil, msg, "canceled".
+function M.exec(opts)
+  local o = prepare(opts, "exec")
+  local res = call(core.exec, o, "exec")
+  return table.unpack(res, 2, res.n)
+end
+
+--- upload(opts) -> true | nil, message, code
+-- Writes opts.data (string, required) to opts.path (required) on the remote host over SCP,
+-- creating the file with opts.mode (default tonumber("644", 8); the remote umask applies; an
+-- existing file is overwritten and keeps its mode). Connection options as for exec.
+-- Needs the scp program on the remote host.
+function M.upload(opts)
+  local o = prepare(opts, "upload")
+  local res = call(core.upload, o, "upload")
+  return table.unpack(res, 2, res.n)
+end
+
+--- fingerprint(opts) -> "SHA256:..." | nil, message, code
+-- The host key fingerprint of opts.host:opts.port (as `ssh-keygen -lf` prints it), from a
+-- handshake on a connection of its own; no user, key or known_hosts needed.
+function M.fingerprint(opts)
+  local o = prepare(opts, "fingerprint")
+  o.host_key_policy = "no"
+  local res = call(core.fingerprint, o, "fingerprint")
+  return table.unpack(res, 2, res.n)
+end
+
+--- close_all(): close every pooled session now; calls in flight fail with "closed".
+function M.close_all()
+  core.close_all()
+end
+
+--- stats() -> { sessions, channels, queued, connects }: open sessions, open channels, calls
+-- waiting for a channel, and TCP connections made since the host started.
+function M.stats()
+  return core.stats()
+end
+
+return M
