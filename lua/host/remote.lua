@@ -1,0 +1,504 @@
+--- host.remote: sandbox commands on a remote machine over host.ssh, with the execution
+-- semantics every provider-host provider shares (DESIGN.md section 4): the caller's env over a
+-- minimal base with no profile or nvm sourced, stdin delivered in full, a non-zero exit is a
+-- result, a timeout gives exitCode null with the partial output and kills the remote process
+-- group, output is streamed live, and environmentCancelExecution stops exactly that command.
+-- Used by the exe-dev and ssh providers; an operator's SSH-based provider needs only this.
+--
+--   local t = assert(remote.target({ host = "h", user = "me", key = key_text }))
+--   local res = remote.run(t, "uname -a", { timeout = 30 })         -- a management script
+--   return remote.execute(ctx, t, params, { cwd = "/work", scope = lease_id })
+--
+-- How a command runs (libssh2 1.10 cannot send a remote signal, and closing the channel kills
+-- a command only at its next write): a POSIX sh wrapper starts it with setsid in a process
+-- group of its own, in a private control dir (mode 0700) that holds "group:<pgid>". A timeout,
+-- a cancel, or a lost connection runs a second command on the pooled session that TERMs the
+-- group, waits, then KILLs it. The control dir is named from the lease (scope) and the
+-- executionId, so a restarted worker can still cancel an execution it never saw. Output is
+-- relayed through two FIFOs, so a background child that keeps stdout open delays the answer
+-- by at most 0.5 s after the command exits (host.proc's linger), not until the child ends.
+local fs = require("host.fs")
+local json = require("host.json")
+local log = require("host.log")
+local shell = require("host.shell")
+local ssh = require("host.ssh")
+local sys = require("host.core.sys")
+local task = require("host.task")
+local util = require("host.util")
+
+local M = {}
+
+--- settings: module-level knobs (specs change them; the loader gives each provider its own).
+M.settings = {
+  connect_timeout = 15, -- seconds to connect and authenticate (OpenSSH's ConnectTimeout=15)
+  known_hosts_dir = nil, -- nil: a private mkdtemp dir (0700) made once per worker process
+  user_known_hosts = nil, -- nil: $HOME/.ssh/known_hosts (policy "yes" reads it)
+  cancel_grace = 5, -- seconds between TERM and KILL when a command is canceled
+  reap_grace = 2, -- the same after a timeout
+  reap_wait = 3, -- seconds execute waits for a timed-out command's group to be stopped
+  cancel_timeout = 15, -- seconds a cancel or reap command may take
+}
+
+local quote = shell.quote
+
+--- POLICIES: OpenSSH's StrictHostKeyChecking words -> host.ssh's host_key_policy.
+-- "ask" is "yes" here, as it is for ssh in BatchMode.
+M.POLICIES = {
+  ["accept-new"] = "accept-new",
+  yes = "yes",
+  ask = "yes",
+  ["true"] = "yes",
+  no = "no",
+  off = "no",
+  ["false"] = "no",
+}
+
+--- SHELL_DETECT: prints "bash" when bash is on the PATH, else "sh".
+M.SHELL_DETECT = "if command -v bash >/dev/null 2>&1; then echo bash; else echo sh; fi"
+
+------------------------------------------------------------------------------------------------
+-- Targets
+
+local private_dir -- this worker's known_hosts directory, made on first use
+local PRIVATE_PREFIX = "provider-host-known-hosts-"
+
+-- Remove the private known_hosts dirs of workers that are gone (same owner, dead pid): a
+-- worker exits without running Lua finalizers, so it cannot remove its own.
+local function sweep(mine)
+  local base, own = mine:match("^(.*)/[^/]+$"), fs.stat(mine, false)
+  for _, name in ipairs(fs.list(base) or {}) do
+    local pid = tonumber(name:match("^" .. PRIVATE_PREFIX:gsub("%-", "%%-") .. "(%d+)%-"))
+    local path = base .. "/" .. name
+    if pid and path ~= mine and not fs.stat("/proc/" .. pid) then
+      local st = fs.stat(path, false)
+      if st and own and st.type == "directory" and st.uid == own.uid then
+        util.remove_tree(path)
+      end
+    end
+  end
+end
+
+--- known_hosts_file() -> path of this worker's private known_hosts | nil, message, "io"
+-- The directory is <TMPDIR>/provider-host-known-hosts-<pid>-XXXXXX (mode 0700).
+function M.known_hosts_file()
+  local dir = M.settings.known_hosts_dir
+  if not dir then
+    if not private_dir then
+      local d, err, code = util.mkdtemp(PRIVATE_PREFIX .. sys.getpid() .. "-")
+      if not d then
+        return nil, "cannot create a private known_hosts directory: " .. tostring(err), code
+      end
+      private_dir = d
+      pcall(sweep, d)
+    end
+    dir = private_dir
+  end
+  return dir .. "/known_hosts"
+end
+
+--- forget_known_hosts(): remove this worker's private known_hosts (a fresh one is made next).
+function M.forget_known_hosts()
+  if private_dir then
+    util.remove_tree(private_dir)
+    private_dir = nil
+  end
+end
+
+--- user_known_hosts() -> the operator's known_hosts ($HOME/.ssh/known_hosts, as OpenSSH reads
+-- it; settings.user_known_hosts overrides) | nil when HOME is not set. Only read, never written.
+function M.user_known_hosts()
+  if M.settings.user_known_hosts then
+    return M.settings.user_known_hosts
+  end
+  local home = os.getenv("HOME")
+  return home and home:find("^/") and (home:gsub("/+$", "") .. "/.ssh/known_hosts") or nil
+end
+
+--- target(opts) -> target | nil, message, code
+-- opts: host, port (22), user, key (private key text, kept in memory) or key_file (a local
+-- path, read now and never copied), passphrase, host_key_policy (a POLICIES word, default
+-- "accept-new"), known_hosts (a local path; default: this worker's private file, where
+-- "accept-new" records hosts, or for "yes", which only reads, the operator's
+-- ~/.ssh/known_hosts), connect_timeout. The key text is registered with host.log as a secret.
+function M.target(opts)
+  local key = opts.key
+  if key == nil and opts.key_file ~= nil then
+    local text, err = fs.read(opts.key_file)
+    if not text then
+      return nil, ("cannot read the SSH identity file %s: %s"):format(opts.key_file, err), "config"
+    end
+    key = text
+  end
+  if type(key) ~= "string" or not key:find("%S") then
+    return nil, "no SSH private key given", "config"
+  end
+  log.add_secret(key)
+  local policy = M.POLICIES[opts.host_key_policy or "accept-new"]
+  if not policy then
+    return nil,
+      ("unknown host key policy %q (use accept-new, yes or no)"):format(
+        tostring(opts.host_key_policy)
+      ),
+      "config"
+  end
+  local known_hosts = opts.known_hosts
+  if known_hosts == nil and policy == "yes" then
+    known_hosts = M.user_known_hosts() -- "yes" only reads: the operator's pinned hosts
+  end
+  if known_hosts == nil and policy ~= "no" then
+    local err, code
+    known_hosts, err, code = M.known_hosts_file()
+    if not known_hosts then
+      return nil, err, code
+    end
+  end
+  return {
+    host = opts.host,
+    port = opts.port or 22,
+    user = opts.user,
+    key = key,
+    passphrase = opts.passphrase,
+    host_key_policy = policy,
+    known_hosts = known_hosts,
+    connect_timeout = opts.connect_timeout,
+  }
+end
+
+-- host.ssh options for target t and one call (extra: cmd, timeout, stdin, callbacks).
+local function ssh_opts(t, extra)
+  local o = {
+    host = t.host,
+    port = t.port,
+    user = t.user,
+    key = t.key,
+    passphrase = t.passphrase,
+    host_key_policy = t.host_key_policy,
+    known_hosts = t.known_hosts,
+  }
+  for k, v in pairs(extra) do
+    o[k] = v
+  end
+  o.timeout = math.max(0.001, o.timeout)
+  o.connect_timeout = math.max(0.001,
+    math.min(t.connect_timeout or M.settings.connect_timeout, o.timeout))
+  return o
+end
+
+--- run(t, script, opts) -> host.ssh result | nil, message, code
+-- Runs script with `sh -c` (whatever the login shell is). opts: timeout (seconds, required),
+-- stdin. A non-zero exit is a result.
+function M.run(t, script, opts)
+  return ssh.exec(ssh_opts(t, { cmd = "sh -c " .. quote(script), timeout = opts.timeout,
+    stdin = opts.stdin }))
+end
+
+------------------------------------------------------------------------------------------------
+-- Scripts
+
+local DEFAULT_CONTROL = '"${HOME:-/tmp}/.paperclip-executions"'
+
+--- control_dir(base, scope, execution_id) -> the control dir, as a shell word. base: a remote
+-- directory (nil: $HOME/.paperclip-executions); scope: the lease id. Without an executionId
+-- the name is random (such a command cannot be canceled by a restarted worker).
+function M.control_dir(base, scope, execution_id)
+  local name
+  if execution_id then
+    name = util.sha256_hex(tostring(scope or "") .. "\0" .. execution_id):sub(1, 32)
+  else
+    name = util.hex(assert(util.random(16)))
+  end
+  return (base and quote(base) or DEFAULT_CONTROL) .. "/" .. name
+end
+
+-- The wrapper: a control dir, the command in its own process group (setsid when there is
+-- one) with the wrapper's stdin, "group:<pgid>" (or "process:<pid>") in the control dir, the
+-- command's exit status as the wrapper's. A "cancelled" marker stops it before it starts.
+-- Output goes through two FIFOs relayed by `cat`, so only the relays hold the channel: when
+-- the command has exited but left processes in its group (a background child still holding
+-- stdout), relaying stops 0.5 s later and the call returns, as host.proc's linger does.
+local function wrapper(ctl, script)
+  local runner = 'printf "%s:%s\\n" "$1" "$$" > "$2/pid"; '
+    .. 'if [ -f "$2/cancelled" ]; then exit 130; fi; exec sh -c "$3"'
+  local redirects = ' 0<&3 3<&- >"$paperclip_ctl/out" 2>"$paperclip_ctl/err" &'
+  return table.concat({
+    "paperclip_ctl=" .. ctl,
+    'mkdir -p -m 700 "$paperclip_ctl" || exit 125',
+    'if [ -f "$paperclip_ctl/cancelled" ]; then rm -rf "$paperclip_ctl"; exit 130; fi',
+    'mkfifo "$paperclip_ctl/out" "$paperclip_ctl/err" || exit 125',
+    'cat "$paperclip_ctl/out" & paperclip_out=$!',
+    'cat "$paperclip_ctl/err" >&2 & paperclip_err=$!',
+    "exec 3<&0",
+    "if command -v setsid >/dev/null 2>&1; then",
+    "  paperclip_kind=group",
+    "  setsid sh -c " .. quote(runner) .. ' sh group "$paperclip_ctl" ' .. quote(script)
+      .. redirects,
+    "else",
+    "  paperclip_kind=process",
+    "  sh -c " .. quote(runner) .. ' sh process "$paperclip_ctl" ' .. quote(script)
+      .. redirects,
+    "fi",
+    "paperclip_pid=$!",
+    "exec 0</dev/null 3<&-",
+    'wait "$paperclip_pid"',
+    "paperclip_status=$?",
+    'if [ "$paperclip_kind" != group ] || kill -0 "-$paperclip_pid" 2>/dev/null; then',
+    "  paperclip_n=0",
+    '  while [ "$paperclip_n" -lt 10 ] && { kill -0 "$paperclip_out" 2>/dev/null || '
+      .. 'kill -0 "$paperclip_err" 2>/dev/null; }; do',
+    "    sleep 0.05; paperclip_n=$((paperclip_n + 1))",
+    "  done",
+    '  kill "$paperclip_out" "$paperclip_err" 2>/dev/null',
+    "fi",
+    'wait "$paperclip_out" "$paperclip_err" 2>/dev/null',
+    'rm -rf "$paperclip_ctl"',
+    'exit "$paperclip_status"',
+  }, "\n")
+end
+
+--- cancel_script(ctl, grace, remove) -> leave the "cancelled" marker, wait up to 2 s for the
+-- pid file, TERM the group, wait up to grace seconds, KILL it. remove: also delete the dir.
+-- Exits 0 in every case.
+function M.cancel_script(ctl, grace, remove)
+  local waits = math.max(0, math.ceil((grace or 5) * 10))
+  local done = remove and 'rm -rf "$paperclip_ctl"; exit 0' or "exit 0"
+  return table.concat({
+    "paperclip_ctl=" .. ctl,
+    'mkdir -p -m 700 "$paperclip_ctl" && : > "$paperclip_ctl/cancelled"',
+    "paperclip_n=0",
+    'while [ ! -s "$paperclip_ctl/pid" ] && [ "$paperclip_n" -lt 100 ]; do',
+    "  sleep 0.02; paperclip_n=$((paperclip_n + 1))",
+    "done",
+    'if [ ! -s "$paperclip_ctl/pid" ]; then ' .. done .. "; fi",
+    'IFS=: read -r paperclip_kind paperclip_pid < "$paperclip_ctl/pid"',
+    'case "$paperclip_pid" in ""|*[!0-9]*) ' .. done .. " ;; esac",
+    'if [ "$paperclip_kind" = group ]; then paperclip_t="-$paperclip_pid"; '
+      .. 'else paperclip_t="$paperclip_pid"; fi',
+    'kill -TERM "$paperclip_t" 2>/dev/null',
+    "paperclip_n=0",
+    ('while kill -0 "$paperclip_t" 2>/dev/null && [ "$paperclip_n" -lt %d ]; do'):format(waits),
+    "  sleep 0.1; paperclip_n=$((paperclip_n + 1))",
+    "done",
+    'kill -KILL "$paperclip_t" 2>/dev/null',
+    done,
+  }, "\n")
+end
+
+-- The command line: cd, then `env -i` with the minimal base and the caller's env.
+local function command_script(params, opts)
+  local words = { quote(params.command) }
+  for _, a in ipairs(params.args or {}) do
+    words[#words + 1] = quote(a)
+  end
+  local env = params.env or {}
+  local base = {
+    PATH = '"$PATH"',
+    HOME = opts.home and quote(opts.home) or '"$HOME"',
+    USER = '"$USER"',
+    LOGNAME = '"$LOGNAME"',
+    LANG = "C.UTF-8",
+  }
+  local assignments = {}
+  for _, k in ipairs({ "PATH", "HOME", "USER", "LOGNAME", "LANG" }) do
+    if env[k] == nil then
+      assignments[#assignments + 1] = k .. "=" .. base[k]
+    end
+  end
+  local keys = {}
+  for k in pairs(env) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  for _, k in ipairs(keys) do
+    assignments[#assignments + 1] = k .. "=" .. quote(env[k])
+  end
+  local line = "exec env -i " .. table.concat(assignments, " ") .. " " .. table.concat(words, " ")
+  if params.cwd then
+    line = "cd " .. quote(params.cwd) .. " && " .. line
+  end
+  return line
+end
+
+------------------------------------------------------------------------------------------------
+-- Execute
+
+local function has_nul(s)
+  return s:find("\0", 1, true) ~= nil
+end
+
+-- The execute params checked and normalized: {command, args, env, stdin, cwd, timeout_ms}.
+local function check_params(ctx, params, opts)
+  local command = params.command
+  if type(command) ~= "string" or command == "" then
+    return nil, "environmentExecute: command must be a non-empty string"
+  elseif has_nul(command) then
+    return nil, "environmentExecute: command contains a NUL byte"
+  end
+  local args = {}
+  if params.args ~= nil and params.args ~= json.null then
+    if type(params.args) ~= "table" then
+      return nil, "environmentExecute: args must be an array of strings"
+    end
+    for i, a in ipairs(params.args) do
+      if type(a) ~= "string" then
+        return nil, ("environmentExecute: args[%d] must be a string"):format(i)
+      elseif has_nul(a) then
+        return nil, ("environmentExecute: args[%d] contains a NUL byte"):format(i)
+      end
+      args[i] = a
+    end
+  end
+  local env = {}
+  if params.env ~= nil and params.env ~= json.null then
+    if type(params.env) ~= "table" then
+      return nil, "environmentExecute: env must be an object of strings"
+    end
+    local label = opts.env_label or "sandbox"
+    for k, v in pairs(params.env) do
+      if not shell.is_env_key(k) then
+        return nil, ("Invalid %s environment variable key: %s"):format(label, tostring(k))
+      end
+      if type(v) == "string" then -- other values are left out, as upstream does
+        if has_nul(v) then
+          return nil, ("Sandbox environment variable %s contains a NUL byte"):format(k)
+        end
+        env[k] = v
+      end
+    end
+  end
+  local stdin = params.stdin
+  if stdin == json.null then
+    stdin = nil
+  end
+  if stdin ~= nil and type(stdin) ~= "string" then
+    return nil, "environmentExecute: stdin must be a string"
+  end
+  local cwd = type(params.cwd) == "string" and params.cwd:find("%S") and params.cwd or opts.cwd
+  local timeout_ms = params.timeoutMs
+  if type(timeout_ms) ~= "number" or timeout_ms <= 0 or timeout_ms ~= timeout_ms then
+    timeout_ms = opts.timeout_ms or ctx.config.timeoutMs or 300000
+  end
+  return { command = command, args = args, env = env, stdin = stdin, cwd = cwd,
+    timeout_ms = math.floor(timeout_ms) }
+end
+
+-- Stop the group of a command that outlived its channel and remove its control dir, in the
+-- background; wait up to `wait` seconds for that.
+local function reap(t, ctl, wait)
+  local r = task.spawn(function()
+    local res, err = M.run(t, M.cancel_script(ctl, M.settings.reap_grace, true),
+      { timeout = M.settings.cancel_timeout })
+    if not res then
+      log.debug("host.remote: could not stop a command's processes on %s: %s", t.host, err)
+    end
+    return true
+  end)
+  if wait and wait > 0 then
+    r:wait(wait)
+  end
+end
+
+local function with_message(stderr, message)
+  if stderr ~= "" and stderr:sub(-1) ~= "\n" then
+    stderr = stderr .. "\n"
+  end
+  return stderr .. message .. "\n"
+end
+
+--- execute(ctx, t, params, opts) -> environmentExecute result | nil, message, code
+-- params: the request's (command, args, env, stdin, cwd, timeoutMs, executionId). opts:
+--   cwd          the working directory when params.cwd is absent (nil: the login directory)
+--   home         HOME for the command (nil: the login user's $HOME)
+--   scope        names the control dir with the executionId: the lease id
+--   control_base the remote directory holding control dirs (nil: $HOME/.paperclip-executions)
+--   env_label    a bad env key is "Invalid <env_label> environment variable key: K"
+--   timeout_ms   the default timeout (nil: ctx.config.timeoutMs)
+--   metadata     the result's metadata
+-- Invalid params (a bad env key, ...) give nil, message without a code; a transport failure
+-- (cannot connect, key refused, connection lost) gives host.ssh's nil, message, code for the
+-- provider to word. Registers ctx.execution.cancel when the request has an executionId.
+function M.execute(ctx, t, params, opts)
+  opts = opts or {}
+  local p, err = check_params(ctx, params, opts)
+  if not p then
+    return nil, err -- no code: the request itself is wrong
+  end
+  local exec_id = type(params.executionId) == "string" and params.executionId or nil
+  local ctl = M.control_dir(opts.control_base, opts.scope, exec_id)
+  if ctx.execution then
+    ctx.execution.cancel = function()
+      local res, cerr = M.run(t, M.cancel_script(ctl, M.settings.cancel_grace),
+        { timeout = M.settings.cancel_timeout })
+      if not res then
+        error("could not cancel the command: " .. tostring(cerr), 0)
+      end
+      return true
+    end
+  end
+  -- nothing yields between registering the cancel and starting the command: a cancel that
+  -- comes before the wrapper runs leaves the "cancelled" marker, and the wrapper exits 130
+  local res, code
+  res, err, code = ssh.exec(ssh_opts(t, {
+    cmd = "sh -c " .. quote(wrapper(ctl, command_script(p, opts))),
+    stdin = p.stdin,
+    timeout = p.timeout_ms / 1000,
+    max_output = ctx.max_output,
+    on_stdout = function(chunk)
+      ctx:emit("stdout", chunk)
+    end,
+    on_stderr = function(chunk)
+      ctx:emit("stderr", chunk)
+    end,
+  }))
+  if not res then
+    if code == "closed" or code == "canceled" then -- it may run on: stop it
+      reap(t, ctl, nil)
+    end
+    return nil, err, code
+  end
+  local stdout, stderr = ctx:output(res.stdout), ctx:output(res.stderr)
+  local out = {
+    exitCode = res.exit_code or json.null,
+    signal = res.signal and ("SIG" .. res.signal) or json.null,
+    timedOut = false,
+    stdout = stdout,
+    stderr = stderr,
+    metadata = opts.metadata,
+  }
+  if res.timed_out then
+    reap(t, ctl, M.settings.reap_wait)
+    out.exitCode, out.signal, out.timedOut = json.null, json.null, true
+    out.stderr = with_message(stderr, ("Command timed out after %dms"):format(p.timeout_ms))
+  end
+  if res.truncated then
+    local meta = {}
+    for k, v in pairs(opts.metadata or {}) do
+      meta[k] = v
+    end
+    meta.truncated = true
+    out.metadata = meta
+  end
+  return out
+end
+
+--- cancel(t, opts) -> true | nil, message, code: the cancel script for an execution this
+-- worker does not track (e.g. after a restart). opts: execution_id (required), scope,
+-- control_base (as for execute).
+function M.cancel(t, opts)
+  local ctl = M.control_dir(opts.control_base, opts.scope, opts.execution_id)
+  local res, err, code = M.run(t, M.cancel_script(ctl, M.settings.cancel_grace),
+    { timeout = M.settings.cancel_timeout })
+  if not res then
+    return nil, err, code
+  end
+  if res.timed_out or res.exit_code ~= 0 then
+    return nil,
+      ("exact command cancellation failed (%s): %s"):format(
+        res.timed_out and "timed out" or ("exit code " .. tostring(res.exit_code)),
+        (res.stderr:gsub("%s+$", ""))
+      ),
+      "upstream"
+  end
+  return true
+end
+
+return M

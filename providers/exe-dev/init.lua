@@ -1,0 +1,478 @@
+-- providers/exe-dev: exe.dev VMs, a drop-in for upstream's exe-dev provider 0.1.2
+-- (paperclip.exe-dev-sandbox-provider): lifecycle through exe.dev's HTTPS `/exec` API, commands
+-- over SSH through host.ssh's pooled sessions (host.remote). See README.md in this folder for
+-- the behaviour and every deviation from upstream.
+local api = require("providers.exe-dev.api")
+local config = require("providers.exe-dev.config")
+local json = require("host.json")
+local log = require("host.log")
+local remote = require("host.remote")
+
+local M = {
+  driver_key = "exe-dev",
+  display_name = "exe.dev VM",
+  description = "Provisions exe.dev VMs through the HTTPS API, then runs commands over direct SSH "
+    .. "for long-lived Paperclip workloads.",
+  version = "0.1.2",
+  schema = require("providers.exe-dev.schema"),
+  -- Declared so the host reuses retained VMs (upstream declares nothing, so reuseLease only
+  -- ever kept VMs that were never resumed).
+  capabilities = { reusableLeases = true },
+  manifest = {
+    id = "paperclip.exe-dev-sandbox-provider",
+    package_name = "@paperclipai/plugin-exe-dev",
+    display_name = "exe.dev Sandbox Provider",
+    description = "Sandbox provider plugin that provisions exe.dev VMs as Paperclip execution "
+      .. "environments.",
+    author = "Paperclip",
+    categories = { "automation" },
+    driver_display_name = "exe.dev VM",
+    driver_description = "Provisions exe.dev VMs through the HTTPS API, then runs commands over "
+      .. "direct SSH for long-lived Paperclip workloads.",
+  },
+  hooks = {},
+}
+
+local hooks = M.hooks
+
+local ONBOARDING = "Please complete registration by running: ssh exe.dev"
+local EMAIL_PROMPT = "Please enter your email address:"
+local NO_KEY = "exe.dev: provider-host needs the SSH private key registered with exe.dev: set "
+  .. "sshPrivateKey, or sshIdentityFile to a key file on the Paperclip host (provider-host "
+  .. "cannot use an ssh-agent or ~/.ssh default keys)."
+
+------------------------------------------------------------------------------------------------
+-- Helpers
+
+local function trim(s)
+  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
+end
+
+-- The config as upstream parses it; its secrets are redacted from everything from now on.
+local function parse(ctx)
+  local c = config.parse(ctx.raw_config)
+  api.register_secrets(c)
+  return c
+end
+
+-- Upstream's validation errors other than the key format (the lifecycle hooks do not check
+-- the key text: a bad key fails at SSH time with upstream's guidance).
+local function check(c, raw)
+  local errors = config.errors(c, raw, api.settings.getenv)
+  if #errors > 0 then
+    return nil, table.concat(errors, " ")
+  end
+  return c
+end
+
+local function failure(action, vm, detail)
+  return ("Failed to %s exe.dev VM %s: %s"):format(action, vm, detail)
+end
+
+--- format_failure(action, vm, stdout, stderr): upstream's formatSshFailure.
+local function format_failure(action, vm, stdout, stderr)
+  local combined = stderr .. "\n" .. stdout
+  if combined:find(ONBOARDING, 1, true) or combined:find(EMAIL_PROMPT, 1, true) then
+    return failure(action, vm, "the Paperclip host SSH key is not registered with exe.dev. "
+      .. "Complete exe.dev's one-time SSH onboarding on this host by running `ssh exe.dev` and "
+      .. "following the email verification prompt, then retry.")
+  end
+  if combined:lower():find("load key [^\n]*invalid format") then
+    return failure(action, vm, "the configured SSH private key isn't an OpenSSH-format private "
+      .. "key. Confirm the secret starts with `-----BEGIN … PRIVATE KEY-----` and isn't the "
+      .. "`.pub` file or a PuTTY `.ppk` export.")
+  end
+  local detail = trim(stderr) ~= "" and trim(stderr) or trim(stdout)
+  return failure(action, vm, detail ~= "" and detail or "unknown error")
+end
+
+-- An SSH failure before any command ran (host.ssh's nil, message, code), in upstream's words
+-- where upstream had some.
+local function transport_failure(action, vm, err, code)
+  if code == "auth" and err:find("not a valid OpenSSH or PEM key", 1, true) then
+    return format_failure(action, vm, "", 'Load key "sshPrivateKey": invalid format')
+  elseif code == "auth" and err:find("encrypted", 1, true) then
+    return failure(action, vm, err .. " (exe.dev's config has no passphrase field: use a key "
+      .. "without one)")
+  elseif code == "auth" then
+    return failure(action, vm, err .. " (is its public key registered with exe.dev?)")
+  end
+  return failure(action, vm, err)
+end
+
+local function local_user()
+  return os.getenv("USER") or os.getenv("LOGNAME") or "root"
+end
+
+-- The SSH target of a VM: its record's port when it has one, else sshPort.
+local function target(c, vm)
+  if not c.sshPrivateKey and not c.sshIdentityFile then
+    return nil, NO_KEY
+  end
+  local t, err = remote.target({
+    host = vm.sshDest,
+    port = vm.sshPort or c.sshPort,
+    user = c.sshUser or local_user(),
+    key = c.sshPrivateKey,
+    key_file = not c.sshPrivateKey and c.sshIdentityFile or nil,
+    host_key_policy = c.strictHostKeyChecking,
+  })
+  if not t then
+    return nil, "exe.dev: " .. err
+  end
+  return t
+end
+
+local function seconds(ctx, c)
+  return math.max(0.001, math.min(c.timeoutMs / 1000, ctx:remaining()))
+end
+
+-- upstream's buildLease in one SSH command: home and shell (detectRemoteContext), then
+-- mkdir -p of the workspace (ensureRemoteWorkspace). Exit 97: the mkdir failed.
+local function lease_script(requested)
+  return table.concat({
+    'paperclip_home="${HOME:-}"',
+    'if [ -z "$paperclip_home" ]; then paperclip_home="$(pwd)"; fi',
+    'if [ -z "$paperclip_home" ]; then paperclip_home=/tmp; fi',
+    "paperclip_shell=$(" .. remote.SHELL_DETECT .. ")",
+    requested and ("paperclip_cwd=" .. api.quote(requested))
+      or 'paperclip_cwd="${paperclip_home%/}/paperclip-workspace"',
+    "printf '%s\\n%s\\n%s\\n' \"$paperclip_home\" \"$paperclip_shell\" \"$paperclip_cwd\"",
+    'mkdir -p "$paperclip_cwd" || exit 97',
+  }, "\n")
+end
+
+local LEASE_KEYS = {
+  "provider", "vmName", "sshDest", "httpsUrl", "region", "regionDisplay", "shellCommand",
+  "remoteCwd", "timeoutMs", "reuseLease", "resumedLease", "vmSshPort",
+}
+
+local function build_lease(ctx, c, vm, requested, resumed)
+  local t, err = target(c, vm)
+  if not t then
+    return nil, err
+  end
+  if type(requested) == "string" then
+    requested = requested:find("%S") and trim(requested) or nil
+  else
+    requested = nil
+  end
+  local res, code
+  res, err, code = remote.run(t, lease_script(requested), { timeout = seconds(ctx, c) })
+  if not res then
+    return nil, transport_failure("inspect", vm.name, err, code)
+  end
+  if res.timed_out or res.exit_code ~= 0 then
+    local action = res.exit_code == 97 and "create workspace for" or "inspect"
+    return nil, format_failure(action, vm.name, res.stdout, res.stderr)
+  end
+  local lines = {}
+  for line in (res.stdout .. "\n"):gmatch("([^\n]*)\n") do
+    lines[#lines + 1] = line:gsub("\r$", "")
+  end
+  local shell = trim(lines[#lines - 2] or "") == "bash" and "bash" or "sh"
+  local cwd = lines[#lines - 1] or ""
+  local function null(v)
+    return v == nil and json.null or v
+  end
+  return {
+    providerLeaseId = vm.name,
+    metadata = json.ordered({
+      provider = "exe-dev",
+      vmName = vm.name,
+      sshDest = vm.sshDest,
+      httpsUrl = null(vm.httpsUrl),
+      region = null(vm.region),
+      regionDisplay = null(vm.regionDisplay),
+      shellCommand = shell,
+      remoteCwd = cwd,
+      timeoutMs = c.timeoutMs,
+      reuseLease = c.reuseLease,
+      resumedLease = resumed,
+      vmSshPort = vm.sshPort, -- only when the VM record names a port
+    }, LEASE_KEYS),
+  }
+end
+
+-- Best effort: delete a VM; a failure is a warning. One retry after a transport failure or a
+-- 5xx, none when exe.dev refused the command (4xx, an error answer) or there is no API key.
+local function delete_best_effort(ctx, c, name, reason)
+  local ok, err, kind, status = api.delete(ctx, c, name)
+  if not ok and kind ~= "config" and kind ~= "error" and (kind ~= "status" or status >= 500) then
+    ok, err, kind = api.delete(ctx, c, name)
+  end
+  if not ok and kind ~= "config" then -- without an API key the caller reports the error
+    ctx.log.warn("Failed to delete exe.dev VM %s during %s: %s", name, reason, err)
+  end
+  return ok, err, kind
+end
+
+-- After a failed create: the VM may exist when the request itself was lost.
+local function cleanup_failed_create(ctx, c, name, kind)
+  if kind ~= "config" and kind ~= "status" and kind ~= "error" and kind ~= "not_found" then
+    delete_best_effort(ctx, c, name, "cleanup of a failed create")
+  end
+end
+
+local function lease_id(v)
+  return type(v) == "string" and v ~= "" and v or nil
+end
+
+------------------------------------------------------------------------------------------------
+-- Hooks
+
+--- environmentValidateConfig: upstream's errors and warnings, in its order and words, and its
+-- normalized config (every parsed field; apiKey and sshPrivateKey echoed, as upstream does).
+function hooks.validate_config(ctx, _params)
+  local raw = ctx.raw_config
+  local c = config.parse(raw)
+  local errors = config.errors(c, raw, api.settings.getenv, { key = true })
+  local warnings = config.warnings(c)
+  if #errors > 0 then
+    return json.ordered({ ok = false, errors = errors, warnings = warnings },
+      { "ok", "errors", "warnings" })
+  end
+  return json.ordered({ ok = true, warnings = warnings, normalizedConfig = config.normalized(c) },
+    { "ok", "warnings", "normalizedConfig" })
+end
+
+--- environmentProbe: create a VM, inspect it and prepare the workspace, always delete it.
+function hooks.probe(ctx, params)
+  local c = parse(ctx)
+  local keys = { "provider", "timeoutMs", "reuseLease", "error" }
+  local function failed(err)
+    return {
+      ok = false,
+      summary = "exe.dev environment probe failed.",
+      metadata = json.ordered({ provider = "exe-dev", timeoutMs = c.timeoutMs,
+        reuseLease = c.reuseLease, error = log.redact(tostring(err)) }, keys),
+    }
+  end
+  local ok, err = check(c, ctx.raw_config)
+  if not ok then
+    return failed(err)
+  end
+  if not c.sshPrivateKey and not c.sshIdentityFile then
+    return failed(NO_KEY)
+  end
+  local name = api.vm_name(c, params, true)
+  local vm, kind
+  vm, err, kind = api.create(ctx, c, name)
+  if not vm then
+    cleanup_failed_create(ctx, c, name, kind)
+    return failed(err)
+  end
+  local done, lease, lerr = pcall(build_lease, ctx, c, vm, nil, false)
+  delete_best_effort(ctx, c, vm.name, "probe cleanup")
+  if not done or not lease then
+    return failed(done and lerr or tostring(lease):gsub("^[^\n]-%.lua:%d+: ", ""))
+  end
+  return {
+    ok = true,
+    summary = ("Connected to exe.dev VM %s."):format(vm.name),
+    metadata = json.ordered({
+      provider = "exe-dev",
+      vmName = vm.name,
+      sshDest = vm.sshDest,
+      timeoutMs = c.timeoutMs,
+      reuseLease = c.reuseLease,
+      remoteCwd = lease.metadata.remoteCwd,
+      shellCommand = lease.metadata.shellCommand,
+    }, { "provider", "vmName", "sshDest", "timeoutMs", "reuseLease", "remoteCwd",
+      "shellCommand" }),
+  }
+end
+
+--- environmentAcquireLease: `new` (or `cp` from sourceVm), then inspect and prepare the
+-- workspace; a half-made VM is deleted and the original error reported.
+function hooks.acquire_lease(ctx, params)
+  local c, err = check(parse(ctx), ctx.raw_config)
+  if not c then
+    return nil, err
+  end
+  if not c.sshPrivateKey and not c.sshIdentityFile then
+    return nil, NO_KEY -- before creating a VM nobody could reach
+  end
+  local name = api.vm_name(c, params, false)
+  local vm, kind
+  vm, err, kind = api.create(ctx, c, name)
+  if not vm then
+    cleanup_failed_create(ctx, c, name, kind)
+    return nil, err
+  end
+  local lease
+  lease, err = build_lease(ctx, c, vm, params.requestedCwd, false)
+  if not lease then
+    delete_best_effort(ctx, c, vm.name, "cleanup of a failed acquire")
+    return nil, err
+  end
+  return lease
+end
+
+--- environmentResumeLease: `ls` the VM; gone -> {providerLeaseId = null, expired}; otherwise
+-- inspect it again and keep the lease's remoteCwd.
+function hooks.resume_lease(ctx, params)
+  local c, err = check(parse(ctx), ctx.raw_config)
+  if not c then
+    return nil, err
+  end
+  local id = lease_id(params.providerLeaseId)
+  local vm
+  if id then
+    vm, err = api.lookup(ctx, c, id)
+    if vm == nil then
+      return nil, err
+    end
+  end
+  if not vm then
+    return { providerLeaseId = json.null, metadata = { expired = true } }
+  end
+  local meta = type(params.leaseMetadata) == "table" and params.leaseMetadata or {}
+  return build_lease(ctx, c, vm, config.optional_string(meta.remoteCwd), true)
+end
+
+--- environmentReleaseLease: keep the VM with reuseLease, else delete it, best effort.
+function hooks.release_lease(ctx, params)
+  local id = lease_id(params.providerLeaseId)
+  if not id then
+    return true
+  end
+  local c = parse(ctx)
+  if c.reuseLease then
+    return true
+  end
+  local ok, err, kind = delete_best_effort(ctx, c, id, "lease release")
+  if not ok and kind == "config" then
+    return nil, err
+  end
+  return true
+end
+
+--- environmentDestroyLease: delete the VM, best effort (a VM already gone is success).
+function hooks.destroy_lease(ctx, params)
+  local id = lease_id(params.providerLeaseId)
+  if not id then
+    return true
+  end
+  local ok, err, kind = delete_best_effort(ctx, parse(ctx), id, "lease destroy")
+  if not ok and kind == "config" then
+    return nil, err
+  end
+  return true
+end
+
+--- environmentRealizeWorkspace: upstream's cwd order, then mkdir -p on the VM.
+function hooks.realize_workspace(ctx, params)
+  local c = parse(ctx)
+  local lease = type(params.lease) == "table" and params.lease or {}
+  local meta = type(lease.metadata) == "table" and lease.metadata or {}
+  local ws = type(params.workspace) == "table" and params.workspace or {}
+  local function given(v)
+    return type(v) == "string" and v:find("%S") and v or nil
+  end
+  local cwd = config.optional_string(meta.remoteCwd) or given(ws.remotePath)
+    or given(ws.localPath) or "/tmp/paperclip-workspace"
+  local vm = api.from_lease(lease_id(lease.providerLeaseId), meta)
+  if vm then
+    local t, err = target(c, vm)
+    if not t then
+      return nil, err
+    end
+    local res, code
+    res, err, code = remote.run(t, "mkdir -p " .. api.quote(cwd), { timeout = seconds(ctx, c) })
+    if not res then
+      return nil, transport_failure("create workspace for", vm.name, err, code)
+    elseif res.timed_out or res.exit_code ~= 0 then
+      return nil, format_failure("create workspace for", vm.name, res.stdout, res.stderr)
+    end
+  end
+  return { cwd = cwd, metadata = { provider = "exe-dev", remoteCwd = cwd } }
+end
+
+--- environmentExecute: the command over the VM's pooled SSH session (host.remote): the
+-- caller's env over a minimal base (no profile), stdin in full, a non-zero exit a result, a
+-- timeout exitCode null with the partial output and the remote process group killed.
+function hooks.execute(ctx, params)
+  local lease = type(params.lease) == "table" and params.lease or {}
+  local id = lease_id(lease.providerLeaseId)
+  if not id then
+    return {
+      exitCode = 1,
+      signal = json.null,
+      timedOut = false,
+      stdout = "",
+      stderr = "No provider lease ID available for execution.",
+    }
+  end
+  local c = parse(ctx)
+  local meta = type(lease.metadata) == "table" and lease.metadata or {}
+  local vm = api.from_lease(id, meta)
+  local t, err = target(c, vm)
+  if not t then
+    return nil, err
+  end
+  local res, code
+  res, err, code = remote.execute(ctx, t, params, {
+    cwd = config.optional_string(meta.remoteCwd),
+    scope = id,
+    env_label = "exe.dev",
+    timeout_ms = c.timeoutMs,
+    metadata = json.ordered({ provider = "exe-dev", vmName = vm.name, sshDest = vm.sshDest },
+      { "provider", "vmName", "sshDest" }),
+  })
+  if not res then
+    if not code then
+      return nil, err
+    end
+    return nil, transport_failure("execute commands on", vm.name, err, code)
+  end
+  -- upstream's onboarding and key-format guidance; any other stderr is left as it is
+  if not res.timedOut and res.exitCode ~= 0 and res.exitCode ~= json.null then
+    local guided = format_failure("execute commands on", vm.name, res.stdout, res.stderr)
+    if guided:find("not registered with exe.dev", 1, true)
+      or guided:find("isn't an OpenSSH-format private key", 1, true) then
+      res.stderr = guided
+    end
+  end
+  return res
+end
+
+local function check_execution_id(id)
+  if type(id) ~= "string" or not id:find("%S") then
+    return nil, "Environment executionId must be a non-empty opaque string."
+  elseif #id > 512 then
+    return nil, "Environment executionId exceeds the 512-character limit."
+  end
+  return id
+end
+
+--- environmentCancelExecution: exactly that command's process group. Tracked by this worker:
+-- through its execute; otherwise (e.g. after a restart) the remote cancel script.
+function hooks.cancel_execution(ctx, params)
+  local exec_id, err = check_execution_id(params.executionId)
+  if not exec_id then
+    return nil, err
+  end
+  local active = ctx.active
+  if active and active.cancel then
+    active.cancel()
+    return { executionId = exec_id, cancelled = true }
+  end
+  local lease = type(params.lease) == "table" and params.lease or {}
+  local vm = api.from_lease(lease_id(lease.providerLeaseId), lease.metadata)
+  if not vm then
+    return { executionId = exec_id, cancelled = false }
+  end
+  local t
+  t, err = target(parse(ctx), vm)
+  if not t then
+    return nil, err
+  end
+  local ok, cerr, code = remote.cancel(t, { execution_id = exec_id, scope = vm.name })
+  if not ok then
+    return nil, code and transport_failure("cancel a command on", vm.name, cerr, code) or cerr
+  end
+  return { executionId = exec_id, cancelled = true }
+end
+
+return M

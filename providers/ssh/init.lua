@@ -1,0 +1,248 @@
+-- providers/ssh: any machine you can reach over SSH becomes a sandbox. Each lease is a private
+-- directory (mode 0700) under workspaceRoot on that machine, holding workspace/ (the commands'
+-- cwd) and home/ (their HOME); it is removed on release unless the lease is reused.
+-- Commands run through host.remote: one pooled SSH connection per machine, the caller's env
+-- over a minimal base, stdin in full, live output, timeouts and cancels that stop exactly the
+-- command's process group. Copy this file to write your own SSH-based provider.
+local json = require("host.json")
+local remote = require("host.remote")
+local schema = require("host.schema")
+local shell = require("host.shell")
+local util = require("host.util")
+
+local M = {
+  driver_key = "ssh",
+  display_name = "SSH Machine",
+  description = "Runs commands in private workspaces on any machine reachable over SSH.",
+  version = "0.1.0",
+  capabilities = { reusableLeases = true },
+  hooks = {},
+}
+local hooks = M.hooks
+
+-- A root is absolute, or starts with ~/ or $HOME/ (resolved on the remote machine).
+local function root_expr(root)
+  local rest = root:match("^~/(.*)$") or root:match("^%$HOME/(.*)$")
+  if root == "~" or root == "$HOME" then
+    return '"$HOME"'
+  end
+  return rest and ('"$HOME"/' .. shell.quote(rest)) or shell.quote(root)
+end
+
+M.schema = schema.new({
+  { "host", "string", required = true, trim = true, blank = "error",
+    description = "Host name or address of the machine.",
+    check = function(_, c) -- a key is needed: host.ssh has no ssh-agent support
+      if c.privateKey == json.null and c.identityFile == json.null then
+        return "ssh: set privateKey or identityFile (provider-host cannot use an ssh-agent)."
+      end
+    end },
+  { "port", "integer", default = 22, between = { 1, 65535 }, description = "SSH port." },
+  { "user", "string", required = true, trim = true, blank = "error",
+    description = "Login user on the machine." },
+  { "privateKey", "string", secret = true, trim = true, blank = "null",
+    description = "Private key (OpenSSH or PEM, unencrypted). Kept in memory only." },
+  { "identityFile", "string", trim = true, blank = "null", pattern = "^/",
+    description = "Absolute path of a private key file on this host, used without privateKey." },
+  { "hostKeyPolicy", "string", default = "accept-new", one_of = { "accept-new", "yes", "no" },
+    description = "accept-new: remember a new host, refuse a changed key; yes: the host must be "
+      .. "in knownHostsFile; no: accept any key (not recommended)." },
+  { "knownHostsFile", "string", trim = true, blank = "null", pattern = "^/",
+    description = "known_hosts file to use (default: a private file per worker)." },
+  { "workspaceRoot", "string", default = "$HOME/paperclip-workspaces", trim = true,
+    blank = "default", description = "Remote directory holding the lease workspaces.",
+    check = function(v)
+      if not (v:find("^/") or v:find("^~/") or v:find("^%$HOME/") or v == "~" or v == "$HOME") then
+        return "workspaceRoot must be absolute or start with ~/ or $HOME/."
+      end
+    end },
+  { "timeoutMs", "integer", default = 300000, between = { 1, 86400000 }, truncate = true,
+    description = "Default command timeout in milliseconds." },
+  { "reuseLease", "boolean", default = false,
+    description = "Keep the workspace on release so a later run can resume it." },
+})
+
+local function target(ctx)
+  local c = ctx.config
+  local t, err = remote.target({
+    host = c.host, port = c.port, user = c.user,
+    key = c.privateKey ~= json.null and c.privateKey or nil,
+    key_file = c.identityFile ~= json.null and c.identityFile or nil,
+    host_key_policy = c.hostKeyPolicy,
+    known_hosts = c.knownHostsFile ~= json.null and c.knownHostsFile or nil,
+  })
+  return t, err and ("ssh: " .. err)
+end
+
+-- Run a short management script; nil, message unless it exits 0 (or one of `ok_codes`).
+local function run(ctx, what, script, ok_codes)
+  local t, err = target(ctx)
+  if not t then
+    return nil, err
+  end
+  local res, code
+  res, err, code = remote.run(t, script, { timeout = math.min(60, ctx:remaining()) })
+  if not res then
+    return nil, ("ssh: cannot %s on %s: %s"):format(what, ctx.config.host, err), code
+  end
+  if res.exit_code ~= 0 and not (ok_codes or {})[res.exit_code] then
+    local detail = res.timed_out and "timed out" or res.stderr:gsub("%s+$", "")
+    return nil, ("ssh: cannot %s on %s (exit %s): %s"):format(what, ctx.config.host,
+      tostring(res.exit_code), detail ~= "" and detail or "no output")
+  end
+  return res
+end
+
+-- A lease id is the lease directory: absolute, no dot segments, named paperclip-<hex>.
+local function lease_dir(id)
+  if type(id) ~= "string" or not id:find("^/.*/paperclip%-%x+$") or id:find("/%.%.?/") then
+    return nil
+  end
+  return id
+end
+
+local function lease(ctx, dir, shell_name, resumed)
+  return {
+    providerLeaseId = dir,
+    metadata = { provider = "ssh", shellCommand = shell_name, remoteCwd = dir .. "/workspace",
+      remoteHome = dir .. "/home", timeoutMs = ctx.config.timeoutMs,
+      reuseLease = ctx.config.reuseLease, resumedLease = resumed },
+  }
+end
+
+local function last_line(s)
+  return s:gsub("%s+$", ""):match("([^\n]*)$")
+end
+
+function hooks.probe(ctx, _params)
+  local res, err = run(ctx, "check the workspace root", "r=" .. root_expr(ctx.config.workspaceRoot)
+    .. ' && mkdir -p "$r" && test -w "$r" && ' .. remote.SHELL_DETECT)
+  local meta = { provider = "ssh", host = ctx.config.host, error = err }
+  if not res then
+    return { ok = false, summary = "SSH machine probe failed.", metadata = meta }
+  end
+  meta.shellCommand = last_line(res.stdout)
+  return { ok = true, summary = ("Connected to %s@%s."):format(ctx.config.user, ctx.config.host),
+    metadata = meta }
+end
+
+function hooks.acquire_lease(ctx, _params)
+  local name = "paperclip-" .. util.hex(assert(util.random(8)))
+  local res, err = run(ctx, "create a workspace", table.concat({
+    "r=" .. root_expr(ctx.config.workspaceRoot),
+    'd="$r/' .. name .. '"',
+    'mkdir -p "$r" && mkdir -m 700 "$d" && mkdir -m 700 "$d/workspace" "$d/home" || exit 1',
+    "printf '%s\\n' \"$d\"",
+    remote.SHELL_DETECT,
+  }, "\n"))
+  if not res then
+    return nil, err
+  end
+  local dir, shell_name = res.stdout:match("([^\n]*)\n([^\n]*)\n?$")
+  if not lease_dir(dir) then
+    return nil, "ssh: the workspace root must resolve to an absolute path, got " .. tostring(dir)
+  end
+  return lease(ctx, dir, shell_name, false)
+end
+
+function hooks.resume_lease(ctx, params)
+  local dir = lease_dir(params.providerLeaseId)
+  local expired = { providerLeaseId = json.null, metadata = { expired = true } }
+  if not dir then
+    return expired
+  end
+  local res, err = run(ctx, "check the workspace", "[ -d " .. shell.quote(dir)
+    .. "/workspace ] || exit 3\n" .. remote.SHELL_DETECT, { [3] = true })
+  if not res then
+    return nil, err
+  elseif res.exit_code == 3 then
+    return expired
+  end
+  return lease(ctx, dir, last_line(res.stdout), true)
+end
+
+local function remove(ctx, id)
+  local dir = lease_dir(id)
+  if not dir then
+    return true -- not one of ours (or null): nothing to remove
+  end
+  local ok, err = run(ctx, "remove the workspace", "rm -rf -- " .. shell.quote(dir))
+  return ok and true, err
+end
+
+function hooks.release_lease(ctx, params)
+  return ctx.config.reuseLease or remove(ctx, params.providerLeaseId)
+end
+
+function hooks.destroy_lease(ctx, params)
+  return remove(ctx, params.providerLeaseId)
+end
+
+function hooks.realize_workspace(ctx, params)
+  local lease_ = type(params.lease) == "table" and params.lease or {}
+  local meta = type(lease_.metadata) == "table" and lease_.metadata or {}
+  local ws = type(params.workspace) == "table" and params.workspace or {}
+  local cwd = (type(meta.remoteCwd) == "string" and meta.remoteCwd ~= "" and meta.remoteCwd)
+    or (type(ws.remotePath) == "string" and ws.remotePath ~= "" and ws.remotePath)
+  if not cwd then
+    return nil, "ssh: no workspace path to realize (the lease has no remoteCwd)"
+  end
+  local ok, err = run(ctx, "create the workspace", "mkdir -p -- " .. shell.quote(cwd))
+  if not ok then
+    return nil, err
+  end
+  return { cwd = cwd, metadata = { provider = "ssh", remoteCwd = cwd } }
+end
+
+function hooks.execute(ctx, params)
+  local l = type(params.lease) == "table" and params.lease or {}
+  local dir = lease_dir(l.providerLeaseId)
+  if not dir then
+    return { exitCode = 1, signal = json.null, timedOut = false, stdout = "",
+      stderr = "No provider lease ID available for execution." }
+  end
+  local t, err = target(ctx)
+  if not t then
+    return nil, err
+  end
+  local meta = type(l.metadata) == "table" and l.metadata or {}
+  local res, code
+  res, err, code = remote.execute(ctx, t, params, {
+    cwd = type(meta.remoteCwd) == "string" and meta.remoteCwd or dir .. "/workspace",
+    home = dir .. "/home",
+    scope = dir,
+    metadata = { provider = "ssh", host = ctx.config.host },
+  })
+  if not res and code then
+    return nil, ("ssh: cannot run the command on %s: %s"):format(ctx.config.host, err)
+  end
+  return res, err
+end
+
+function hooks.cancel_execution(ctx, params)
+  local id = params.executionId
+  if type(id) ~= "string" or not id:find("%S") then
+    return nil, "Environment executionId must be a non-empty opaque string."
+  end
+  if ctx.active and ctx.active.cancel then
+    ctx.active.cancel() -- tracked by this worker
+    return { executionId = id, cancelled = true }
+  end
+  local l = type(params.lease) == "table" and params.lease or {}
+  local dir = lease_dir(l.providerLeaseId)
+  if not dir then
+    return { executionId = id, cancelled = false }
+  end
+  local t, err = target(ctx) -- not tracked here (e.g. after a restart): the remote script
+  if not t then
+    return nil, err
+  end
+  local ok
+  ok, err = remote.cancel(t, { execution_id = id, scope = dir })
+  if not ok then
+    return nil, "ssh: cannot cancel the command: " .. tostring(err)
+  end
+  return { executionId = id, cancelled = true }
+end
+
+return M

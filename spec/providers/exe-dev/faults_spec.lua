@@ -1,0 +1,293 @@
+-- spec/providers/exe-dev/faults_spec.lua: what goes wrong with a real exe.dev and its VMs (an
+-- sshd killed mid-command, a wrong key, a changed host key, a server that stalls, a VM that
+-- vanishes, API faults) gives a clear error within a deadline, never a hang; and no secret
+-- ever reaches an error, a log line or lease metadata.
+local api = require("providers.exe-dev.api")
+local fake_exedev = require("spec.support.fake_exedev")
+local json = require("host.json")
+local remote = require("host.remote")
+local sshd = require("spec.support.sshd")
+local task = require("host.task")
+
+local null = json.null
+
+local function acquire_params(cfg, extra)
+  local p = { config = cfg, environmentId = "env-1", runId = "run-1" }
+  for k, v in pairs(extra or {}) do
+    p[k] = v
+  end
+  return p
+end
+
+-- Runs fn and returns its results and the seconds it took.
+local function timed(fn, ...)
+  local t0 = task.now()
+  local res = table.pack(fn(...))
+  return task.now() - t0, table.unpack(res, 1, res.n)
+end
+
+describe("providers.exe-dev faults #ssh", function()
+  local h = fake_exedev.harness({ ssh = true })
+
+  describe("SSH", function()
+    it("sshd killed mid-command: a clear error within seconds", function()
+      h.run(function()
+        local vm = h.fake:create_vm("vm-1")
+        local started = false
+        local s = h.session({ on_log = function()
+          started = true
+        end })
+        local t = task.spawn(function()
+          return s:call("environmentExecute", { config = h.config(), lease = h.lease(vm),
+            command = "sh", args = { "-c", "echo started; sleep 60" } })
+        end)
+        assert.is_true(h.wait_for(function()
+          return started
+        end, 10))
+        local t0 = task.now()
+        vm.server:kill()
+        local ok, err = t:wait(10)
+        assert.is_true(task.now() - t0 < 5)
+        assert.is_nil(ok)
+        assert.matches("^Failed to execute commands on exe.dev VM vm%-1: ", err.message)
+      end)
+    end)
+
+    it("a key the VM does not accept: the acquire fails clearly and deletes the VM", function()
+      h.run(function()
+        local stranger = sshd.keygen(h.dir, "id_stranger", "ed25519")
+        local secs, ok, err = timed(h.session().call, h.session(), "environmentAcquireLease",
+          acquire_params(h.config({ sshPrivateKey = stranger.private })))
+        assert.is_true(secs < 10)
+        assert.is_nil(ok)
+        assert.matches("^Failed to inspect exe.dev VM paperclip%-env1%-run1: ", err.message)
+        assert.truthy(err.message:find("refused the key", 1, true))
+        assert.truthy(err.message:find("registered with exe.dev", 1, true))
+        assert.same({}, h.fake:running())
+      end)
+    end)
+
+    it("a changed host key is refused, never silently accepted", function()
+      h.run(function()
+        local s = h.session()
+        local lease = assert(s:call("environmentAcquireLease", acquire_params(h.config())))
+        local vm = h.fake:vm(lease.providerLeaseId)
+        vm.server:restart_with_new_host_key()
+        require("host.ssh").close_all()
+        local secs, ok, err = timed(s.call, s, "environmentExecute",
+          { config = h.config(), lease = lease, command = "true" })
+        assert.is_true(secs < 10)
+        assert.is_nil(ok)
+        assert.matches("^Failed to execute commands on exe.dev VM paperclip%-env1%-run1: ",
+          err.message)
+        assert.truthy(err.message:find("changed", 1, true))
+        -- with strictHostKeyChecking=no the rebuilt VM is reachable (and a warning logged)
+        local r = assert(s:call("environmentExecute", { config = h.config({
+          strictHostKeyChecking = "no" }), lease = lease, command = "true" }))
+        assert.equal(0, r.exitCode)
+        assert.is_true(h.logged("host key checking is off"))
+      end)
+    end)
+
+    it("strictHostKeyChecking=yes needs the VM pinned in ~/.ssh/known_hosts", function()
+      h.run(function()
+        local vm = h.fake:create_vm("vm-1")
+        local cfg = h.config({ strictHostKeyChecking = "yes" })
+        local ok, err = h.session():call("environmentExecute",
+          { config = cfg, lease = h.lease(vm), command = "true" })
+        assert.is_nil(ok)
+        assert.matches("^Failed to execute commands on exe.dev VM vm%-1: ", err.message)
+        assert.truthy(err.message:find(vm.server:fingerprint(), 1, true))
+        local lines = {}
+        for _, t in ipairs({ "ecdsa", "ed25519" }) do
+          local pub = assert(require("host.fs").read(vm.server.dir .. "/host_" .. t .. ".pub"))
+          lines[#lines + 1] = ("[127.0.0.1]:%d %s"):format(vm.server.port,
+            pub:match("^(%S+ %S+)"))
+        end
+        assert(require("host.fs").write(h.dir .. "/user_known_hosts",
+          table.concat(lines, "\n") .. "\n"))
+        local r = assert(h.session():call("environmentExecute",
+          { config = cfg, lease = h.lease(vm), command = "true" }))
+        assert.equal(0, r.exitCode)
+      end)
+    end)
+
+    it("a VM that never answers: the connection gives up after connect_timeout", function()
+      h.run(function()
+        remote.settings.connect_timeout = 1
+        local vm = h.fake:create_vm("vm-1")
+        vm.server:pause()
+        local secs, ok, err = timed(h.session().call, h.session(), "environmentExecute",
+          { config = h.config(), lease = h.lease(vm), command = "true" })
+        vm.server:resume()
+        assert.is_true(secs < 4, secs)
+        assert.is_nil(ok)
+        assert.matches("^Failed to execute commands on exe.dev VM vm%-1: ", err.message)
+        assert.truthy(err.message:find("connect", 1, true))
+      end)
+    end)
+
+    it("a VM that stalls mid-command: a timed-out result, bounded", function()
+      h.run(function()
+        remote.settings.reap_wait = 1
+        local vm = h.fake:create_vm("vm-1")
+        local started = false
+        local s = h.session({ on_log = function()
+          started = true
+        end })
+        local t = task.spawn(function()
+          return timed(s.call, s, "environmentExecute", { config = h.config(),
+            lease = h.lease(vm), command = "sh", args = { "-c", "echo started; sleep 60" },
+            timeoutMs = 1500 })
+        end)
+        assert.is_true(h.wait_for(function()
+          return started
+        end, 10))
+        vm.server:pause()
+        local secs, r = t:wait(15)
+        vm.server:resume()
+        assert.is_true(secs < 5, secs)
+        assert.is_true(r.timedOut)
+        assert.equal(null, r.exitCode)
+        assert.equal("started\n", r.stdout)
+      end)
+    end)
+
+    it("a VM that vanished: execute fails clearly, resume expires, destroy succeeds", function()
+      h.run(function()
+        local s = h.session()
+        local lease = assert(s:call("environmentAcquireLease", acquire_params(h.config())))
+        assert(require("host.http").request({ method = "POST", url = h.fake.url,
+          headers = { Authorization = "Bearer " .. h.fake.token },
+          body = "rm --json " .. lease.providerLeaseId }))
+        local secs, ok, err = timed(s.call, s, "environmentExecute",
+          { config = h.config(), lease = lease, command = "true" })
+        assert.is_true(secs < 10)
+        assert.is_nil(ok)
+        assert.matches("^Failed to execute commands on exe.dev VM paperclip%-env1%-run1: ",
+          err.message)
+        assert.same({ providerLeaseId = null, metadata = { expired = true } },
+          assert(s:call("environmentResumeLease", { config = h.config(),
+            providerLeaseId = lease.providerLeaseId, leaseMetadata = lease.metadata })))
+        assert.equal(null, s:call("environmentDestroyLease",
+          { config = h.config(), providerLeaseId = lease.providerLeaseId }))
+        assert.is_false(h.logged("warn:"))
+      end)
+    end)
+  end)
+
+  describe("the API", function()
+    it("a stalled API fails within the request cap", function()
+      h.run(function()
+        api.settings.request_cap = 1
+        h.fake:fail({ stall = true })
+        local secs, ok, err = timed(h.session().call, h.session(), "environmentAcquireLease",
+          acquire_params(h.config()))
+        assert.is_true(secs < 4, secs)
+        assert.is_nil(ok)
+        assert.matches("^exe.dev API request failed for: new ", err.message)
+      end)
+    end)
+
+    it("a dropped connection is an error, never a made-up VM", function()
+      h.run(function()
+        h.fake:fail({ drop = true })
+        local ok, err = h.session():call("environmentAcquireLease", acquire_params(h.config()))
+        assert.is_nil(ok)
+        assert.matches("^exe.dev API request failed for: new ", err.message)
+        -- the lost answer may have created the VM: it is deleted by name
+        assert.equal("rm --json 'paperclip-env1-run1'", h.fake:commands()[2])
+      end)
+    end)
+
+    it("a refused token, a token without `cp` and a body over 64 KiB are clear", function()
+      h.run(function()
+        local ok, err = h.session():call("environmentAcquireLease",
+          acquire_params(h.config({ apiKey = "exe1.wrong" })))
+        assert.is_nil(ok)
+        assert.matches("^exe.dev API command failed %(401%) for: new ", err.message)
+        assert.truthy(err.message:find("API key was refused", 1, true))
+        assert.is_nil(err.message:find("exe1.wrong", 1, true))
+        h.fake.cmds = { "new", "ls", "rm" }
+        h.fake:create_vm("golden-vm")
+        ok, err = h.session():call("environmentAcquireLease",
+          acquire_params(h.config({ sourceVm = "golden-vm" })))
+        assert.is_nil(ok)
+        assert.matches("^exe.dev API command failed %(403%) for: cp 'golden%-vm'", err.message)
+        assert.truthy(err.message:find("does not allow this command", 1, true))
+        ok, err = h.session():call("environmentAcquireLease",
+          acquire_params(h.config({ comment = string.rep("x", 70000) })))
+        assert.is_nil(ok)
+        assert.matches("^exe.dev API command failed %(413%)", err.message)
+      end)
+    end)
+
+    it("destroy is best effort: a failing rm is retried once, then a warning", function()
+      h.run(function()
+        h.fake:create_vm("vm-1")
+        h.fake:fail({ command = "rm", status = 502, body = "bad gateway", times = 2 })
+        assert.equal(null, h.session():call("environmentDestroyLease",
+          { config = h.config(), providerLeaseId = "vm-1" }))
+        assert.equal(2, h.fake:count("rm"))
+        assert.is_true(h.logged("warn: Failed to delete exe.dev VM vm-1 during lease destroy: "
+          .. "exe.dev API command failed (502) for: rm --json 'vm-1': bad gateway"))
+        -- an `rm` exe.dev refuses (not "not found") is not retried
+        h.fake:fail({ command = "rm", error = "VM is locked" })
+        assert.equal(null, h.session():call("environmentReleaseLease",
+          { config = h.config(), providerLeaseId = "vm-1" }))
+        assert.equal(3, h.fake:count("rm"))
+        assert.is_true(h.logged("during lease release"))
+        -- without any API key nothing can be attempted: that is an error
+        h.env.EXE_API_KEY = nil
+        local cfg = h.config()
+        cfg.apiKey = nil
+        local ok, err = h.session():call("environmentDestroyLease",
+          { config = cfg, providerLeaseId = "vm-1" })
+        assert.is_nil(ok)
+        assert.equal("exe.dev environments require an API key in config or EXE_API_KEY.",
+          err.message)
+      end)
+    end)
+  end)
+
+  it("never lets a secret into an error, a log line, a result or lease metadata", function()
+    h.run(function()
+      local secrets = { h.fake.token, "super-secret-env-value", "a very secret prompt",
+        "export TOKEN=secret-setup-token" }
+      local cfg = h.config({ env = { TOKEN = secrets[2] }, prompt = secrets[3],
+        setupScript = secrets[4] })
+      local seen = {}
+      local s = h.session({ on_log = function(_, chunk)
+        seen[#seen + 1] = chunk
+      end })
+      local function call(method, params)
+        local r, err = s:call(method, params)
+        seen[#seen + 1] = json.encode(r or err)
+        return r, err
+      end
+      local lease = assert(call("environmentAcquireLease", acquire_params(cfg)))
+      call("environmentExecute", { config = cfg, lease = lease, command = "sh",
+        args = { "-c", "echo hello; exit 4" } })
+      h.fake:fail({ status = 500, body = "echo: " .. secrets[2] .. " " .. h.fake.token })
+      call("environmentAcquireLease", acquire_params(cfg, { runId = "run-2" }))
+      h.fake:fail({ command = "rm", error = "cannot delete: " .. secrets[3] })
+      call("environmentDestroyLease", { config = cfg, providerLeaseId = lease.providerLeaseId })
+      call("environmentProbe", { config = h.config({ env = { TOKEN = secrets[2] },
+        sshPrivateKey = "-----BEGIN OPENSSH PRIVATE KEY-----\nnot-a-real-key-body\n"
+          .. "-----END OPENSSH PRIVATE KEY-----" }) })
+      for _, l in ipairs(h.logs) do
+        seen[#seen + 1] = l
+      end
+      local all = table.concat(seen, "\n")
+      for _, secret in ipairs(secrets) do
+        assert.is_nil(all:find(secret, 1, true), "leaked: " .. secret)
+      end
+      assert.is_nil(all:find("not-a-real-key-body", 1, true))
+      assert.is_nil(all:find(h.fake.key.private:match("\n([^\n]+)\n"), 1, true))
+      for k in pairs(lease.metadata) do
+        assert.is_nil(({ apiKey = 1, sshPrivateKey = 1, env = 1, prompt = 1 })[k])
+      end
+      assert.truthy(all:find("[REDACTED]", 1, true)) -- the errors did carry them, masked
+    end)
+  end)
+end)

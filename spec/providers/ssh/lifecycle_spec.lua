@@ -1,0 +1,232 @@
+-- spec/providers/ssh/lifecycle_spec.lua: the generic ssh provider against a real sshd on
+-- loopback (a VM of the fake exe.dev: an sshd with a private HOME, the client key authorized).
+local client = require("host.client")
+local fake_exedev = require("spec.support.fake_exedev")
+local fs = require("host.fs")
+local json = require("host.json")
+local provider = require("providers.ssh")
+local ssh = require("host.ssh")
+local sshd = require("spec.support.sshd")
+local task = require("host.task")
+
+local null = json.null
+
+describe("providers.ssh #ssh", function()
+  local h = fake_exedev.harness({ ssh = true })
+  local box -- the machine: a fake VM
+
+  local function session(opts)
+    return client.session({ provider }, opts)
+  end
+
+  local function config(extra)
+    local c = { host = "127.0.0.1", port = box.server.port, user = box.server.user,
+      privateKey = h.fake.key.private, timeoutMs = 30000 }
+    for k, v in pairs(extra or {}) do
+      c[k] = v
+    end
+    return c
+  end
+
+  -- h.run with a machine in `box`.
+  local function run(fn)
+    h.run(function()
+      box = h.fake:create_vm("box")
+      fn()
+    end)
+  end
+
+  local function acquire(s, cfg)
+    local lease = assert(s:call("environmentAcquireLease", { config = cfg or config(),
+      runId = "r" }))
+    return lease, { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata }
+  end
+
+  it("validates its config: a key is needed, the root must be absolute or under $HOME", function()
+    run(function()
+      local s = session()
+      local r = assert(s:call("environmentValidateConfig", { config = config() }))
+      assert.is_true(r.ok)
+      assert.equal("$HOME/paperclip-workspaces", r.normalizedConfig.workspaceRoot)
+      assert.equal("accept-new", r.normalizedConfig.hostKeyPolicy)
+      r = assert(s:call("environmentValidateConfig", { config = config({ privateKey = "  " }) }))
+      assert.is_false(r.ok)
+      assert.matches("set privateKey or identityFile", r.errors[1])
+      r = assert(s:call("environmentValidateConfig",
+        { config = config({ workspaceRoot = "relative/dir", hostKeyPolicy = "maybe" }) }))
+      assert.is_false(r.ok)
+      assert.equal(2, #r.errors)
+    end)
+  end)
+
+  it("probes the machine", function()
+    run(function()
+      local r = assert(session():call("environmentProbe", { config = config() }))
+      assert.is_true(r.ok)
+      assert.equal("bash", r.metadata.shellCommand)
+      r = assert(session():call("environmentProbe", { config = config({ port = 1 }) }))
+      assert.is_false(r.ok)
+      assert.matches("cannot check the workspace root on 127.0.0.1", r.metadata.error)
+    end)
+  end)
+
+  it("acquires a private workspace under $HOME, runs commands in it, removes it", function()
+    run(function()
+      local s = session()
+      local lease, lp = acquire(s)
+      local dir = lease.providerLeaseId
+      assert.matches("^" .. box.home:gsub("%p", "%%%0") .. "/paperclip%-workspaces/paperclip%-%x+$",
+        dir)
+      assert.equal(tonumber("700", 8), fs.stat(dir).mode & tonumber("777", 8))
+      assert.equal("directory", fs.stat(dir .. "/workspace").type)
+      assert.same({ provider = "ssh", shellCommand = "bash", remoteCwd = dir .. "/workspace",
+        remoteHome = dir .. "/home", timeoutMs = 30000, reuseLease = false,
+        resumedLease = false }, lease.metadata)
+      local r = assert(s:call("environmentExecute", { config = config(), lease = lp,
+        command = "sh", args = { "-c", 'pwd; echo "$HOME|$GREETING"; cat' },
+        env = { GREETING = "hi there" }, stdin = "from stdin" }))
+      assert.equal(0, r.exitCode)
+      assert.equal(dir .. "/workspace\n" .. dir .. "/home|hi there\nfrom stdin", r.stdout)
+      r = assert(s:call("environmentExecute", { config = config(), lease = lp,
+        command = "sh", args = { "-c", "echo nope >&2; exit 9" } }))
+      assert.equal(9, r.exitCode)
+      assert.equal("nope\n", r.stderr)
+      assert.equal(null, s:call("environmentReleaseLease",
+        { config = config(), providerLeaseId = dir }))
+      assert.is_nil(fs.stat(dir))
+      -- two leases never share a directory
+      local a, b = acquire(s), acquire(s)
+      assert.are_not.equal(a.providerLeaseId, b.providerLeaseId)
+    end)
+  end)
+
+  it("keeps a reused lease on release, resumes it, and expires it once destroyed", function()
+    run(function()
+      local s = session()
+      local cfg = config({ reuseLease = true, workspaceRoot = h.dir .. "/leases" })
+      local lease = acquire(s, cfg)
+      assert.equal(null, s:call("environmentReleaseLease",
+        { config = cfg, providerLeaseId = lease.providerLeaseId }))
+      assert.truthy(fs.stat(lease.providerLeaseId))
+      local r = assert(s:call("environmentResumeLease",
+        { config = cfg, providerLeaseId = lease.providerLeaseId }))
+      assert.equal(lease.providerLeaseId, r.providerLeaseId)
+      assert.is_true(r.metadata.resumedLease)
+      assert.equal(null, s:call("environmentDestroyLease",
+        { config = cfg, providerLeaseId = lease.providerLeaseId }))
+      assert.is_nil(fs.stat(lease.providerLeaseId))
+      assert.same({ providerLeaseId = null, metadata = { expired = true } },
+        assert(s:call("environmentResumeLease",
+          { config = cfg, providerLeaseId = lease.providerLeaseId })))
+      -- an id that is not one of its workspaces is never touched
+      assert(fs.mkdir(h.dir .. "/precious"))
+      assert.equal(null, s:call("environmentDestroyLease",
+        { config = cfg, providerLeaseId = h.dir .. "/precious" }))
+      assert.truthy(fs.stat(h.dir .. "/precious"))
+    end)
+  end)
+
+  it("realizes a workspace path", function()
+    run(function()
+      local s = session()
+      local _, lp = acquire(s)
+      local r = assert(s:call("environmentRealizeWorkspace", { config = config(), lease = lp,
+        workspace = {} }))
+      assert.equal(lp.metadata.remoteCwd, r.cwd)
+      local other = h.dir .. "/elsewhere/deep"
+      r = assert(s:call("environmentRealizeWorkspace", { config = config(),
+        lease = { providerLeaseId = lp.providerLeaseId }, workspace = { remotePath = other } }))
+      assert.equal(other, r.cwd)
+      assert.equal("directory", fs.stat(other).type)
+    end)
+  end)
+
+  it("times out with partial output and kills the command's process group", function()
+    run(function()
+      local s = session()
+      local _, lp = acquire(s)
+      local pidfile = h.dir .. "/pid"
+      local r = assert(s:call("environmentExecute", { config = config(), lease = lp,
+        command = "sh", args = { "-c", "echo $$ > " .. pidfile .. "; echo tick; sleep 60" },
+        timeoutMs = 500 }))
+      assert.is_true(r.timedOut)
+      assert.equal(null, r.exitCode)
+      assert.equal("tick\n", r.stdout)
+      local pid = assert(fs.read(pidfile)):match("%d+")
+      assert.is_true(h.wait_for(function()
+        return fs.stat("/proc/" .. pid) == nil
+      end))
+    end)
+  end)
+
+  it("cancels exactly one execution", function()
+    run(function()
+      local s = session()
+      local _, lp = acquire(s)
+      local function start(id)
+        return task.spawn(function()
+          return s:call("environmentExecute", { config = config(), lease = lp, executionId = id,
+            command = "sh", args = { "-c", "touch " .. h.dir .. "/" .. id .. "; sleep 60" } })
+        end)
+      end
+      local a, b = start("one"), start("two")
+      assert.is_true(h.wait_for(function()
+        return fs.stat(h.dir .. "/one") and fs.stat(h.dir .. "/two") and true
+      end))
+      assert.same({ executionId = "one", cancelled = true }, assert(s:call(
+        "environmentCancelExecution", { config = config(), lease = lp, executionId = "one" })))
+      assert.equal(143, assert(a:wait(10)).exitCode)
+      assert.is_false(b:done())
+      -- a worker that does not track it (restarted) cancels through the remote script
+      assert(session():call("environmentCancelExecution",
+        { config = config(), lease = lp, executionId = "two" }))
+      assert.equal(143, assert(b:wait(10)).exitCode)
+    end)
+  end)
+
+  it("reads identityFile, and fails clearly for a wrong key or an unreachable host", function()
+    run(function()
+      local s = session()
+      local cfg = config({ identityFile = h.fake.key.path })
+      cfg.privateKey = nil
+      local _, lp = acquire(s, cfg)
+      assert.equal(0, assert(s:call("environmentExecute", { config = cfg, lease = lp,
+        command = "true" })).exitCode)
+      local stranger = sshd.keygen(h.dir, "id_other", "ed25519")
+      local ok, err = s:call("environmentExecute", { config = config({
+        privateKey = stranger.private }), lease = lp, command = "true" })
+      assert.is_nil(ok)
+      assert.matches("^ssh: cannot run the command on 127.0.0.1: ", err.message)
+      assert.truthy(err.message:find("refused the key", 1, true))
+      local t0 = task.now()
+      ok, err = s:call("environmentAcquireLease", { config = config({ port = 1 }) })
+      assert.is_nil(ok)
+      assert.is_true(task.now() - t0 < 5)
+      assert.matches("^ssh: cannot create a workspace on 127.0.0.1: ", err.message)
+      -- the key never shows up anywhere
+      for _, l in ipairs(h.logs) do
+        assert.is_nil(l:find(stranger.private, 1, true))
+      end
+      assert.is_nil(err.message:find("PRIVATE KEY", 1, true))
+    end)
+  end)
+
+  it("uses one pooled connection for a lease's commands", function()
+    run(function()
+      local s = session()
+      local _, lp = acquire(s)
+      local before = ssh.stats().connects
+      local fns = {}
+      for i = 1, 10 do
+        fns[i] = function()
+          return s:call("environmentExecute", { config = config(), lease = lp,
+            command = "echo", args = { tostring(i) } })
+        end
+      end
+      for i, res in ipairs(task.all(fns)) do
+        assert.equal(i .. "\n", assert(res[1]).stdout)
+      end
+      assert.equal(before, ssh.stats().connects)
+    end)
+  end)
+end)
