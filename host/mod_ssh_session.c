@@ -1,7 +1,7 @@
 /* mod_ssh_session.c - host.core.ssh: pooled libssh2 sessions driven by the libuv loop.
  *
- * One non-blocking libssh2 session per (host, port, user, key, host key policy): a uv_poll on
- * its socket, and state machines advanced on readiness (LIBSSH2_ERROR_EAGAIN and
+ * One non-blocking libssh2 session per (host, port, user, key, host key policy, known_hosts):
+ * a uv_poll on its socket, and state machines advanced on readiness (LIBSSH2_ERROR_EAGAIN and
  * libssh2_session_block_directions). Every exec, upload or fingerprint is a job with its own
  * channel; many jobs share one session. No Lua runs here: finished jobs and output are handed
  * to the dispatcher (mod_ssh.c), which runs callbacks and wakes tasks after libssh2 returned.
@@ -12,7 +12,12 @@
  *    whose call blocked on OUTBOUND becomes the session's send_owner and is stepped alone until
  *    that call completes; canceled or timed-out jobs finish such a call before tearing down.
  *  - Opening a channel keeps its state in the session, not the channel: one open at a time
- *    per session (the opener).
+ *    per session (the opener). A request that waits for CHANNEL_SUCCESS/FAILURE (setenv,
+ *    exec) fails with -1 when it reads another channel's reply: one such request in flight
+ *    per session (the requester), and it is never abandoned half way.
+ *  - A request unanswered for 60 s fails with LIBSSH2_ERROR_TIMEOUT (LIBSSH2_READ_TIMEOUT; not
+ *    settable before 1.11), so requests are stepped before bulk transfers, and writers take
+ *    turns.
  *  - libssh2_scp_send64 drops scp's error text and, on its error path, spins on
  *    libssh2_channel_free until the server answers: uploads speak scp's protocol themselves.
  *  - There is no channel "signal" request (libssh2_channel_signal_ex is 1.11): a timed-out or
