@@ -17,6 +17,8 @@ local WARN_SSH = "The Paperclip host must have SSH access to the created exe.dev
 local WARN_REUSE = "reuseLease keeps the VM alive between runs; this provider does not suspend "
   .. "retained VMs."
 
+-- Shape-only fixtures for the key-format validator (upstream tests 5 and 6): their bodies are
+-- well-formed base64 but they are not keys to anything and nothing ever authorizes them.
 local VALID_OPENSSH = table.concat({
   "-----BEGIN OPENSSH PRIVATE KEY-----",
   "b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAAMwAAAAtzc2gt",
