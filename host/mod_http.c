@@ -97,35 +97,14 @@ int ph_http_value_ok(const char *s, size_t n)
     return 1;
 }
 
-int ph_http_argerror(lua_State *L, const char *fname, const char *fmt, ...)
-{
-    va_list ap;
-    lua_pushfstring(L, "bad argument #1 to '%s' (", fname);
-    va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
-    va_end(ap);
-    lua_pushliteral(L, ")");
-    lua_concat(L, 3);
-    return lua_error(L);
-}
-
-/* Push opts[field] (opts at index 1); raise unless it is nil or of type t. */
-static int opt_push(lua_State *L, const char *fname, const char *field, int t)
-{
-    int got = lua_getfield(L, 1, field);
-    if (got != LUA_TNIL && got != t)
-        ph_http_argerror(L, fname, "field '%s' must be a %s, got %s", field, lua_typename(L, t),
-                         luaL_typename(L, -1));
-    return got != LUA_TNIL;
-}
 
 double ph_http_opt_seconds(lua_State *L, const char *fname, const char *field, double dflt)
 {
     double v = dflt;
-    if (opt_push(L, fname, field, LUA_TNUMBER)) {
+    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
         v = lua_tonumber(L, -1);
         if (!(v > 0 && v <= 1e9))
-            ph_http_argerror(L, fname, "field '%s' must be a number of seconds in (0, 1e9]", field);
+            ph_argerror_in(L, fname, "field '%s' must be a number of seconds in (0, 1e9]", field);
     }
     lua_pop(L, 1);
     return v;
@@ -135,12 +114,12 @@ lua_Integer ph_http_opt_int(lua_State *L, const char *fname, const char *field, 
                             lua_Integer lo, lua_Integer hi)
 {
     lua_Integer v = dflt;
-    if (opt_push(L, fname, field, LUA_TNUMBER)) {
+    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
         int isint;
         v = lua_tointegerx(L, -1, &isint);
         if (!isint || v < lo || v > hi)
-            ph_http_argerror(L, fname, "field '%s' must be an integer in [%I, %I]", field,
-                             (LUAI_UACINT)lo, (LUAI_UACINT)hi);
+            ph_argerror_in(L, fname, "field '%s' must be an integer in [%I, %I]", field,
+                           (LUAI_UACINT)lo, (LUAI_UACINT)hi);
     }
     lua_pop(L, 1);
     return v;
@@ -895,48 +874,48 @@ static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
 {
     memset(c, 0, sizeof *c);
     if (lua_type(L, 1) != LUA_TTABLE)
-        ph_http_argerror(L, fname, "table expected, got %s", luaL_typename(L, 1));
+        ph_argerror_in(L, fname, "table expected, got %s", luaL_typename(L, 1));
     lua_settop(L, 1);
 
-    if (!opt_push(L, fname, "url", LUA_TSTRING))
-        ph_http_argerror(L, fname, "field 'url' is required");
+    if (!ph_opt_field_in(L, fname, "url", LUA_TSTRING))
+        ph_argerror_in(L, fname, "field 'url' is required");
     c->url = lua_tostring(L, -1); /* stays on the stack, so the pointer stays valid */
     if (!starts_with_ci(c->url, "http://") && !starts_with_ci(c->url, "https://"))
-        ph_http_argerror(L, fname, "field 'url' must be an http:// or https:// URL");
+        ph_argerror_in(L, fname, "field 'url' must be an http:// or https:// URL");
     CURLU *u = curl_url();
     int bad = u == NULL || curl_url_set(u, CURLUPART_URL, c->url, 0) != CURLUE_OK;
     curl_url_cleanup(u);
     if (bad)
-        ph_http_argerror(L, fname, "field 'url' is not a valid URL: %s", c->url);
+        ph_argerror_in(L, fname, "field 'url' is not a valid URL: %s", c->url);
 
-    if (opt_push(L, fname, "body", LUA_TSTRING))
+    if (ph_opt_field_in(L, fname, "body", LUA_TSTRING))
         c->body = lua_tolstring(L, -1, &c->body_len);
-    if (opt_push(L, fname, "method", LUA_TSTRING)) {
+    if (ph_opt_field_in(L, fname, "method", LUA_TSTRING)) {
         c->method = lua_tostring(L, -1);
         if (!ph_http_token_ok(c->method, lua_rawlen(L, -1)))
-            ph_http_argerror(L, fname, "field 'method' must be an HTTP token");
+            ph_argerror_in(L, fname, "field 'method' must be an HTTP token");
     } else {
         c->method = c->body != NULL ? "POST" : "GET";
     }
 
-    if (opt_push(L, fname, "headers", LUA_TTABLE)) {
+    if (ph_opt_field_in(L, fname, "headers", LUA_TTABLE)) {
         c->headers = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, c->headers) != 0) {
             size_t nlen, vlen;
             if (lua_type(L, -2) != LUA_TSTRING)
-                ph_http_argerror(L, fname, "field 'headers' must map names to strings");
+                ph_argerror_in(L, fname, "field 'headers' must map names to strings");
             const char *name = lua_tolstring(L, -2, &nlen);
             if (lua_type(L, -1) != LUA_TSTRING)
-                ph_http_argerror(L, fname, "header '%s' must be a string, got %s", name,
-                                 luaL_typename(L, -1));
+                ph_argerror_in(L, fname, "header '%s' must be a string, got %s", name,
+                               luaL_typename(L, -1));
             const char *value = lua_tolstring(L, -1, &vlen);
             if (!ph_http_token_ok(name, nlen))
-                ph_http_argerror(L, fname, "header name '%s' is not an HTTP token", name);
+                ph_argerror_in(L, fname, "header name '%s' is not an HTTP token", name);
             if (!ph_http_value_ok(value, vlen))
-                ph_http_argerror(L, fname, "header '%s' holds CR, LF or NUL", name);
+                ph_argerror_in(L, fname, "header '%s' holds CR, LF or NUL", name);
             if (name_is(name, nlen, "content-length") || name_is(name, nlen, "transfer-encoding"))
-                ph_http_argerror(L, fname, "header '%s' is set from the body", name);
+                ph_argerror_in(L, fname, "header '%s' is set from the body", name);
             if (name_is(name, nlen, "content-type"))
                 c->has_content_type = 1;
             lua_pop(L, 1);
@@ -945,14 +924,14 @@ static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
         lua_pop(L, 1);
     }
 
-    if (opt_push(L, fname, "on_chunk", LUA_TFUNCTION)) {
+    if (ph_opt_field_in(L, fname, "on_chunk", LUA_TFUNCTION)) {
         if (stream)
-            ph_http_argerror(L, fname, "field 'on_chunk' is for request; read the stream");
+            ph_argerror_in(L, fname, "field 'on_chunk' is for request; read the stream");
         c->on_chunk = lua_gettop(L);
     } else {
         lua_pop(L, 1);
     }
-    if (opt_push(L, fname, "follow_redirects", LUA_TBOOLEAN))
+    if (ph_opt_field_in(L, fname, "follow_redirects", LUA_TBOOLEAN))
         c->follow = lua_toboolean(L, -1);
     lua_pop(L, 1);
     c->timeout = ph_http_opt_seconds(L, fname, "timeout", DEFAULT_TIMEOUT);

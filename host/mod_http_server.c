@@ -1128,13 +1128,13 @@ static int http_serve(lua_State *L)
 {
     const char *fname = "http.serve";
     if (lua_type(L, 1) != LUA_TTABLE)
-        ph_http_argerror(L, fname, "table expected, got %s", luaL_typename(L, 1));
+        ph_argerror_in(L, fname, "table expected, got %s", luaL_typename(L, 1));
     lua_settop(L, 1);
     if (lua_getfield(L, 1, "handler") != LUA_TFUNCTION) /* index 2 */
-        ph_http_argerror(L, fname, "field 'handler' must be a function");
+        ph_argerror_in(L, fname, "field 'handler' must be a function");
     int t = lua_getfield(L, 1, "host"); /* index 3 */
     if (t != LUA_TNIL && t != LUA_TSTRING)
-        ph_http_argerror(L, fname, "field 'host' must be a string");
+        ph_argerror_in(L, fname, "field 'host' must be a string");
     if (t == LUA_TNIL) {
         lua_pop(L, 1);
         lua_pushliteral(L, "127.0.0.1");
@@ -1151,8 +1151,7 @@ static int http_serve(lua_State *L)
     double head = ph_http_opt_seconds(L, fname, "head_timeout", DEFAULT_HEAD_TIMEOUT);
     struct sockaddr_storage sa;
     if (parse_addr(host, port, &sa) != 0)
-        ph_http_argerror(L, fname, "field 'host' must be an IP address or localhost, got '%s'",
-                         host);
+        ph_argerror_in(L, fname, "field 'host' must be an IP address or localhost, got '%s'", host);
 
     ServerUd *ud = lua_newuserdatauv(L, sizeof *ud, 1); /* closed first: index 4 */
     ud->srv = NULL;

@@ -343,43 +343,22 @@ void ph_ssh_dispatch_run(void)
 
 /* ---- options ------------------------------------------------------------------------------- */
 
-static int argerr(lua_State *L, const char *fname, const char *fmt, ...)
-{
-    va_list ap;
-    lua_pushfstring(L, "bad argument #1 to '%s' (", fname);
-    va_start(ap, fmt);
-    lua_pushvfstring(L, fmt, ap);
-    va_end(ap);
-    lua_pushliteral(L, ")");
-    lua_concat(L, 3);
-    return lua_error(L);
-}
-
-/* Push opts[field]; raise unless it is nil or of type t. Returns 1 when present. */
-static int opt(lua_State *L, const char *fname, const char *field, int t)
-{
-    int got = lua_getfield(L, 1, field);
-    if (got != LUA_TNIL && got != t)
-        argerr(L, fname, "field '%s' must be a %s, got %s", field, lua_typename(L, t),
-               luaL_typename(L, -1));
-    return got != LUA_TNIL;
-}
 
 /* A string without NUL bytes (C strings all the way down); left on the stack. */
 static const char *opt_string(lua_State *L, const char *fname, const char *field, int required,
                               size_t *len)
 {
     size_t n = 0;
-    if (!opt(L, fname, field, LUA_TSTRING)) {
+    if (!ph_opt_field_in(L, fname, field, LUA_TSTRING)) {
         if (required)
-            argerr(L, fname, "field '%s' is required", field);
+            ph_argerror_in(L, fname, "field '%s' is required", field);
         if (len != NULL)
             *len = 0;
         return NULL;
     }
     const char *s = lua_tolstring(L, -1, &n);
     if (strlen(s) != n)
-        argerr(L, fname, "field '%s' must not contain a NUL byte", field);
+        ph_argerror_in(L, fname, "field '%s' must not contain a NUL byte", field);
     if (len != NULL)
         *len = n;
     return s;
@@ -389,11 +368,11 @@ static double opt_seconds(lua_State *L, const char *fname, const char *field, do
                           int allow_zero)
 {
     double v = dflt;
-    if (opt(L, fname, field, LUA_TNUMBER)) {
+    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
         v = lua_tonumber(L, -1);
         if (isnan(v) || v > 1e9 || v < 0 || (v == 0 && !allow_zero))
-            argerr(L, fname, "field '%s' must be a number of seconds in %s, 1e9]", field,
-                   allow_zero ? "[0" : "(0");
+            ph_argerror_in(L, fname, "field '%s' must be a number of seconds in %s, 1e9]", field,
+                           allow_zero ? "[0" : "(0");
     }
     lua_pop(L, 1);
     return v;
@@ -403,12 +382,12 @@ static lua_Integer opt_int(lua_State *L, const char *fname, const char *field, l
                            lua_Integer lo, lua_Integer hi)
 {
     lua_Integer v = dflt;
-    if (opt(L, fname, field, LUA_TNUMBER)) {
+    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
         int isint;
         v = lua_tointegerx(L, -1, &isint);
         if (!isint || v < lo || v > hi)
-            argerr(L, fname, "field '%s' must be an integer in [%I, %I]", field, (LUAI_UACINT)lo,
-                   (LUAI_UACINT)hi);
+            ph_argerror_in(L, fname, "field '%s' must be an integer in [%I, %I]", field,
+                           (LUAI_UACINT)lo, (LUAI_UACINT)hi);
     }
     lua_pop(L, 1);
     return v;
@@ -429,14 +408,14 @@ static void read_target(lua_State *L, const char *fname, int need_auth, Conf *c)
     size_t n;
     c->host = opt_string(L, fname, "host", 1, &n);
     if (n == 0 || n > MAX_HOST)
-        argerr(L, fname, "field 'host' must be a host name or address");
+        ph_argerror_in(L, fname, "field 'host' must be a host name or address");
     c->port = (int)opt_int(L, fname, "port", 22, 1, 65535);
     c->user = opt_string(L, fname, "user", need_auth, &n);
     if (need_auth && n == 0)
-        argerr(L, fname, "field 'user' must not be empty");
+        ph_argerror_in(L, fname, "field 'user' must not be empty");
     c->key = opt_string(L, fname, "key", need_auth, &c->key_len);
     if (c->key_len > MAX_KEY)
-        argerr(L, fname, "field 'key' is longer than %d bytes", MAX_KEY);
+        ph_argerror_in(L, fname, "field 'key' is longer than %d bytes", MAX_KEY);
     c->passphrase = opt_string(L, fname, "passphrase", 0, &n);
     if (c->passphrase != NULL && n == 0)
         c->passphrase = NULL; /* "" means none */
@@ -448,12 +427,14 @@ static void read_target(lua_State *L, const char *fname, int need_auth, Conf *c)
     else if (strcmp(policy, "no") == 0)
         c->policy = SSH_POLICY_NO;
     else
-        argerr(L, fname, "field 'host_key_policy' must be \"accept-new\", \"yes\" or \"no\"");
+        ph_argerror_in(L, fname,
+                       "field 'host_key_policy' must be \"accept-new\", \"yes\" or \"no\"");
     c->known_hosts = opt_string(L, fname, "known_hosts", 0, &n);
     if (c->known_hosts != NULL && n == 0)
-        argerr(L, fname, "field 'known_hosts' must be a file path");
+        ph_argerror_in(L, fname, "field 'known_hosts' must be a file path");
     if (c->known_hosts == NULL && c->policy != SSH_POLICY_NO && need_auth)
-        argerr(L, fname, "field 'known_hosts' is required unless host_key_policy is \"no\"");
+        ph_argerror_in(L, fname,
+                       "field 'known_hosts' is required unless host_key_policy is \"no\"");
     c->timeout = opt_seconds(L, fname, "timeout", DEFAULT_TIMEOUT, 0);
     c->connect_timeout = opt_seconds(L, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0);
     c->keepalive = opt_seconds(L, fname, "keepalive", DEFAULT_KEEPALIVE, 1);
@@ -466,26 +447,26 @@ static void read_exec(lua_State *L, Conf *c)
     size_t n;
     c->cmd = opt_string(L, fname, "cmd", 1, &n);
     if (n == 0)
-        argerr(L, fname, "field 'cmd' must not be empty");
-    if (opt(L, fname, "stdin", LUA_TSTRING))
+        ph_argerror_in(L, fname, "field 'cmd' must not be empty");
+    if (ph_opt_field_in(L, fname, "stdin", LUA_TSTRING))
         c->in = lua_tolstring(L, -1, &c->in_len); /* binary is fine here */
-    if (opt(L, fname, "env", LUA_TTABLE)) {
+    if (ph_opt_field_in(L, fname, "env", LUA_TTABLE)) {
         c->env = lua_gettop(L);
         lua_pushnil(L);
         while (lua_next(L, c->env) != 0) {
             size_t kl, vl;
             if (lua_type(L, -2) != LUA_TSTRING || lua_type(L, -1) != LUA_TSTRING)
-                argerr(L, fname, "field 'env' must map names to strings");
+                ph_argerror_in(L, fname, "field 'env' must map names to strings");
             const char *k = lua_tolstring(L, -2, &kl), *v = lua_tolstring(L, -1, &vl);
             if (kl == 0 || strlen(k) != kl || strchr(k, '=') != NULL)
-                argerr(L, fname, "env name '%s' is not a valid name", k);
+                ph_argerror_in(L, fname, "env name '%s' is not a valid name", k);
             if (strlen(v) != vl)
-                argerr(L, fname, "env value of '%s' must not contain a NUL byte", k);
+                ph_argerror_in(L, fname, "env value of '%s' must not contain a NUL byte", k);
             lua_pop(L, 1);
         }
     }
     for (int k = 0; k < 2; k++) {
-        if (opt(L, fname, k == SSH_OUT ? "on_stdout" : "on_stderr", LUA_TFUNCTION))
+        if (ph_opt_field_in(L, fname, k == SSH_OUT ? "on_stdout" : "on_stderr", LUA_TFUNCTION))
             c->cb[k] = lua_gettop(L);
     }
     c->max_output = opt_int(L, fname, "max_output", DEFAULT_MAX_OUTPUT, 0, (lua_Integer)1 << 40);
@@ -498,9 +479,9 @@ static void read_upload(lua_State *L, Conf *c)
     c->path = opt_string(L, fname, "path", 1, &n);
     if (n == 0 || strchr(c->path, '\n') != NULL || strchr(c->path, '\r') != NULL ||
         c->path[n - 1] == '/')
-        argerr(L, fname, "field 'path' must be a file path without line breaks");
-    if (!opt(L, fname, "data", LUA_TSTRING))
-        argerr(L, fname, "field 'data' is required");
+        ph_argerror_in(L, fname, "field 'path' must be a file path without line breaks");
+    if (!ph_opt_field_in(L, fname, "data", LUA_TSTRING))
+        ph_argerror_in(L, fname, "field 'data' is required");
     c->data = lua_tolstring(L, -1, &c->data_len);
     c->mode = (int)opt_int(L, fname, "mode", 0644, 0, 07777);
 }
@@ -603,7 +584,7 @@ static int start(lua_State *L, int kind, const char *fname)
     Conf c;
     memset(&c, 0, sizeof c);
     if (lua_type(L, 1) != LUA_TTABLE)
-        argerr(L, fname, "table expected, got %s", luaL_typename(L, 1));
+        ph_argerror_in(L, fname, "table expected, got %s", luaL_typename(L, 1));
     lua_settop(L, 1);
     luaL_checkstack(L, 40, "ssh options");
     read_target(L, fname, kind != JOB_FINGERPRINT, &c);

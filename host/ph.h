@@ -90,6 +90,11 @@ void ph_diag(const char *fmt, ...);
 /* opts[field] must have Lua type t (or be absent unless required); misuse raises. The value
  * is left on the stack (so a string stays valid); returns 1 when present. */
 int ph_opt_field(lua_State *L, int idx, const char *field, int t, int required);
+/* Raise "bad argument #1 to 'fname' (...)": for facades that pass an options table on. */
+int ph_argerror_in(lua_State *L, const char *fname, const char *fmt, ...);
+/* Push opts[field] (opts at index 1); raise through ph_argerror_in unless nil or type t.
+ * Returns 1 when present. */
+int ph_opt_field_in(lua_State *L, const char *fname, const char *field, int t);
 double ph_opt_number(lua_State *L, int idx, const char *field, double dflt);
 lua_Integer ph_opt_integer(lua_State *L, int idx, const char *field, lua_Integer dflt);
 

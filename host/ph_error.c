@@ -73,6 +73,27 @@ int ph_opt_field(lua_State *L, int idx, const char *field, int t, int required)
     return got != LUA_TNIL;
 }
 
+int ph_argerror_in(lua_State *L, const char *fname, const char *fmt, ...)
+{
+    va_list ap;
+    lua_pushfstring(L, "bad argument #1 to '%s' (", fname);
+    va_start(ap, fmt);
+    lua_pushvfstring(L, fmt, ap);
+    va_end(ap);
+    lua_pushliteral(L, ")");
+    lua_concat(L, 3);
+    return lua_error(L);
+}
+
+int ph_opt_field_in(lua_State *L, const char *fname, const char *field, int t)
+{
+    int got = lua_getfield(L, 1, field);
+    if (got != LUA_TNIL && got != t)
+        ph_argerror_in(L, fname, "field '%s' must be a %s, got %s", field, lua_typename(L, t),
+                       luaL_typename(L, -1));
+    return got != LUA_TNIL;
+}
+
 double ph_opt_number(lua_State *L, int idx, const char *field, double dflt)
 {
     double v = ph_opt_field(L, idx, field, LUA_TNUMBER, 0) ? lua_tonumber(L, -1) : dflt;

@@ -25,7 +25,6 @@ int ph_http_value_ok(const char *s, size_t n);
 
 /* Raise "bad argument #1 to 'fname' (...)": our functions are called through the facade, where
  * luaL_argerror could only name them '?'. */
-int ph_http_argerror(lua_State *L, const char *fname, const char *fmt, ...);
 
 /* opts[field] (opts at index 1) as a number of seconds in (0, 1e9], or dflt when absent. */
 double ph_http_opt_seconds(lua_State *L, const char *fname, const char *field, double dflt);
