@@ -110,21 +110,6 @@ double ph_http_opt_seconds(lua_State *L, const char *fname, const char *field, d
     return v;
 }
 
-lua_Integer ph_http_opt_int(lua_State *L, const char *fname, const char *field, lua_Integer dflt,
-                            lua_Integer lo, lua_Integer hi)
-{
-    lua_Integer v = dflt;
-    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
-        int isint;
-        v = lua_tointegerx(L, -1, &isint);
-        if (!isint || v < lo || v > hi)
-            ph_argerror_in(L, fname, "field '%s' must be an integer in [%I, %I]", field,
-                           (LUAI_UACINT)lo, (LUAI_UACINT)hi);
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
 static char *str_printf(const char *fmt, ...)
 {
     va_list ap;
@@ -937,8 +922,8 @@ static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
     c->timeout = ph_http_opt_seconds(L, fname, "timeout", DEFAULT_TIMEOUT);
     c->connect_timeout = ph_http_opt_seconds(L, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
     c->stall = ph_http_opt_seconds(L, fname, "stall_timeout", 0);
-    c->max_body = ph_http_opt_int(L, fname, "max_body", stream ? 0 : DEFAULT_MAX_BODY, 1,
-                                  (lua_Integer)1 << 40);
+    c->max_body = ph_opt_integer_in(L, fname, "max_body", stream ? 0 : DEFAULT_MAX_BODY, 1,
+                                    (lua_Integer)1 << 40);
 }
 
 static struct curl_slist *build_headers(lua_State *L, const Conf *c, int *oom)

@@ -1140,13 +1140,13 @@ static int http_serve(lua_State *L)
         lua_pushliteral(L, "127.0.0.1");
     }
     const char *host = lua_tostring(L, 3);
-    int port = (int)ph_http_opt_int(L, fname, "port", 0, 0, 65535);
-    size_t max_head = (size_t)ph_http_opt_int(L, fname, "max_head", PH_HTTP_DEFAULT_MAX_HEAD, 256,
-                                              16 * 1024 * 1024);
-    size_t max_headers = (size_t)ph_http_opt_int(L, fname, "max_headers", PH_HTTP_MAX_HEADERS, 1,
-                                                 PH_HTTP_MAX_HEADERS);
-    size_t max_body = (size_t)ph_http_opt_int(L, fname, "max_body", PH_HTTP_DEFAULT_MAX_BODY, 1,
-                                              (lua_Integer)1 << 40);
+    int port = (int)ph_opt_integer_in(L, fname, "port", 0, 0, 65535);
+    size_t max_head = (size_t)ph_opt_integer_in(L, fname, "max_head", PH_HTTP_DEFAULT_MAX_HEAD, 256,
+                                                16 * 1024 * 1024);
+    size_t max_headers = (size_t)ph_opt_integer_in(L, fname, "max_headers", PH_HTTP_MAX_HEADERS, 1,
+                                                   PH_HTTP_MAX_HEADERS);
+    size_t max_body = (size_t)ph_opt_integer_in(L, fname, "max_body", PH_HTTP_DEFAULT_MAX_BODY, 1,
+                                                (lua_Integer)1 << 40);
     double idle = ph_http_opt_seconds(L, fname, "idle_timeout", DEFAULT_IDLE_TIMEOUT);
     double head = ph_http_opt_seconds(L, fname, "head_timeout", DEFAULT_HEAD_TIMEOUT);
     struct sockaddr_storage sa;

@@ -378,21 +378,6 @@ static double opt_seconds(lua_State *L, const char *fname, const char *field, do
     return v;
 }
 
-static lua_Integer opt_int(lua_State *L, const char *fname, const char *field, lua_Integer dflt,
-                           lua_Integer lo, lua_Integer hi)
-{
-    lua_Integer v = dflt;
-    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
-        int isint;
-        v = lua_tointegerx(L, -1, &isint);
-        if (!isint || v < lo || v > hi)
-            ph_argerror_in(L, fname, "field '%s' must be an integer in [%I, %I]", field,
-                           (LUAI_UACINT)lo, (LUAI_UACINT)hi);
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
 /* Everything a call asked for, pointing into Lua strings that stay on the stack. */
 typedef struct {
     const char *host, *user, *key, *passphrase, *known_hosts, *cmd, *in, *path, *data;
@@ -409,7 +394,7 @@ static void read_target(lua_State *L, const char *fname, int need_auth, Conf *c)
     c->host = opt_string(L, fname, "host", 1, &n);
     if (n == 0 || n > MAX_HOST)
         ph_argerror_in(L, fname, "field 'host' must be a host name or address");
-    c->port = (int)opt_int(L, fname, "port", 22, 1, 65535);
+    c->port = (int)ph_opt_integer_in(L, fname, "port", 22, 1, 65535);
     c->user = opt_string(L, fname, "user", need_auth, &n);
     if (need_auth && n == 0)
         ph_argerror_in(L, fname, "field 'user' must not be empty");
@@ -469,7 +454,8 @@ static void read_exec(lua_State *L, Conf *c)
         if (ph_opt_field_in(L, fname, k == SSH_OUT ? "on_stdout" : "on_stderr", LUA_TFUNCTION))
             c->cb[k] = lua_gettop(L);
     }
-    c->max_output = opt_int(L, fname, "max_output", DEFAULT_MAX_OUTPUT, 0, (lua_Integer)1 << 40);
+    c->max_output =
+        ph_opt_integer_in(L, fname, "max_output", DEFAULT_MAX_OUTPUT, 0, (lua_Integer)1 << 40);
 }
 
 static void read_upload(lua_State *L, Conf *c)
@@ -483,7 +469,7 @@ static void read_upload(lua_State *L, Conf *c)
     if (!ph_opt_field_in(L, fname, "data", LUA_TSTRING))
         ph_argerror_in(L, fname, "field 'data' is required");
     c->data = lua_tolstring(L, -1, &c->data_len);
-    c->mode = (int)opt_int(L, fname, "mode", 0644, 0, 07777);
+    c->mode = (int)ph_opt_integer_in(L, fname, "mode", 0644, 0, 07777);
 }
 
 /* The pool key: every setting that changes what a session is, or may do. */

@@ -95,6 +95,9 @@ int ph_argerror_in(lua_State *L, const char *fname, const char *fmt, ...);
 /* Push opts[field] (opts at index 1); raise through ph_argerror_in unless nil or type t.
  * Returns 1 when present. */
 int ph_opt_field_in(lua_State *L, const char *fname, const char *field, int t);
+/* opts[field] as an integer in [lo, hi], dflt when absent; raises otherwise. */
+lua_Integer ph_opt_integer_in(lua_State *L, const char *fname, const char *field, lua_Integer dflt,
+                              lua_Integer lo, lua_Integer hi);
 double ph_opt_number(lua_State *L, int idx, const char *field, double dflt);
 lua_Integer ph_opt_integer(lua_State *L, int idx, const char *field, lua_Integer dflt);
 

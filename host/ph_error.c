@@ -94,6 +94,21 @@ int ph_opt_field_in(lua_State *L, const char *fname, const char *field, int t)
     return got != LUA_TNIL;
 }
 
+lua_Integer ph_opt_integer_in(lua_State *L, const char *fname, const char *field, lua_Integer dflt,
+                              lua_Integer lo, lua_Integer hi)
+{
+    lua_Integer v = dflt;
+    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
+        int isint;
+        v = lua_tointegerx(L, -1, &isint);
+        if (!isint || v < lo || v > hi)
+            ph_argerror_in(L, fname, "field '%s' must be an integer in [%I, %I]", field,
+                           (LUAI_UACINT)lo, (LUAI_UACINT)hi);
+    }
+    lua_pop(L, 1);
+    return v;
+}
+
 double ph_opt_number(lua_State *L, int idx, const char *field, double dflt)
 {
     double v = ph_opt_field(L, idx, field, LUA_TNUMBER, 0) ? lua_tonumber(L, -1) : dflt;

@@ -29,8 +29,6 @@ int ph_http_value_ok(const char *s, size_t n);
 /* opts[field] (opts at index 1) as a number of seconds in (0, 1e9], or dflt when absent. */
 double ph_http_opt_seconds(lua_State *L, const char *fname, const char *field, double dflt);
 /* opts[field] as an integer in [lo, hi], or dflt when absent. */
-lua_Integer ph_http_opt_int(lua_State *L, const char *fname, const char *field, lua_Integer dflt,
-                            lua_Integer lo, lua_Integer hi);
 
 /* Message handler for lua_pcall: the message with a traceback. */
 int ph_http_traceback(lua_State *L);

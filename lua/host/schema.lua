@@ -710,6 +710,11 @@ function M.new(fields)
   return res
 end
 
+--- js_number(s) -> number | nil: JavaScript's Number(s) for a string (whitespace trimmed, ""
+--- is 0, exponents, [+-]Infinity, 0x/0o/0b); nil where JavaScript gives NaN. Providers that
+--- mirror an upstream's `Number(raw)` parsing use it.
+M.js_number = js_number
+
 --- True when `v` is a schema made by `new`.
 function M.is_schema(v)
   return getmetatable(v) == Schema

@@ -3,6 +3,7 @@
 -- validator (validateSshPrivateKey). Every hook parses the raw config here, so a field's value
 -- is exactly what upstream would use (the host.schema in schema.lua only feeds the manifest).
 local json = require("host.json")
+local schema = require("host.schema")
 local remote = require("host.remote")
 local shell = require("host.shell")
 
@@ -49,8 +50,7 @@ function M.optional_string(v)
 end
 local optional_string = M.optional_string
 
--- JavaScript's Number(v): nil for NaN.
-local RADIX = { x = 16, o = 8, b = 2 }
+-- JavaScript's Number(v): nil for NaN. Strings are parsed by host.schema's own copy of the rule.
 local function js_number(v)
   if type(v) == "number" then
     return v == v and v or nil
@@ -61,31 +61,7 @@ local function js_number(v)
   elseif type(v) ~= "string" then
     return nil
   end
-  local s = trim(v)
-  if s == "" then
-    return 0
-  end
-  local sign = s:match("^([+-]?)Infinity$")
-  if sign then
-    return sign == "-" and -math.huge or math.huge
-  end
-  local prefix, digits = s:match("^0([xXoObB])(%w+)$")
-  if prefix then
-    local base, n = RADIX[prefix:lower()], 0.0
-    for c in digits:gmatch(".") do
-      local d = tonumber(c, base)
-      if not d then
-        return nil
-      end
-      n = n * base + d
-    end
-    return n
-  end
-  local mantissa = s:match("^[+-]?([%d.]+)[eE][+-]?%d+$") or s:match("^[+-]?([%d.]+)$")
-  if not mantissa or not (mantissa:find("^%d+%.?%d*$") or mantissa:find("^%.%d+$")) then
-    return nil
-  end
-  return tonumber(s)
+  return schema.js_number(v)
 end
 
 local function finite(n)
