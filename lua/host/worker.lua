@@ -218,7 +218,7 @@ function M.output(raw)
   return (util.utf8_clean(raw, true))
 end
 
-function Worker:context(p, method, params, invocation)
+function Worker:context(p, method, params, invocation, seconds)
   local invocation_id = type(invocation) == "table"
       and type(invocation.id) == "string"
       and invocation.id
@@ -239,7 +239,7 @@ function Worker:context(p, method, params, invocation)
     warnings = warnings,
     invocation_id = invocation_id,
     company_id = params.companyId,
-    deadline = task.now() + budget(method, params),
+    deadline = task.now() + (seconds or budget(method, params)),
     max_output = M.MAX_OUTPUT,
     worker = self,
   }, CTX_MT)
@@ -292,10 +292,10 @@ local function finish_hook(method, res)
   return result
 end
 
-function Worker:run_hook(p, method, params, invocation)
+function Worker:run_hook(p, method, params, invocation, seconds)
   local hook_name = providers.HOOK_OF[method]
   local hook = p.hooks[hook_name]
-  local ctx = self:context(p, method, params, invocation)
+  local ctx = self:context(p, method, params, invocation, seconds)
   if method ~= "environmentValidateConfig" and #ctx.errors > 0 then
     return nil, "invalid " .. p.driver_key .. " config: " .. table.concat(ctx.errors, "; ")
   end
@@ -319,9 +319,6 @@ function Worker:run_hook(p, method, params, invocation)
   end
   if method == "environmentCancelExecution" then
     ctx.active = self.executions[execution_key(params)]
-  end
-  if not hook then -- validate_config without a hook: the schema alone decides
-    return validation_result(ctx, nil)
   end
   local res = table.pack(xpcall(hook, capture, ctx, params))
   if method == "environmentValidateConfig" and res[1] then
@@ -379,7 +376,7 @@ function Worker:environment(id, method, params, invocation)
   local me = task.current()
   local seconds = budget(method, params)
   me:cancel_after(seconds) -- past it, the hook's pending operation ends "canceled"
-  local result, err = self:run_hook(p, method, params, invocation)
+  local result, err = self:run_hook(p, method, params, invocation, seconds)
   me:cancel_after(nil)
   if me:expired() then
     return self:reply_error(

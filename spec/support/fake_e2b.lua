@@ -411,6 +411,16 @@ function Fake:fail(spec)
 end
 
 --- fake:running() -> sorted ids of the sandboxes in state "running"
+-- The keys of t in order, so listings come out the same every time.
+local function sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  return keys
+end
+
 function Fake:running()
   local ids = {}
   for id, sb in pairs(self.sandboxes) do
@@ -776,12 +786,7 @@ function Fake:_list(req, v2)
   end
   local want = parse_query(q.metadata)
   local out = json.array()
-  local ids = {}
-  for id in pairs(self.sandboxes) do
-    ids[#ids + 1] = id
-  end
-  table.sort(ids)
-  for _, id in ipairs(ids) do
+  for _, id in ipairs(sorted_keys(self.sandboxes)) do
     local sb = self.sandboxes[id]
     local ok = states[sb.state] == true
     for k, v in pairs(want) do
@@ -1257,12 +1262,7 @@ Fake.rpc_process = {
   end,
   List = function(_self, sb)
     local list = json.array()
-    local pids = {}
-    for pid in pairs(sb.processes) do
-      pids[#pids + 1] = pid
-    end
-    table.sort(pids)
-    for _, pid in ipairs(pids) do
+    for _, pid in ipairs(sorted_keys(sb.processes)) do
       local p = sb.processes[pid]
       list[#list + 1] = { pid = pid, config = config_json(p), tag = p.tag }
     end
