@@ -102,27 +102,57 @@ static void free_secret(char *p, size_t n)
     }
 }
 
+void ph_ssh_target_free_ids(SshTarget *t)
+{
+    for (int i = 0; i < t->nids; i++) {
+        free_secret(t->ids[i].text, t->ids[i].len);
+        free(t->ids[i].label);
+    }
+    free(t->ids);
+    t->ids = NULL;
+    t->nids = 0;
+    free(t->agent);
+    t->agent = NULL;
+    if (t->passphrase != NULL)
+        free_secret(t->passphrase, strlen(t->passphrase));
+    t->passphrase = NULL;
+}
+
 void ph_ssh_target_free(SshTarget *t)
 {
     free(t->host);
     free(t->user);
-    free_secret(t->key, t->key_len);
-    if (t->passphrase != NULL)
-        free_secret(t->passphrase, strlen(t->passphrase));
+    ph_ssh_target_free_ids(t);
     free(t->known_hosts);
     memset(t, 0, sizeof *t);
 }
 
+static char *dup_or_null(const char *p, int *oom)
+{
+    char *d = p != NULL ? strdup(p) : NULL;
+    *oom |= p != NULL && d == NULL;
+    return d;
+}
+
 int ph_ssh_target_copy(SshTarget *d, const SshTarget *s)
 {
+    int oom = 0;
     *d = *s;
-    d->host = s->host ? strdup(s->host) : NULL;
-    d->user = s->user ? strdup(s->user) : NULL;
-    d->key = s->key ? dup_mem(s->key, s->key_len) : NULL;
-    d->passphrase = s->passphrase ? strdup(s->passphrase) : NULL;
-    d->known_hosts = s->known_hosts ? strdup(s->known_hosts) : NULL;
-    if ((s->host && !d->host) || (s->user && !d->user) || (s->key && !d->key) ||
-        (s->passphrase && !d->passphrase) || (s->known_hosts && !d->known_hosts)) {
+    d->host = dup_or_null(s->host, &oom);
+    d->user = dup_or_null(s->user, &oom);
+    d->agent = dup_or_null(s->agent, &oom);
+    d->passphrase = dup_or_null(s->passphrase, &oom);
+    d->known_hosts = dup_or_null(s->known_hosts, &oom);
+    d->ids = s->nids > 0 ? calloc((size_t)s->nids, sizeof *d->ids) : NULL;
+    oom |= s->nids > 0 && d->ids == NULL;
+    d->nids = d->ids != NULL ? s->nids : 0;
+    for (int i = 0; i < d->nids; i++) {
+        d->ids[i] = s->ids[i];
+        d->ids[i].text = dup_mem(s->ids[i].text, s->ids[i].len);
+        d->ids[i].label = dup_or_null(s->ids[i].label, &oom);
+        oom |= d->ids[i].text == NULL;
+    }
+    if (oom) {
         ph_ssh_target_free(d);
         return -1;
     }
@@ -378,15 +408,61 @@ static double opt_seconds(lua_State *L, const char *fname, const char *field, do
     return v;
 }
 
+#define MAX_IDS 16 /* identities per call: OpenSSH's defaults are 7, a config adds a few */
+
 /* Everything a call asked for, pointing into Lua strings that stay on the stack. */
 typedef struct {
-    const char *host, *user, *key, *passphrase, *known_hosts, *cmd, *in, *path, *data;
-    size_t key_len, in_len, data_len;
-    int port, policy, mode;
+    const char *host, *user, *passphrase, *known_hosts, *cmd, *in, *path, *data, *agent;
+    const char *key[MAX_IDS], *label[MAX_IDS];
+    size_t key_len[MAX_IDS], in_len, data_len;
+    int nkeys, port, policy, mode;
     double timeout, connect_timeout, keepalive, idle;
     lua_Integer max_output;
     int env, cb[2]; /* stack indexes, 0 when absent */
 } Conf;
+
+static void add_key(lua_State *L, const char *fname, Conf *c, const char *label)
+{
+    size_t n;
+    const char *text = lua_tolstring(L, -1, &n);
+    if (n == 0 || n > MAX_KEY)
+        ph_argerror_in(L, fname, "a private key must hold 1 to %d bytes", MAX_KEY);
+    if (c->nkeys == MAX_IDS)
+        ph_argerror_in(L, fname, "at most %d keys", MAX_IDS);
+    c->key[c->nkeys] = text;
+    c->key_len[c->nkeys] = n;
+    c->label[c->nkeys] = label;
+    c->nkeys++;
+}
+
+/* key (one key text), keys ({ {key=, label=}, ... }: tried in order) and agent (a socket
+ * path). The strings stay on the stack for the rest of the call. */
+static void read_identities(lua_State *L, const char *fname, Conf *c)
+{
+    if (ph_opt_field_in(L, fname, "key", LUA_TSTRING))
+        add_key(L, fname, c, NULL);
+    if (ph_opt_field_in(L, fname, "keys", LUA_TTABLE)) {
+        int list = lua_gettop(L);
+        lua_Integer count = luaL_len(L, list);
+        luaL_checkstack(L, 2 * MAX_IDS + 4, "ssh keys");
+        for (lua_Integer i = 1; i <= count; i++) {
+            if (lua_rawgeti(L, list, i) != LUA_TTABLE)
+                ph_argerror_in(L, fname, "keys[%I] must be a table {key=, label=}", i);
+            int entry = lua_gettop(L);
+            const char *label = NULL;
+            if (lua_getfield(L, entry, "label") == LUA_TSTRING)
+                label = lua_tostring(L, -1);
+            else if (!lua_isnil(L, -1))
+                ph_argerror_in(L, fname, "keys[%I].label must be a string", i);
+            if (lua_getfield(L, entry, "key") != LUA_TSTRING)
+                ph_argerror_in(L, fname, "keys[%I].key must be a string", i);
+            add_key(L, fname, c, label);
+        }
+    }
+    c->agent = opt_string(L, fname, "agent", 0, NULL);
+    if (c->agent != NULL && c->agent[0] == '\0')
+        c->agent = NULL;
+}
 
 static void read_target(lua_State *L, const char *fname, int need_auth, Conf *c)
 {
@@ -398,9 +474,9 @@ static void read_target(lua_State *L, const char *fname, int need_auth, Conf *c)
     c->user = opt_string(L, fname, "user", need_auth, &n);
     if (need_auth && n == 0)
         ph_argerror_in(L, fname, "field 'user' must not be empty");
-    c->key = opt_string(L, fname, "key", need_auth, &c->key_len);
-    if (c->key_len > MAX_KEY)
-        ph_argerror_in(L, fname, "field 'key' is longer than %d bytes", MAX_KEY);
+    read_identities(L, fname, c);
+    if (need_auth && c->nkeys == 0 && c->agent == NULL)
+        ph_argerror_in(L, fname, "field 'key' is required (or 'keys', or 'agent')");
     c->passphrase = opt_string(L, fname, "passphrase", 0, &n);
     if (c->passphrase != NULL && n == 0)
         c->passphrase = NULL; /* "" means none */
@@ -481,29 +557,46 @@ static void target_id(SshTarget *t)
     const char *parts[] = { t->host, t->user, t->known_hosts };
     for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++)
         ph_sha256_update(&h, parts[i] ? parts[i] : "", (parts[i] ? strlen(parts[i]) : 0) + 1);
-    snprintf(port, sizeof port, "%d/%d", t->port, t->policy);
+    snprintf(port, sizeof port, "%d/%d/%d", t->port, t->policy, t->nids);
     ph_sha256_update(&h, port, strlen(port) + 1);
-    ph_sha256_update(&h, t->key ? t->key : "", t->key_len);
+    ph_sha256_update(&h, t->agent ? t->agent : "", (t->agent ? strlen(t->agent) : 0) + 1);
+    for (int i = 0; i < t->nids; i++) {
+        char len[24];
+        snprintf(len, sizeof len, "%zu", t->ids[i].len);
+        ph_sha256_update(&h, len, strlen(len) + 1);
+        ph_sha256_update(&h, t->ids[i].text, t->ids[i].len);
+    }
     ph_sha256_final(&h, t->id);
 }
 
-static int build_target(SshTarget *t, const Conf *c, int rsa)
+static int build_target(SshTarget *t, const Conf *c, const int *rsa)
 {
+    int oom = 0;
     memset(t, 0, sizeof *t);
-    t->host = strdup(c->host);
+    t->host = dup_or_null(c->host, &oom);
     t->port = c->port;
-    t->user = c->user ? strdup(c->user) : NULL;
-    t->key = c->key ? dup_mem(c->key, c->key_len) : NULL;
-    t->key_len = c->key_len;
-    t->passphrase = c->passphrase ? strdup(c->passphrase) : NULL;
+    t->user = dup_or_null(c->user, &oom);
+    t->agent = dup_or_null(c->agent, &oom);
+    t->passphrase = dup_or_null(c->passphrase, &oom);
     t->policy = c->policy;
-    t->known_hosts = c->known_hosts ? strdup(c->known_hosts) : NULL;
-    t->rsa_key = rsa;
+    t->known_hosts = dup_or_null(c->known_hosts, &oom);
     t->connect_timeout = c->connect_timeout;
     t->keepalive = c->keepalive;
     t->idle_timeout = c->idle;
-    if (!t->host || (c->user && !t->user) || (c->key && !t->key) ||
-        (c->passphrase && !t->passphrase) || (c->known_hosts && !t->known_hosts))
+    if (c->nkeys > 0) {
+        t->ids = calloc((size_t)c->nkeys, sizeof *t->ids);
+        if (t->ids == NULL)
+            return -1;
+        t->nids = c->nkeys;
+        for (int i = 0; i < c->nkeys; i++) {
+            t->ids[i].text = dup_mem(c->key[i], c->key_len[i]);
+            t->ids[i].len = c->key_len[i];
+            t->ids[i].label = dup_or_null(c->label[i] ? c->label[i] : "key", &oom);
+            t->ids[i].rsa = rsa[i];
+            oom |= t->ids[i].text == NULL;
+        }
+    }
+    if (oom)
         return -1;
     target_id(t);
     return 0;
@@ -582,12 +675,17 @@ static int start(lua_State *L, int kind, const char *fname)
     if (ph_task_is_canceled(task))
         return ph_fail(L, "canceled", "ssh: %s:%d: canceled", c.host, c.port);
 
-    SshKeyInfo info;
-    memset(&info, 0, sizeof info);
-    if (kind != JOB_FINGERPRINT) {
+    int rsa[MAX_IDS] = { 0 };
+    for (int i = 0; i < c.nkeys; i++) {
+        SshKeyInfo info;
         const char *why = NULL;
-        if (ph_ssh_key_check(c.key, c.key_len, c.passphrase != NULL, &info, &why) != 0)
-            return ph_fail(L, "auth", "%s", why);
+        memset(&info, 0, sizeof info);
+        if (ph_ssh_key_check(c.key[i], c.key_len[i], c.passphrase != NULL, &info, &why) != 0) {
+            if (c.label[i] == NULL)
+                return ph_fail(L, "auth", "%s", why);
+            return ph_fail(L, "auth", "%s (%s)", why, c.label[i]);
+        }
+        rsa[i] = info.rsa;
     }
 
     SshJob *j = calloc(1, sizeof *j);
@@ -598,7 +696,7 @@ static int start(lua_State *L, int kind, const char *fname)
     j->started = ph_now();
     j->timeout = c.timeout;
     j->max_output = kind == JOB_EXEC ? (size_t)c.max_output : 4096;
-    int oom = build_target(&j->t, &c, info.rsa) != 0;
+    int oom = build_target(&j->t, &c, rsa) != 0;
     if (kind == JOB_EXEC) {
         j->cmd = strdup(c.cmd);
         oom |= j->cmd == NULL;
@@ -675,6 +773,27 @@ static int ssh_fingerprint(lua_State *L)
     return start(L, JOB_FINGERPRINT, "fingerprint");
 }
 
+/* ssh.key_info(text [, has_passphrase]) -> {type=, encrypted=, rsa=} | nil, msg, "auth": what a
+ * private key is, without using it (lets callers skip keys OpenSSH could not use either). */
+static int ssh_key_info(lua_State *L)
+{
+    size_t n;
+    const char *text = luaL_checklstring(L, 1, &n);
+    SshKeyInfo info;
+    const char *why = NULL;
+    memset(&info, 0, sizeof info);
+    if (ph_ssh_key_check(text, n, lua_toboolean(L, 2), &info, &why) != 0 && !info.encrypted)
+        return ph_fail(L, "auth", "%s", why);
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, info.type);
+    lua_setfield(L, -2, "type");
+    lua_pushboolean(L, info.encrypted);
+    lua_setfield(L, -2, "encrypted");
+    lua_pushboolean(L, info.rsa);
+    lua_setfield(L, -2, "rsa");
+    return 1;
+}
+
 /* ssh.close_all(): close every session; running operations fail with "closed". */
 static int ssh_close_all(lua_State *L)
 {
@@ -718,6 +837,7 @@ static const luaL_Reg ssh_funcs[] = {
     { "exec", ssh_exec },
     { "upload", ssh_upload },
     { "fingerprint", ssh_fingerprint },
+    { "key_info", ssh_key_info },
     { "close_all", ssh_close_all },
     { "stats", ssh_stats },
     { "set_warn", ssh_set_warn },

@@ -183,6 +183,7 @@ static void start_handshake(SshSession *s)
         return;
     }
     libssh2_session_set_blocking(s->ssh, 0);
+    ph_ssh_auth_init(s);
     if (!s->fp_only)
         ph_ssh_hostkey_prefs(s->ssh, &s->t);
     s->state = S_HANDSHAKE;
@@ -294,44 +295,6 @@ static void finish_fingerprints(SshSession *s)
     s->doomed = 1; /* a one-off session: disconnect */
 }
 
-static void auth_failed(SshSession *s, int rc)
-{
-    const SshTarget *t = &s->t;
-    if (ph_ssh_is_session_error(rc) && rc != LIBSSH2_ERROR_PROTO) {
-        ph_ssh_session_fail(s, "closed", ph_ssh_lost_message(s, "authenticating"));
-        return;
-    }
-    const char *why = ph_ssh_last_error(s);
-    if (rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED) {
-        ph_ssh_session_fail(s, "auth",
-                            ph_ssh_strdup_printf(
-                                "ssh: %s@%s:%d refused the key (publickey authentication failed)%s",
-                                t->user, t->host, t->port,
-                                t->rsa_key
-                                    ? "; libssh2 1.10 signs RSA keys with ssh-rsa (SHA-1), which "
-                                      "OpenSSH 8.8+ refuses unless PubkeyAcceptedAlgorithms "
-                                      "allows it: prefer an ed25519 key"
-                                    : ""));
-        return;
-    }
-    if (t->passphrase != NULL) {
-        ph_ssh_session_fail(s, "auth",
-                            ph_ssh_strdup_printf("ssh: cannot decrypt the private key for %s@%s:%d "
-                                                 "(wrong passphrase?): %s",
-                                                 t->user, t->host, t->port, why));
-        return;
-    }
-    ph_ssh_session_fail(s, "auth",
-                        ph_ssh_strdup_printf("ssh: cannot use the private key for %s@%s:%d: %s",
-                                             t->user, t->host, t->port, why));
-}
-
-static void wipe(char *p, size_t n)
-{
-    if (p != NULL)
-        explicit_bzero(p, n);
-}
-
 static void session_advance(SshSession *s)
 {
     int rc;
@@ -363,23 +326,10 @@ static void session_advance(SshSession *s)
         s->state = S_AUTH;
         /* fall through */
     case S_AUTH:
-        rc = libssh2_userauth_publickey_frommemory(s->ssh, s->t.user, strlen(s->t.user), NULL, 0,
-                                                   s->t.key, s->t.key_len, s->t.passphrase);
-        if (rc == LIBSSH2_ERROR_EAGAIN)
+        rc = ph_ssh_auth_step(s);
+        if (rc != 0) /* would block, or the session was failed */
             return;
-        if (rc != 0) {
-            auth_failed(s, rc);
-            return;
-        }
-        /* The session no longer needs the key: jobs keep their own copy for a retry. */
-        wipe(s->t.key, s->t.key_len);
-        free(s->t.key);
-        s->t.key = NULL;
-        if (s->t.passphrase != NULL) {
-            wipe(s->t.passphrase, strlen(s->t.passphrase));
-            free(s->t.passphrase);
-            s->t.passphrase = NULL;
-        }
+        ph_ssh_auth_done(s);
         s->state = S_READY;
         s->was_ready = 1;
         s->last_rx = s->last_used = ph_now();
@@ -727,6 +677,7 @@ static void session_destroy(SshSession *s)
         uv_freeaddrinfo(s->ai);
         s->ai = s->ai_next = NULL;
     }
+    ph_ssh_auth_done(s); /* the agent first: it lives in the session's allocator */
     if (s->ssh != NULL) {
         if (s->state == S_READY)
             libssh2_session_disconnect(s->ssh, "bye"); /* best effort, never waits */

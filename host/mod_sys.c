@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,10 +208,11 @@ static int sys_stat(lua_State *L)
     if ((follow ? stat(path, &st) : lstat(path, &st)) != 0)
         return ph_fail_errno(L, "io", errno, "cannot stat %s", path);
     lua_createtable(L, 0, 4);
-    const char *type = S_ISREG(st.st_mode)   ? "file"
-                       : S_ISDIR(st.st_mode) ? "directory"
-                       : S_ISLNK(st.st_mode) ? "link"
-                                             : "other";
+    const char *type = S_ISREG(st.st_mode)    ? "file"
+                       : S_ISDIR(st.st_mode)  ? "directory"
+                       : S_ISLNK(st.st_mode)  ? "link"
+                       : S_ISSOCK(st.st_mode) ? "socket"
+                                              : "other";
     lua_pushstring(L, type);
     lua_setfield(L, -2, "type");
     lua_pushinteger(L, st.st_mode & 07777);
@@ -273,7 +275,50 @@ static int sys_memory(lua_State *L)
     return 1;
 }
 
+/* sys.account() -> {name=, uid=, gid=, home=, shell=} | nil, msg, "io": this process's entry in
+ * the password database. OpenSSH takes the default user and the home of ~/.ssh from here, not
+ * from $USER or $HOME, and Paperclip starts workers without either. */
+static int sys_account(lua_State *L)
+{
+    uid_t uid = getuid();
+    long hint = sysconf(_SC_GETPW_R_SIZE_MAX);
+    size_t size = hint > 0 ? (size_t)hint : 16384;
+    for (;;) {
+        char *buf = malloc(size);
+        if (buf == NULL)
+            return ph_fail(L, "internal", "out of memory");
+        struct passwd pw, *found = NULL;
+        int rc = getpwuid_r(uid, &pw, buf, size, &found);
+        if (rc == ERANGE && size < 1024 * 1024) {
+            free(buf);
+            size *= 2;
+            continue;
+        }
+        if (found == NULL) {
+            free(buf);
+            if (rc != 0)
+                return ph_fail_errno(L, "io", rc, "cannot read the password database for uid %d",
+                                     (int)uid);
+            return ph_fail(L, "io", "uid %d has no entry in the password database", (int)uid);
+        }
+        lua_createtable(L, 0, 5);
+        lua_pushstring(L, pw.pw_name);
+        lua_setfield(L, -2, "name");
+        lua_pushinteger(L, (lua_Integer)pw.pw_uid);
+        lua_setfield(L, -2, "uid");
+        lua_pushinteger(L, (lua_Integer)pw.pw_gid);
+        lua_setfield(L, -2, "gid");
+        lua_pushstring(L, pw.pw_dir);
+        lua_setfield(L, -2, "home");
+        lua_pushstring(L, pw.pw_shell);
+        lua_setfield(L, -2, "shell");
+        free(buf);
+        return 1;
+    }
+}
+
 static const luaL_Reg sys_funcs[] = {
+    { "account", sys_account },
     { "wait_signal", sys_wait_signal },
     { "parent_death_signal", sys_parent_death_signal },
     { "kill", sys_kill },

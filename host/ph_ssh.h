@@ -40,18 +40,27 @@ typedef struct {
     int rsa; /* libssh2 1.10 signs RSA keys with ssh-rsa (SHA-1) only */
 } SshKeyInfo;
 
+/* One private key to offer, kept in C memory and wiped on free. */
+typedef struct {
+    char *text;
+    size_t len;
+    char *label; /* where it came from, for messages: "key", or a file path; never secret */
+    int rsa;     /* libssh2 1.10 signs RSA keys with ssh-rsa (SHA-1) only */
+} SshIdentity;
+
 /* Where and as whom to connect: the pool key (id) covers every field that changes what a
- * session is allowed to do. Every job owns a copy, so it can retry on a fresh session. */
+ * session is allowed to do. Every job owns a copy, so it can retry on a fresh session.
+ * Authentication offers the agent's keys first, then ids in order, as OpenSSH does. */
 typedef struct {
     char *host;
     int port;
     char *user; /* NULL for fingerprint */
-    char *key;  /* private key text, C memory, wiped on free; NULL for fingerprint */
-    size_t key_len;
+    SshIdentity *ids;
+    int nids;
+    char *agent; /* an ssh-agent socket path, or NULL */
     char *passphrase;
     int policy;
     char *known_hosts; /* NULL with policy "no" */
-    int rsa_key;
     double connect_timeout, keepalive, idle_timeout;
     unsigned char id[32]; /* sha256 of everything above that makes the session */
 } SshTarget;
@@ -135,6 +144,12 @@ struct SshSession {
     double last_rx, last_used, connect_deadline;
     int keepalive_wait; /* want_reply keepalives sent without any byte received since */
     char fingerprint[64];
+    /* authentication (mod_ssh_auth.c): the agent's keys, then t.ids[auth_next...] */
+    LIBSSH2_AGENT *agent;
+    struct libssh2_agent_publickey *agent_key; /* the agent key being offered */
+    int agent_done, agent_trying, agent_offered, auth_next, auth_rsa;
+    double agent_deadline;
+    SshBuf tried; /* "what: outcome; ..." for the error when nothing is accepted */
     int busy, again, doomed;
     int pumping;
     SshSession *next, *prev;
@@ -153,6 +168,16 @@ void ph_ssh_fingerprint(const char *blob, size_t len, char *out);
 void ph_ssh_hostkey_prefs(LIBSSH2_SESSION *ssh, const SshTarget *t);
 /* After the handshake: apply the policy. 0 accepted; -1 with *code and *msg (malloc'd). */
 int ph_ssh_hostkey_verify(SshSession *s, const char **code, char **msg);
+
+/* ---- mod_ssh_auth.c --------------------------------------------------------------------- */
+
+/* Prepare a new libssh2 session for authentication (I/O callbacks that bound agent waits). */
+void ph_ssh_auth_init(SshSession *s);
+/* Offer identities until one is accepted: 0 authenticated, LIBSSH2_ERROR_EAGAIN to be called
+ * again, -1 when the session was failed (with a message naming everything tried). */
+int ph_ssh_auth_step(SshSession *s);
+/* Forget keys and the agent once authenticated, or when the session dies. */
+void ph_ssh_auth_done(SshSession *s);
 
 /* ---- mod_ssh_session.c ------------------------------------------------------------------ */
 
@@ -193,6 +218,7 @@ char *ph_ssh_lost_message(SshSession *s, const char *what);
 /* ---- mod_ssh.c -------------------------------------------------------------------------- */
 
 void ph_ssh_target_free(SshTarget *t);
+void ph_ssh_target_free_ids(SshTarget *t); /* keys, agent and passphrase: wiped */
 int ph_ssh_target_copy(SshTarget *dst, const SshTarget *src);
 void ph_ssh_job_free(SshJob *job);
 /* Queue job for the dispatcher: chunk callbacks, then its answer. Runs Lua later, at the

@@ -4,7 +4,7 @@ local util = require("host.core.util")
 
 local M = {}
 
---- stat(path [, follow = true]) -> {type = "file"|"directory"|"link"|"other", mode, size,
+--- stat(path [, follow = true]) -> {type = "file"|"directory"|"link"|"socket"|"other", mode, size,
 -- mtime, uid} | nil, msg, "io". With follow = false a symlink is reported as "link".
 M.stat = sys.stat
 

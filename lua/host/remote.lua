@@ -31,8 +31,15 @@ local M = {}
 --- settings: module-level knobs (specs change them; the loader gives each provider its own).
 M.settings = {
   connect_timeout = 15, -- seconds to connect and authenticate (OpenSSH's ConnectTimeout=15)
-  known_hosts_dir = nil, -- nil: a private mkdtemp dir (0700) made once per worker process
-  user_known_hosts = nil, -- nil: $HOME/.ssh/known_hosts (policy "yes" reads it)
+  -- Who we are, as OpenSSH sees it: nil reads the password database entry of this process
+  -- (OpenSSH ignores $USER and $HOME, and Paperclip sets neither); specs give {name=, home=}.
+  account = nil,
+  agent = nil, -- the ssh-agent socket: nil reads $SSH_AUTH_SOCK; false: never an agent
+  known_hosts = nil, -- nil: the account's ~/.ssh/known_hosts, read and recorded as ssh does
+  -- The default identities in ~/.ssh, in OpenSSH 9.2's order (`ssh -G` lists id_rsa, id_ecdsa,
+  -- id_ecdsa_sk, id_ed25519, ...): the kinds libssh2 1.10 can use.
+  identity_files = { "id_rsa", "id_ecdsa", "id_ed25519" },
+  known_hosts_dir = nil, -- the fallback when ~/.ssh cannot be written: nil makes a private dir
   cancel_grace = 5, -- seconds between TERM and KILL when a command is canceled
   reap_grace = 2, -- the same after a timeout
   reap_wait = 3, -- seconds execute waits for a timed-out command's group to be stopped
@@ -104,35 +111,155 @@ function M.forget_known_hosts()
   end
 end
 
---- user_known_hosts() -> the operator's known_hosts ($HOME/.ssh/known_hosts, as OpenSSH reads
--- it; settings.user_known_hosts overrides) | nil when HOME is not set. Only read, never written.
-function M.user_known_hosts()
-  if M.settings.user_known_hosts then
-    return M.settings.user_known_hosts
+local cached_account
+
+--- account() -> {name, home} | nil, message: the account this worker runs as, from the
+-- password database as OpenSSH takes it (settings.account overrides). Only a uid without an
+-- entry (some containers) falls back to $USER/$LOGNAME and $HOME.
+function M.account()
+  if M.settings.account then
+    return M.settings.account
   end
-  local home = os.getenv("HOME")
-  return home and home:find("^/") and (home:gsub("/+$", "") .. "/.ssh/known_hosts") or nil
+  if not cached_account then
+    local entry, err = sys.account()
+    if entry then
+      cached_account = { name = entry.name, home = entry.home }
+    else
+      local name, home = os.getenv("USER") or os.getenv("LOGNAME"), os.getenv("HOME")
+      if not (name and home and home:find("^/")) then
+        return nil, "cannot tell which account this worker runs as: " .. tostring(err)
+      end
+      cached_account = { name = name, home = home }
+    end
+  end
+  return cached_account
+end
+
+local function ssh_dir(account)
+  return account.home:gsub("/+$", "") .. "/.ssh"
+end
+
+-- The agent socket to offer, or nil; says why not in `tried`.
+local function agent_socket(tried)
+  local path = M.settings.agent
+  if path == false then
+    return nil
+  elseif path == nil then
+    path = os.getenv("SSH_AUTH_SOCK")
+  end
+  if path == nil or path == "" then
+    tried[#tried + 1] = "no ssh-agent (SSH_AUTH_SOCK is not set)"
+    return nil
+  end
+  local st = fs.stat(path)
+  if not st or st.type ~= "socket" then
+    tried[#tried + 1] = ("ssh-agent at %s: not a socket"):format(path)
+    return nil
+  end
+  return path
+end
+
+-- The default identity files OpenSSH would offer, read now: {key=, label=} each, or a reason
+-- in `tried` (missing, permissions too open, encrypted: ssh in batch mode cannot ask).
+local function default_keys(account, tried)
+  local keys = {}
+  for _, name in ipairs(M.settings.identity_files) do
+    local path = ssh_dir(account) .. "/" .. name
+    local st = fs.stat(path)
+    if not st then
+      tried[#tried + 1] = path .. ": missing"
+    elseif st.mode & tonumber("077", 8) ~= 0 then
+      tried[#tried + 1] = ("%s: permissions %04o are too open (ssh ignores it)"):format(path,
+        st.mode)
+    else
+      local text, err = fs.read(path)
+      local info, ierr = nil, err
+      if text then
+        info, ierr = ssh.key_info(text)
+      end
+      if not info then
+        tried[#tried + 1] = ("%s: unusable (%s)"):format(path, ierr)
+      elseif info.encrypted then
+        tried[#tried + 1] = path .. ": encrypted (no passphrase can be asked for)"
+      else
+        log.add_secret(text)
+        keys[#keys + 1] = { key = text, label = path }
+      end
+    end
+  end
+  return keys
+end
+
+-- Where host keys are checked and (accept-new) recorded: opts.known_hosts, settings, else
+-- ~/.ssh/known_hosts of the account, as ssh. When ~/.ssh cannot be made, "accept-new" falls
+-- back to this worker's private file (ssh itself would connect and only warn).
+local function known_hosts_for(opts, policy, account)
+  local path = opts.known_hosts or M.settings.known_hosts
+  if path or policy == "no" then
+    return path
+  end
+  if not account then
+    return M.known_hosts_file()
+  end
+  local dir = ssh_dir(account)
+  if policy == "accept-new" and not fs.stat(dir) then
+    local ok, err = fs.mkdir(dir, tonumber("700", 8))
+    if not ok then
+      log.warn("cannot create %s to record SSH host keys (%s): using a private known_hosts "
+        .. "for this worker", dir, err)
+      return M.known_hosts_file()
+    end
+  end
+  return dir .. "/known_hosts"
 end
 
 --- target(opts) -> target | nil, message, code
--- opts: host, port (22), user, key (private key text, kept in memory) or key_file (a local
--- path, read now and never copied), passphrase, host_key_policy (a POLICIES word, default
--- "accept-new"), known_hosts (a local path; default: this worker's private file, where
--- "accept-new" records hosts, or for "yes", which only reads, the operator's
--- ~/.ssh/known_hosts), connect_timeout. The key text is registered with host.log as a secret.
+-- opts: host, port (22), user (default: the account's name, as ssh), passphrase,
+-- host_key_policy (a POLICIES word, default "accept-new"), known_hosts (a local path; default
+-- the account's ~/.ssh/known_hosts, where "accept-new" records new hosts), connect_timeout,
+-- and the identity: key (private key text, kept in memory) or key_file (a local path, read
+-- now and never copied); with neither, what ssh would offer: the ssh-agent at
+-- $SSH_AUTH_SOCK, then the account's ~/.ssh/id_rsa, id_ecdsa and id_ed25519 (the message says
+-- what was tried when there is none). Key texts are registered with host.log as secrets.
 function M.target(opts)
-  local key = opts.key
-  if key == nil and opts.key_file ~= nil then
+  local account, aerr = M.account()
+  local user = opts.user or (account and account.name)
+  if not user then
+    return nil, aerr, "config"
+  end
+  local t = {
+    host = opts.host,
+    port = opts.port or 22,
+    user = user,
+    passphrase = opts.passphrase,
+    connect_timeout = opts.connect_timeout,
+  }
+  if opts.key ~= nil then
+    if type(opts.key) ~= "string" or not opts.key:find("%S") then
+      return nil, "no SSH private key given", "config"
+    end
+    t.key = opts.key
+  elseif opts.key_file ~= nil then
     local text, err = fs.read(opts.key_file)
     if not text then
       return nil, ("cannot read the SSH identity file %s: %s"):format(opts.key_file, err), "config"
     end
-    key = text
+    t.keys = { { key = text, label = opts.key_file } }
+  else
+    if not account then
+      return nil, aerr, "config"
+    end
+    local tried = {}
+    t.agent = agent_socket(tried)
+    t.keys = default_keys(account, tried)
+    if not t.agent and #t.keys == 0 then
+      return nil, "no SSH identity to offer (tried: " .. table.concat(tried, "; ") .. ")", "config"
+    end
   end
-  if type(key) ~= "string" or not key:find("%S") then
-    return nil, "no SSH private key given", "config"
+  log.add_secret(t.key)
+  for _, k in ipairs(t.keys or {}) do
+    log.add_secret(k.key)
   end
-  log.add_secret(key)
   local policy = M.POLICIES[opts.host_key_policy or "accept-new"]
   if not policy then
     return nil,
@@ -141,27 +268,12 @@ function M.target(opts)
       ),
       "config"
   end
-  local known_hosts = opts.known_hosts
-  if known_hosts == nil and policy == "yes" then
-    known_hosts = M.user_known_hosts() -- "yes" only reads: the operator's pinned hosts
+  local known_hosts, err, code = known_hosts_for(opts, policy, account)
+  if policy ~= "no" and not known_hosts then
+    return nil, err, code
   end
-  if known_hosts == nil and policy ~= "no" then
-    local err, code
-    known_hosts, err, code = M.known_hosts_file()
-    if not known_hosts then
-      return nil, err, code
-    end
-  end
-  return {
-    host = opts.host,
-    port = opts.port or 22,
-    user = opts.user,
-    key = key,
-    passphrase = opts.passphrase,
-    host_key_policy = policy,
-    known_hosts = known_hosts,
-    connect_timeout = opts.connect_timeout,
-  }
+  t.host_key_policy, t.known_hosts = policy, known_hosts
+  return t
 end
 
 -- host.ssh options for target t and one call (extra: cmd, timeout, stdin, callbacks).
@@ -171,6 +283,8 @@ local function ssh_opts(t, extra)
     port = t.port,
     user = t.user,
     key = t.key,
+    keys = t.keys,
+    agent = t.agent,
     passphrase = t.passphrase,
     host_key_policy = t.host_key_policy,
     known_hosts = t.known_hosts,
@@ -224,6 +338,14 @@ local function wrapper(ctl, script)
     "paperclip_ctl=" .. ctl,
     'mkdir -p -m 700 "$paperclip_ctl" || exit 125',
     'if [ -f "$paperclip_ctl/cancelled" ]; then rm -rf "$paperclip_ctl"; exit 130; fi',
+    -- stdin opens with the size of the caller's env script, then the script: written to a
+    -- 0600 file the command's shell sources and removes, never onto a command line
+    'IFS= read -r paperclip_n || exit 125',
+    'case "$paperclip_n" in ""|*[!0-9]*) exit 125 ;; esac',
+    'if [ "$paperclip_n" -eq 0 ]; then (umask 077 && : > "$paperclip_ctl/env"); else',
+    '  (umask 077 && { dd bs="$paperclip_n" count=1 iflag=fullblock of="$paperclip_ctl/env" '
+      .. '2>/dev/null || dd bs=1 count="$paperclip_n" of="$paperclip_ctl/env" 2>/dev/null; })',
+    "fi || exit 125",
     'mkfifo "$paperclip_ctl/out" "$paperclip_ctl/err" || exit 125',
     'cat "$paperclip_ctl/out" & paperclip_out=$!',
     'cat "$paperclip_ctl/err" >&2 & paperclip_err=$!',
@@ -283,39 +405,30 @@ function M.cancel_script(ctl, grace, remove)
   }, "\n")
 end
 
--- The command line: cd, then `env -i` with the minimal base and the caller's env.
-local function command_script(params, opts)
+--- PROFILE: /etc/profile read quietly, as upstream's newest E2B wrapper does, so PATH additions
+-- from it and /etc/profile.d apply; never user profiles or nvm (Paperclip's sandbox rule).
+M.PROFILE = "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi"
+
+-- The command line: /etc/profile, cd, then `env -i` with the minimal base, and a shell that
+-- sources the caller's env from env_file (a shell word) before it execs the command.
+local function command_script(params, opts, env_file)
   local words = { quote(params.command) }
   for _, a in ipairs(params.args or {}) do
     words[#words + 1] = quote(a)
   end
-  local env = params.env or {}
-  local base = {
-    PATH = '"$PATH"',
-    HOME = opts.home and quote(opts.home) or '"$HOME"',
-    USER = '"$USER"',
-    LOGNAME = '"$LOGNAME"',
-    LANG = "C.UTF-8",
-  }
-  local assignments = {}
-  for _, k in ipairs({ "PATH", "HOME", "USER", "LOGNAME", "LANG" }) do
-    if env[k] == nil then
-      assignments[#assignments + 1] = k .. "=" .. base[k]
-    end
-  end
-  local keys = {}
-  for k in pairs(env) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys)
-  for _, k in ipairs(keys) do
-    assignments[#assignments + 1] = k .. "=" .. quote(env[k])
-  end
-  local line = "exec env -i " .. table.concat(assignments, " ") .. " " .. table.concat(words, " ")
+  local base = table.concat({
+    'PATH="$PATH"',
+    "HOME=" .. (opts.home and quote(opts.home) or '"$HOME"'),
+    'USER="$USER"',
+    'LOGNAME="$LOGNAME"',
+    "LANG=C.UTF-8",
+  }, " ")
+  local line = "exec env -i " .. base .. " "
+    .. shell.source_then_exec(env_file, table.concat(words, " "))
   if params.cwd then
     line = "cd " .. quote(params.cwd) .. " && " .. line
   end
-  return line
+  return M.PROFILE .. "\n" .. line
 end
 
 ------------------------------------------------------------------------------------------------
@@ -437,9 +550,10 @@ function M.execute(ctx, t, params, opts)
   -- nothing yields between registering the cancel and starting the command: a cancel that
   -- comes before the wrapper runs leaves the "cancelled" marker, and the wrapper exits 130
   local res, code
+  local env_script = assert(shell.export_script(p.env))
   res, err, code = ssh.exec(ssh_opts(t, {
-    cmd = "sh -c " .. quote(wrapper(ctl, command_script(p, opts))),
-    stdin = p.stdin,
+    cmd = "sh -c " .. quote(wrapper(ctl, command_script(p, opts, ctl .. "/env"))),
+    stdin = #env_script .. "\n" .. env_script .. (p.stdin or ""),
     timeout = p.timeout_ms / 1000,
     max_output = ctx.max_output,
     on_stdout = function(chunk)

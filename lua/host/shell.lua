@@ -111,4 +111,28 @@ function M.env_assignments(env, label)
   return concat(out, " ")
 end
 
+--- Builds `export K='v'` lines (keys sorted, each line ending in a newline) for a shell to
+--- source. Values delivered this way never appear in any process's command line, unlike
+--- `env K=v cmd`, whose arguments stay readable in /proc/*/cmdline while the command runs.
+--- Returns string | nil, message, "protocol" (see `check_env`; `label` as there).
+function M.export_script(env, label)
+  local ok, err, code = M.check_env(env, label)
+  if not ok then
+    return nil, err, code
+  end
+  local out = {}
+  for i, k in ipairs(sorted_keys(env)) do
+    out[i] = "export " .. k .. "=" .. M.quote(env[k]) .. "\n"
+  end
+  return concat(out)
+end
+
+--- The command words `words` (already quoted) run by a shell that first sources the export
+--- script at `file` (a shell word: quoted, or an expansion in double quotes) and removes it,
+--- then replaces itself with the command: put it after `env -i BASE...` so the command gets
+--- exactly the base plus the sourced variables, none of them on a command line.
+function M.source_then_exec(file, words)
+  return "sh -c '. \"$1\" && rm -f -- \"$1\" && shift && exec \"$@\"' sh " .. file .. " " .. words
+end
+
 return M

@@ -3,7 +3,7 @@
 -- host never blocks. Sessions are pooled per (host, port, user, key, host_key_policy,
 -- known_hosts) and shared by concurrent calls, one channel each, so a burst of commands to one
 -- VM uses one TCP connection. A non-zero exit is a result, not a failure.
--- Failures return nil, message, code with code one of: "dns", "connect", "auth" (refused key,
+-- Failures return nil, message, code with code one of: "dns", "connect", "auth" (refused keys,
 -- wrong passphrase, or a key that is encrypted without a passphrase or malformed: these two
 -- are reported before connecting), "protocol" (host key changed or unknown under "yes",
 -- handshake failure, a request the server refused), "timeout" (before the command started),
@@ -86,6 +86,12 @@ end
 --   key                              the private key TEXT, never written to disk: OpenSSH
 --                                    ("BEGIN OPENSSH PRIVATE KEY": ed25519, ECDSA, RSA) or PEM
 --                                    (RSA, EC, PKCS#8)
+--   keys                             or several, offered in order until one is accepted:
+--                                    { {key = text, label = "/home/u/.ssh/id_ed25519"}, ... }
+--                                    (labels name them in errors; at most 16)
+--   agent                            an ssh-agent socket path: its keys are offered first, as
+--                                    OpenSSH does (each wait on the agent is bounded to 5 s)
+--                                    One of key, keys or agent is required
 --   passphrase                       for an encrypted key
 --   host_key_policy                  "accept-new" (default): remember a new host in
 --                                    known_hosts, refuse a changed key; "yes": the host must
@@ -145,6 +151,10 @@ function M.fingerprint(opts)
   local res = call(core.fingerprint, o, "fingerprint")
   return table.unpack(res, 2, res.n)
 end
+
+--- key_info(text [, has_passphrase]) -> {type, encrypted, rsa} | nil, message, "auth": what a
+-- private key is (checked locally, never used): lets a caller skip keys it could not use.
+M.key_info = core.key_info
 
 --- close_all(): close every pooled session now; calls in flight fail with "closed".
 function M.close_all()

@@ -37,9 +37,9 @@ local hooks = M.hooks
 
 local ONBOARDING = "Please complete registration by running: ssh exe.dev"
 local EMAIL_PROMPT = "Please enter your email address:"
-local NO_KEY = "exe.dev: provider-host needs the SSH private key registered with exe.dev: set "
-  .. "sshPrivateKey, or sshIdentityFile to a key file on the Paperclip host (provider-host "
-  .. "cannot use an ssh-agent or ~/.ssh default keys)."
+local NO_KEY = "exe.dev: no SSH identity to reach the VM: set sshPrivateKey or sshIdentityFile, "
+  .. "run an ssh-agent (SSH_AUTH_SOCK), or put the key registered with exe.dev in ~/.ssh of the "
+  .. "account running Paperclip"
 
 ------------------------------------------------------------------------------------------------
 -- Helpers
@@ -100,27 +100,31 @@ local function transport_failure(action, vm, err, code)
   return failure(action, vm, err)
 end
 
-local function local_user()
-  return os.getenv("USER") or os.getenv("LOGNAME") or "root"
-end
-
--- The SSH target of a VM: its record's port when it has one, else sshPort.
+-- The SSH target of a VM: its record's port when it has one, else sshPort. The identity is
+-- sshPrivateKey, else sshIdentityFile, else what `ssh` would offer (the agent, ~/.ssh keys),
+-- and the user sshUser, else the account's name, as upstream's `ssh` did.
 local function target(c, vm)
-  if not c.sshPrivateKey and not c.sshIdentityFile then
-    return nil, NO_KEY
-  end
-  local t, err = remote.target({
+  local t, err, code = remote.target({
     host = vm.sshDest,
     port = vm.sshPort or c.sshPort,
-    user = c.sshUser or local_user(),
+    user = c.sshUser,
     key = c.sshPrivateKey,
     key_file = not c.sshPrivateKey and c.sshIdentityFile or nil,
     host_key_policy = c.strictHostKeyChecking,
   })
   if not t then
+    if code == "config" and err:find("^no SSH identity") then
+      return nil, NO_KEY .. " (" .. err:gsub("^no SSH identity to offer %(", "")
+    end
     return nil, "exe.dev: " .. err
   end
   return t
+end
+
+-- Before making a VM: nil, message when nothing could ever log in to it.
+local function identity_problem(c)
+  local t, err = target(c, { sshDest = "exe.dev" })
+  return not t and err or nil
 end
 
 local function seconds(ctx, c)
@@ -252,8 +256,9 @@ function hooks.probe(ctx, params)
   if not ok then
     return failed(err)
   end
-  if not c.sshPrivateKey and not c.sshIdentityFile then
-    return failed(NO_KEY)
+  local unreachable = identity_problem(c)
+  if unreachable then
+    return failed(unreachable)
   end
   local name = api.vm_name(c, params, true)
   local vm, kind
@@ -290,8 +295,9 @@ function hooks.acquire_lease(ctx, params)
   if not c then
     return nil, err
   end
-  if not c.sshPrivateKey and not c.sshIdentityFile then
-    return nil, NO_KEY -- before creating a VM nobody could reach
+  local unreachable = identity_problem(c)
+  if unreachable then
+    return nil, unreachable -- before creating a VM nobody could reach
   end
   local name = api.vm_name(c, params, false)
   local vm, kind

@@ -31,24 +31,21 @@ end
 
 M.schema = schema.new({
   { "host", "string", required = true, trim = true, blank = "error",
-    description = "Host name or address of the machine.",
-    check = function(_, c) -- a key is needed: host.ssh has no ssh-agent support
-      if c.privateKey == json.null and c.identityFile == json.null then
-        return "ssh: set privateKey or identityFile (provider-host cannot use an ssh-agent)."
-      end
-    end },
+    description = "Host name or address of the machine." },
   { "port", "integer", default = 22, between = { 1, 65535 }, description = "SSH port." },
-  { "user", "string", required = true, trim = true, blank = "error",
-    description = "Login user on the machine." },
+  { "user", "string", trim = true, blank = "null",
+    description = "Login user on the machine (default: the account running Paperclip, as ssh)." },
   { "privateKey", "string", secret = true, trim = true, blank = "null",
-    description = "Private key (OpenSSH or PEM, unencrypted). Kept in memory only." },
+    description = "Private key (OpenSSH or PEM, unencrypted). Kept in memory only. Without it "
+      .. "and identityFile: the ssh-agent, then ~/.ssh/id_rsa, id_ecdsa, id_ed25519, as ssh." },
   { "identityFile", "string", trim = true, blank = "null", pattern = "^/",
     description = "Absolute path of a private key file on this host, used without privateKey." },
   { "hostKeyPolicy", "string", default = "accept-new", one_of = { "accept-new", "yes", "no" },
     description = "accept-new: remember a new host, refuse a changed key; yes: the host must be "
-      .. "in knownHostsFile; no: accept any key (not recommended)." },
+      .. "in the known_hosts file already; no: accept any key (not recommended)." },
   { "knownHostsFile", "string", trim = true, blank = "null", pattern = "^/",
-    description = "known_hosts file to use (default: a private file per worker)." },
+    description = "known_hosts file to use (default: ~/.ssh/known_hosts of the account running "
+      .. "Paperclip, as ssh)." },
   { "workspaceRoot", "string", default = "$HOME/paperclip-workspaces", trim = true,
     blank = "default", description = "Remote directory holding the lease workspaces.",
     check = function(v)
@@ -65,7 +62,7 @@ M.schema = schema.new({
 local function target(ctx)
   local c = ctx.config
   local t, err = remote.target({
-    host = c.host, port = c.port, user = c.user,
+    host = c.host, port = c.port, user = c.user ~= json.null and c.user or nil,
     key = c.privateKey ~= json.null and c.privateKey or nil,
     key_file = c.identityFile ~= json.null and c.identityFile or nil,
     host_key_policy = c.hostKeyPolicy,
@@ -122,7 +119,9 @@ function hooks.probe(ctx, _params)
     return { ok = false, summary = "SSH machine probe failed.", metadata = meta }
   end
   meta.shellCommand = last_line(res.stdout)
-  return { ok = true, summary = ("Connected to %s@%s."):format(ctx.config.user, ctx.config.host),
+  local user = ctx.config.user ~= json.null and ctx.config.user
+    or (remote.account() or { name = "?" }).name
+  return { ok = true, summary = ("Connected to %s@%s."):format(user, ctx.config.host),
     metadata = meta }
 end
 

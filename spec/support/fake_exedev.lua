@@ -465,9 +465,9 @@ end
 
 --- harness([opts]) -> h. h.run(fn) runs fn(h) as a spec (a task, bounded by helpers.deadline)
 -- with: h.fake (a fresh fake exe.dev, started with opts.fake), h.dir (a private temp dir, also
--- holding this spec's known_hosts, and user_known_hosts: the "~/.ssh/known_hosts" that
--- strictHostKeyChecking=yes reads), h.env (what the provider reads as the environment, empty),
--- h.logs (every log line as "level: message"). Afterwards every pooled SSH session is closed,
+-- the account's home as host.remote sees it: h.dir/.ssh/known_hosts is where host keys are
+-- recorded and checked, and h.dir/.ssh holds the default identities, if a spec puts any),
+-- h.env (what the provider reads as the environment, empty), h.logs (every log line as "level: message"). Afterwards every pooled SSH session is closed,
 -- the fake and its VMs stopped, the settings restored and h.dir removed. opts.ssh: the spec
 -- needs a real sshd; without one it FAILS with a clear message (it never passes silently).
 function M.harness(opts)
@@ -487,8 +487,10 @@ function M.harness(opts)
       local api = require("providers.exe-dev.api")
       local saved_api, saved_remote = copy(api.settings), copy(remote.settings)
       h.dir = assert(util.mkdtemp("ph-exedev-spec-"))
+      -- h.dir plays the account's home: its .ssh/known_hosts, never the real one; no agent
+      remote.settings.account = { name = sshd.user(), home = h.dir }
+      remote.settings.agent = false
       remote.settings.known_hosts_dir = h.dir
-      remote.settings.user_known_hosts = h.dir .. "/user_known_hosts" -- never the real one
       h.env = {}
       api.settings.getenv = function(name)
         return h.env[name]

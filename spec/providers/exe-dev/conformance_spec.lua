@@ -556,18 +556,37 @@ describe("providers.exe-dev conformance", function()
       end)
     end)
 
-    it("reads sshIdentityFile when no key is pasted, and needs one of the two", function()
+    it("reads sshIdentityFile when no key is pasted, else what ssh would offer", function()
       h.run(function()
         local cfg = h.config({ sshIdentityFile = h.fake.key.path })
         cfg.sshPrivateKey = nil
         assert(h.session():call("environmentAcquireLease", acquire_params(cfg)))
+        -- neither: no agent here and nothing in ~/.ssh (h.dir is the account's home)
         cfg.sshIdentityFile = nil
         local ok, err = h.session():call("environmentAcquireLease",
           acquire_params(cfg, { runId = "run-2" }))
         assert.is_nil(ok)
-        assert.matches("provider%-host needs the SSH private key", err.message)
-        assert.matches("cannot use an ssh%-agent", err.message)
+        assert.matches("^exe%.dev: no SSH identity to reach the VM", err.message)
+        local ssh_dir = h.dir .. "/.ssh"
+        for _, name in ipairs({ "id_rsa", "id_ecdsa", "id_ed25519" }) do
+          assert.truthy(err.message:find(ssh_dir .. "/" .. name .. ": missing", 1, true))
+        end
         assert.equal(1, h.fake:count("new")) -- no VM was made that nobody could reach
+        -- the VMs' key as ~/.ssh/id_ed25519 (0600), as `ssh` would find it
+        assert(fs.mkdir(ssh_dir, tonumber("700", 8)))
+        assert(fs.write(ssh_dir .. "/id_ed25519", h.fake.key.private, tonumber("600", 8)))
+        local lease = assert(h.session():call("environmentAcquireLease",
+          acquire_params(cfg, { runId = "run-3" })))
+        local r = assert(h.session():call("environmentExecute", { config = cfg,
+          lease = { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata },
+          command = "echo", args = { "by default key" } }))
+        assert.equal("by default key\n", r.stdout)
+        -- a key others could read is ignored, as ssh ignores it
+        assert(fs.chmod(ssh_dir .. "/id_ed25519", tonumber("644", 8)))
+        ok, err = h.session():call("environmentAcquireLease",
+          acquire_params(cfg, { runId = "run-4" }))
+        assert.is_nil(ok)
+        assert.truthy(err.message:find("id_ed25519: permissions 0644 are too open", 1, true))
       end)
     end)
 

@@ -104,7 +104,8 @@ describe("providers.exe-dev faults #ssh", function()
           lines[#lines + 1] = ("[127.0.0.1]:%d %s"):format(vm.server.port,
             pub:match("^(%S+ %S+)"))
         end
-        assert(require("host.fs").write(h.dir .. "/user_known_hosts",
+        assert(require("host.fs").mkdir(h.dir .. "/.ssh", tonumber("700", 8)))
+        assert(require("host.fs").write(h.dir .. "/.ssh/known_hosts",
           table.concat(lines, "\n") .. "\n"))
         local r = assert(h.session():call("environmentExecute",
           { config = cfg, lease = h.lease(vm), command = "true" }))

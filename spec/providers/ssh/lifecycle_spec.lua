@@ -42,16 +42,16 @@ describe("providers.ssh #ssh", function()
     return lease, { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata }
   end
 
-  it("validates its config: a key is needed, the root must be absolute or under $HOME", function()
+  it("validates its config: the root must be absolute or under $HOME", function()
     run(function()
       local s = session()
       local r = assert(s:call("environmentValidateConfig", { config = config() }))
       assert.is_true(r.ok)
       assert.equal("$HOME/paperclip-workspaces", r.normalizedConfig.workspaceRoot)
       assert.equal("accept-new", r.normalizedConfig.hostKeyPolicy)
+      -- no key configured is valid: the agent and ~/.ssh keys are tried at use, as ssh does
       r = assert(s:call("environmentValidateConfig", { config = config({ privateKey = "  " }) }))
-      assert.is_false(r.ok)
-      assert.matches("set privateKey or identityFile", r.errors[1])
+      assert.is_true(r.ok)
       r = assert(s:call("environmentValidateConfig",
         { config = config({ workspaceRoot = "relative/dir", hostKeyPolicy = "maybe" }) }))
       assert.is_false(r.ok)
@@ -210,6 +210,27 @@ describe("providers.ssh #ssh", function()
       assert.is_nil(err.message:find("PRIVATE KEY", 1, true))
     end)
   end)
+
+  it("without a key: what ssh would offer, as the account; the error lists what it tried",
+    function()
+      run(function()
+        local s = session()
+        local cfg = config()
+        cfg.privateKey, cfg.user = nil, nil -- the account's name (h's account) and ~/.ssh
+        local ok, err = s:call("environmentAcquireLease", { config = cfg, runId = "r" })
+        assert.is_nil(ok)
+        assert.matches("^ssh: no SSH identity to offer %(tried: ", err.message)
+        assert.truthy(err.message:find(h.dir .. "/.ssh/id_rsa: missing", 1, true))
+        assert(fs.mkdir(h.dir .. "/.ssh", tonumber("700", 8)))
+        assert(fs.write(h.dir .. "/.ssh/id_ecdsa", h.fake.key.private, tonumber("600", 8)))
+        local _, lp = acquire(s, cfg)
+        assert.equal("ok\n", assert(s:call("environmentExecute", { config = cfg, lease = lp,
+          command = "echo", args = { "ok" } })).stdout)
+        -- the host was recorded where ssh records it
+        local known = assert(fs.read(h.dir .. "/.ssh/known_hosts"))
+        assert.truthy(known:find(("[127.0.0.1]:%d "):format(box.server.port), 1, true))
+      end)
+    end)
 
   it("uses one pooled connection for a lease's commands", function()
     run(function()
