@@ -467,8 +467,9 @@ end
 -- with: h.fake (a fresh fake exe.dev, started with opts.fake), h.dir (a private temp dir, also
 -- the account's home as host.remote sees it: h.dir/.ssh/known_hosts is where host keys are
 -- recorded and checked, and h.dir/.ssh holds the default identities, if a spec puts any),
--- h.env (what the provider reads as the environment, empty), h.logs (every log line as "level: message"). Afterwards every pooled SSH session is closed,
--- the fake and its VMs stopped, the settings restored and h.dir removed. opts.ssh: the spec
+-- h.env (what the provider reads as the environment, empty), h.logs (every log line as
+-- "level: message"). Afterwards every pooled SSH session is closed, the fake and its VMs
+-- stopped, the settings restored and h.dir removed. opts.ssh: the spec
 -- needs a real sshd; without one it FAILS with a clear message (it never passes silently).
 function M.harness(opts)
   opts = opts or {}
