@@ -130,9 +130,11 @@ end
 --- The command words `words` (already quoted) run by a shell that first sources the export
 --- script at `file` (a shell word: quoted, or an expansion in double quotes) and removes it,
 --- then replaces itself with the command: put it after `env -i BASE...` so the command gets
---- exactly the base plus the sourced variables, none of them on a command line.
+--- the base plus the sourced variables, none of them on a command line. The shell's own PWD
+--- (dash exports it) is dropped first; a /bin/sh that is bash still adds SHLVL.
 function M.source_then_exec(file, words)
-  return "sh -c '. \"$1\" && rm -f -- \"$1\" && shift && exec \"$@\"' sh " .. file .. " " .. words
+  return "sh -c 'unset PWD OLDPWD; . \"$1\" && rm -f -- \"$1\" && shift && exec \"$@\"' sh "
+    .. file .. " " .. words
 end
 
 return M

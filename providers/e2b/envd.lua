@@ -216,6 +216,7 @@ end
 -- Starts `/bin/bash -l -c <opts.script>` (the SDK's command form) with process.Process/Start
 -- and follows its stream. opts:
 --   script, cwd       the command and its working directory (nil: envd's default, the home)
+--   envs              variables added to the process's environment (never on its command line)
 --   timeout_ms        the command's own deadline (Connect-Timeout-Ms; envd kills at it)
 --   on_start(pid)     called when envd reports the process started
 --   on_output(stream, bytes)   live output, "stdout" or "stderr"
@@ -230,6 +231,9 @@ function M.run(conn, sbx, opts)
   local process = { cmd = "/bin/bash", args = json.array({ "-l", "-c", opts.script }) }
   if opts.cwd ~= nil then
     process.cwd = opts.cwd
+  end
+  if opts.envs ~= nil and next(opts.envs) ~= nil then
+    process.envs = opts.envs
   end
   local payload = assert(json.encode({ process = process, stdin = false }))
   local extra = {

@@ -468,13 +468,13 @@ function hooks.execute(ctx, params)
   if stdin ~= nil and type(stdin) ~= "string" then
     return nil, "environmentExecute: stdin must be a string"
   end
-  local base, err =
-    script.command(params.command, params.args, type(params.env) == "table" and params.env or nil)
+  local exec_id = ctx.execution and params.executionId or random_id()
+  local base, env_script = script.command(params.command, params.args,
+    type(params.env) == "table" and params.env or nil, script.env_file(exec_id))
   if not base then
-    return nil, err
+    return nil, env_script
   end
-  local conn
-  conn, err = api.connection(ctx)
+  local conn, err = api.connection(ctx)
   if not conn then
     return nil, err
   end
@@ -483,7 +483,6 @@ function hooks.execute(ctx, params)
     timeout_ms = math.floor(params.timeoutMs)
   end
   local cwd = type(params.cwd) == "string" and params.cwd ~= "" and params.cwd or nil
-  local exec_id = ctx.execution and params.executionId or random_id()
   local stdin_path = stdin and ("/tmp/paperclip-stdin-" .. util.uuid()) or nil
   local wrapped = script.wrap(
     exec_id,
@@ -556,6 +555,7 @@ function hooks.execute(ctx, params)
     local ticker = refresher(ctx, conn, sbx)
     local r, rerr, rkind, rpartial = envd.run(conn, sbx, {
       script = wrapped,
+      envs = { [script.ENV_VAR] = env_script }, -- process env, not a command line
       cwd = cwd,
       timeout_ms = timeout_ms,
       max_output = ctx.max_output,

@@ -1,11 +1,20 @@
 -- providers/e2b/script.lua: the shell scripts the E2B provider runs in a sandbox.
---   command(): upstream v-newest's clean-environment script (env -i, private HOME, /etc/profile)
+--   command(): upstream v-newest's clean-environment script (env -i, private HOME, /etc/profile),
+--              with the caller's env sourced from a private file instead of a command line
 --   wrap(): the exact-cancellation wrapper (control dir, setsid process group, pid file)
 --   cancel(): the exact-cancellation script for one execution (TERM, grace, KILL)
 --   reap(): cancel() plus removal of the control dir, for a command whose wrapper was killed
 --   workspace(): pwd + mkdir -p <pwd>/paperclip-workspace in one command
 -- Every script is plain POSIX sh run by `bash -l -c`, as upstream's SDK runs commands.
+local shell = require("host.shell")
+
 local M = {}
+
+--- PROFILE: /etc/profile read quietly first, as upstream's newest wrapper does.
+M.PROFILE = "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi"
+
+--- ENV_VAR: the envd process variable that carries the caller's env script to the wrapper.
+M.ENV_VAR = "PAPERCLIP_EXEC_ENV"
 
 --- quote(s) -> s as one single-quoted shell word, ' written as '"'"' (upstream's shellQuote).
 function M.quote(s)
@@ -33,12 +42,16 @@ local function sorted_keys(t)
   return keys
 end
 
---- command(cmd, args, env) -> script | nil, message
+--- command(cmd, args, env, env_file) -> script, env_script | nil, message
 -- Upstream's buildLoginShellScript (v-newest): source /etc/profile quietly, make a private
 -- HOME with mktemp unless env gives HOME (or USERPROFILE), then run the command under
--- `env -i` with only PATH, HOME/USERPROFILE and the caller's env. A bad env key is an error
--- with upstream's message; env values that are not strings are left out, as upstream does.
-function M.command(cmd, args, env)
+-- `env -i` with only PATH, HOME/USERPROFILE and the caller's env. Unlike upstream, the caller's
+-- env is not on the `env -i` command line (where every value would sit in /proc/*/cmdline):
+-- env_script holds it as `export` lines, delivered through envd's envs (see wrap) into the
+-- file env_file (a path), which a shell sources and removes before it execs the command. A
+-- bad env key is an error with upstream's message; values that are not strings are left out,
+-- as upstream does.
+function M.command(cmd, args, env, env_file)
   if type(cmd) ~= "string" then
     return nil, "environmentExecute: command must be a string"
   end
@@ -75,17 +88,12 @@ function M.command(cmd, args, env)
     vars.HOME = vars.HOME or home
     vars.USERPROFILE = vars.USERPROFILE or home
   end
-  local assignments = {}
-  for _, k in ipairs(sorted_keys(vars)) do
-    assignments[#assignments + 1] = k .. "=" .. quote(vars[k])
-  end
   local exec_line = (home and "exec " or "")
     .. 'env -i PATH="$PATH"'
     .. (home and "" or ' HOME="$paperclip_provider_home" USERPROFILE="$paperclip_provider_home"')
-    .. (#assignments > 0 and " " .. table.concat(assignments, " ") or "")
     .. " "
-    .. table.concat(words, " ")
-  local lines = { "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi" }
+    .. shell.source_then_exec(quote(env_file), table.concat(words, " "))
+  local lines = { M.PROFILE }
   if not home then
     lines[#lines + 1] =
       'paperclip_provider_home="$(mktemp -d /tmp/paperclip-provider-home.XXXXXX)"'
@@ -94,7 +102,7 @@ function M.command(cmd, args, env)
     lines[#lines + 1] = "trap 'exit 143' HUP INT TERM"
   end
   lines[#lines + 1] = exec_line
-  return table.concat(lines, " && ")
+  return table.concat(lines, " && "), assert(shell.export_script(vars))
 end
 
 --- control_dir(execution_id) -> /tmp/.paperclip-execution-<hex of the id's bytes>
@@ -105,11 +113,18 @@ function M.control_dir(execution_id)
     end)
 end
 
+--- env_file(execution_id) -> where wrap() puts the caller's env script: in the control dir.
+function M.env_file(execution_id)
+  return M.control_dir(execution_id) .. "/env"
+end
+
 --- wrap(execution_id, script, extra_cleanup) -> the exact-cancellation wrapper (upstream's
 -- wrapCancellableEnvironmentShellCommand): the command runs in its own process group (setsid
 -- when present) and publishes "group:<pid>" in the control dir; a "cancelled" marker stops it
--- before launch. extra_cleanup (a path, e.g. the staged stdin file) is removed with the
--- control dir when the wrapper exits.
+-- before launch. The control dir is private (0700); the env script the process got in
+-- $PAPERCLIP_EXEC_ENV is written there (0600, by the shell's printf builtin: no command line
+-- holds it) and the variable unset. extra_cleanup (a path, e.g. the staged stdin file) is
+-- removed with the control dir when the wrapper exits.
 function M.wrap(execution_id, script, extra_cleanup)
   local dir = quote(M.control_dir(execution_id))
   local function runner(kind)
@@ -122,12 +137,14 @@ function M.wrap(execution_id, script, extra_cleanup)
   end
   return table.concat({
     "paperclip_control=" .. dir,
-    'mkdir -p "$paperclip_control"',
+    'mkdir -p -m 700 "$paperclip_control"',
     'paperclip_cleanup() { rm -rf -- "$paperclip_control"'
       .. (extra_cleanup and " " .. quote(extra_cleanup) or "")
       .. "; }",
     "trap paperclip_cleanup EXIT",
     'if [ -f "$paperclip_control/cancelled" ]; then exit 130; fi',
+    '(umask 077 && printf \'%s\' "$' .. M.ENV_VAR .. '" > "$paperclip_control/env") || exit 125',
+    "unset " .. M.ENV_VAR,
     "if command -v setsid >/dev/null 2>&1; then",
     "  setsid sh -c " .. quote(runner("group")) .. " &",
     "else",

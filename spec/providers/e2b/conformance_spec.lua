@@ -258,13 +258,17 @@ describe("providers.e2b conformance", function()
         local paths = staged_paths()
         assert.equal(1, #paths)
         assert.matches("^/tmp/paperclip%-stdin%-%x+%-%x+%-%x+%-%x+%-%x+$", paths[1])
-        local base = assert(script.command("sh", { "-c", 'cat; printf "%s" "$FOO" >&2' },
-          { FOO = "bar" }))
+        local base, env_script = script.command("sh", { "-c", 'cat; printf "%s" "$FOO" >&2' },
+          { FOO = "bar" }, script.env_file("e9"))
         local staged = base .. " < " .. script.quote(paths[1])
-        assert.is_truthy(staged:find(" FOO='bar' 'sh' '-c' 'cat; printf \"%s\" \"$FOO\" >&2' < '"
+        -- upstream's `env FOO='bar' 'sh' ...`, with the env sourced from a private file instead
+        assert.is_truthy(staged:find(" 'sh' '-c' 'cat; printf \"%s\" \"$FOO\" >&2' < '"
           .. paths[1] .. "'", 1, true))
+        assert.is_nil(staged:find("bar", 1, true))
         local cmd, record = last_script()
         assert.equal(script.wrap("e9", staged, paths[1]), cmd)
+        assert.equal("export FOO='bar'\n", env_script)
+        assert.same({ [script.ENV_VAR] = env_script }, record.envs)
         assert.equal(lease.metadata.remoteCwd, record.cwd)
         assert.equal(1000, record.timeout_ms)
         assert.is_false(record.stdin) -- no stdin pipe, no sendStdin/closeStdin
@@ -300,9 +304,11 @@ describe("providers.e2b conformance", function()
           executionId = "e10",
         }))
         assert.same({ exitCode = 0, timedOut = false, stdout = "foreground\n", stderr = "" }, r)
-        local base = assert(script.command("printf", { "foreground\\n" }, { FOO = "bar" }))
-        local tail = " FOO='bar' 'printf' 'foreground\\n'"
+        local base = assert(script.command("printf", { "foreground\\n" }, { FOO = "bar" },
+          script.env_file("e10")))
+        local tail = " 'printf' 'foreground\\n'"
         assert.equal(tail, base:sub(-#tail))
+        assert.is_nil(base:find("bar", 1, true))
         local cmd, record = last_script()
         assert.equal(script.wrap("e10", base), cmd)
         assert.equal(1000, record.timeout_ms)
@@ -582,7 +588,7 @@ describe("providers.e2b conformance", function()
   describe("v-newest command (N1-N9)", function()
     it("N1. sources /etc/profile and runs under env -i, without profiles or nvm", function()
       run(function()
-        local base = assert(script.command("env", {}, { FOO = "bar" }))
+        local base = assert(script.command("env", {}, { FOO = "bar" }, script.env_file("n1")))
         assert.equal(1, base:find("if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 "
           .. "|| true; fi", 1, true))
         assert.matches('env -i PATH="$PATH"', base, 1, true)
@@ -604,15 +610,17 @@ describe("providers.e2b conformance", function()
 
     it("N2. makes a private HOME unless env gives one", function()
       run(function()
-        local base = assert(script.command("true", {}, {}))
+        local base = assert(script.command("true", {}, {}, script.env_file("n2")))
         assert.matches('paperclip_provider_home="$(mktemp -d /tmp/paperclip-provider-home.XXXXXX)"',
           base, 1, true)
         assert.matches("trap 'rm -rf -- \"$paperclip_provider_home\"' EXIT", base, 1, true)
         assert.is_nil(base:find("exec env", 1, true))
-        base = assert(script.command("true", {}, { HOME = "/h" }))
+        local env_script
+        base, env_script = script.command("true", {}, { HOME = "/h" }, script.env_file("n2"))
         assert.is_nil(base:find("mktemp", 1, true))
-        local tail = " && exec env -i PATH=\"$PATH\" HOME='/h' USERPROFILE='/h' 'true'"
-        assert.equal(tail, base:sub(-#tail))
+        assert.truthy(base:find(" && exec env -i PATH=\"$PATH\" sh -c ", 1, true))
+        assert.equal("'true'", base:sub(-6))
+        assert.equal("export HOME='/h'\nexport USERPROFILE='/h'\n", env_script)
         local s = session()
         local lease, lp = acquire(s)
         local r = assert(exec(s, lp, { args = { "-c", 'echo "$HOME"; echo "$USERPROFILE"' } }))
@@ -627,6 +635,21 @@ describe("providers.e2b conformance", function()
         }))
         assert.equal(mine .. "\n" .. mine .. "\n", r.stdout)
         destroy(s, lp.providerLeaseId)
+      end)
+    end)
+
+    it("N1b. never shows an env value in any process's command line", function()
+      run(function()
+        local marker = require("spec.support.cmdline").marker()
+        local _, lp = acquire(session())
+        require("spec.support.cmdline").check(function(on_chunk)
+          local s = session({ on_log = function(_, chunk)
+            on_chunk(chunk)
+          end })
+          return exec(s, lp, { args = { "-c", require("spec.support.cmdline").SCRIPT },
+            env = { PH_SECRET = marker }, executionId = "secret-1" })
+        end, marker)
+        destroy(session(), lp.providerLeaseId)
       end)
     end)
 

@@ -251,6 +251,21 @@ describe("providers.exe-dev faults #ssh", function()
     end)
   end)
 
+  it("never shows an env value in any process's command line on the VM", function()
+    h.run(function()
+      local cmdline = require("spec.support.cmdline")
+      local marker = cmdline.marker()
+      local vm = h.fake:create_vm("vm-1")
+      cmdline.check(function(on_chunk)
+        local s = h.session({ on_log = function(_, chunk)
+          on_chunk(chunk)
+        end })
+        return s:call("environmentExecute", { config = h.config(), lease = h.lease(vm),
+          command = "sh", args = { "-c", cmdline.SCRIPT }, env = { PH_SECRET = marker } })
+      end, marker)
+    end)
+  end)
+
   it("never lets a secret into an error, a log line, a result or lease metadata", function()
     h.run(function()
       local secrets = { h.fake.token, "super-secret-env-value", "a very secret prompt",

@@ -1,5 +1,6 @@
 -- spec/providers/local/lifecycle_spec.lua: the local provider through the worker's dispatch.
 local client = require("host.client")
+local cmdline = require("spec.support.cmdline")
 local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local json = require("host.json")
@@ -329,6 +330,21 @@ describe("providers.local", function()
       assert.is_nil(r)
       assert.equal("Environment executionId must be a non-empty opaque string.", err.message)
       s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
+    end)
+  end)
+
+  it("never shows an env value in any process's command line", function()
+    helpers.run(function()
+      local marker = cmdline.marker()
+      local _, lp = acquire(session())
+      cmdline.check(function(on_chunk)
+        local s = session({ on_log = function(_, chunk)
+          on_chunk(chunk)
+        end })
+        return exec(s, lp, { command = "sh", args = { "-c", cmdline.SCRIPT },
+          env = { PH_SECRET = marker } })
+      end, marker)
+      session():call("environmentDestroyLease", { config = {}, providerLeaseId = lp.providerLeaseId })
     end)
   end)
 

@@ -1,0 +1,58 @@
+--- spec.support.cmdline: what every process on this machine shows in /proc/PID/cmdline. The
+-- sandboxes of the specs (local workspaces, the fake E2B's commands, the fake exe.dev's and the
+-- ssh provider's sshd VMs) all run here, so this is every sandbox's process list.
+local fs = require("host.fs")
+local task = require("host.task")
+local util = require("host.util")
+
+local M = {}
+
+--- holding(text) -> { {pid=, cmdline=}, ... }: the processes whose command line contains text
+-- (arguments joined with spaces).
+function M.holding(text)
+  local out = {}
+  for _, name in ipairs(fs.list("/proc") or {}) do
+    if name:find("^%d+$") then
+      local raw = fs.read("/proc/" .. name .. "/cmdline")
+      if raw and raw:find(text, 1, true) then
+        out[#out + 1] = { pid = tonumber(name), cmdline = raw:gsub("%z", " ") }
+      end
+    end
+  end
+  return out
+end
+
+--- marker() -> a value no process could hold by chance
+function M.marker()
+  return "ph-secret-" .. util.hex(assert(util.random(12)))
+end
+
+--- COMMAND: a shell script that proves it got $PH_SECRET (prints its sha256), says "started",
+-- then sleeps: the secret's name is on its command line, never its value.
+M.SCRIPT = 'printf "%s" "$PH_SECRET" | sha256sum | cut -c1-64; echo started; sleep 4'
+
+--- check(start, marker) -> the result of start(on_chunk), asserting meanwhile that no command
+-- line held marker while the command slept. start(on_chunk) runs the execute (M.SCRIPT with
+-- env PH_SECRET = marker, chunks passed to on_chunk) and returns its result.
+function M.check(start, marker)
+  local assert = require("luassert")
+  local started, seen = false, nil
+  local t = task.spawn(function()
+    return start(function(chunk)
+      started = started or chunk:find("started", 1, true) ~= nil
+    end)
+  end)
+  local deadline = task.now() + 20
+  while not started and task.now() < deadline do
+    task.sleep(0.02)
+  end
+  assert.is_true(started, "the command never said it started")
+  seen = M.holding(marker)
+  local res, err = t:wait(30)
+  assert.same({}, seen)
+  assert(res, err and (err.message or err))
+  assert.equal(util.sha256_hex(marker), res.stdout:match("^(%x+)\n"), "the command got the env")
+  return res
+end
+
+return M
