@@ -36,7 +36,7 @@ M.SCRIPT = 'printf "%s" "$PH_SECRET" | sha256sum | cut -c1-64; echo started; sle
 -- env PH_SECRET = marker, chunks passed to on_chunk) and returns its result.
 function M.check(start, marker)
   local assert = require("luassert")
-  local started, seen = false, nil
+  local started = false
   local t = task.spawn(function()
     return start(function(chunk)
       started = started or chunk:find("started", 1, true) ~= nil
@@ -47,7 +47,7 @@ function M.check(start, marker)
     task.sleep(0.02)
   end
   assert.is_true(started, "the command never said it started")
-  seen = M.holding(marker)
+  local seen = M.holding(marker)
   local res, err = t:wait(30)
   assert.same({}, seen)
   assert(res, err and (err.message or err))

@@ -344,7 +344,8 @@ describe("providers.local", function()
         return exec(s, lp, { command = "sh", args = { "-c", cmdline.SCRIPT },
           env = { PH_SECRET = marker } })
       end, marker)
-      session():call("environmentDestroyLease", { config = {}, providerLeaseId = lp.providerLeaseId })
+      session():call("environmentDestroyLease",
+        { config = {}, providerLeaseId = lp.providerLeaseId })
     end)
   end)
 
