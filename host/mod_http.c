@@ -2,6 +2,18 @@
  * (curl_multi_socket_action with a uv_poll_t per socket and one uv_timer_t), the helpers the
  * server shares, and the module entry. The server is in mod_http_server.c.
  *
+ * A request that is not idempotent is never sent twice. libcurl re-sends a request by itself
+ * when a reused keep-alive connection dies before any byte of the answer came back
+ * (Curl_retry_request: "Connection died, retrying a fresh connect"), which for a POST that
+ * creates something creates it twice. No option turns that off, and a body that refuses to
+ * rewind (CURLOPT_SEEKFUNCTION) stops only the retries that happen after body bytes were
+ * written: not a POST with an empty body, nor one whose head went out while its body waited
+ * for "100 Continue". What every retry does go through is a new request on a new connection,
+ * and libcurl calls CURLOPT_PREREQFUNCTION right before each request it sends (multi.c,
+ * MSTATE_DO). So prereq_cb refuses a second request for the same transfer unless a final
+ * response head arrived in between (a redirect, a 417): that is only ever a retry. Connection
+ * reuse is kept; a fresh connection per POST would cost a TLS handshake each.
+ *
  * No Lua code ever runs inside a libcurl callback: the write and header callbacks only append
  * to C buffers and flag the transfer. After curl_multi_socket_action returns, the flagged
  * transfers are dispatched: on_chunk is called (protected, on the main thread) with what was
@@ -153,6 +165,9 @@ struct HttpOp {
     int head_done;    /* the final response head arrived (not a 1xx, not a followed redirect) */
     int has_location; /* the latest head carries Location */
     int follow;
+    int once;        /* not idempotent: never let libcurl send the request a second time */
+    int sent;        /* libcurl started sending the request (prereq_cb ran) */
+    int answered;    /* a final response head began after the latest send */
     size_t max_body; /* 0: no limit */
     size_t received;
     int on_chunk; /* registry ref of the on_chunk function, or LUA_NOREF */
@@ -338,9 +353,27 @@ static const char *curl_code_word(CURLcode rc)
     }
 }
 
+/* What a caller of a request that is not idempotent must know when the connection died
+ * before any answer: that the request might have been processed, and was not repeated. */
+#define LOST_MESSAGE                                                                               \
+    "connection lost after the request was sent and before any response; the server may have "     \
+    "processed it; it was not re-sent"
+
+/* The request went out and the connection died before a response head came back. */
+static int lost_before_answer(HttpOp *op, CURLcode rc)
+{
+    if (!op->sent || op->answered)
+        return 0;
+    return rc == CURLE_GOT_NOTHING || rc == CURLE_RECV_ERROR || rc == CURLE_SEND_ERROR;
+}
+
 /* The transfer left the multi with rc (from check_multi_info). */
 static void op_transfer_done(HttpOp *op, CURLcode rc)
 {
+    if (rc != CURLE_OK && op->code == NULL && op->once && lost_before_answer(op, rc))
+        /* libcurl did not retry (a fresh connection, or nothing to retry): same words as
+         * when prereq_cb stopped a retry, so that a caller sees one failure for one fact */
+        op_set_failure(op, "closed", str_printf("%s", LOST_MESSAGE));
     if (rc != CURLE_OK && op->code == NULL) {
         const char *detail = op->errbuf[0] != '\0' ? op->errbuf : curl_easy_strerror(rc);
         long err = 0;
@@ -459,6 +492,8 @@ static size_t header_cb(char *line, size_t size, size_t nmemb, void *ud)
         for (const char *p = sp ? sp + 1 : line + len; p < line + len && *p >= '0' && *p <= '9';
              p++)
             op->status = op->status * 10 + (*p - '0');
+        if (op->status >= 200)
+            op->answered = 1;
         return total;
     }
     if (op->head_done) /* trailer fields are not part of the head */
@@ -530,6 +565,23 @@ static int xferinfo_cb(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
         op->last_rx = uv_now(ph_loop());
     }
     return 0;
+}
+
+/* Right before libcurl sends a request (the first, a redirect's, or a retry on a fresh
+ * connection), for requests that must not be sent twice. A request that follows an earlier
+ * one without a final answer in between is libcurl retrying after the connection died: the
+ * server may have processed the first one, so the transfer ends here instead. */
+static int prereq_cb(void *ud, char *conn_primary_ip, char *conn_local_ip, int conn_primary_port,
+                     int conn_local_port)
+{
+    HttpOp *op = ud;
+    if (op->sent && !op->answered) {
+        op_set_failure(op, "closed", str_printf("%s", LOST_MESSAGE));
+        return CURL_PREREQFUNC_ABORT; /* CURLE_ABORTED_BY_CALLBACK, reported with our code */
+    }
+    op->sent = 1;
+    op->answered = 0;
+    return CURL_PREREQFUNC_OK;
 }
 
 /* ---- the multi handle on the loop ------------------------------------------------------- */
@@ -852,6 +904,7 @@ typedef struct {
     double timeout, connect_timeout, stall;
     lua_Integer max_body;
     int follow;
+    int idempotent; /* -1: not given, from the method; 0 or 1: as given */
 } Conf;
 
 /* Validate every option before anything is started: misuse raises here, and only here. */
@@ -919,6 +972,10 @@ static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
     if (ph_opt_field_in(L, fname, "follow_redirects", LUA_TBOOLEAN))
         c->follow = lua_toboolean(L, -1);
     lua_pop(L, 1);
+    c->idempotent = -1;
+    if (ph_opt_field_in(L, fname, "idempotent", LUA_TBOOLEAN))
+        c->idempotent = lua_toboolean(L, -1);
+    lua_pop(L, 1);
     c->timeout = ph_http_opt_seconds(L, fname, "timeout", DEFAULT_TIMEOUT);
     c->connect_timeout = ph_http_opt_seconds(L, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
     c->stall = ph_http_opt_seconds(L, fname, "stall_timeout", 0);
@@ -959,6 +1016,21 @@ static struct curl_slist *build_headers(lua_State *L, const Conf *c, int *oom)
     return list;
 }
 
+/* May libcurl send this request again on its own? As the caller said, or else: GET, HEAD,
+ * DELETE and OPTIONS without a body, and PUT (idempotent by definition, RFC 9110 9.2.2). POST,
+ * PATCH, any other method, and a GET, DELETE or OPTIONS carrying a body are not. */
+static int is_idempotent(const Conf *c)
+{
+    if (c->idempotent >= 0)
+        return c->idempotent;
+    if (strcmp(c->method, "PUT") == 0)
+        return 1;
+    if (c->body != NULL)
+        return 0;
+    return strcmp(c->method, "GET") == 0 || strcmp(c->method, "HEAD") == 0 ||
+           strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "OPTIONS") == 0;
+}
+
 static void setup_easy(HttpOp *op, const Conf *c)
 {
     CURL *e = op->easy;
@@ -993,6 +1065,18 @@ static void setup_easy(HttpOp *op, const Conf *c)
     }
     if (cl.share != NULL)
         curl_easy_setopt(e, CURLOPT_SHARE, cl.share);
+    if (op->once) {
+        CURLcode set = CURLE_UNKNOWN_OPTION;
+#if LIBCURL_VERSION_NUM >= 0x075000 /* 7.80.0 added CURLOPT_PREREQFUNCTION */
+        set = curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
+        if (set == CURLE_OK)
+            set = curl_easy_setopt(e, CURLOPT_PREREQDATA, op);
+#endif
+        /* An older libcurl: libcurl only retries on a reused connection, so take a new one.
+         * Correct, at the price of a connect (and TLS handshake) per such request. */
+        if (set != CURLE_OK)
+            curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
+    }
 
     int is_post = strcmp(c->method, "POST") == 0;
     if (strcmp(c->method, "HEAD") == 0) {
@@ -1029,6 +1113,7 @@ static int http_start(lua_State *L, const char *fname, int stream)
     op->on_chunk = LUA_NOREF;
     op->stream = stream;
     op->follow = c.follow;
+    op->once = !is_idempotent(&c);
     op->max_body = (size_t)c.max_body;
     op->what = str_printf("%s %s", c.method, c.url);
     int oom = 0;

@@ -67,6 +67,7 @@ typedef struct {
 
 typedef struct {
     Conn *c;       /* NULL once the handler ended */
+    int aborted;   /* res:abort(): nothing more is sent, the connection closes */
     int started;   /* the head is queued */
     int finished;  /* the body is complete */
     int chunked;   /* body framing: chunked */
@@ -855,6 +856,15 @@ static void conn_request_done(Conn *c)
     conn_process(c);
 }
 
+/* The error value res:abort() raises to end its handler: this key's address, as a light
+ * userdata, which no Lua code can make. */
+static const char abort_key = 'a';
+
+static int is_abort(lua_State *L, int idx)
+{
+    return lua_touserdata(L, idx) == (void *)&abort_key;
+}
+
 /* After handler(req, res) returned (status is LUA_OK or LUA_YIELD) or raised. Never raises:
  * it runs outside the protected call, and the connection must always move on. */
 static int handler_done(lua_State *L, int status, lua_KContext ctx)
@@ -862,7 +872,15 @@ static int handler_done(lua_State *L, int status, lua_KContext ctx)
     Response *res = lua_touserdata(L, 1);
     Conn *c = res->c;
     char err[256] = "";
-    if (status != LUA_OK && status != LUA_YIELD) {
+    if (res->aborted) {
+        /* res:abort() closed the connection on purpose: nothing more is sent, and its own
+         * unwinding is no failure. An error raised after it (say, the abort was caught by a
+         * pcall in the handler) is still reported. */
+        if (status != LUA_OK && status != LUA_YIELD && !is_abort(L, -1)) {
+            const char *msg = lua_tostring(L, -1);
+            ph_diag("provider-host: http handler failed: %s", msg ? msg : "(error object)");
+        }
+    } else if (status != LUA_OK && status != LUA_YIELD) {
         const char *msg = lua_tostring(L, -1);
         ph_diag("provider-host: http handler failed: %s", msg ? msg : "(error object)");
         send_500(c, res);
@@ -904,13 +922,22 @@ static int handler_done(lua_State *L, int status, lua_KContext ctx)
     return 0;
 }
 
+/* Message handler for the handler's pcall: res:abort()'s unwinding passes through as is (it is
+ * no error and gets no traceback); anything else gets one. */
+static int handler_msgh(lua_State *L)
+{
+    if (is_abort(L, 1))
+        return 1;
+    return ph_http_traceback(L);
+}
+
 /* The task body: handler(req, res) under a yieldable pcall, then the response. */
 static int handler_trampoline(lua_State *L)
 {
     /* handler req res -> res msgh handler req res */
     lua_pushvalue(L, 3);
     lua_insert(L, 1);
-    lua_pushcfunction(L, ph_http_traceback);
+    lua_pushcfunction(L, handler_msgh);
     lua_insert(L, 2);
     int status = lua_pcallk(L, 2, LUA_MULTRET, 2, 0, handler_done);
     return handler_done(L, status, 0);
@@ -926,6 +953,12 @@ static Response *check_res(lua_State *L)
     return res;
 }
 
+/* After res:abort(), start, write and finish fail as they do once the client is gone. */
+static int res_aborted(lua_State *L)
+{
+    return ph_fail(L, "closed", "http: the response was aborted");
+}
+
 /* res:start(status [, headers]) -> true | nil, msg, "closed"
  * Chunked unless headers give a content-length (or the client speaks HTTP/1.0). */
 static int res_start(lua_State *L)
@@ -935,6 +968,8 @@ static int res_start(lua_State *L)
     luaL_argcheck(L, status >= 200 && status <= 999, 2, "status must be in 200..999");
     if (!lua_isnoneornil(L, 3))
         luaL_checktype(L, 3, LUA_TTABLE);
+    if (res->aborted)
+        return res_aborted(L);
     if (res->started)
         return luaL_error(L, "http: res:start called twice");
     Conn *c = res->c;
@@ -964,6 +999,8 @@ static int res_write(lua_State *L)
     Response *res = check_res(L);
     size_t n;
     const char *p = luaL_checklstring(L, 2, &n);
+    if (res->aborted)
+        return res_aborted(L);
     if (!res->started)
         return luaL_error(L, "http: res:write before res:start");
     if (res->finished)
@@ -1009,6 +1046,8 @@ static int res_write(lua_State *L)
 static int res_finish(lua_State *L)
 {
     Response *res = check_res(L);
+    if (res->aborted)
+        return res_aborted(L);
     if (!res->started)
         return luaL_error(L, "http: res:finish before res:start");
     Conn *c = res->c;
@@ -1016,6 +1055,36 @@ static int res_finish(lua_State *L)
         return ph_fail(L, "closed", "http: client connection closed");
     lua_pushboolean(L, 1);
     return 1;
+}
+
+/* res:abort(): play a server that lost its answer. No response is sent, or, after res:start,
+ * the rest of it is not: what was already written still goes out (the client sees the head and
+ * a body cut short), then the connection is closed without a chunked terminator and before any
+ * promised Content-Length is reached. Called from the handler's own task it does not return:
+ * it ends the handler, quietly (no 500, no traceback). */
+static int res_abort(lua_State *L)
+{
+    Response *res = check_res(L);
+    Conn *c = res->c;
+    if (!res->aborted) {
+        res->aborted = 1;
+        /* Drop the connection as a whole: no keep-alive, no next request. A shutdown rather
+         * than an immediate close so that the bytes already written are not thrown away
+         * (uv_close would cancel them) and the peer sees a FIN, not a reset that could
+         * destroy what it has not read yet. */
+        c->close_after = 1;
+        wake_writer(c, 0); /* a task parked in res:write learns "closed" */
+        conn_shutdown(c);
+        /* The shutdown waits for queued writes; a client that stops reading gets a reset
+         * after this long instead of holding the connection until the server closes. */
+        if (!c->closed)
+            conn_timer(c, TM_LINGER, LINGER_MS);
+    }
+    if (c->task != NULL && ph_task_thread(c->task) == L) {
+        lua_pushlightuserdata(L, (void *)&abort_key);
+        return lua_error(L);
+    }
+    return 0;
 }
 
 /* ---- Server ---------------------------------------------------------------------------------- */
@@ -1464,10 +1533,8 @@ static int raw_close(lua_State *L)
 /* ---- registration --------------------------------------------------------------------------- */
 
 static const luaL_Reg res_methods[] = {
-    { "start", res_start },
-    { "write", res_write },
-    { "finish", res_finish },
-    { NULL, NULL },
+    { "start", res_start }, { "write", res_write }, { "finish", res_finish },
+    { "abort", res_abort }, { NULL, NULL },
 };
 
 static const luaL_Reg server_methods[] = {

@@ -1,9 +1,10 @@
 --- host.http: the HTTP client and server for providers, fakes and the bridge.
 -- Calls yield the calling task; the host never blocks. An HTTP error status is a response,
 -- not a failure. Failures return nil, message, code with code one of: "dns", "connect",
--- "tls", "timeout", "closed" (connection dropped, empty reply, partial body), "protocol"
--- (bad response, max_body exceeded, too many redirects), "canceled", "io", "internal",
--- "json" (opts.json could not be encoded). Argument mistakes raise, blamed on the caller.
+-- "tls", "timeout", "closed" (connection dropped, empty reply, partial body; request() says
+-- what it means for a request that is not idempotent), "protocol" (bad response, max_body
+-- exceeded, too many redirects), "canceled", "io", "internal", "json" (opts.json could not
+-- be encoded). Argument mistakes raise, blamed on the caller.
 local core = require("host.core.http") -- C; yields the calling task until done
 local json = require("host.json")
 
@@ -93,9 +94,22 @@ end
 --                     network events, never inside libcurl: it cannot yield, and if it raises
 --                     the transfer is aborted and request returns nil, msg, "internal"
 --   follow_redirects  default false
+--   idempotent        may the request be sent again when its connection dies? Default: yes
+--                     for GET, HEAD, DELETE and OPTIONS without a body, and for PUT; no for
+--                     POST, PATCH, any other method, and a GET/DELETE/OPTIONS with a body.
+--                     Say true for a POST that only reads (a search), false for a GET that
+--                     changes something
 -- Response: status (integer), headers (lowercase name -> value, repeats joined with ", "),
 -- body (string), url (the effective URL); methods ok(), json(), header(name).
 -- Connections are kept and reused across requests; proxies from the environment are not used.
+-- A kept connection can die just as a request is sent on it. An idempotent request is then
+-- sent again on a fresh connection (libcurl does that by itself). Any other request is never
+-- sent twice, and when its connection dies after it was sent and before any response (kept
+-- or fresh), it fails with nil, "http: METHOD URL: connection lost after the request was
+-- sent and before any response; the server may have processed it; it was not re-sent",
+-- "closed". The server may or may not have acted on it: a caller that must know whether a
+-- create happened reconciles before trying again (look the resource up, by a name or key it
+-- chose or by listing, and create only when it is not there).
 function M.request(opts)
   local o, err, code = prepare(opts, "request")
   if not o then
@@ -126,8 +140,9 @@ function M.get(url, opts)
 end
 
 --- open(opts) -> Stream | nil, message, code
--- Like request (same opts except on_chunk; max_body defaults to no limit), but returns as
--- soon as the response head arrived. Stream: status, headers, url, and
+-- Like request (same opts except on_chunk; max_body defaults to no limit; the same rule for
+-- what is never re-sent), but returns as soon as the response head arrived. Stream: status,
+-- headers, url, and
 --   stream:read([timeout]) -> chunk | nil at the end of the body | nil, message, code.
 --     Each read returns everything buffered so far (chunk boundaries are arbitrary). A read
 --     timeout fails that read only ("timeout"); the stream stays usable. The transfer's own
@@ -163,6 +178,14 @@ end
 --     a content-length (an HTTP/1.0 client gets the body until the connection closes)
 --   res:write(chunk) -> true | nil, msg, "closed": waits while the client is slow to read
 --   res:finish() -> true | nil, msg, "closed"; called for you when the handler returns
+--   res:abort(): for fakes that play "the server processed the request and the answer was
+--     lost". Before res:start nothing is answered; after it the response is cut where it is
+--     (what was written still goes out, then no chunked terminator, or fewer bytes than the
+--     content-length said). Either way the connection is closed (FIN, no keep-alive) and the
+--     handler ends right there: abort does not return, and nothing is logged (no 500, no
+--     traceback). Do not call it under a pcall of your own, which would catch that ending.
+--     Called from another task than the handler's, it only closes; afterwards start, write
+--     and finish return nil, msg, "closed".
 -- A handler that raises gives a 500 (the traceback goes to stderr) or, once streaming began,
 -- a cut connection. Bad requests get 400/408/413/431/501/505 with Connection: close.
 -- Server: port, url ("http://host:port"), stats() -> {accepted, open, requests}, close()

@@ -436,9 +436,185 @@ describe("host.http client", function()
       misuse({ url = "http://x/", headers = { ["Bad Name"] = "a" } }, "not an HTTP token")
       misuse({ url = "http://x/", timeout = -1 }, "timeout")
       misuse({ url = "http://x/", method = "GE T" }, "method")
+      misuse({ url = "http://x/", idempotent = "yes" }, "field 'idempotent' must be a boolean")
     end)
     local ok, err = pcall(http.request, { url = "http://127.0.0.1:1/" })
     assert.is_false(ok)
     assert.matches("inside a task", err)
+  end)
+end)
+
+-- A server that loses its answer: the first request of every connection is answered and the
+-- connection kept alive; the second request on a connection is read in full and then
+-- res:abort() closes the connection without a byte of answer, as a server that processed a
+-- request and died before answering. On a reused connection that is the race where libcurl
+-- re-sends on a fresh connection by itself ("Connection died, retrying a fresh connect"). Paths
+-- under /lose-now are lost on any connection. fn(srv, seen) gets every request the handler saw:
+-- {method, path, port (the client's), size (of the body), accepted (connections so far)}.
+local function with_lossy_server(fn)
+  return helpers.run(function()
+    local seen, srv = {}, nil
+    srv = assert(http.serve({
+      max_body = 4 * MiB,
+      handler = function(req, res)
+        local before = 0
+        for _, s in ipairs(seen) do
+          if s.port == req.remote_port then
+            before = before + 1
+          end
+        end
+        seen[#seen + 1] = {
+          method = req.method,
+          path = req.path,
+          port = req.remote_port,
+          size = #req.body,
+          accepted = srv:stats().accepted,
+        }
+        if before == 1 or req.path:find("^/lose%-now") then
+          res:abort() -- does not return
+        end
+        return 200, {}, "done " .. req.path
+      end,
+    }))
+    local ok, err = pcall(fn, srv, seen)
+    srv:close()
+    if not ok then
+      error(err, 0)
+    end
+  end)
+end
+
+-- The requests in seen for path.
+local function seen_at(seen, path)
+  local out = {}
+  for _, s in ipairs(seen) do
+    if s.path == path then
+      out[#out + 1] = s
+    end
+  end
+  return out
+end
+
+-- One answered GET to open a keep-alive connection, then call(opts): its request is the
+-- second one on that connection, which the server loses. Checks that it really went out on
+-- the warm connection (same client port, still the only connection accepted).
+local function lose_on_reused(srv, seen, call, opts)
+  assert.equal(200, assert(http.request({ url = srv.url .. "/warm" })).status)
+  local r = table.pack(call(opts))
+  local first = seen_at(seen, opts.url:match("^http://[^/]+(/.*)$"))[1]
+  assert.is_table(first, "the server never saw the request")
+  assert.equal(seen[1].port, first.port, "the request did not reuse the warm connection")
+  assert.equal(1, first.accepted)
+  return table.unpack(r, 1, r.n)
+end
+
+local LOST = ": connection lost after the request was sent and before any response; the "
+  .. "server may have processed it; it was not re-sent"
+
+describe("host.http client, a request whose answer is lost", function()
+  it("does not re-send a POST on a reused connection, and says so", function()
+    with_lossy_server(function(srv, seen)
+      local url = srv.url .. "/create"
+      local res, err, code = lose_on_reused(srv, seen, http.request, { url = url, body = "vm-1" })
+      assert.is_nil(res)
+      assert.equal("closed", code)
+      assert.equal("http: POST " .. url .. LOST, err)
+      assert.equal(1, #seen_at(seen, "/create"))
+      assert.equal(2, srv:stats().requests)
+    end)
+  end)
+
+  it("does not re-send a POST without a body, nor a PATCH, nor a DELETE with a body", function()
+    for _, case in ipairs({
+      { method = "POST" }, -- Content-Length: 0: no body byte that a rewind could refuse
+      { method = "PATCH", body = "{}" },
+      { method = "DELETE", body = "{}" },
+    }) do
+      with_lossy_server(function(srv, seen)
+        local url = srv.url .. "/thing"
+        local opts = { url = url, method = case.method, body = case.body }
+        local res, err, code = lose_on_reused(srv, seen, http.request, opts)
+        assert.is_nil(res, case.method)
+        assert.equal("closed", code)
+        assert.equal("http: " .. case.method .. " " .. url .. LOST, err)
+        assert.equal(1, #seen_at(seen, "/thing"), case.method)
+      end)
+    end
+  end)
+
+  it("does not re-send a 1 MiB POST (sent after the head, not with it)", function()
+    with_lossy_server(function(srv, seen)
+      local body = string.rep("x", MiB)
+      local opts = { url = srv.url .. "/upload", body = body }
+      local res, _, code = lose_on_reused(srv, seen, http.request, opts)
+      assert.is_nil(res)
+      assert.equal("closed", code)
+      local got = seen_at(seen, "/upload")
+      assert.equal(1, #got)
+      assert.equal(MiB, got[1].size)
+    end)
+  end)
+
+  it("does not re-send a POST opened as a stream", function()
+    with_lossy_server(function(srv, seen)
+      local url = srv.url .. "/run"
+      local stream, err, code = lose_on_reused(srv, seen, http.open, { url = url, body = "cmd" })
+      assert.is_nil(stream)
+      assert.equal("closed", code)
+      assert.equal("http: POST " .. url .. LOST, err)
+      assert.equal(1, #seen_at(seen, "/run"))
+    end)
+  end)
+
+  it("says the same when the connection was fresh (libcurl would not retry anyway)", function()
+    with_lossy_server(function(srv, seen)
+      local url = srv.url .. "/lose-now"
+      local res, err, code = http.request({ url = url, body = "vm-1" })
+      assert.is_nil(res)
+      assert.equal("closed", code)
+      assert.equal("http: POST " .. url .. LOST, err)
+      assert.equal(1, #seen)
+    end)
+  end)
+
+  it("lets libcurl retry a GET on a fresh connection, which then succeeds", function()
+    with_lossy_server(function(srv, seen)
+      local url = srv.url .. "/thing"
+      local res = assert(lose_on_reused(srv, seen, http.request, { url = url }))
+      assert.equal(200, res.status)
+      assert.equal("done /thing", res.body)
+      local got = seen_at(seen, "/thing")
+      assert.equal(2, #got)
+      assert.are_not.equal(got[1].port, got[2].port)
+      assert.equal(2, got[2].accepted)
+    end)
+  end)
+
+  it("lets libcurl retry a PUT, and a POST marked idempotent", function()
+    for _, opts in ipairs({
+      { method = "PUT", body = "state" },
+      { method = "POST", body = "lookup", idempotent = true },
+    }) do
+      with_lossy_server(function(srv, seen)
+        opts.url = srv.url .. "/thing"
+        local res = assert(lose_on_reused(srv, seen, http.request, opts))
+        assert.equal(200, res.status)
+        assert.equal(2, #seen_at(seen, "/thing"), opts.method)
+      end)
+    end
+  end)
+
+  it("does not retry a GET marked idempotent = false", function()
+    with_lossy_server(function(srv, seen)
+      local url = srv.url .. "/thing"
+      local res, err, code = lose_on_reused(srv, seen, http.request, {
+        url = url,
+        idempotent = false,
+      })
+      assert.is_nil(res)
+      assert.equal("closed", code)
+      assert.equal("http: GET " .. url .. LOST, err)
+      assert.equal(1, #seen_at(seen, "/thing"))
+    end)
   end)
 end)

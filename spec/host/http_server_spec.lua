@@ -3,6 +3,7 @@
 local helpers = require("spec.helpers")
 local http = require("host.http")
 local raw_connect = require("host.core.http")._raw_connect -- spec-only raw TCP client
+local proc = require("host.proc")
 local task = require("host.task")
 
 local T = 5 -- every receive in this file waits at most this long
@@ -396,6 +397,95 @@ describe("host.http server", function()
       end
       assert.is_true(result.done)
       assert.equal("closed", result.code)
+    end)
+  end)
+
+  it("res:abort() before res:start closes without answering and ends the handler", function()
+    with_server(function(req, res, state)
+      if req.path == "/lose" then
+        res:abort()
+        state.went_on = true -- never runs: abort ends the handler
+      end
+      return 200, {}, "fine"
+    end, function(srv, state)
+      local c = connect(srv)
+      c:send("GET /lose HTTP/1.1\r\nHost: t\r\n\r\n" .. GET) -- the pipelined GET is dropped
+      local buf, closed = recv_all(c)
+      assert.equal("", buf)
+      assert.is_true(closed)
+      assert.is_nil(state.went_on)
+      local res, err, code = http.request({ url = srv.url .. "/lose", body = "x" })
+      assert.is_nil(res)
+      assert.equal("closed", code)
+      assert.matches("may have processed it", err)
+      assert.equal("fine", assert(http.request({ url = srv.url .. "/ok" })).body)
+    end)
+  end)
+
+  it("res:abort() after res:start cuts the response where it is", function()
+    with_server(function(req, res)
+      local headers = req.path == "/length" and { ["Content-Length"] = "100" } or {}
+      assert(res:start(200, headers))
+      assert(res:write("partial"))
+      res:abort()
+    end, function(srv)
+      -- what was written arrives; no terminating chunk, and 7 bytes of the 100 promised
+      for path, body in pairs({ ["/length"] = "partial", ["/chunked"] = "7\r\npartial\r\n" }) do
+        local c = connect(srv)
+        c:send("GET " .. path .. " HTTP/1.1\r\nHost: t\r\n\r\n")
+        local buf, closed = recv_all(c)
+        assert.is_true(closed)
+        assert.matches("^HTTP/1%.1 200 OK\r\n", buf)
+        assert.equal(body, buf:match("\r\n\r\n(.*)$"))
+        local res, err, code = http.request({ url = srv.url .. path })
+        assert.is_nil(res)
+        assert.equal("closed", code, err)
+      end
+    end)
+  end)
+
+  it("res:abort() ends the handler without a 500 or a traceback on stderr", function()
+    -- in a child host, so that its stderr can be read
+    local script = [[
+      local http, task = require("host.http"), require("host.task")
+      task.run(function()
+        local srv = assert(http.serve({ handler = function(req, res)
+          if req.path == "/after" then
+            res:start(200, {})
+            res:write("cut")
+          end
+          res:abort()
+          error("not reached")
+        end }))
+        for _, path in ipairs({ "/before", "/after" }) do
+          local _, _, code = http.request({ url = srv.url .. path, body = "x" })
+          print(path, code)
+        end
+        srv:close()
+      end)
+    ]]
+    local r = helpers.run(function()
+      return assert(proc.run({ argv = { helpers.binary(), "-e", script }, timeout = 30 }))
+    end)
+    assert.equal(0, r.exit_code, r.stderr)
+    assert.equal("/before\tclosed\n/after\tclosed\n", r.stdout)
+    assert.equal("", r.stderr)
+  end)
+
+  it("res:abort() from another task closes the connection; the handler goes on", function()
+    with_server(function(_req, res, state)
+      assert(res:start(200, {}))
+      task.spawn(function()
+        res:abort()
+        state.abort_returned = true
+      end):wait(T)
+      state.write = table.pack(res:write("more"))
+    end, function(srv, state)
+      local res, _, code = http.request({ url = srv.url .. "/" })
+      assert.is_nil(res)
+      assert.equal("closed", code)
+      assert.is_true(state.abort_returned)
+      assert.same({ nil, "http: the response was aborted", "closed", n = 3 }, state.write)
     end)
   end)
 
