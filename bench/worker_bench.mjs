@@ -200,8 +200,9 @@ function releaseParams(lease) {
 // processes and their memory
 
 // The packaged native binary (bench/results/pkg-local/bin/provider-host, as
-// /proc/<pid>/exe shows it), set once the package is written. A direct child of
-// a worker that runs it is the shim's native worker.
+// /proc/<pid>/exe shows it), set once the package is written. The shim's native
+// worker is the shim's own pid once it has replaced itself (execve), else the
+// shim's direct child that runs it.
 let nativeExe = null;
 // native workers seen behind a shim, killed on exit even if their shim is gone
 const natives = new Set();
@@ -233,15 +234,18 @@ function childrenOf(pid) {
 }
 
 // The processes that make up one worker, found in its process tree: the worker's
-// own pid and any direct child running the packaged binary (the shim's native
-// worker). Everything else below it is not the worker: the commands it runs
-// (bash, sleep) and its own forks before they exec (whose exe is still the
-// worker's: the unpackaged binary for ours, node for the peer, and for the shim
-// grandchildren). The same rule applies to every candidate; only the shim has
-// such a child.
+// own pid and, unless that pid runs the packaged binary itself, any direct child
+// running it (the native worker of a shim that spawned it). Everything else below
+// it is not the worker: the commands it runs (bash, sleep) and its own forks
+// before they exec (whose exe is still the worker's: the unpackaged binary for
+// ours, node for the peer, the packaged binary for a shim that replaced itself,
+// and for a spawning shim grandchildren). The same rule applies to every
+// candidate; only a spawning shim has such a child.
 function workerPids(pid) {
   const pids = [pid];
-  if (nativeExe) for (const c of childrenOf(pid)) if (exeOf(c) === nativeExe) pids.push(c);
+  if (nativeExe && exeOf(pid) !== nativeExe) {
+    for (const c of childrenOf(pid)) if (exeOf(c) === nativeExe) pids.push(c);
+  }
   return pids;
 }
 
@@ -284,16 +288,22 @@ class WorkerProc extends Worker {
     });
   }
 
-  // The shim's native worker: its direct child running the packaged binary.
-  // Looked up once the worker has answered (so it has started), kept for cleanup.
+  // The shim's native worker: the shim's pid once it has replaced itself with the
+  // packaged binary, else its direct child running it. Looked up once the worker
+  // has answered (so it has started), kept for cleanup.
   findNative() {
     if (!this.forkModule || this.nativePid || this.exit || !nativeExe) return this.nativePid;
-    const pid = childrenOf(this.pid).find((c) => exeOf(c) === nativeExe);
+    const pid = this.replaced() ? this.pid : childrenOf(this.pid).find((c) => exeOf(c) === nativeExe);
     if (pid) {
       this.nativePid = pid;
       natives.add(pid);
     }
     return this.nativePid;
+  }
+
+  // The shim became the native worker (process.execve or the package's execve.node).
+  replaced() {
+    return Boolean(this.forkModule && nativeExe && exeOf(this.pid) === nativeExe);
   }
 
   // VmRSS, VmHWM and Threads summed over the worker's processes (workerPids).
@@ -453,7 +463,8 @@ async function phaseLong(cand, opts, res) {
   const w = new WorkerProc(cand).start();
   try {
     await withDeadline(w.request("initialize", initializeParams(MANIFEST), INIT_TIMEOUT_MS), PHASE_TIMEOUT_MS, `${cand.name} initialize`);
-    if (cand.fork && !w.findNative()) throw new Error(`no native worker (${nativeExe}) found as a child of the shim (pid ${w.pid})`);
+    if (cand.fork && !w.findNative()) throw new Error(`no native worker (${nativeExe}) found as the shim (pid ${w.pid}) or its child`);
+    if (cand.fork) res.shimReplaced = w.replaced();
     res.openFilesLimit = w.openFilesLimit();
 
     // (b) idle RSS, summed over the worker's processes
@@ -461,7 +472,10 @@ async function phaseLong(cand, opts, res) {
     const idle = w.status();
     const procs = (idle.pids ?? []).map((pid) => ({ pid, exe: exeOf(pid), rssKb: procStatus(pid).VmRSS ?? null }));
     res.idle = { rssKb: idle.VmRSS ?? null, threads: idle.Threads ?? null, processes: procs };
-    if (cand.fork && procs.length !== 2) throw new Error(`idle: expected the shim and its native worker, found ${procs.length} process(es)`);
+    const expected = res.shimReplaced ? 1 : 2;
+    if (cand.fork && procs.length !== expected) {
+      throw new Error(`idle: expected ${res.shimReplaced ? "the native worker alone" : "the shim and its native worker"}, found ${procs.length} process(es)`);
+    }
     const split = procs.length > 1 ? ` (${procs.map((p) => `${path.basename(p.exe ?? "?")} ${fmtKb(p.rssKb)}`).join(" + ")})` : "";
     log(`  ${cand.name.padEnd(5)} (b) idle RSS ${fmtKb(res.idle.rssKb)}${split}  threads ${res.idle.threads ?? "?"}  open-files limit ${fmtLimit(res.openFilesLimit)}`);
 
@@ -656,6 +670,18 @@ function buildRows(results) {
   ];
 }
 
+// What the shim did in this run: replaced itself with the binary (one process) or spawned it.
+function shimFoot(r) {
+  const how =
+    r.shimReplaced === true
+      ? "replaced itself with the binary (process.execve, else the package's execve.node): same pid, one process"
+      : r.shimReplaced === false
+        ? "spawned the binary (no way to execve, or PROVIDER_HOST_SHIM=spawn): a Node plus the native worker, memory summed"
+        : "was not measured";
+  const has = typeof process.execve === "function" ? "has" : "lacks";
+  return `shim = the packaged dist/worker.js forked by Node as Paperclip forks it (this Node, ${process.version}, ${has} process.execve); it ${how}`;
+}
+
 function printTable(rows, execs, results) {
   const shown = CANDIDATES.filter((c) => results[c]);
   const verdict = (r) => {
@@ -674,12 +700,11 @@ function printTable(rows, execs, results) {
     { head: "target", left: true, get: verdict },
   ];
   printColumns(cols, rows);
-  const execve = typeof process.execve === "function" ? "has it" : "lacks it";
   const foot = [
-    results.ours && "ours = the native binary alone: what Paperclip runs when its Node has process.execve (the shim replaces itself with the binary)",
-    results.shim && `shim = the packaged dist/worker.js forked by Node, spawning the binary: what Paperclip runs on a Node without process.execve (this Node, ${process.version}, ${execve}); its memory is the shim plus the native worker, summed`,
+    results.ours && "ours = the native binary alone, spawned directly: what the shim turns into when it can execve",
+    results.shim && shimFoot(results.shim),
     (results.ours || results.shim) && results.peer && `${[results.ours && "peer/ours", results.shim && "peer/shim"].filter(Boolean).join(", ")}: how many times faster or smaller than the peer`,
-    results.shim && "VmHWM of the shim is the sum of each process's own peak",
+    results.shim && results.shim.shimReplaced === false && "VmHWM of the shim is the sum of each process's own peak",
   ].filter(Boolean);
   log("");
   for (const f of foot) log(`  ${f}`);

@@ -18,5 +18,18 @@ execute_process(COMMAND ${prefix}/bin/provider-host -e
 if(NOT rc EQUAL 0 OR NOT root MATCHES "install-check/share/provider-host")
   message(FATAL_ERROR "installed runtime not used (${rc}): ${root} ${err}")
 endif()
+# The shim's addon (built when Node-API headers were found) is installed beside the network
+# module, and `package` run from the installed binary ships it.
+if(EXISTS ${BUILD_DIR}/execve.node)
+  file(GLOB_RECURSE addon ${prefix}/*/provider-host/execve.node)
+  if(NOT addon)
+    message(FATAL_ERROR "execve.node was built but not installed")
+  endif()
+  execute_process(COMMAND ${prefix}/bin/provider-host package local --out ${prefix}/pkg
+    WORKING_DIRECTORY / RESULT_VARIABLE rc OUTPUT_QUIET ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0 OR NOT EXISTS ${prefix}/pkg/lib/execve.node)
+    message(FATAL_ERROR "installed provider-host packaged no lib/execve.node (${rc}): ${err}")
+  endif()
+endif()
 file(REMOVE_RECURSE ${prefix})
 message(STATUS "install layout ok")

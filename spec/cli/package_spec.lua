@@ -1,5 +1,7 @@
 -- spec/cli/package_spec.lua: the generated Paperclip plugin package, driven by Node as
--- Paperclip drives it (import the manifest, fork the shim, NDJSON on stdio).
+-- Paperclip drives it (import the manifest, fork the shim, NDJSON on stdio). The shim
+-- replaces itself with the native worker (process.execve, else lib/execve.node); the
+-- spawn fallback is forced with PROVIDER_HOST_SHIM=spawn so it stays tested.
 local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local json = require("host.json")
@@ -12,6 +14,49 @@ local function have_node()
     return r and r.exit_code == 0
   end)
 end
+
+-- The build under test has the shim's addon (it needs Node-API headers at configure time).
+local function built_with_addon()
+  return fs.stat(helpers.binary():match("^(.*)/[^/]+$") .. "/execve.node") ~= nil
+end
+
+-- A Node script that forks itself with an IPC channel as Paperclip forks the shim. The child
+-- makes Node's usual changes visible (stdin opened as a stream is O_NONBLOCK; Node ignores
+-- SIGPIPE; fd 3 is the channel), records them, and execs sh through the addon; sh prints
+-- what it was given. The parent prints {code, signal, pid, out}.
+local EXEC_PROBE = [[
+import { fork } from "node:child_process";
+import { existsSync, readFileSync } from "node:fs";
+import { createRequire } from "node:module";
+const [addon, role] = process.argv.slice(2);
+if (role === "child") {
+  process.stdin.pause();
+  const before = [
+    `FLAGS0=${/^flags:\s+(\d+)/m.exec(readFileSync("/proc/self/fdinfo/0", "utf8"))[1]}`,
+    `SIGIGN=${/^SigIgn:\s+(\S+)/m.exec(readFileSync("/proc/self/status", "utf8"))[1]}`,
+    `FD3=${existsSync("/proc/self/fd/3")}`,
+  ];
+  // sh reads its signal state with builtins (dash blocks signals while it forks a child),
+  // and its fd 0 flags with grep (a redirect in sh would replace its fd 0)
+  const script = `echo "pid=$$ $FLAGS0 $SIGIGN $FD3"
+    while read -r k v; do
+      case $k in SigBlk:|SigIgn:) echo "$k $v";; esac
+    done </proc/$$/status
+    grep "^flags:" /proc/$$/fdinfo/0
+    ls /proc/$$/fd`;
+  createRequire(import.meta.url)(addon).execve("/bin/sh", ["sh", "-c", script], before);
+} else {
+  const child = fork(process.argv[1], [addon, "child"], {
+    stdio: ["pipe", "pipe", "inherit", "ipc"],
+    env: { PATH: process.env.PATH },
+  });
+  let out = "";
+  child.stdout.on("data", (d) => (out += d));
+  child.on("exit", (code, signal) => {
+    console.log(JSON.stringify({ code, signal, pid: child.pid, out }));
+  });
+}
+]]
 
 describe("provider-host package", function()
   local dir, pkg
@@ -45,11 +90,83 @@ describe("provider-host package", function()
     assert.equal("file", fs.stat(pkg .. "/lib/libcurl.so.4").type)
     assert.equal("file", fs.stat(pkg .. "/share/provider-host/lua/host/worker.lua").type)
     assert.equal("file", fs.stat(pkg .. "/share/provider-host/providers/local/init.lua").type)
+    if built_with_addon() then
+      assert.equal("file", fs.stat(pkg .. "/lib/execve.node").type)
+    end
   end)
 
-  local function drive(mode)
+  it("has an addon that execs a clean process: same pid, fds, no ignored signals", function()
+    if not have_node() or not built_with_addon() then
+      pending("needs node and a build with execve.node")
+      return
+    end
+    helpers.run(function()
+      assert(fs.write(dir.path .. "/exec_probe.mjs", EXEC_PROBE))
+      local r = assert(proc.run({
+        argv = { "node", dir.path .. "/exec_probe.mjs", pkg .. "/lib/execve.node" },
+        timeout = 30,
+      }))
+      assert.equal(0, r.exit_code, r.stderr)
+      local rep = assert(json.decode(r.stdout))
+      assert.equal(0, rep.code, rep.out)
+      -- what Node had changed before the call, so the checks below mean something
+      local flags0, sigign, fd3 = rep.out:match("^pid=%d+ (%d+) (%x+) (%a+)\n")
+      assert.is_true(tonumber(flags0, 8) & tonumber("4000", 8) ~= 0, "stdin was not non-blocking")
+      assert.is_true(tonumber(sigign, 16) & (1 << 12) ~= 0, "Node did not ignore SIGPIPE") -- 13
+      assert.equal("true", fd3)
+      -- and what sh got
+      assert.equal(tostring(rep.pid), rep.out:match("^pid=(%d+)"))
+      assert.equal("0000000000000000", rep.out:match("SigBlk:%s+(%x+)"))
+      assert.equal("0000000000000000", rep.out:match("SigIgn:%s+(%x+)"))
+      assert.equal(0, tonumber(rep.out:match("\nflags:%s+(%d+)"), 8) & tonumber("4000", 8))
+      assert.equal("0\n1\n2\n", rep.out:match("\n(0\n.*)$"))
+    end)
+  end)
+
+  it("throws an Error with errno from the addon when execve fails, and Node goes on", function()
+    if not have_node() or not built_with_addon() then
+      pending("needs node and a build with execve.node")
+      return
+    end
+    helpers.run(function()
+      -- Executable, so the addon gets as far as execve, which fails with ENOEXEC.
+      local bad = dir.path .. "/not-a-program"
+      assert(fs.write(bad, "neither ELF nor #!\n", tonumber("755", 8)))
+      local script = [==[
+const { readFileSync } = require("node:fs");
+const a = require(process.argv[1]);
+const state = () =>
+  [0, 1, 2].map((fd) => /^flags:\s+(\d+)/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"))[1])
+    .concat(/^SigIgn:\s+(\S+)/m.exec(readFileSync("/proc/self/status", "utf8"))[1]).join(" ");
+process.stdin.pause();
+const before = state();
+const out = [];
+const calls = [[process.argv[2], ["x"], []], ["/nonexistent", ["x"], []],
+  ["/bin/true", "x", []], ["/bin/true", ["a\0b"], []]];
+for (const args of calls) {
+  try { a.execve(...args); } catch (e) { out.push(`${e.name} ${e.errno} ${e.message}`); }
+}
+out.push(state() === before ? "restored" : `changed: ${before} -> ${state()}`);
+console.log(JSON.stringify(out));
+]==]
+      local r = assert(proc.run({
+        argv = { "node", "-e", script, pkg .. "/lib/execve.node", bad },
+        timeout = 30,
+      }))
+      assert.equal(0, r.exit_code, r.stderr)
+      assert.same({
+        "Error 8 execve " .. bad .. ": Exec format error",
+        "Error 2 execve /nonexistent: No such file or directory",
+        "TypeError undefined execve: argv must be an array of strings",
+        "TypeError undefined execve: argv must be an array of strings",
+        "restored",
+      }, json.decode(r.stdout))
+    end)
+  end)
+
+  local function drive(mode, shim)
     local r = assert(proc.run({
-      argv = { "node", helpers.root .. "/spec/support/fork_shim.mjs", pkg, mode },
+      argv = { "node", helpers.root .. "/spec/support/fork_shim.mjs", pkg, mode, shim },
       timeout = 60,
     }))
     assert.equal(0, r.exit_code, r.stdout .. r.stderr)
@@ -72,42 +189,91 @@ describe("provider-host package", function()
     end)
   end)
 
-  it("starts through the shim with fork and serves a lease, then shuts down cleanly", function()
-    if not have_node() then
-      pending("node is not installed")
-      return
+  -- The forked pid after initialize. Replaced: it is the native worker itself, with no
+  -- child and a few MB resident. Spawned: a Node with the native worker as its only child.
+  local function assert_tree(tree, replaced)
+    local native = assert(fs.realpath(pkg .. "/bin/provider-host"))
+    if replaced then
+      assert.equal(native, tree.exe)
+      assert.equal("provider-host", tree.comm)
+      assert.same({}, tree.children)
+      assert.is_true(tree.rssKb < 16 * 1024, "the worker is " .. tree.rssKb .. " kB resident")
+    else
+      assert.equal("node", tree.comm)
+      assert.equal(1, #tree.children)
+      assert.equal(native, tree.children[1].exe)
     end
-    helpers.run(function()
-      local rep = drive("shutdown")
-      assert.equal("provider-host.local", rep.manifestId)
-      assert.equal("./dist/worker.js", rep.worker)
-      assert.is_true(rep.initialize.ok)
-      assert.equal("ok", rep.health.status)
-      assert.equal("from-package\n", rep.stdout)
-      assert.equal(json.null, rep.shutdown)
-      assert.equal(0, rep.exit.code)
-      assert.is_true(rep.exitMs < 1000, "exit took " .. rep.exitMs .. " ms")
-    end)
-  end)
+  end
 
-  it("passes SIGTERM through the shim and exits 0", function()
-    if not have_node() then
-      pending("node is not installed")
-      return
-    end
-    helpers.run(function()
-      local rep = drive("sigterm")
-      assert.equal(0, rep.exit.code)
-    end)
-  end)
+  -- default: as Paperclip starts it (process.execve, else the addon); "addon": the addon
+  -- even on a Node with process.execve; "spawn": the fallback.
+  for _, shim in ipairs({ "default", "addon", "spawn" }) do
+    local arg = shim ~= "default" and shim or nil
 
-  it("stops the native worker when the shim is killed", function()
+    local function skip()
+      if not have_node() then
+        return "node is not installed"
+      end
+      if shim == "addon" and not built_with_addon() then
+        return "built without execve.node"
+      end
+    end
+
+    -- Whether the shim must have replaced itself, given what the run's Node has.
+    local function replaced(rep)
+      if shim == "default" then
+        return built_with_addon() or rep.nodeHasExecve
+      end
+      return shim == "addon"
+    end
+
+    describe("(shim: " .. shim .. ")", function()
+      it("starts through the shim with fork and serves a lease, then shuts down cleanly", function()
+        local why = skip()
+        if why then
+          pending(why)
+          return
+        end
+        helpers.run(function()
+          local rep = drive("shutdown", arg)
+          assert.equal("provider-host.local", rep.manifestId)
+          assert.equal("./dist/worker.js", rep.worker)
+          assert.is_true(rep.initialize.ok)
+          assert_tree(rep.tree, replaced(rep))
+          assert.equal("ok", rep.health.status)
+          assert.equal("from-package\n", rep.stdout)
+          assert.equal(json.null, rep.shutdown)
+          assert.equal(0, rep.exit.code)
+          assert.is_true(rep.exitMs < 1000, "exit took " .. rep.exitMs .. " ms")
+          -- the shim says nothing, also when it spawns because a package has no addon
+          -- (Node >= 22.15 may print its ExperimentalWarning for process.execve)
+          assert.is_nil(rep.stderr:match("provider%-host: "), rep.stderr)
+        end)
+      end)
+
+      it("passes SIGTERM through and exits 0", function()
+        local why = skip()
+        if why then
+          pending(why)
+          return
+        end
+        helpers.run(function()
+          local rep = drive("sigterm", arg)
+          assert_tree(rep.tree, replaced(rep))
+          assert.equal(0, rep.exit.code)
+        end)
+      end)
+    end)
+  end
+
+  it("stops the native worker when the spawning shim is killed", function()
     if not have_node() then
       pending("node is not installed")
       return
     end
     helpers.run(function()
-      local rep = drive("kill-shim")
+      local rep = drive("kill-shim", "spawn")
+      assert.is_true(rep.nativePid ~= rep.tree.pid)
       assert.is_true(rep.nativeGone)
     end)
   end)

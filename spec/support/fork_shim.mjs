@@ -1,14 +1,18 @@
 // spec/support/fork_shim.mjs: start a generated plugin package the way Paperclip does.
 // Imports dist/manifest.js, forks dist/worker.js with an IPC channel, speaks NDJSON to it,
-// and prints one JSON report. Usage: node fork_shim.mjs PACKAGE_DIR MODE
+// and prints one JSON report. Usage: node fork_shim.mjs PACKAGE_DIR MODE [SHIM]
 // MODE: "shutdown" (initialize, health, execute, shutdown) or "sigterm" or "kill-shim".
+// SHIM, when given, goes to the shim as PROVIDER_HOST_SHIM (test-only: "addon" or "spawn").
+// After initialize the report's `tree` describes the forked process: its exe, comm, VmRSS
+// and its child processes.
 import { fork } from "node:child_process";
+import { readdirSync, readFileSync, readlinkSync } from "node:fs";
 import path from "node:path";
 import readline from "node:readline";
 import { pathToFileURL } from "node:url";
 
-const [pkgDir, mode = "shutdown"] = process.argv.slice(2);
-const report = { mode };
+const [pkgDir, mode = "shutdown", shim] = process.argv.slice(2);
+const report = { mode, shim: shim ?? null, nodeHasExecve: typeof process.execve === "function" };
 const deadline = setTimeout(() => {
   report.error = "deadline exceeded";
   finish(1);
@@ -29,7 +33,7 @@ report.worker = manifest.entrypoints.worker;
 
 child = fork(path.resolve(pkgDir, manifest.entrypoints.worker), [], {
   stdio: ["pipe", "pipe", "pipe", "ipc"],
-  env: { PATH: process.env.PATH },
+  env: { PATH: process.env.PATH, ...(shim ? { PROVIDER_HOST_SHIM: shim } : {}) },
 });
 const pending = new Map();
 readline.createInterface({ input: child.stdout }).on("line", (line) => {
@@ -44,6 +48,32 @@ child.stderr.on("data", (d) => (stderr += d));
 const exited = new Promise((resolve) =>
   child.on("exit", (code, signal) => resolve({ code, signal })),
 );
+// /proc facts about pid: exe, comm, VmRSS and its children (each with exe and comm).
+function processInfo(pid) {
+  const read = (f) => {
+    try {
+      return f === "exe" ? readlinkSync(`/proc/${pid}/exe`) : readFileSync(`/proc/${pid}/${f}`, "utf8");
+    } catch {
+      return null;
+    }
+  };
+  const rss = /^VmRSS:\s+(\d+) kB/m.exec(read("status") ?? "");
+  let tasks = [];
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    // gone
+  }
+  const kids = tasks.flatMap((tid) => (read(`task/${tid}/children`) ?? "").split(" ").filter(Boolean));
+  return {
+    pid,
+    exe: read("exe"),
+    comm: read("comm")?.trim() ?? null,
+    rssKb: rss ? Number(rss[1]) : null,
+    children: kids.map((c) => processInfo(Number(c))),
+  };
+}
+
 let nextId = 1;
 function call(method, params) {
   const id = nextId++;
@@ -59,6 +89,7 @@ const init = await call("initialize", {
   databaseNamespace: null,
 });
 report.initialize = init.result;
+report.tree = processInfo(child.pid);
 report.health = (await call("health", {})).result;
 const driverKey = report.driverKey;
 const lease = (await call("environmentAcquireLease", { driverKey, companyId: "c", environmentId: "e", config: {}, runId: "r" })).result;
