@@ -110,9 +110,15 @@ function Worker:notify(method, params, invocation_id)
   })
 end
 
--- Per-request deadline, a few seconds inside the host's own (worker-protocol.md 2.6), so
--- the host hears our answer instead of timing out.
-local function budget(method, params)
+--- CLEANUP_RESERVE: seconds of a request's budget kept for the cleanup its hook owes (at most
+-- a quarter of the budget): the hook's own steps get the rest, so a step that stalls to the
+-- end of its share still leaves time to delete the VM or kill the sandbox it made.
+M.CLEANUP_RESERVE = 30
+
+--- budget(method, params) -> seconds: a request's deadline, a few seconds inside the host's own
+-- (worker-protocol.md 2.6), so the host hears our answer instead of timing out. Specs may
+-- replace it to make deadlines short.
+function M.budget(method, params)
   local config = type(params.config) == "table" and params.config or {}
   local function ms(v)
     return type(v) == "number" and v > 0 and v or nil
@@ -162,6 +168,26 @@ local CTX_MT = {
 --- ctx:remaining() -> seconds left before this request's deadline
 function Ctx:remaining()
   return math.max(0, self.deadline - task.now())
+end
+
+--- ctx:cleanup(fn, ...) -> fn(cctx, ...)'s results | nil, message, "canceled"
+-- For the cleanup a hook owes (delete the VM it made, kill the sandbox, remove the
+-- workspace): fn runs in a task of its own that neither the request's deadline nor its
+-- cancellation stops, with a budget of its own: cctx is ctx with cctx.deadline at the end of
+-- the request's whole budget, and never less than the cleanup reserve from now. The call
+-- waits for fn; when the hook itself is canceled meanwhile (its deadline passed), the wait
+-- ends at once but fn goes on, and the worker answers only once every cleanup has finished
+-- or spent its budget.
+function Ctx:cleanup(fn, ...)
+  local now = task.now()
+  local deadline = math.max(now + self.cleanup_reserve, self.final_deadline)
+  local cctx = setmetatable({ deadline = deadline }, { __index = self })
+  local t = task.spawn(fn, cctx, ...)
+  t:cancel_after(deadline - now)
+  local list = rawget(self, "_cleanups") or {}
+  list[#list + 1] = t
+  self._cleanups = list
+  return t:wait()
 end
 
 --- ctx:output(raw) -> the text a result carries for raw command output (see M.output)
@@ -218,7 +244,8 @@ function M.output(raw)
   return (util.utf8_clean(raw, true))
 end
 
-function Worker:context(p, method, params, invocation, seconds)
+-- seconds: the hook's own share of the budget; reserve: what is kept for its cleanup after it.
+function Worker:context(p, method, params, invocation, seconds, reserve)
   local invocation_id = type(invocation) == "table"
       and type(invocation.id) == "string"
       and invocation.id
@@ -228,6 +255,9 @@ function Worker:context(p, method, params, invocation, seconds)
   for _, s in ipairs(p.schema:secrets(raw)) do
     log.add_secret(s)
   end
+  local now = task.now()
+  seconds = seconds or M.budget(method, params)
+  reserve = reserve or 0
   return setmetatable({
     provider = p,
     driver_key = p.driver_key,
@@ -239,7 +269,9 @@ function Worker:context(p, method, params, invocation, seconds)
     warnings = warnings,
     invocation_id = invocation_id,
     company_id = params.companyId,
-    deadline = task.now() + (seconds or budget(method, params)),
+    deadline = now + seconds,
+    final_deadline = now + seconds + reserve,
+    cleanup_reserve = reserve,
     max_output = M.MAX_OUTPUT,
     worker = self,
   }, CTX_MT)
@@ -292,10 +324,12 @@ local function finish_hook(method, res)
   return result
 end
 
-function Worker:run_hook(p, method, params, invocation, seconds)
+-- Runs the hook; `holder.ctx` gets its ctx (the caller waits for the cleanups it started).
+function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder)
   local hook_name = providers.HOOK_OF[method]
   local hook = p.hooks[hook_name]
-  local ctx = self:context(p, method, params, invocation, seconds)
+  local ctx = self:context(p, method, params, invocation, seconds, reserve)
+  holder.ctx = ctx
   if method ~= "environmentValidateConfig" and #ctx.errors > 0 then
     return nil, "invalid " .. p.driver_key .. " config: " .. table.concat(ctx.errors, "; ")
   end
@@ -373,18 +407,36 @@ function Worker:environment(id, method, params, invocation)
   if not p.hooks[providers.HOOK_OF[method]] then -- validation by the schema alone
     return self:reply(id, validation_result(self:context(p, method, params, invocation), nil))
   end
-  local me = task.current()
-  local seconds = budget(method, params)
-  me:cancel_after(seconds) -- past it, the hook's pending operation ends "canceled"
-  local result, err = self:run_hook(p, method, params, invocation, seconds)
-  me:cancel_after(nil)
-  if me:expired() then
+  local seconds = M.budget(method, params)
+  local reserve = math.min(M.CLEANUP_RESERVE, seconds / 4)
+  local steps = seconds - reserve
+  -- The hook runs in a task of its own, canceled when its share of the budget is spent (its
+  -- pending operation then ends "canceled"); this task, canceled only by a shutdown, then
+  -- waits for the cleanups the hook started before it answers.
+  local holder = {}
+  local hook = task.spawn(function()
+    return self:run_hook(p, method, params, invocation, steps, reserve, holder)
+  end)
+  local res = table.pack(hook:wait(steps))
+  local late = not hook:done() and res[3] -- "timeout", or "canceled" by a shutdown
+  if late then
+    hook:cancel()
+    hook:wait(math.min(5, reserve)) -- let it unwind and start its cleanups
+  end
+  for _, t in ipairs(holder.ctx and rawget(holder.ctx, "_cleanups") or {}) do
+    t:wait(math.max(0, holder.ctx.final_deadline - task.now()) + 1)
+  end
+  if late == "timeout" then
     return self:reply_error(
       id,
       WORKER_ERROR,
-      ("%s did not finish within %gs and was canceled"):format(method, seconds)
+      ("%s did not finish within %gs and was canceled"):format(method, steps)
     )
+  elseif late then
+    return self:reply_error(id, WORKER_ERROR,
+      method .. " was canceled: the worker is shutting down")
   end
+  local result, err = res[1], res[2]
   if result == nil then
     return self:reply_error(id, WORKER_ERROR, err or (method .. " failed"))
   end
