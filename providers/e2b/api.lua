@@ -250,27 +250,39 @@ local DONE = { [200] = true, [204] = true }
 
 -- call(conn, method, path, body, what, ok) -> response | nil, message, kind: M.request, with an
 -- answer whose status is not in ok turned into M.http_error's message and kind.
+-- The failure's HTTP status comes fourth, when there was an answer.
 local function call(conn, method, path, body, what, ok)
   local res, err, kind, attempts = M.request(conn, method, path, body, what)
   if not res then
     return nil, err, kind
   end
   if not ok[res.status] then
-    return nil, M.http_error(conn, res, what, attempts)
+    local msg, hkind = M.http_error(conn, res, what, attempts)
+    return nil, msg, hkind, res.status
   end
   return res
 end
 
---- create(conn, template, timeout_ms, metadata) -> sandbox | nil, message, kind
+--- ambiguous(kind, status) -> true when a failed call may have been carried out all the same:
+-- the request went out and its answer was lost or cut, or a 5xx came back (host.http never
+-- re-sends such a request; the caller looks before it acts again).
+function M.ambiguous(kind, status)
+  return kind == "closed" or kind == "timeout" or kind == "protocol" or kind == "canceled"
+    or kind == "internal" or (kind == "upstream" and (status or 0) >= 500)
+end
+
+--- create(conn, template, timeout_ms, metadata) -> sandbox | nil, message, kind, status
+-- Sent once: after an ambiguous failure (M.ambiguous) the sandbox may exist; tag the create
+-- with a unique metadata value and look it up with M.list.
 function M.create(conn, template, timeout_ms, metadata)
   local what = ("create a sandbox from template %s"):format(template)
-  local res, err, kind = call(conn, "POST", "/v2/sandboxes", {
+  local res, err, kind, status = call(conn, "POST", "/v2/sandboxes", {
     templateID = template,
     timeout = ceil_seconds(timeout_ms),
     metadata = metadata,
   }, what, CREATED)
   if not res then
-    return nil, err, kind
+    return nil, err, kind, status
   end
   local sbx
   sbx, err, kind = sandbox_of(conn, res, nil, what)
@@ -284,6 +296,34 @@ function M.create(conn, template, timeout_ms, metadata)
       "upstream"
   end
   return sbx, err, kind
+end
+
+local function url_encode(v)
+  return (v:gsub("[^%w%-%._~]", function(ch)
+    return ("%%%02X"):format(ch:byte())
+  end))
+end
+
+--- list(conn, key, value) -> array of sandbox ids (running or paused) whose metadata has
+-- key = value | nil, message, kind
+function M.list(conn, key, value)
+  local what = "list the sandboxes"
+  local res, err, kind = call(conn, "GET", "/v2/sandboxes?state=running,paused&metadata="
+    .. url_encode(url_encode(key) .. "=" .. url_encode(value)), nil, what, { [200] = true })
+  if not res then
+    return nil, err, kind
+  end
+  local data = res:json()
+  if type(data) ~= "table" then
+    return nil, ("E2B API sent an unreadable answer while trying to %s"):format(what), "upstream"
+  end
+  local ids = {}
+  for _, item in ipairs(data) do
+    if type(item) == "table" and M.valid_id(item.sandboxID) then
+      ids[#ids + 1] = item.sandboxID
+    end
+  end
+  return ids
 end
 
 --- connect(conn, id, timeout_ms) -> sandbox | nil, message, kind
@@ -313,36 +353,36 @@ function M.set_timeout(conn, id, timeout_ms)
   return true
 end
 
---- pause(conn, id) -> true | false (already paused) | nil, message, kind
+--- pause(conn, id) -> true | false (already paused) | nil, message, kind, status
 function M.pause(conn, id)
   local what = ("pause sandbox %s"):format(id)
   if not M.valid_id(id) then
     return nil, ("E2B could not %s: not a sandbox id"):format(what), "not_found"
   end
-  local res, err, kind =
+  local res, err, kind, status =
     call(conn, "POST", "/sandboxes/" .. id .. "/pause", json.ordered({}, {}), what, DONE)
   if res then
     return true
   elseif kind == "conflict" then -- HTTP 409: paused already
     return false
   end
-  return nil, err, kind
+  return nil, err, kind, status
 end
 
---- kill(conn, id) -> true | false (no such sandbox) | nil, message, kind
+--- kill(conn, id) -> true | false (no such sandbox) | nil, message, kind, status
 -- By id, without connecting: a paused sandbox is deleted without being resumed first.
 function M.kill(conn, id)
   local what = ("kill sandbox %s"):format(id)
   if not M.valid_id(id) then
     return false
   end
-  local res, err, kind = call(conn, "DELETE", "/sandboxes/" .. id, nil, what, DONE)
+  local res, err, kind, status = call(conn, "DELETE", "/sandboxes/" .. id, nil, what, DONE)
   if res then
     return true
   elseif kind == "not_found" then -- HTTP 404: gone already
     return false
   end
-  return nil, err, kind
+  return nil, err, kind, status
 end
 
 ------------------------------------------------------------------------------------------------

@@ -159,16 +159,84 @@ local function resolve_workspace(conn, sbx)
   return cwd
 end
 
--- Kill by id (no connect, so a paused sandbox is not resumed first); one retry on a transient
--- failure, then a warning with upstream's text. Never raises.
-local function kill_best_effort(ctx, conn, id, reason)
-  local ok, err, kind = api.kill(conn, id)
-  if ok == nil and kind ~= "auth" and kind ~= "config" then
+--- kill(conn, id) -> true | nil, message: by id (no connect, so a paused sandbox is not
+-- resumed first); once more after a transport failure or a 5xx; a sandbox already gone is
+-- killed.
+local function kill(conn, id)
+  local ok, err, kind, status = api.kill(conn, id)
+  if ok == nil and api.ambiguous(kind, status) and kind ~= "canceled" then
     ok, err = api.kill(conn, id)
   end
   if ok == nil then
-    ctx.log.warn("Failed to kill E2B sandbox during %s: %s", reason, err)
+    return nil, err
   end
+  return true
+end
+
+-- The cleanup a failed probe, acquire or resume owes: kill the sandbox with a budget of its own
+-- (the request's deadline may be spent); a failure is logged and worded for the caller's error.
+local function cleanup(ctx, conn, id, reason)
+  api.forget(conn, id)
+  local ok, err = ctx:cleanup(function(cctx)
+    local kconn = setmetatable({ deadline = cctx.deadline }, { __index = conn })
+    local done, kerr = kill(kconn, id)
+    if not done then
+      cctx.log.warn("Failed to kill E2B sandbox during %s: %s", reason, kerr)
+    end
+    return done, kerr
+  end)
+  if not ok and err then
+    return (" The sandbox %s may still run until its timeout: %s"):format(id, err)
+  end
+  return ""
+end
+
+-- create(ctx, conn, labels) -> sandbox | nil, message: a create tagged with a unique
+-- paperclipCreateId; when its answer is ambiguous (lost, cut, 5xx), the sandboxes carrying
+-- that tag are listed: the first is adopted (a connect gets its envd credentials), any other
+-- is killed, and none found means none was made.
+local function create(ctx, conn, labels)
+  local c = ctx.config
+  local tag = util.uuid()
+  labels.paperclipCreateId = tag
+  local sbx, err, kind, status = api.create(conn, c.template, c.timeoutMs, labels)
+  if sbx or not api.ambiguous(kind, status) then
+    return sbx, err
+  end
+  ctx.log.info("E2B sandbox create answered ambiguously (%s): looking for it", err)
+  local ids, lerr
+  for _ = 1, 2 do
+    if kind == "canceled" or ctx:remaining() <= 0 then
+      break
+    end
+    ids, lerr, kind = api.list(conn, "paperclipCreateId", tag)
+    if ids then
+      break
+    end
+  end
+  if not ids then -- still unknown: whatever carries the tag goes, with a budget of its own
+    ctx:cleanup(function(cctx)
+      local kconn = setmetatable({ deadline = cctx.deadline }, { __index = conn })
+      for _, id in ipairs(api.list(kconn, "paperclipCreateId", tag) or {}) do
+        kill(kconn, id)
+      end
+    end)
+    return nil, err .. (lerr and (" (and the sandboxes could not be listed: " .. lerr .. ")")
+      or "")
+  end
+  for i = 2, #ids do
+    cleanup(ctx, conn, ids[i], "cleanup of a duplicate create")
+  end
+  if #ids == 0 then
+    return nil, err
+  end
+  local found, cerr = api.connect(conn, ids[1], c.timeoutMs)
+  if not found then
+    return nil, err .. " (the sandbox it made could not be adopted: " .. cerr .. ")"
+      .. cleanup(ctx, conn, ids[1], "cleanup of an ambiguous create")
+  end
+  ctx.log.info("E2B sandbox %s exists after all: adopting it", ids[1])
+  return found
 end
 
 ------------------------------------------------------------------------------------------------
@@ -190,14 +258,13 @@ function hooks.probe(ctx, params)
       return nil, err
     end
     local sbx
-    sbx, err = api.create(conn, c.template, c.timeoutMs, sandbox_labels(params))
+    sbx, err = create(ctx, conn, sandbox_labels(params))
     if not sbx then
       return nil, err
     end
     local entry = api.remember(conn, sbx)
     local done, cwd, werr = pcall(resolve_workspace, conn, entry)
-    api.forget(conn, sbx.id)
-    api.kill(conn, sbx.id) -- always, and its errors are swallowed (as upstream)
+    cleanup(ctx, conn, sbx.id, "probe cleanup") -- always; a failure is a warning (as upstream)
     if not done then
       error(cwd, 0)
     elseif not cwd then
@@ -230,18 +297,15 @@ function hooks.acquire_lease(ctx, params)
   if not conn then
     return nil, err
   end
-  local c = ctx.config
   local sbx
-  sbx, err = api.create(conn, c.template, c.timeoutMs, sandbox_labels(params))
+  sbx, err = create(ctx, conn, sandbox_labels(params))
   if not sbx then
     return nil, err
   end
   local cwd
   cwd, err = resolve_workspace(conn, api.remember(conn, sbx))
   if not cwd then
-    api.forget(conn, sbx.id)
-    api.kill(conn, sbx.id)
-    return nil, err
+    return nil, err .. cleanup(ctx, conn, sbx.id, "cleanup of a failed acquire")
   end
   return { providerLeaseId = sbx.id, metadata = lease_metadata(ctx, sbx, cwd, false) }
 end
@@ -276,18 +340,19 @@ function hooks.resume_lease(ctx, params)
   })
   local failed = (steps[1][1] == nil and steps[1]) or (steps[2][1] == nil and steps[2]) or nil
   if failed then
-    api.forget(conn, id)
-    api.kill(conn, id)
+    local left = cleanup(ctx, conn, id, "cleanup of a failed resume")
     if failed[3] == "not_found" or failed[3] == "unavailable" then
       return expired()
     end
-    return nil, failed[2]
+    return nil, failed[2] .. left
   end
   return { providerLeaseId = id, metadata = lease_metadata(ctx, sbx, steps[2][1], true) }
 end
 
 --- environmentReleaseLease: pause when reusing (a failed pause falls back to kill), kill
--- otherwise; both by id, so a paused sandbox is never resumed just to be cleaned up.
+-- otherwise; both by id, so a paused sandbox is never resumed just to be cleaned up. A
+-- sandbox already gone is released; a transport failure or a 5xx is tried once more; any
+-- other failure (upstream only warned) is an error reply.
 function hooks.release_lease(ctx, params)
   local id = lease_id(params.providerLeaseId)
   if not id then
@@ -299,21 +364,27 @@ function hooks.release_lease(ctx, params)
   end
   api.forget(conn, id)
   if not ctx.config.reuseLease then
-    kill_best_effort(ctx, conn, id, "lease release")
-    return true
+    return kill(conn, id)
   end
-  local ok, perr, kind = api.pause(conn, id)
+  local ok, perr, kind, status = api.pause(conn, id)
+  if ok == nil and api.ambiguous(kind, status) and kind ~= "canceled" then
+    ok, perr, kind = api.pause(conn, id)
+  end
   if ok == nil and kind ~= "not_found" then
     ctx.log.warn(
       "Failed to pause E2B sandbox during lease release: %s. Attempting kill instead.",
       perr
     )
-    kill_best_effort(ctx, conn, id, "lease release fallback cleanup")
+    local killed, kerr = kill(conn, id)
+    if not killed then
+      return nil, ("E2B sandbox %s could be neither paused (%s) nor killed: %s"):format(id,
+        perr, kerr)
+    end
   end
   return true
 end
 
---- environmentDestroyLease: kill by id; a missing sandbox is success, a failure a warning.
+--- environmentDestroyLease: kill by id; a missing sandbox is success, a failure an error.
 function hooks.destroy_lease(ctx, params)
   local id = lease_id(params.providerLeaseId)
   if not id then
@@ -324,8 +395,7 @@ function hooks.destroy_lease(ctx, params)
     return nil, err
   end
   api.forget(conn, id)
-  kill_best_effort(ctx, conn, id, "lease destroy")
-  return true
+  return kill(conn, id)
 end
 
 --- environmentRealizeWorkspace: upstream's cwd order, then mkdir -p it in the sandbox.

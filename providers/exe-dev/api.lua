@@ -2,10 +2,11 @@
 -- out): upstream 0.1.2's command text and quoting, its redaction of the logged command, VM
 -- names, VM record parsing, and the settings the specs change.
 --
--- Failures return nil, message, kind. kind: "config" (no API key), "status" (non-2xx),
--- "error" (a 2xx answer whose JSON carries an `error` field), "not_found" (such an error that
--- says the VM does not exist), or the host.http code of a transport failure. Messages never
--- carry the API key, env values, the prompt or a custom setup script.
+-- Failures return nil, message, kind[, status]. kind: "config" (no API key), "status" (any
+-- other non-2xx; status is the HTTP status), "error" (a 2xx answer whose JSON carries an
+-- `error` field), "not_found" (such an error that says the VM does not exist), "taken" (a 409,
+-- or an error that says the name is taken), or the host.http code of a transport failure.
+-- Messages never carry the API key, env values, the prompt or a custom setup script.
 local http = require("host.http")
 local json = require("host.json")
 local log = require("host.log")
@@ -261,9 +262,11 @@ end
 
 local NOT_FOUND = { "not found", "no such", "does not exist", "doesn't exist", "unknown vm" }
 
-local function says_not_found(text)
+local TAKEN = { "already taken", "already exists", "already in use" }
+
+local function says(text, phrases)
   text = text:lower()
-  for _, s in ipairs(NOT_FOUND) do
+  for _, s in ipairs(phrases) do
     if text:find(s, 1, true) then
       return true
     end
@@ -316,7 +319,7 @@ function M.call(ctx, c, command, log_command)
         log_command,
         detail
       )),
-      "status",
+      res.status == 409 and "taken" or "status",
       res.status
   end
   local trimmed = body:gsub("^%s+", ""):gsub("%s+$", "")
@@ -334,7 +337,7 @@ function M.call(ctx, c, command, log_command)
     local text = type(e) == "string" and e or (json.encode(e) or tostring(e))
     return nil,
       log.redact(("exe.dev API command failed for: %s: %s"):format(log_command, short(text))),
-      says_not_found(text) and "not_found" or "error"
+      says(text, NOT_FOUND) and "not_found" or says(text, TAKEN) and "taken" or "error"
   end
   return decoded
 end
@@ -368,13 +371,14 @@ function M.lookup(ctx, c, name)
   return false
 end
 
---- create(ctx, config, name) -> record | nil, message, kind: `new` (or `cp`), then `ls` when
--- the answer carries no VM record.
+--- create(ctx, config, name) -> record | nil, message, kind, status: `new` (or `cp`), then
+-- `ls` when the answer carries no VM record. Sent once: after a transport failure or a 5xx
+-- the VM may or may not exist (the caller reconciles by name).
 function M.create(ctx, c, name)
   local command = M.create_command(c, name)
-  local res, err, kind = M.call(ctx, c, command, M.redact_command(command, c))
+  local res, err, kind, status = M.call(ctx, c, command, M.redact_command(command, c))
   if err then
-    return nil, err, kind
+    return nil, err, kind, status
   end
   local vm = M.vm_record(res)
   if vm then

@@ -198,24 +198,79 @@ local function build_lease(ctx, c, vm, requested, resumed)
   }
 end
 
--- Best effort: delete a VM; a failure is a warning. One retry after a transport failure or a
--- 5xx, none when exe.dev refused the command (4xx, an error answer) or there is no API key.
-local function delete_best_effort(ctx, c, name, reason)
-  local ok, err, kind, status = api.delete(ctx, c, name)
-  if not ok and kind ~= "config" and kind ~= "error" and (kind ~= "status" or status >= 500) then
-    ok, err, kind = api.delete(ctx, c, name)
-  end
-  if not ok and kind ~= "config" then -- without an API key the caller reports the error
-    ctx.log.warn("Failed to delete exe.dev VM %s during %s: %s", name, reason, err)
-  end
-  return ok, err, kind
+-- A failure that says nothing about whether exe.dev ran the command: the answer was lost or
+-- cut (transport), or a 5xx came from somewhere between us and it. The request itself went
+-- out: host.http never re-sends it, so the caller must look before it acts again.
+local function ambiguous(kind, status)
+  return kind == "closed" or kind == "timeout" or kind == "protocol" or kind == "canceled"
+    or kind == "internal" or (kind == "status" and status >= 500)
 end
 
--- After a failed create: the VM may exist when the request itself was lost.
-local function cleanup_failed_create(ctx, c, name, kind)
-  if kind ~= "config" and kind ~= "status" and kind ~= "error" and kind ~= "not_found" then
-    delete_best_effort(ctx, c, name, "cleanup of a failed create")
+--- delete_vm(ctx, config, name) -> true | nil, message: `rm`, once more after a transport
+-- failure or a 5xx; a VM that is already gone counts as deleted (api.delete).
+local function delete_vm(ctx, c, name)
+  local ok, err, kind, status = api.delete(ctx, c, name)
+  if not ok and ambiguous(kind, status) and kind ~= "canceled" then
+    ok, err = api.delete(ctx, c, name)
   end
+  return ok, err
+end
+
+-- The cleanup a failed probe or acquire owes: delete the VM with a budget of its own (the
+-- request's deadline may be spent); a failure is logged and worded for the caller's error.
+local function cleanup(ctx, c, name, reason)
+  local ok, err = ctx:cleanup(function(cctx)
+    local done, derr = delete_vm(cctx, c, name)
+    if not done then
+      cctx.log.warn("Failed to delete exe.dev VM %s during %s: %s", name, reason, derr)
+    end
+    return done, derr
+  end)
+  if not ok and err then
+    return (" The VM %s may still exist and could not be deleted: %s"):format(name, err)
+  end
+  return ""
+end
+
+--- create(ctx, config, name) -> record | nil, message: `new` (or `cp`), reconciled when the
+-- answer is ambiguous: `ls` the name it chose and adopt the VM found; when there is none, send
+-- `new` once more (exe.dev refuses a name that is taken, so this never makes a second VM) and
+-- take a "taken" answer to it as the lost first create: look again. What stays unknown is
+-- deleted by name.
+local function create(ctx, c, name)
+  local vm, err, kind, status = api.create(ctx, c, name)
+  if vm or not ambiguous(kind, status) then
+    return vm, err
+  end
+  local first = err
+  ctx.log.info("exe.dev create of VM %s answered ambiguously (%s): looking it up", name, err)
+  local function lookup()
+    if kind == "canceled" or ctx:remaining() <= 0 then
+      return nil
+    end
+    local found = api.lookup(ctx, c, name)
+    if found then
+      ctx.log.info("exe.dev VM %s exists after all: adopting it", name)
+    end
+    return found
+  end
+  local found = lookup()
+  if found then
+    return found
+  elseif found == false then -- not there: the lost create did not run
+    vm, err, kind, status = api.create(ctx, c, name)
+    if vm then
+      return vm
+    elseif kind == "taken" or ambiguous(kind, status) then -- taken: made by the lost one
+      found = lookup()
+      if found then
+        return found
+      end
+    else
+      return nil, err .. cleanup(ctx, c, name, "cleanup of a failed create")
+    end
+  end
+  return nil, first .. cleanup(ctx, c, name, "cleanup of an ambiguous create")
 end
 
 local function lease_id(v)
@@ -261,16 +316,15 @@ function hooks.probe(ctx, params)
     return failed(unreachable)
   end
   local name = api.vm_name(c, params, true)
-  local vm, kind
-  vm, err, kind = api.create(ctx, c, name)
+  local vm
+  vm, err = create(ctx, c, name)
   if not vm then
-    cleanup_failed_create(ctx, c, name, kind)
     return failed(err)
   end
   local done, lease, lerr = pcall(build_lease, ctx, c, vm, nil, false)
-  delete_best_effort(ctx, c, vm.name, "probe cleanup")
+  local left = cleanup(ctx, c, vm.name, "probe cleanup")
   if not done or not lease then
-    return failed(done and lerr or tostring(lease):gsub("^[^\n]-%.lua:%d+: ", ""))
+    return failed((done and lerr or tostring(lease):gsub("^[^\n]-%.lua:%d+: ", "")) .. left)
   end
   return {
     ok = true,
@@ -300,17 +354,15 @@ function hooks.acquire_lease(ctx, params)
     return nil, unreachable -- before creating a VM nobody could reach
   end
   local name = api.vm_name(c, params, false)
-  local vm, kind
-  vm, err, kind = api.create(ctx, c, name)
+  local vm
+  vm, err = create(ctx, c, name)
   if not vm then
-    cleanup_failed_create(ctx, c, name, kind)
     return nil, err
   end
   local lease
   lease, err = build_lease(ctx, c, vm, params.requestedCwd, false)
   if not lease then
-    delete_best_effort(ctx, c, vm.name, "cleanup of a failed acquire")
-    return nil, err
+    return nil, err .. cleanup(ctx, c, vm.name, "cleanup of a failed acquire")
   end
   return lease
 end
@@ -337,7 +389,9 @@ function hooks.resume_lease(ctx, params)
   return build_lease(ctx, c, vm, config.optional_string(meta.remoteCwd), true)
 end
 
---- environmentReleaseLease: keep the VM with reuseLease, else delete it, best effort.
+--- environmentReleaseLease: keep the VM with reuseLease, else delete it. A VM already gone is
+-- deleted; a transport failure or a 5xx is tried once more; any other failure is an error
+-- reply (an exe.dev VM never expires: an unseen failure would bill on).
 function hooks.release_lease(ctx, params)
   local id = lease_id(params.providerLeaseId)
   if not id then
@@ -347,24 +401,16 @@ function hooks.release_lease(ctx, params)
   if c.reuseLease then
     return true
   end
-  local ok, err, kind = delete_best_effort(ctx, c, id, "lease release")
-  if not ok and kind == "config" then
-    return nil, err
-  end
-  return true
+  return delete_vm(ctx, c, id)
 end
 
---- environmentDestroyLease: delete the VM, best effort (a VM already gone is success).
+--- environmentDestroyLease: delete the VM, as release does.
 function hooks.destroy_lease(ctx, params)
   local id = lease_id(params.providerLeaseId)
   if not id then
     return true
   end
-  local ok, err, kind = delete_best_effort(ctx, parse(ctx), id, "lease destroy")
-  if not ok and kind == "config" then
-    return nil, err
-  end
-  return true
+  return delete_vm(ctx, parse(ctx), id)
 end
 
 --- environmentRealizeWorkspace: upstream's cwd order, then mkdir -p on the VM.

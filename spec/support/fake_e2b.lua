@@ -402,6 +402,10 @@ end
 --   truncate  true: a body cut short (process stream: no end event, no end-of-stream
 --             message); "end": a process stream without its end event but properly closed
 --   stall     never answer (until the fake stops, or for `stall` seconds when a number; then 504)
+--   after     true: the API request is CARRIED OUT first (a sandbox made, killed...), then its
+--             answer is lost: drop (the connection closes before any byte of it), cut (half
+--             the body, then the connection closes) or status (that status instead, default
+--             502: a proxy that lost the answer)
 function Fake:fail(spec)
   assert(type(spec) == "table", "fail: table expected")
   local f = copy(spec)
@@ -643,7 +647,7 @@ function Fake:_serve(kind, req, res)
     at = task.now() }
   self.requests[#self.requests + 1] = entry
   local f = self:_take_fault(kind, req)
-  if f then
+  if f and not f.after then
     entry.fault = true
     local r = table.pack(self:_apply_fault(f, req, res, entry))
     if r[1] then
@@ -658,6 +662,21 @@ function Fake:_serve(kind, req, res)
   end
   if status then
     entry.status = status
+  end
+  if f and f.after and status then -- the request was carried out; its answer is not
+    entry.fault = true
+    if f.drop then
+      entry.status = "dropped"
+      res:abort()
+    elseif f.cut then
+      entry.status = "cut"
+      headers["content-length"] = tostring(#body)
+      res:start(status, headers)
+      res:write(body:sub(1, #body // 2))
+      res:abort()
+    end
+    entry.status = f.status or 502
+    return api_error(entry.status, "injected fault after the request was carried out")
   end
   return status, headers, body
 end

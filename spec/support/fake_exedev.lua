@@ -329,7 +329,7 @@ local function handle(self, req, res)
   local argv, lex_err = M.lex(req.body or "")
   entry.argv = argv
   local fault = take_fault(self, argv and argv[1])
-  if fault then
+  if fault and not fault.after then
     entry.fault = fault
     if fault.delay then
       task.sleep(fault.delay)
@@ -341,7 +341,7 @@ local function handle(self, req, res)
       entry.status = "dropped"
       res:start(200, { ["content-length"] = "1000", ["content-type"] = "application/json" })
       res:write("{")
-      error("fake exe.dev: connection dropped on purpose (expected)")
+      res:abort()
     elseif fault.error then
       return reply(failed(fault.error))
     elseif fault.status then
@@ -365,7 +365,23 @@ local function handle(self, req, res)
   if not cmd then
     return reply(failed(flags))
   end
-  return reply(self["cmd_" .. cmd](self, flags, argv, positional))
+  local status, headers, body = self["cmd_" .. cmd](self, flags, argv, positional)
+  if fault then -- an `after` fault: the command ran, and its answer is lost, cut or replaced
+    entry.fault = fault
+    if fault.drop then
+      entry.status = "dropped"
+      res:abort()
+    elseif fault.cut then
+      entry.status = "cut"
+      headers["content-length"] = tostring(#body)
+      res:start(status, headers)
+      res:write(body:sub(1, #body // 2))
+      res:abort()
+    end
+    return reply(fault.status or 502, { ["content-type"] = "text/plain" },
+      fault.body or "upstream connect error or disconnect/reset before headers")
+  end
+  return reply(status, headers, body)
 end
 
 --- start([opts]) -> Fake. opts: token (default "exe1.fake-token"), cmds (the token's allowed
@@ -399,9 +415,12 @@ function M.start(opts)
 end
 
 --- fake:fail(fault): the next request (or the next `fault.command` one) gets the fault, for
--- fault.times requests (default 1). fault: status + body (+ content_type), error (200 with
--- {"error": ...}), delay (seconds before answering normally or faulting), stall (never
--- answer), drop (cut the connection mid-answer).
+-- fault.times requests (default 1; math.huge: all). fault: status + body (+ content_type),
+-- error (200 with {"error": ...}), delay (seconds before answering normally or faulting), stall
+-- (never answer), drop (cut the connection mid-answer). With after = true the command RUNS
+-- first (a VM is made, or removed) and then its answer is lost: drop (the connection closes
+-- before any byte of it), cut (half the body, then the connection closes) or status (that
+-- status instead, 502 by default: a proxy that lost the answer).
 function Fake:fail(fault)
   self.faults[#self.faults + 1] = fault
 end

@@ -135,8 +135,11 @@ describe("providers.e2b conformance", function()
         assert.equal("running", sb.state)
         assert.equal("base", sb.template)
         assert.equal(300000, sb.timeout_ms)
+        -- plus a unique create id: what an ambiguous create is reconciled by
+        assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", sb.metadata.paperclipCreateId)
         assert.same({ paperclipProvider = "e2b", paperclipCompanyId = "cli",
-          paperclipEnvironmentId = "cli", paperclipRunId = "r" }, sb.metadata)
+          paperclipEnvironmentId = "cli", paperclipRunId = "r",
+          paperclipCreateId = sb.metadata.paperclipCreateId }, sb.metadata)
         assert.same({
           provider = "e2b",
           shellCommand = "bash",
@@ -497,7 +500,8 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease = acquire(s, config({ reuseLease = true }))
-        h.fake:fail({ path = "/pause$", status = 500, body = { code = 500, message = "no pause" } })
+        h.fake:fail({ path = "/pause$", status = 500, times = 2, -- tried once more on a 5xx
+          body = { code = 500, message = "no pause" } })
         assert.equal(json.null, s:call("environmentReleaseLease", {
           config = config({ reuseLease = true }),
           providerLeaseId = lease.providerLeaseId,
@@ -546,24 +550,41 @@ describe("providers.e2b conformance", function()
       end)
     end)
 
-    it("19. destroy swallows a kill failure with upstream's warning", function()
-      run(function()
-        local s = session()
-        local lease = acquire(s)
-        h.fake:fail({ method = "DELETE", status = 500, times = 2,
-          body = { code = 500, message = "kill exploded" } })
-        assert.equal(json.null, s:call("environmentDestroyLease", {
-          config = config(),
-          providerLeaseId = lease.providerLeaseId,
-        }))
-        assert.equal(1, #h.logs)
-        assert.matches("^Failed to kill E2B sandbox during lease destroy: .*kill exploded",
-          h.logs[1])
-        -- the sandbox this spec deliberately left behind goes now
-        destroy(s, lease.providerLeaseId)
-        assert.equal("killed", h.fake.sandboxes[lease.providerLeaseId].state)
+    it("19. destroy tries a failed kill once more, then says it failed (upstream only warned)",
+      function()
+        run(function()
+          local s = session()
+          local lease = acquire(s)
+          h.fake:fail({ method = "DELETE", status = 500, times = 1,
+            body = { code = 500, message = "kill exploded" } })
+          assert.equal(json.null, s:call("environmentDestroyLease", {
+            config = config(),
+            providerLeaseId = lease.providerLeaseId,
+          }))
+          assert.equal("killed", h.fake.sandboxes[lease.providerLeaseId].state)
+          lease = acquire(s)
+          h.fake:fail({ method = "DELETE", status = 500, times = 2,
+            body = { code = 500, message = "kill exploded" } })
+          local ok, err = s:call("environmentDestroyLease", {
+            config = config(),
+            providerLeaseId = lease.providerLeaseId,
+          })
+          assert.is_nil(ok)
+          assert.matches("kill sandbox .*kill exploded", err.message)
+          h.fake:fail({ method = "DELETE", status = 403, times = 1,
+            body = { code = 403, message = "not yours" } })
+          ok, err = s:call("environmentReleaseLease", {
+            config = config(),
+            providerLeaseId = lease.providerLeaseId,
+          })
+          assert.is_nil(ok)
+          assert.matches("refused to kill sandbox .*not yours", err.message)
+          -- a sandbox already gone counts as killed
+          destroy(s, lease.providerLeaseId)
+          assert.equal("killed", h.fake.sandboxes[lease.providerLeaseId].state)
+          destroy(s, lease.providerLeaseId)
+        end)
       end)
-    end)
 
     it("cleans up a paused sandbox by id, without resuming it first", function()
       run(function()

@@ -133,6 +133,42 @@ describe("providers.e2b faults", function()
     end)
   end)
 
+  it("a create whose answer is lost, cut or a 5xx: the sandbox is adopted, never leaked",
+    function()
+      run(function()
+        local s = session()
+        for i, fault in ipairs({ { drop = true }, { cut = true }, { status = 502 },
+          { status = 500 } }) do
+          h.fake.faults = {}
+          fault.kind, fault.method, fault.path = "api", "POST", "^/v2/sandboxes$"
+          fault.after, fault.times = true, math.huge
+          h.fake:fail(fault)
+          local creates = h.fake:count("^/v2/sandboxes$", "POST")
+          local lease = assert(s:call("environmentAcquireLease", { config = config(),
+            runId = "r" .. i }))
+          assert.equal(creates + 1, h.fake:count("^/v2/sandboxes$", "POST")) -- sent once
+          assert.same({ lease.providerLeaseId }, h.fake:running())
+          local r = assert(exec(s, { providerLeaseId = lease.providerLeaseId,
+            metadata = lease.metadata }, { args = { "-c", "echo adopted" } }))
+          assert.equal("adopted\n", r.stdout)
+          -- a probe's sandbox goes whatever its create answered
+          local p = assert(s:call("environmentProbe", { config = config() }))
+          assert.is_true(p.ok, p.metadata.error)
+          assert.same({ lease.providerLeaseId }, h.fake:running())
+          destroy(s, lease.providerLeaseId)
+          assert.same({}, h.fake:running())
+        end
+        -- a 503 before anything was made: nothing found, nothing made, a clear error
+        h.fake.faults = {}
+        h.fake:fail({ kind = "api", method = "POST", path = "^/v2/sandboxes$", status = 503,
+          times = math.huge })
+        local r, err = s:call("environmentAcquireLease", { config = config(), runId = "r9" })
+        assert.is_nil(r)
+        assert.matches("HTTP 503", err.message)
+        assert.same({}, h.fake:running())
+      end)
+    end)
+
   it("a connection dropped mid-stream: an error at once, and the command is stopped", function()
     run(function()
       local s = session()
@@ -196,14 +232,15 @@ describe("providers.e2b faults", function()
       assert.is_nil(r)
       assert.matches("no answer within 1s", err.message)
       assert.is_true(took < 2, took)
-      -- stall (and a failing DELETE) on cleanup: warned, bounded
+      -- a stalled DELETE is tried once more, then the destroy says it failed, bounded
       h.fake:fail({ kind = "api", method = "DELETE", stall = 5, times = 2 })
-      took = timed(function()
+      took, r, err = timed(function()
         return s:call("environmentDestroyLease", { config = config(),
           providerLeaseId = lp.providerLeaseId })
       end)
       assert.is_true(took < 3, took)
-      assert.matches("Failed to kill E2B sandbox during lease destroy", h.logs[#h.logs])
+      assert.is_nil(r)
+      assert.matches("kill sandbox .*no answer within 1s", err.message)
       destroy(s, lp.providerLeaseId)
     end)
   end)

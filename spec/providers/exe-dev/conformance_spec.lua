@@ -439,7 +439,8 @@ describe("providers.exe-dev conformance", function()
 
     it("21. leaves the built-in setup script visible in API errors", function()
       h.run(function()
-        h.fake:fail({ status = 500, body = "upstream boom" })
+        -- every `new` (a 5xx is reconciled: looked up, then sent once more)
+        h.fake:fail({ command = "new", status = 500, body = "upstream boom", times = math.huge })
         local ok, err = h.session():call("environmentAcquireLease", acquire_params(h.config()))
         assert.is_nil(ok)
         assert.matches("^exe.dev API command failed %(500%) for: new %-%-json", err.message)
@@ -478,7 +479,7 @@ describe("providers.exe-dev conformance", function()
 
     it("24. redacts env values, the prompt and a custom setup script from API errors", function()
       h.run(function()
-        h.fake:fail({ status = 500, body = "upstream boom" })
+        h.fake:fail({ command = "new", status = 500, body = "upstream boom", times = math.huge })
         local ok, err = h.session():call("environmentAcquireLease", acquire_params(h.config({
           env = { SECRET = "super-secret" },
           prompt = "build me a secret app",
