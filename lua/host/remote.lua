@@ -1,8 +1,10 @@
 --- host.remote: sandbox commands on a remote machine over host.ssh, with the execution
 -- semantics every provider-host provider shares (DESIGN.md section 4): the caller's env over a
--- minimal base with no profile or nvm sourced, stdin delivered in full, a non-zero exit is a
--- result, a timeout gives exitCode null with the partial output and kills the remote process
--- group, output is streamed live, and environmentCancelExecution stops exactly that command.
+-- minimal base after /etc/profile (never user profiles or nvm), no env value on any command
+-- line, stdin delivered in full, a non-zero exit is a result, a timeout gives exitCode null
+-- with the partial output and kills the remote process group, output is streamed live, and
+-- environmentCancelExecution stops exactly that command. Identities, user and known_hosts are
+-- found as OpenSSH finds them (see target()).
 -- Used by the exe-dev and ssh providers; an operator's SSH-based provider needs only this.
 --
 --   local t = assert(remote.target({ host = "h", user = "me", key = key_text }))
