@@ -340,14 +340,6 @@ local function wrapper(ctl, script)
     "paperclip_ctl=" .. ctl,
     'mkdir -p -m 700 "$paperclip_ctl" || exit 125',
     'if [ -f "$paperclip_ctl/cancelled" ]; then rm -rf "$paperclip_ctl"; exit 130; fi',
-    -- stdin opens with the size of the caller's env script, then the script: written to a
-    -- 0600 file the command's shell sources and removes, never onto a command line
-    'IFS= read -r paperclip_n || exit 125',
-    'case "$paperclip_n" in ""|*[!0-9]*) exit 125 ;; esac',
-    'if [ "$paperclip_n" -eq 0 ]; then (umask 077 && : > "$paperclip_ctl/env"); else',
-    '  (umask 077 && { dd bs="$paperclip_n" count=1 iflag=fullblock of="$paperclip_ctl/env" '
-      .. '2>/dev/null || dd bs=1 count="$paperclip_n" of="$paperclip_ctl/env" 2>/dev/null; })',
-    "fi || exit 125",
     'mkfifo "$paperclip_ctl/out" "$paperclip_ctl/err" || exit 125',
     'cat "$paperclip_ctl/out" & paperclip_out=$!',
     'cat "$paperclip_ctl/err" >&2 & paperclip_err=$!',
@@ -412,8 +404,9 @@ end
 M.PROFILE = "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi"
 
 -- The command line: /etc/profile, cd, then `env -i` with the minimal base, and a shell that
--- sources the caller's env from env_file (a shell word) before it execs the command.
-local function command_script(params, opts, env_file)
+-- reads the caller's env from the head of its stdin (shell.read_then_exec) before it execs
+-- the command: no value on any command line, no file, no extra process.
+local function command_script(params, opts)
   local words = { quote(params.command) }
   for _, a in ipairs(params.args or {}) do
     words[#words + 1] = quote(a)
@@ -425,8 +418,7 @@ local function command_script(params, opts, env_file)
     'LOGNAME="$LOGNAME"',
     "LANG=C.UTF-8",
   }, " ")
-  local line = "exec env -i " .. base .. " "
-    .. shell.source_then_exec(env_file, table.concat(words, " "))
+  local line = "exec env -i " .. base .. " " .. shell.read_then_exec(table.concat(words, " "))
   if params.cwd then
     line = "cd " .. quote(params.cwd) .. " && " .. line
   end
@@ -552,10 +544,9 @@ function M.execute(ctx, t, params, opts)
   -- nothing yields between registering the cancel and starting the command: a cancel that
   -- comes before the wrapper runs leaves the "cancelled" marker, and the wrapper exits 130
   local res, code
-  local env_script = assert(shell.export_script(p.env))
   res, err, code = ssh.exec(ssh_opts(t, {
-    cmd = "sh -c " .. quote(wrapper(ctl, command_script(p, opts, ctl .. "/env"))),
-    stdin = #env_script .. "\n" .. env_script .. (p.stdin or ""),
+    cmd = "sh -c " .. quote(wrapper(ctl, command_script(p, opts))),
+    stdin = shell.stdin_env(assert(shell.export_script(p.env))) .. (p.stdin or ""),
     timeout = p.timeout_ms / 1000,
     max_output = ctx.max_output,
     on_stdout = function(chunk)

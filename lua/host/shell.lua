@@ -127,14 +127,37 @@ function M.export_script(env, label)
   return concat(out)
 end
 
+-- What the shells below run before `exec "$@"`: dash exports the shell's own PWD; the
+-- command gets exactly the base plus the caller's variables (a /bin/sh that is bash still
+-- adds SHLVL).
+local FORGET = "unset PWD OLDPWD; "
+
 --- The command words `words` (already quoted) run by a shell that first sources the export
 --- script at `file` (a shell word: quoted, or an expansion in double quotes) and removes it,
 --- then replaces itself with the command: put it after `env -i BASE...` so the command gets
---- the base plus the sourced variables, none of them on a command line. The shell's own PWD
---- (dash exports it) is dropped first; a /bin/sh that is bash still adds SHLVL.
+--- the base plus the sourced variables, none of them on a command line.
 function M.source_then_exec(file, words)
-  return "sh -c 'unset PWD OLDPWD; . \"$1\" && rm -f -- \"$1\" && shift && exec \"$@\"' sh "
-    .. file .. " " .. words
+  return "sh -c '" .. FORGET .. '. "$1" && rm -f -- "$1" && shift && exec "$@"'
+    .. "' sh " .. file .. " " .. words
+end
+
+--- stdin_env(script) -> what goes before the command's stdin for `read_then_exec`: the number
+--- of lines of the export script, then the script.
+function M.stdin_env(script)
+  local _, lines = script:gsub("\n", "")
+  return lines .. "\n" .. script
+end
+
+--- The command words `words` (already quoted) run by a shell that first reads `stdin_env`'s
+--- block from its stdin (line by line with the `read` builtin, which never reads past a
+--- line's end, so the rest of stdin is the command's) and evaluates it: no file, no extra
+--- process, no value on a command line. Put it after `env -i BASE...`.
+function M.read_then_exec(words)
+  return "sh -c '" .. FORGET .. 'IFS= read -r paperclip_n || exit 125; case "$paperclip_n" in '
+    .. '""|*[!0-9]*) exit 125 ;; esac; paperclip_env=; while [ "$paperclip_n" -gt 0 ]; do '
+    .. "IFS= read -r paperclip_line || exit 125; paperclip_env=\"$paperclip_env$paperclip_line\n"
+    .. '"; paperclip_n=$((paperclip_n - 1)); done; eval "$paperclip_env" || exit 125; '
+    .. "unset paperclip_env paperclip_line paperclip_n; exec \"$@\"' sh " .. words
 end
 
 return M
