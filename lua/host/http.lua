@@ -122,6 +122,16 @@ function M.request(opts)
   return setmetatable(res[2], Response)
 end
 
+--- ambiguous(code) -> true when a request that failed with this code may have been carried out
+-- all the same: it went out and its answer was lost, cut or late ("closed", "timeout",
+-- "protocol", "canceled", "internal"). A caller that created something reconciles then; after
+-- "dns", "connect" or "tls" the request never left.
+local AMBIGUOUS = { closed = true, timeout = true, protocol = true, canceled = true,
+  internal = true }
+function M.ambiguous(code)
+  return AMBIGUOUS[code] == true
+end
+
 --- get(url [, opts]) -> Response | nil, message, code: request with method GET.
 function M.get(url, opts)
   if type(url) ~= "string" then

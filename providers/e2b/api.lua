@@ -267,8 +267,7 @@ end
 -- the request went out and its answer was lost or cut, or a 5xx came back (host.http never
 -- re-sends such a request; the caller looks before it acts again).
 function M.ambiguous(kind, status)
-  return kind == "closed" or kind == "timeout" or kind == "protocol" or kind == "canceled"
-    or kind == "internal" or (kind == "upstream" and (status or 0) >= 500)
+  return http.ambiguous(kind) or (kind == "upstream" and (status or 0) >= 500)
 end
 
 --- create(conn, template, timeout_ms, metadata) -> sandbox | nil, message, kind, status

@@ -4,6 +4,7 @@
 -- the behaviour and every deviation from upstream.
 local api = require("providers.exe-dev.api")
 local config = require("providers.exe-dev.config")
+local http = require("host.http")
 local json = require("host.json")
 local log = require("host.log")
 local remote = require("host.remote")
@@ -202,8 +203,7 @@ end
 -- cut (transport), or a 5xx came from somewhere between us and it. The request itself went
 -- out: host.http never re-sends it, so the caller must look before it acts again.
 local function ambiguous(kind, status)
-  return kind == "closed" or kind == "timeout" or kind == "protocol" or kind == "canceled"
-    or kind == "internal" or (kind == "status" and status >= 500)
+  return http.ambiguous(kind) or (kind == "status" and status >= 500)
 end
 
 --- delete_vm(ctx, config, name) -> true | nil, message: `rm`, once more after a transport
