@@ -222,6 +222,10 @@ describe("providers.ssh #ssh", function()
         assert.matches("^ssh: no SSH identity to offer %(tried: ", err.message)
         assert.truthy(err.message:find(h.dir .. "/.ssh/id_rsa: missing", 1, true))
         assert(fs.mkdir(h.dir .. "/.ssh", tonumber("700", 8)))
+        -- offered in OpenSSH's order on one connection: id_rsa (a key the machine refuses),
+        -- then id_ecdsa (the one it accepts)
+        local stranger = sshd.keygen(h.dir, "stranger", "ed25519")
+        assert(fs.write(h.dir .. "/.ssh/id_rsa", stranger.private, tonumber("600", 8)))
         assert(fs.write(h.dir .. "/.ssh/id_ecdsa", h.fake.key.private, tonumber("600", 8)))
         local _, lp = acquire(s, cfg)
         assert.equal("ok\n", assert(s:call("environmentExecute", { config = cfg, lease = lp,
@@ -229,6 +233,14 @@ describe("providers.ssh #ssh", function()
         -- the host was recorded where ssh records it
         local known = assert(fs.read(h.dir .. "/.ssh/known_hosts"))
         assert.truthy(known:find(("[127.0.0.1]:%d "):format(box.server.port), 1, true))
+        -- none accepted: every identity is named in the error
+        assert(fs.write(h.dir .. "/.ssh/id_ecdsa", stranger.private, tonumber("600", 8)))
+        ssh.close_all()
+        ok, err = s:call("environmentExecute", { config = cfg, lease = lp, command = "true" })
+        assert.is_nil(ok)
+        assert.truthy(err.message:find("accepted none of the identities offered", 1, true))
+        assert.truthy(err.message:find(h.dir .. "/.ssh/id_rsa: refused", 1, true))
+        assert.truthy(err.message:find(h.dir .. "/.ssh/id_ecdsa: refused", 1, true))
       end)
     end)
 
