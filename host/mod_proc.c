@@ -191,9 +191,14 @@ static void start_termination(Proc *p)
 
 /* ---- the result ----------------------------------------------------------------------- */
 
+/* The C copy is freed as soon as Lua has its own: each stream (up to max_output bytes) is
+ * held twice only while it is copied, never both streams at once. */
 static void push_bytes(lua_State *L, Stream *s)
 {
     lua_pushlstring(L, s->data != NULL ? s->data : "", s->len);
+    free(s->data);
+    s->data = NULL;
+    s->len = s->cap = 0;
 }
 
 /* Protected: builds the result table and stores it as the Process's user value. */

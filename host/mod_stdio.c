@@ -9,6 +9,7 @@
 #define READ_CHUNK   (64 * 1024)
 #define READ_AHEAD   (1024 * 1024) /* stop reading stdin past this when nobody waits */
 #define DEFAULT_LINE (256u * 1024 * 1024)
+#define WRITE_BUFS   8 /* stdio.write's pieces kept on the C stack; more go in a userdata */
 
 typedef struct {
     ph_op op;
@@ -21,10 +22,12 @@ typedef struct DrainOp {
     uv_timer_t *timer;
 } DrainOp;
 
+/* A queued write: a userdata whose user values are the strings it writes, anchored in the
+ * registry (ref) until libuv is done, so the bytes are never copied and never move. */
 typedef struct {
     uv_write_t req;
-    size_t len;
-    char data[];
+    int ref;
+    size_t len; /* bytes still to write, counted in io.queued */
 } WriteReq;
 
 static struct {
@@ -317,7 +320,8 @@ static void on_written(uv_write_t *req, int status)
 {
     WriteReq *w = (WriteReq *)req;
     io.queued -= w->len;
-    free(w);
+    /* No Lua runs here: this only lets the userdata and its strings be collected. */
+    luaL_unref(ph_main_state(), LUA_REGISTRYINDEX, w->ref);
     if (status < 0 && !io.out_closed)
         out_failed();
     else if (io.queued == 0)
@@ -338,31 +342,52 @@ static int write_blocking(const char *p, size_t n)
     return 0;
 }
 
-/* stdio.write(s) -> true | nil, msg, "closed": queues s whole; never interleaves with other
- * writes and never blocks the loop. */
+/* stdio.write(s, ...) -> true | nil, msg, "closed": queues the strings, in order, as one
+ * unit (a line and its "\n" need no concatenation); never interleaves with other writes and
+ * never blocks the loop. The strings are not copied: the queue holds on to them until the
+ * kernel has taken their bytes, so a 32 MiB reply costs no second 32 MiB. */
 static int stdio_write(lua_State *L)
 {
-    size_t n;
-    const char *s = luaL_checklstring(L, 1, &n);
+    int nargs = lua_gettop(L);
+    size_t total = 0;
+    luaL_checkstring(L, 1);
+    for (int i = 1; i <= nargs; i++) {
+        size_t n;
+        luaL_checklstring(L, i, &n);
+        total += n;
+    }
     stdio_init();
     if (io.out_closed)
         return ph_fail(L, "closed", "stdout closed");
-    if (n == 0) {
+    if (total == 0) {
         lua_pushboolean(L, 1);
         return 1;
     }
     if (io.out == NULL) {
-        if (write_blocking(s, n) != 0) {
-            out_failed();
-            return ph_fail_errno(L, "closed", errno, "stdout write failed");
+        for (int i = 1; i <= nargs; i++) {
+            size_t n;
+            const char *s = lua_tolstring(L, i, &n);
+            if (write_blocking(s, n) != 0) {
+                int err = errno;
+                out_failed();
+                return ph_fail_errno(L, "closed", err, "stdout write failed");
+            }
         }
         lua_pushboolean(L, 1);
         return 1;
     }
+    /* Only for this call: uv_write copies the array (not the bytes). */
+    uv_buf_t small[WRITE_BUFS], *bufs = small;
+    if (nargs > WRITE_BUFS)
+        bufs = lua_newuserdatauv(L, (size_t)nargs * sizeof *bufs, 0);
+    for (int i = 1; i <= nargs; i++) {
+        size_t n;
+        const char *s = lua_tolstring(L, i, &n);
+        bufs[i - 1] = uv_buf_init((char *)s, (unsigned)n);
+    }
     size_t done = 0;
     if (io.queued == 0) { /* nothing ahead of us: try to write it straight away */
-        uv_buf_t b = uv_buf_init((char *)s, (unsigned)n);
-        int w = uv_try_write(io.out, &b, 1);
+        int w = uv_try_write(io.out, bufs, (unsigned)nargs);
         if (w > 0)
             done = (size_t)w;
         else if (w < 0 && w != UV_EAGAIN) {
@@ -370,16 +395,26 @@ static int stdio_write(lua_State *L)
             return ph_fail(L, "closed", "stdout write failed: %s", uv_strerror(w));
         }
     }
-    if (done < n) {
-        WriteReq *req = malloc(sizeof *req + (n - done));
-        if (req == NULL)
-            return ph_fail(L, "internal", "out of memory");
-        req->len = n - done;
-        memcpy(req->data, s + done, n - done);
-        uv_buf_t b = uv_buf_init(req->data, (unsigned)req->len);
-        int rc = uv_write(&req->req, io.out, &b, 1, on_written);
+    if (done < total) {
+        int first = 0; /* skip what the kernel took: whole buffers, then part of one */
+        while (done >= bufs[first].len) {
+            done -= bufs[first].len;
+            first++;
+        }
+        bufs[first].base += done;
+        bufs[first].len -= done;
+        WriteReq *req = lua_newuserdatauv(L, sizeof *req, nargs - first);
+        for (int i = first + 1; i <= nargs; i++) {
+            lua_pushvalue(L, i);
+            lua_setiuservalue(L, -2, i - first);
+        }
+        req->len = 0;
+        for (int i = first; i < nargs; i++)
+            req->len += bufs[i].len;
+        req->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* before uv_write: luaL_ref may raise */
+        int rc = uv_write(&req->req, io.out, bufs + first, (unsigned)(nargs - first), on_written);
         if (rc != 0) {
-            free(req);
+            luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
             out_failed();
             return ph_fail(L, "closed", "stdout write failed: %s", uv_strerror(rc));
         }

@@ -1,5 +1,6 @@
 /* mod_util.c - host.core.util: random bytes, uuid, sha256, base64, hex, constant-time compare,
- * UTF-8 cleaning, private temp dirs and tree removal. The work is done in ph_util.c. */
+ * UTF-8 cleaning, JSON string sizes, private temp dirs and tree removal. The work is done in
+ * ph_util.c. */
 #include "ph.h"
 #include "ph_util.h"
 
@@ -158,6 +159,109 @@ static int util_utf8_clean(lua_State *L)
     luaL_pushresult(&b);
     lua_pushlstring(L, s + used, n - used);
     return 2;
+}
+
+/* Where json_clip's text goes: nothing is copied while the text is one piece of s (valid
+ * input), so a valid string comes back as it is or as one lua_pushlstring of its prefix. */
+typedef struct {
+    luaL_Buffer b;
+    const char *first; /* the first piece, not yet copied into b */
+    size_t first_len;
+    int pieces;
+} ClipSink;
+
+static void clip_sink(void *ud, const char *p, size_t n)
+{
+    ClipSink *c = ud;
+    if (c->pieces++ == 0) {
+        c->first = p;
+        c->first_len = n;
+        return;
+    }
+    if (c->pieces == 2)
+        luaL_addlstring(&c->b, c->first, c->first_len);
+    luaL_addlstring(&c->b, p, n); /* the buffer is on top: nothing else is pushed meanwhile */
+}
+
+/* util.json_clip(s, budget [, final [, n]]) -> text, used, size, cut
+ * Cleans the first n bytes of s (default all) as utf8_clean does and keeps the longest run of
+ * whole characters whose JSON-encoded size (as host.json writes it, quotes not counted) is at
+ * most budget; cut tells that a character did not fit and the rest was dropped. used is the
+ * bytes of s consumed; with final == false a truncated character at the end is left for the
+ * next chunk (s:sub(used + 1)). A valid s that fits whole comes back as itself. */
+static int util_json_clip(lua_State *L)
+{
+    size_t n;
+    const char *s = check_bytes(L, 1, &n);
+    lua_Integer budget = luaL_checkinteger(L, 2);
+    luaL_argcheck(L, budget >= 0, 2, "must not be negative");
+    int final = 1;
+    if (!lua_isnoneornil(L, 3)) {
+        luaL_checktype(L, 3, LUA_TBOOLEAN);
+        final = lua_toboolean(L, 3);
+    }
+    if (!lua_isnoneornil(L, 4)) {
+        lua_Integer m = luaL_checkinteger(L, 4);
+        luaL_argcheck(L, m >= 0, 4, "must not be negative");
+        if ((lua_Unsigned)m < n)
+            n = (size_t)m;
+    }
+
+    lua_settop(L, 1); /* s stays at 1, so its bytes stay valid */
+    ClipSink c = { .pieces = 0 };
+    luaL_buffinit(L, &c.b);
+    ph_json_clip_result r;
+    ph_json_clip(s, n, (size_t)budget, final, clip_sink, &c, &r);
+    if (c.pieces >= 2)
+        luaL_pushresult(&c.b);
+    else if (c.pieces == 0)
+        lua_pushliteral(L, "");
+    else if (c.first == s && c.first_len == lua_rawlen(L, 1))
+        lua_pushvalue(L, 1); /* all of s, valid and within budget: no copy */
+    else
+        lua_pushlstring(L, c.first, c.first_len); /* a prefix of s, or one U+FFFD */
+    lua_pushinteger(L, (lua_Integer)r.used);
+    lua_pushinteger(L, (lua_Integer)r.size);
+    lua_pushboolean(L, r.cut);
+    return 4;
+}
+
+#define JSON_PIECE     (1 << 20) /* json_quote's default: a big string goes out in 1 MiB parts */
+#define JSON_PIECE_MIN 8         /* room for the quote and the longest escape */
+
+/* util.json_quote(s [, piece]) -> {part, ...}
+ * The JSON string for s (quotes included), exactly as host.json / lua-cjson 2.1.0 writes it,
+ * in parts of at most piece bytes (default 1 MiB) that concatenate to it: a 32 MiB output
+ * then never has to exist as one string next to the cjson buffer it was copied from. */
+static int util_json_quote(lua_State *L)
+{
+    size_t n;
+    const char *s = check_bytes(L, 1, &n);
+    lua_Integer piece = luaL_optinteger(L, 2, JSON_PIECE);
+    luaL_argcheck(L, piece >= JSON_PIECE_MIN && piece <= LUA_MAXINTEGER / 2, 2,
+                  "must be at least 8");
+
+    lua_settop(L, 1);
+    lua_createtable(L, (int)(n / (size_t)piece + 1), 0);
+    size_t i = 0;
+    lua_Integer k = 0;
+    int closed = 0;
+    while (!closed) {
+        luaL_Buffer b;
+        char *p = luaL_buffinitsize(L, &b, (size_t)piece);
+        size_t o = 0, used;
+        if (k == 0)
+            p[o++] = '"';
+        o += ph_json_escape(s + i, n - i, p + o, (size_t)piece - o, &used);
+        i += used;
+        if (i == n && o < (size_t)piece) {
+            p[o++] = '"';
+            closed = 1;
+        }
+        luaL_pushresultsize(&b, o);
+        lua_rawseti(L, 2, ++k);
+    }
+    return 1;
 }
 
 /* util.mkdtemp([prefix]) -> path | nil, msg, "io"
@@ -323,6 +427,8 @@ static const luaL_Reg util_funcs[] = {
     { "constant_time_equal", util_constant_time_equal },
     { "utf8_valid", util_utf8_valid },
     { "utf8_clean", util_utf8_clean },
+    { "json_clip", util_json_clip },
+    { "json_quote", util_json_quote },
     { "mkdtemp", util_mkdtemp },
     { "remove_tree", util_remove_tree },
     { NULL, NULL },

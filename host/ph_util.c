@@ -360,6 +360,95 @@ size_t ph_utf8_clean(const char *s, size_t n, int final, ph_utf8_sink sink, void
     return n;
 }
 
+/* ---- JSON string sizes ------------------------------------------------------------------ */
+
+/* lua-cjson 2.1.0's escape table (char2escape), as sizes; 0: the byte is written as it is.
+ * Rows of 32 from 0x00: control characters are \u00XX but for \b \t \n \f \r; then \" and
+ * \/ (0x22, 0x2F), \\ (0x5C) and DEL as \u007f (0x7F). Bytes from 0x80 pass through. */
+static const unsigned char json_escape_size[256] = {
+    6, 6, 6, 6, 6, 6, 6, 6, 2, 2, 2, 6, 2, 2, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6,
+    0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0,
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 6,
+};
+
+static inline size_t json_size(unsigned char c)
+{
+    return json_escape_size[c] ? json_escape_size[c] : 1;
+}
+
+size_t ph_json_byte_size(unsigned char c)
+{
+    return json_size(c);
+}
+
+void ph_json_clip(const char *str, size_t n, size_t budget, int final, ph_utf8_sink sink, void *ud,
+                  ph_json_clip_result *r)
+{
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0, start = 0, size = 0; /* s[start..i) is clean and not yet sent; size <= budget */
+    r->cut = 0;
+    while (i < n) {
+        size_t len = 1, w;
+        int kind = PH_UTF8_OK;
+        if (s[i] < 0x80) {
+            w = json_size(s[i]);
+        } else {
+            kind = ph_utf8_next(s + i, n - i, &len);
+            if (kind == PH_UTF8_TRUNCATED && !final)
+                break; /* may complete with the next chunk */
+            w = kind == PH_UTF8_OK ? len : PH_UTF8_REPLACEMENT_LEN;
+        }
+        if (w > budget - size) {
+            r->cut = 1;
+            break;
+        }
+        size += w;
+        if (kind != PH_UTF8_OK) { /* one U+FFFD for the maximal subpart (or the cut tail) */
+            if (i > start)
+                sink(ud, str + start, i - start);
+            sink(ud, PH_UTF8_REPLACEMENT, PH_UTF8_REPLACEMENT_LEN);
+            start = i + len;
+        }
+        i += len;
+    }
+    if (i > start)
+        sink(ud, str + start, i - start);
+    r->used = i;
+    r->size = size;
+}
+
+size_t ph_json_escape(const char *str, size_t n, char *out, size_t outsz, size_t *used)
+{
+    static const char hex[] = "0123456789abcdef";
+    const unsigned char *s = (const unsigned char *)str;
+    size_t i = 0, o = 0;
+    for (; i < n; i++) {
+        unsigned char c = s[i];
+        size_t w = json_size(c);
+        if (w > outsz - o)
+            break;
+        if (w == 1) {
+            out[o] = (char)c;
+        } else if (w == 2) {
+            /* pairs: the letter written after the backslash, then the byte it stands for */
+            static const char short_form[] = "b\bt\tn\nf\fr\r\"\"//\\\\";
+            const char *f = short_form;
+            while (f[1] != (char)c)
+                f += 2;
+            out[o] = '\\';
+            out[o + 1] = f[0];
+        } else {
+            memcpy(out + o, "\\u00", 4);
+            out[o + 4] = hex[c >> 4];
+            out[o + 5] = hex[c & 15];
+        }
+        o += w;
+    }
+    *used = i;
+    return o;
+}
+
 /* ---- system ----------------------------------------------------------------------------- */
 
 int ph_random(void *buf, size_t n)

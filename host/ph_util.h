@@ -1,6 +1,7 @@
 /* ph_util.h - pure C helpers behind host.core.util: SHA-256, base64, hex, UTF-8 cleaning,
- * random bytes, private temp dirs and tree removal. No Lua here, so spec/c/test_util.c tests
- * them alone. Functions that touch the system return 0 or an errno value. */
+ * JSON string sizes, random bytes, private temp dirs and tree removal. No Lua here, so
+ * spec/c/test_util.c tests them alone. Functions that touch the system return 0 or an errno
+ * value. */
 #ifndef PH_UTIL_H
 #define PH_UTIL_H
 
@@ -71,6 +72,33 @@ typedef void (*ph_utf8_sink)(void *ud, const char *p, size_t n);
  * next chunk. With final != 0 everything is consumed. Cleaning chunks this way, carrying the
  * rest forward and finishing with final != 0, outputs exactly what cleaning the whole does. */
 size_t ph_utf8_clean(const char *s, size_t n, int final, ph_utf8_sink sink, void *ud);
+
+/* ---- JSON string sizes ------------------------------------------------------------------ */
+
+/* What lua-cjson 2.1.0 (host.json's encoder) writes for one byte inside a JSON string: 6 bytes
+ * (\u0000 .. \u001f, \u007f) for DEL and the control characters without a short escape, 2
+ * for \b \t \n \f \r \" \\ \/, 1 for any other byte (UTF-8 passes through as it is). */
+size_t ph_json_byte_size(unsigned char c);
+
+typedef struct {
+    size_t used; /* bytes of the input consumed */
+    size_t size; /* JSON-encoded size of the text sent to the sink, quotes not counted */
+    int cut;     /* the next character did not fit in the budget: the rest was dropped */
+} ph_json_clip_result;
+
+/* Clean s exactly as ph_utf8_clean does, in the same pass keeping the JSON-encoded size of the
+ * cleaned text within budget: it stops before the first character (a whole UTF-8 character,
+ * or one U+FFFD, counted at 3 bytes) that would take the size past budget, and sets cut. A
+ * character is never split and an escape is always counted whole. With final == 0 a truncated
+ * character at the very end is not consumed (not a cut: the caller carries it to the next
+ * chunk). Clipping chunk by chunk, with budget less what earlier chunks used, keeps the same
+ * characters as clipping the whole at once: the first that does not fit ends both. */
+void ph_json_clip(const char *s, size_t n, size_t budget, int final, ph_utf8_sink sink, void *ud,
+                  ph_json_clip_result *r);
+
+/* Escape s as lua-cjson 2.1.0 writes a string's contents (no quotes) into out, whole escapes
+ * only, at most outsz bytes. Returns the bytes written; *used gets the bytes of s consumed. */
+size_t ph_json_escape(const char *s, size_t n, char *out, size_t outsz, size_t *used);
 
 /* ---- system ----------------------------------------------------------------------------- */
 

@@ -1,5 +1,5 @@
 --- host.util: bytes, names and scratch space for providers: random bytes, uuid, sha256, hmac,
---- base64, hex, constant-time compare, UTF-8 cleaning, private temp dirs.
+--- base64, hex, constant-time compare, UTF-8 cleaning, JSON string sizes, private temp dirs.
 -- Every function here is synchronous and quick; none needs a task.
 -- Arguments documented as strings must be strings: a number raises instead of being converted.
 local core = require("host.core.util") -- C: host/mod_util.c, host/ph_util.c
@@ -130,6 +130,25 @@ end
 function M.utf8_stream()
   return setmetatable({ rest = "" }, Utf8Stream)
 end
+
+-- JSON string sizes ----------------------------------------------------------------------------
+
+--- json_clip(s, budget [, final [, n]]) -> text, used, size, cut
+-- Cleans the first n bytes of s (default all) as utf8_clean does and, in the same pass, keeps
+-- the longest run of whole characters whose size once JSON-encoded (exactly as host.json
+-- writes a string: \u00XX for control bytes and DEL, \n \t \b \f \r \" \\ \/ in two bytes,
+-- UTF-8 as it is; quotes not counted) is at most budget. Returns the text, the bytes of s
+-- consumed, the text's encoded size, and cut: true when a character did not fit and the rest
+-- was dropped. A character is never split. final defaults to true; with final == false a
+-- character cut off at the end is not consumed (not a cut): prepend s:sub(used + 1) to the next
+-- chunk, and pass budget less the sizes used so far, to clip a stream exactly as the whole.
+-- Valid input that fits comes back unchanged (the very same string).
+M.json_clip = core.json_clip
+
+--- json_quote(s [, piece]) -> {part, ...}: the JSON string for s, quotes included, exactly as
+-- host.json (lua-cjson 2.1.0) writes it, cut into parts of at most piece bytes (default 1 MiB)
+-- that concatenate to it, so that a big one never exists as one string.
+M.json_quote = core.json_quote
 
 -- Files ----------------------------------------------------------------------------------------
 

@@ -13,8 +13,17 @@ local PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS =
   -32700, -32600, -32601, -32602
 local WORKER_ERROR, METHOD_NOT_IMPLEMENTED = -32002, -32004
 M.MAX_LINE = 256 * 1024 * 1024 -- bytes in one request line
-M.MAX_OUTPUT = 32 * 1024 * 1024 -- bytes kept (and streamed) per output stream
+-- The output cap, per stream (stdout, stderr) of an environmentExecute result: at most this many
+-- bytes once JSON-encoded as host.json writes the string (quotes not counted), the same for
+-- what ctx:emit streams. Two capped streams and the rest of a reply stay near 64 MiB, far
+-- below the host's line limit of 128 Mi UTF-16 units (a unit is never more than a byte of
+-- UTF-8). It is also what a primitive keeps (ctx.max_output): encoded text is never shorter
+-- than the raw bytes it comes from, so more could never be sent.
+M.MAX_OUTPUT = 32 * 1024 * 1024
 local MAX_CHUNK = 999000 -- execute.log chunks must stay under 1 000 000 UTF-16 units
+-- Bytes waiting for the host (worker.queued) past which live output stops: a command can write
+-- faster than the host reads, and what waits is memory. The result still carries the output.
+local MAX_BACKLOG = 8 * 1024 * 1024
 local VOID = {
   environmentReleaseLease = true,
   environmentDestroyLease = true,
@@ -64,7 +73,81 @@ function M.new(opts)
   return self
 end
 
+local OUTPUT_STREAMS = { "stdout", "stderr" }
+local BIG = 1024 * 1024 -- bytes: an output this long gets the memory care of cap_result and send
+local marker -- "\0" .. random hex: stands in for a big output while a reply is encoded
+
+-- The line for msg as parts, or nil when its result carries no big output. Each big stdout or
+-- stderr (up to MAX_OUTPUT encoded bytes) is escaped in C into 1 MiB parts and the rest of the
+-- reply is encoded around a marker. The line then never exists as one string: through cjson it
+-- would be there twice (its buffer and the copy it returns), next to the text itself.
+local function big_parts(msg)
+  local res = msg.result
+  if type(res) ~= "table" or json.is_array(res) then
+    return nil
+  end
+  local keys = {}
+  for _, k in ipairs(OUTPUT_STREAMS) do
+    if type(res[k]) == "string" and #res[k] >= BIG then
+      keys[#keys + 1] = k
+    end
+  end
+  if #keys == 0 then
+    return nil
+  end
+  if not marker then
+    local seed = util.random(8)
+    if not seed then
+      return nil -- no random bytes (never seen): the plain path still works
+    end
+    marker = "\0" .. util.hex(seed)
+  end
+  local outer, copy = {}, {}
+  for k, v in pairs(msg) do
+    outer[k] = v
+  end
+  for k, v in pairs(res) do
+    copy[k] = v
+  end
+  if json.order_of(res) then
+    json.ordered(copy, json.order_of(res))
+  end
+  outer.result = copy
+  for _, k in ipairs(keys) do
+    copy[k] = marker .. k -- random: no other string of a reply is the same
+  end
+  local line = json.encode(outer)
+  if not line then
+    return nil -- send encodes the whole reply and reports the error
+  end
+  local found = {}
+  for _, k in ipairs(keys) do
+    local i, j = line:find('"\\u0000' .. marker:sub(2) .. k .. '"', 1, true)
+    if not i then
+      return nil -- not expected (both encoders write \0 as \u0000): the plain path works
+    end
+    found[#found + 1] = { i, j, k }
+  end
+  table.sort(found, function(a, b)
+    return a[1] < b[1]
+  end)
+  local parts, pos = {}, 1
+  for _, f in ipairs(found) do
+    parts[#parts + 1] = line:sub(pos, f[1] - 1)
+    for _, piece in ipairs(util.json_quote(res[f[3]])) do
+      parts[#parts + 1] = piece
+    end
+    pos = f[2] + 1
+  end
+  parts[#parts + 1] = line:sub(pos)
+  return parts
+end
+
 function Worker:send(msg)
+  local parts = self.write_parts and big_parts(msg)
+  if parts then
+    return self.write_parts(parts)
+  end
   local line, err = json.encode(msg)
   if not line then
     -- A value we cannot encode is a bug in a hook's result: report it, do not go silent.
@@ -197,7 +280,9 @@ end
 
 --- ctx:emit(stream, chunk): live output as execute.log notifications. The streamed text of
 -- a stream is an exact prefix of its final output: UTF-8 is cleaned incrementally (a split
--- character waits for the next chunk) and streaming stops at the same byte cap.
+-- character waits for the next chunk) and streaming stops at the first character that would
+-- take the stream past MAX_OUTPUT encoded bytes, the character where the final cap stops too.
+-- It also stops, for good, when more than MAX_BACKLOG bytes already wait for the host.
 function Ctx:emit(stream, chunk)
   if stream ~= "stdout" and stream ~= "stderr" then
     error('bad argument #1 to \'emit\' ("stdout" or "stderr" expected)', 2)
@@ -207,41 +292,98 @@ function Ctx:emit(stream, chunk)
   end
   local streams = rawget(self, "_streams")
   if not streams then
-    streams = { stdout = { rest = "", bytes = 0 }, stderr = { rest = "", bytes = 0 } }
+    streams = { stdout = { rest = "", size = 0 }, stderr = { rest = "", size = 0 } }
     self._streams = streams
   end
   local st = streams[stream]
-  if st.bytes >= M.MAX_OUTPUT then
+  local queued = self.worker.queued
+  if st.done or queued and queued() > MAX_BACKLOG then
+    st.done = true
     return
   end
-  if st.bytes + #chunk > M.MAX_OUTPUT then
-    chunk = chunk:sub(1, M.MAX_OUTPUT - st.bytes)
-  end
-  st.bytes = st.bytes + #chunk
-  local text, rest = util.utf8_clean(st.rest .. chunk, st.bytes >= M.MAX_OUTPUT)
-  st.rest = rest or ""
+  local s = st.rest .. chunk
+  local text, used, size, cut = util.json_clip(s, M.MAX_OUTPUT - st.size, false)
+  st.size, st.done = st.size + size, cut
+  st.rest = cut and "" or s:sub(used + 1)
   local i = 1
   while i <= #text do
     local j = math.min(#text, i + MAX_CHUNK - 1)
     while j < #text and (text:byte(j + 1) or 0) & 0xC0 == 0x80 do
       j = j - 1 -- never split a character between two notifications
     end
-    self.worker:notify(
-      "execute.log",
-      { stream = stream, chunk = text:sub(i, j) },
-      self.invocation_id
-    )
+    local piece = (i == 1 and j == #text) and text or text:sub(i, j) -- sub always copies
+    self.worker:notify("execute.log", { stream = stream, chunk = piece }, self.invocation_id)
     i = j + 1
   end
 end
 
---- output(raw) -> the text a result carries for raw command output: capped at MAX_OUTPUT
--- bytes and cleaned to valid UTF-8 exactly as ctx:emit streams it.
+-- M.output clips this far past the cap (one character at most, \u001f being the longest),
+-- so that cap_result, which sees only the text, still finds a cut text over the cap.
+local OVERSHOOT = 6
+
+--- output(raw) -> the text a result carries for raw command output: cleaned to valid UTF-8
+-- exactly as ctx:emit streams it, and clipped at MAX_OUTPUT encoded bytes (plus at most one
+-- character: cap_result then cuts that too and reports metadata.truncated).
 function M.output(raw)
-  if #raw > M.MAX_OUTPUT then
-    raw = raw:sub(1, M.MAX_OUTPUT)
+  return (util.json_clip(raw, M.MAX_OUTPUT + OVERSHOOT))
+end
+
+-- Cleans and clips result.stdout and result.stderr; true when anything was cut. A function of
+-- its own so that the uncut strings are not left in the caller's registers for the GC to see.
+local function clip_streams(result)
+  local cut = false
+  for _, k in ipairs(OUTPUT_STREAMS) do
+    if type(result[k]) == "string" then
+      local text, _, _, c = util.json_clip(result[k], M.MAX_OUTPUT)
+      result[k], cut = text, cut or c
+    end
   end
-  return (util.utf8_clean(raw, true))
+  return cut
+end
+
+local function has_big_output(result)
+  for _, k in ipairs(OUTPUT_STREAMS) do
+    if type(result[k]) == "string" and #result[k] >= BIG then
+      return true
+    end
+  end
+  return false
+end
+
+--- cap_result(result) -> result: an environmentExecute result as it may leave the worker,
+-- whatever the provider did. stdout and stderr (when strings) are cleaned to valid UTF-8 and
+-- clipped, never inside a character, to at most MAX_OUTPUT bytes once JSON-encoded. When
+-- anything was cut, metadata.truncated = true, set on a copy of metadata (created when absent;
+-- its keys kept), since providers may share that table between results.
+function M.cap_result(result)
+  if type(result) ~= "table" then
+    return result
+  end
+  local big = has_big_output(result)
+  if big then
+    -- The hook is over: its raw output goes before the text is copied. Twice: the raw
+    -- output hangs from a host.proc Process, whose finalizer a first cycle runs, and only
+    -- the next frees what it held.
+    collectgarbage()
+    collectgarbage()
+  end
+  if clip_streams(result) then
+    local meta, old = {}, result.metadata
+    if type(old) == "table" then
+      for k, v in pairs(old) do
+        meta[k] = v
+      end
+      if json.order_of(old) then
+        json.ordered(meta, json.order_of(old))
+      end
+    end
+    meta.truncated = true
+    result.metadata = meta
+    if big then
+      collectgarbage() -- and the uncut text
+    end
+  end
+  return result
 end
 
 -- seconds: the hook's own share of the budget; reserve: what is kept for its cleanup after it.
@@ -321,7 +463,7 @@ local function finish_hook(method, res)
   if VOID[method] then
     return json.null
   end
-  return result
+  return method == "environmentExecute" and M.cap_result(result) or result
 end
 
 -- Runs the hook; `holder.ctx` gets its ctx (the caller waits for the cleanups it started).
@@ -344,11 +486,12 @@ function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder
     if self.executions[key] then
       return nil, ('Environment execution "%s" is already active.'):format(id)
     end
-    local entry = { task = task.current() }
+    local entry = {}
     self.executions[key] = entry
     ctx.execution = entry
     local res = table.pack(xpcall(hook, capture, ctx, params))
     self.executions[key] = nil
+    entry.cancel = nil -- its closure may hold the command's whole output until the reply
     return finish_hook(method, res)
   end
   if method == "environmentCancelExecution" then
@@ -580,9 +723,15 @@ function M.serve(list)
   local worker = M.new({
     providers = list,
     write = function(line)
-      stdio.write(line .. "\n")
+      stdio.write(line, "\n") -- queued as they are: no copy of the line to add its newline
     end,
   })
+  -- A reply with big output comes in parts (see Worker:send), written as one line, uncopied.
+  worker.write_parts = function(parts)
+    parts[#parts + 1] = "\n"
+    stdio.write(table.unpack(parts))
+  end
+  worker.queued = stdio.queued -- bytes written but not yet taken by the host (see Ctx:emit)
   log.set_sink(function(level, message, fields)
     local params = { level = level, message = message }
     worker:notify("log", params, fields and fields.invocation_id or nil)

@@ -1,5 +1,6 @@
 /* test_util.c - unit test of host/ph_util.c: SHA-256, base64, hex, constant-time compare,
- * UTF-8 cleaning (fixed cases, a reference decoder, the chunk-split property), random, uuid,
+ * UTF-8 cleaning (fixed cases, a reference decoder, the chunk-split property), JSON string
+ * sizes and escapes (against cjson's table; clipping at once and chunk by chunk), random, uuid,
  * private temp dirs and tree removal. Prints "N passed, M failed"; exits 1 on a failure. */
 #include "ph_util.h"
 
@@ -672,6 +673,219 @@ static void test_utf8_property(void)
     free(mine.p);
 }
 
+/* ---- JSON string sizes ------------------------------------------------------------------ */
+
+/* lua-cjson 2.1.0's bytes for c inside a string, written out independently of ph_util.c. */
+static const char *ref_escape(unsigned c, char tmp[8])
+{
+    switch (c) {
+    case '\b':
+        return "\\b";
+    case '\t':
+        return "\\t";
+    case '\n':
+        return "\\n";
+    case '\f':
+        return "\\f";
+    case '\r':
+        return "\\r";
+    case '"':
+        return "\\\"";
+    case '\\':
+        return "\\\\";
+    case '/':
+        return "\\/";
+    }
+    if (c < 0x20 || c == 0x7F)
+        snprintf(tmp, 8, "\\u%04x", c);
+    else
+        tmp[0] = (char)c, tmp[1] = '\0';
+    return tmp;
+}
+
+/* The JSON-encoded size of s, from the reference table. */
+static size_t ref_json_size(const char *s, size_t n)
+{
+    char tmp[8];
+    size_t size = 0;
+    for (size_t i = 0; i < n; i++)
+        size += strlen(ref_escape((unsigned char)s[i], tmp));
+    return size;
+}
+
+/* Clip into a fresh buffer. */
+static void clip(const char *s, size_t n, size_t budget, int final, Buf *out,
+                 ph_json_clip_result *r)
+{
+    out->n = 0;
+    buf_add(out, "", 0);
+    ph_json_clip(s, n, budget, final, buf_add, out, r);
+}
+
+/* Random bytes weighted towards what JSON escapes and what UTF-8 cleaning replaces. */
+static void random_jsonish(char *s, size_t n)
+{
+    static const char escaped[] = "\"\\/\b\t\n\f\r\x01\x1f\x7f";
+    random_utf8ish(s, n);
+    for (size_t i = 0; i < n; i++)
+        if (rnd(4) == 0)
+            s[i] = rnd(2) ? escaped[rnd(sizeof escaped)] : (char)rnd(0x80);
+}
+
+static void test_json_fixed(void)
+{
+    char tmp[8], out[16];
+    int bad_size = 0, bad_escape = 0;
+    for (unsigned c = 0; c < 256; c++) {
+        const char *want = c < 0x80 ? ref_escape(c, tmp) : (tmp[0] = (char)c, tmp[1] = 0, tmp);
+        char in = (char)c;
+        size_t used;
+        size_t w = ph_json_escape(&in, 1, out, sizeof out, &used);
+        bad_size += ph_json_byte_size((unsigned char)c) != strlen(want);
+        bad_escape += used != 1 || w != strlen(want) || memcmp(out, want, w) != 0;
+        w = ph_json_escape(&in, 1, out, strlen(want) - 1, &used);
+        bad_escape += used != 0 || w != 0; /* an escape that does not fit is not begun */
+    }
+    check(bad_size == 0, "json_byte_size matches cjson's table for every byte: %d bad", bad_size);
+    check(bad_escape == 0, "json_escape writes cjson's escape for every byte: %d bad", bad_escape);
+
+    static const struct {
+        const char *in;
+        size_t n, budget;
+        int final;
+        const char *out;
+        size_t out_n, used, size;
+        int cut;
+    } cases[] = {
+        /* NUL is \u0000, 6 bytes: 2 fit in 12, 1 in 11 */
+        { "\0\0\0", 3, 12, 1, "\0\0", 2, 2, 12, 1 },
+        { "\0\0\0", 3, 11, 1, "\0", 1, 1, 6, 1 },
+        { "\0\0\0", 3, 18, 1, "\0\0\0", 3, 3, 18, 0 },
+        { "a\"b/", 4, 3, 1, "a\"", 2, 2, 3, 1 },
+        { "a\"b/", 4, 5, 1, "a\"b", 3, 3, 4, 1 },
+        { "a\"b/", 4, 6, 1, "a\"b/", 4, 4, 6, 0 },
+        /* a 4-byte character is never split */
+        { "\xF0\x9F\x98\x80\xF0\x9F\x98\x80", 8, 7, 1, "\xF0\x9F\x98\x80", 4, 4, 4, 1 },
+        { "\xF0\x9F\x98\x80\xF0\x9F\x98\x80", 8, 3, 1, "", 0, 0, 0, 1 },
+        /* each invalid byte is one U+FFFD, 3 bytes */
+        { "\xFF\xFF\xFF", 3, 8, 1, "\xEF\xBF\xBD\xEF\xBF\xBD", 6, 2, 6, 1 },
+        { "\xFF\xFF\xFF", 3, 9, 1, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD", 9, 3, 9, 0 },
+        /* a character cut at the end: carried when not final, one U+FFFD when final */
+        { "ab\xF0\x9F\x98", 5, 100, 0, "ab", 2, 2, 2, 0 },
+        { "ab\xF0\x9F\x98", 5, 100, 1, "ab\xEF\xBF\xBD", 5, 5, 5, 0 },
+        { "ab\xF0\x9F\x98", 5, 4, 1, "ab", 2, 2, 2, 1 },
+        /* an exact fit is not a cut */
+        { "\n\n", 2, 4, 1, "\n\n", 2, 2, 4, 0 },
+        { "", 0, 0, 1, "", 0, 0, 0, 0 },
+    };
+    Buf got = { 0 };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        ph_json_clip_result r;
+        clip(cases[i].in, cases[i].n, cases[i].budget, cases[i].final, &got, &r);
+        check(got.n == cases[i].out_n && memcmp(got.p, cases[i].out, got.n) == 0 &&
+                  r.used == cases[i].used && r.size == cases[i].size && r.cut == cases[i].cut,
+              "json_clip case %zu: got %zu bytes, used %zu, size %zu, cut %d", i, got.n, r.used,
+              r.size, r.cut);
+    }
+    free(got.p);
+}
+
+static void test_json_property(void)
+{
+    Buf whole = { 0 }, full = { 0 }, part = { 0 }, acc = { 0 }, carry = { 0 }, esc = { 0 };
+    char s[64];
+    int bad_full = 0, bad_clip = 0, bad_stream = 0, bad_escape = 0;
+    enum { STRINGS = 1500 };
+    for (int t = 0; t < STRINGS; t++) {
+        size_t n = rnd(sizeof s + 1);
+        random_jsonish(s, n);
+        /* unbounded: the cleaned text, and its size by the reference table */
+        ph_json_clip_result r;
+        clip(s, n, (size_t)-1, 1, &full, &r);
+        clean(s, n, 1, &whole);
+        size_t total = ref_json_size(whole.p, whole.n);
+        bad_full += full.n != whole.n || memcmp(full.p, whole.p, whole.n) != 0 || r.size != total ||
+                    r.cut || r.used != n;
+
+        for (size_t budget = 0; budget <= total + 1; budget++) {
+            /* at once: the longest prefix of whole characters within budget */
+            clip(s, n, budget, 1, &part, &r);
+            size_t next = part.n; /* the first character left out, if any */
+            size_t next_size = 0;
+            if (next < whole.n) {
+                size_t len = 1;
+                ph_utf8_next((const unsigned char *)whole.p + next, whole.n - next, &len);
+                next_size = ref_json_size(whole.p + next, len);
+            }
+            bad_clip += memcmp(part.p, whole.p, part.n) != 0 || part.n > whole.n ||
+                        r.size != ref_json_size(part.p, part.n) || r.size > budget ||
+                        r.cut != (part.n < whole.n) || (r.cut && r.size + next_size <= budget) ||
+                        ph_utf8_valid_len(part.p, part.n) != part.n;
+
+            /* chunk by chunk, carrying the rest and what is left of the budget */
+            acc.n = carry.n = 0;
+            buf_add(&acc, "", 0);
+            size_t prev = 0, left = budget;
+            int cut = 0;
+            while (!cut) {
+                size_t end = prev + rnd(6);
+                if (end > n)
+                    end = n;
+                int final = end == n;
+                buf_add(&carry, s + prev, end - prev);
+                ph_json_clip_result cr;
+                Buf piece = { 0 };
+                clip(carry.p, carry.n, left, final, &piece, &cr);
+                buf_add(&acc, piece.p, piece.n);
+                free(piece.p);
+                left -= cr.size;
+                cut = cr.cut;
+                memmove(carry.p, carry.p + cr.used, carry.n - cr.used);
+                carry.n -= cr.used;
+                prev = end;
+                if (final)
+                    break;
+            }
+            bad_stream += acc.n != part.n || memcmp(acc.p, part.p, part.n) != 0 || cut != r.cut;
+        }
+
+        /* escaping in small pieces gives the whole escape, never splitting one */
+        esc.n = 0;
+        buf_add(&esc, "", 0);
+        size_t i = 0, outsz = 6 + rnd(10);
+        char out[16];
+        while (i < whole.n) {
+            size_t used;
+            size_t w = ph_json_escape(whole.p + i, whole.n - i, out, outsz, &used);
+            if (used == 0)
+                break;
+            buf_add(&esc, out, w);
+            i += used;
+        }
+        char tmp[8];
+        size_t k = 0;
+        int ok = i == whole.n && esc.n == total;
+        for (size_t j = 0; ok && j < whole.n; j++) {
+            const char *e = ref_escape((unsigned char)whole.p[j], tmp);
+            ok = memcmp(esc.p + k, e, strlen(e)) == 0;
+            k += strlen(e);
+        }
+        bad_escape += !ok;
+    }
+    check(bad_full == 0, "json_clip without a limit is utf8_clean, sized by cjson: %d bad",
+          bad_full);
+    check(bad_clip == 0, "json_clip keeps the longest whole-character prefix within budget: %d bad",
+          bad_clip);
+    check(bad_stream == 0, "json_clip chunk by chunk equals json_clip at once: %d bad", bad_stream);
+    check(bad_escape == 0, "json_escape in pieces equals cjson's escape: %d bad", bad_escape);
+    free(whole.p);
+    free(full.p);
+    free(part.p);
+    free(acc.p);
+    free(carry.p);
+    free(esc.p);
+}
+
 /* ---- random, uuid ----------------------------------------------------------------------- */
 
 static int is_lower_hex(char c)
@@ -854,6 +1068,8 @@ int main(void)
     test_utf8_cases();
     test_utf8_scalars();
     test_utf8_property();
+    test_json_fixed();
+    test_json_property();
     test_random_uuid();
     test_paths();
     test_tempdir_tree();

@@ -410,6 +410,118 @@ describe("host.util", function()
     end)
   end)
 
+  describe("json_clip", function()
+    local cjson = require("cjson") -- what host.json encodes with
+    local function encoded_size(s)
+      return #cjson.encode(s) - 2
+    end
+
+    it("sizes the cleaned text exactly as cjson encodes it", function()
+      math.randomseed(7)
+      local escaped = { '"', "\\", "/", "\b", "\t", "\n", "\f", "\r", "\0", "\31", "\127" }
+      for _ = 1, 300 do
+        local s = random_utf8ish(math.random(0, 60)):gsub(".", function(c)
+          return math.random(4) == 1 and escaped[math.random(#escaped)] or c
+        end)
+        local text, used, size, cut = util.json_clip(s, math.maxinteger)
+        assert.equal(util.utf8_clean(s), text)
+        assert.equal(encoded_size(text), size)
+        assert.equal(#s, used)
+        assert.is_false(cut)
+      end
+    end)
+
+    it("keeps the longest run of whole characters within the budget", function()
+      local s = "a\0\xF0\x9F\x98\x80\xFF\n"
+      local want = { -- budget -> text kept
+        [0] = "", "a", "a", "a", "a", "a", "a", "a\0", "a\0", "a\0", "a\0",
+        "a\0\xF0\x9F\x98\x80", "a\0\xF0\x9F\x98\x80", "a\0\xF0\x9F\x98\x80",
+        "a\0\xF0\x9F\x98\x80" .. R, "a\0\xF0\x9F\x98\x80" .. R,
+        "a\0\xF0\x9F\x98\x80" .. R .. "\n",
+      }
+      for budget = 0, #want do
+        local text, _, size, cut = util.json_clip(s, budget)
+        assert.equal(want[budget], text, "budget " .. budget)
+        assert.equal(encoded_size(text), size)
+        assert.equal(budget < 16, cut)
+      end
+    end)
+
+    it("returns valid text that fits as the very same string", function()
+      local s = ("x"):rep(100000)
+      local text = util.json_clip(s, #s)
+      assert.equal(s, text)
+      assert.equal(#s - 1, #util.json_clip(s, #s - 1))
+    end)
+
+    it("clips chunk by chunk exactly as the whole", function()
+      math.randomseed(11)
+      for _ = 1, 200 do
+        local s = random_utf8ish(math.random(0, 60))
+        local budget = math.random(0, 200)
+        local whole, _, _, whole_cut = util.json_clip(s, budget)
+        local pieces, rest, left, prev = {}, "", budget, 0
+        local cut
+        repeat
+          local stop = math.min(#s, prev + math.random(0, 5))
+          local chunk = rest .. s:sub(prev + 1, stop)
+          local text, used, size
+          text, used, size, cut = util.json_clip(chunk, left, stop == #s)
+          pieces[#pieces + 1], left, rest = text, left - size, chunk:sub(used + 1)
+          prev = stop
+        until cut or stop == #s
+        assert.equal(whole, table.concat(pieces))
+        assert.equal(whole_cut, cut)
+      end
+    end)
+
+    it("looks at the first n bytes only when given n", function()
+      assert.equal("ab", (util.json_clip("abcd", 100, true, 2)))
+      assert.equal(R, (util.json_clip("a\xE2\x82\xAC", 100, true, 3):sub(2)))
+      assert.equal("abcd", (util.json_clip("abcd", 100, true, 10)))
+    end)
+
+    it("raises on misuse", function()
+      assert_misuse(function() util.json_clip(nil, 1) end)
+      assert_misuse(function() util.json_clip("a", -1) end)
+      assert_misuse(function() util.json_clip("a", 1.5) end)
+      assert_misuse(function() util.json_clip("a", 1, "yes") end)
+      assert_misuse(function() util.json_clip("a", 1, true, -1) end)
+    end)
+  end)
+
+  describe("json_quote", function()
+    local cjson = require("cjson")
+
+    it("gives cjson's encoding in parts of at most the given size", function()
+      math.randomseed(13)
+      for _ = 1, 200 do
+        local s = util.utf8_clean(random_utf8ish(math.random(0, 80)))
+        local piece = math.random(8, 20)
+        local parts = util.json_quote(s, piece)
+        for _, p in ipairs(parts) do
+          assert.is_true(#p <= piece)
+        end
+        assert.equal(cjson.encode(s), table.concat(parts))
+      end
+      assert.same({ '""' }, util.json_quote(""))
+      assert.same({ '"\\u0000\\/"' }, util.json_quote("\0/"))
+    end)
+
+    it("cuts a big string into 1 MiB parts by default", function()
+      local s = ("\0"):rep(400000) -- 2.4 MB encoded
+      local parts = util.json_quote(s)
+      assert.equal(3, #parts)
+      assert.equal(1 + 174762 * 6, #parts[1]) -- the quote, then whole escapes only
+      assert.equal(cjson.encode(s), table.concat(parts))
+    end)
+
+    it("raises on misuse", function()
+      assert_misuse(function() util.json_quote(1) end)
+      assert_misuse(function() util.json_quote("a", 7) end)
+    end)
+  end)
+
   describe("mkdtemp", function()
     local made = {}
     after_each(function()
