@@ -7,14 +7,26 @@ local wp = require("spec.support.worker_process")
 
 local FIXTURES = helpers.root .. "/spec/fixtures/providers"
 
+-- Runs fn(w) with a worker whose TMPDIR (where `local` makes its leases) is a private dir of
+-- this spec, removed afterwards with whatever a test left in it.
 local function with_worker(fn, args, opts)
   return helpers.run(function()
-    local w = wp.start(args, opts)
+    local tmp = assert(util.mkdtemp("ph-worker-spec-"))
+    local o = {}
+    for k, v in pairs(opts or {}) do
+      o[k] = v
+    end
+    o.env = { PATH = os.getenv("PATH"), TMPDIR = tmp }
+    for k, v in pairs(opts and opts.env or {}) do
+      o.env[k] = v
+    end
+    local w = wp.start(args, o)
     local ok, err = pcall(fn, w)
     if not w.process:done() then
       w:kill("SIGKILL")
       w:wait(5)
     end
+    util.remove_tree(tmp)
     if not ok then
       error(err, 0)
     end
