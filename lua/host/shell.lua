@@ -97,18 +97,25 @@ function M.check_env(env, label)
   return true
 end
 
---- Builds `K='v' K2='v2'` (keys sorted) for a command prefix such as `env -i ...`.
---- Returns string | nil, message, "protocol" (see `check_env`; `label` as there).
-function M.env_assignments(env, label)
+-- Each checked variable of env (keys sorted) through each(key, quoted value), joined by sep.
+local function build(env, label, each, sep)
   local ok, err, code = M.check_env(env, label)
   if not ok then
     return nil, err, code
   end
   local out = {}
   for i, k in ipairs(sorted_keys(env)) do
-    out[i] = k .. "=" .. M.quote(env[k])
+    out[i] = each(k, M.quote(env[k]))
   end
-  return concat(out, " ")
+  return concat(out, sep)
+end
+
+--- Builds `K='v' K2='v2'` (keys sorted) for a command prefix such as `env -i ...`.
+--- Returns string | nil, message, "protocol" (see `check_env`; `label` as there).
+function M.env_assignments(env, label)
+  return build(env, label, function(k, v)
+    return k .. "=" .. v
+  end, " ")
 end
 
 --- Builds `export K='v'` lines (keys sorted, each line ending in a newline) for a shell to
@@ -116,15 +123,9 @@ end
 --- `env K=v cmd`, whose arguments stay readable in /proc/*/cmdline while the command runs.
 --- Returns string | nil, message, "protocol" (see `check_env`; `label` as there).
 function M.export_script(env, label)
-  local ok, err, code = M.check_env(env, label)
-  if not ok then
-    return nil, err, code
-  end
-  local out = {}
-  for i, k in ipairs(sorted_keys(env)) do
-    out[i] = "export " .. k .. "=" .. M.quote(env[k]) .. "\n"
-  end
-  return concat(out)
+  return build(env, label, function(k, v)
+    return "export " .. k .. "=" .. v .. "\n"
+  end, "")
 end
 
 -- What the shells below run before `exec "$@"`: dash exports the shell's own PWD; the

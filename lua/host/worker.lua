@@ -73,6 +73,18 @@ function M.new(opts)
   return self
 end
 
+-- A shallow copy of t that keeps its host.json key order.
+local function copy(t)
+  local out = {}
+  for k, v in pairs(t) do
+    out[k] = v
+  end
+  if json.order_of(t) then
+    json.ordered(out, json.order_of(t))
+  end
+  return out
+end
+
 local OUTPUT_STREAMS = { "stdout", "stderr" }
 local BIG = 1024 * 1024 -- bytes: an output this long gets the memory care of cap_result and send
 local marker -- "\0" .. random hex: stands in for a big output while a reply is encoded
@@ -102,19 +114,10 @@ local function big_parts(msg)
     end
     marker = "\0" .. util.hex(seed)
   end
-  local outer, copy = {}, {}
-  for k, v in pairs(msg) do
-    outer[k] = v
-  end
-  for k, v in pairs(res) do
-    copy[k] = v
-  end
-  if json.order_of(res) then
-    json.ordered(copy, json.order_of(res))
-  end
-  outer.result = copy
+  local outer, result = copy(msg), copy(res)
+  outer.result = result
   for _, k in ipairs(keys) do
-    copy[k] = marker .. k -- random: no other string of a reply is the same
+    result[k] = marker .. k -- random: no other string of a reply is the same
   end
   local line = json.encode(outer)
   if not line then
@@ -368,15 +371,7 @@ function M.cap_result(result)
     collectgarbage()
   end
   if clip_streams(result) then
-    local meta, old = {}, result.metadata
-    if type(old) == "table" then
-      for k, v in pairs(old) do
-        meta[k] = v
-      end
-      if json.order_of(old) then
-        json.ordered(meta, json.order_of(old))
-      end
-    end
+    local meta = type(result.metadata) == "table" and copy(result.metadata) or {}
     meta.truncated = true
     result.metadata = meta
     if big then

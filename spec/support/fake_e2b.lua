@@ -30,6 +30,7 @@
 local fs = require("host.fs")
 local http = require("host.http")
 local json = require("host.json")
+local lost_answer = require("spec.support.lost_answer")
 local proc = require("host.proc")
 local sys = require("host.core.sys")
 local task = require("host.task")
@@ -665,16 +666,7 @@ function Fake:_serve(kind, req, res)
   end
   if f and f.after and status then -- the request was carried out; its answer is not
     entry.fault = true
-    if f.drop then
-      entry.status = "dropped"
-      res:abort()
-    elseif f.cut then
-      entry.status = "cut"
-      headers["content-length"] = tostring(#body)
-      res:start(status, headers)
-      res:write(body:sub(1, #body // 2))
-      res:abort()
-    end
+    lost_answer(res, f, entry, status, headers, body)
     entry.status = f.status or 502
     return api_error(entry.status, "injected fault after the request was carried out")
   end

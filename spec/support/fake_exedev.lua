@@ -32,6 +32,7 @@
 local fs = require("host.fs")
 local http = require("host.http")
 local json = require("host.json")
+local lost_answer = require("spec.support.lost_answer")
 local proc = require("host.proc")
 local sshd = require("spec.support.sshd")
 local task = require("host.task")
@@ -368,16 +369,7 @@ local function handle(self, req, res)
   local status, headers, body = self["cmd_" .. cmd](self, flags, argv, positional)
   if fault then -- an `after` fault: the command ran, and its answer is lost, cut or replaced
     entry.fault = fault
-    if fault.drop then
-      entry.status = "dropped"
-      res:abort()
-    elseif fault.cut then
-      entry.status = "cut"
-      headers["content-length"] = tostring(#body)
-      res:start(status, headers)
-      res:write(body:sub(1, #body // 2))
-      res:abort()
-    end
+    lost_answer(res, fault, entry, status, headers, body)
     return reply(fault.status or 502, { ["content-type"] = "text/plain" },
       fault.body or "upstream connect error or disconnect/reset before headers")
   end
