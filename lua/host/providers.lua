@@ -40,6 +40,7 @@ local KNOWN_KEYS = {
   capabilities = true,
   shell = true,
   manifest = true,
+  env_label = true,
 }
 local MANIFEST_KEYS = {
   id = true,
@@ -279,7 +280,7 @@ local function check_shape(p, name, path, problems)
       problem(
         (
           "unknown key %q (known: driver_key, display_name, description, version, "
-          .. "schema, hooks, capabilities, manifest)"
+          .. "schema, hooks, capabilities, manifest, env_label)"
         ):format(tostring(k))
       )
     end
@@ -297,6 +298,9 @@ local function check_shape(p, name, path, problems)
     and (type(p.display_name) ~= "string" or #p.display_name < 1 or #p.display_name > 100)
   then
     problem("display_name must be a string of 1 to 100 characters")
+  end
+  if p.env_label ~= nil and (type(p.env_label) ~= "string" or p.env_label == "") then
+    problem("env_label must be a non-empty string (it names the environment in errors)")
   end
   if p.description ~= nil and (type(p.description) ~= "string" or #p.description > 500) then
     problem("description must be a string of at most 500 characters")

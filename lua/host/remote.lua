@@ -428,64 +428,17 @@ end
 ------------------------------------------------------------------------------------------------
 -- Execute
 
-local function has_nul(s)
-  return s:find("\0", 1, true) ~= nil
-end
-
--- The execute params checked and normalized: {command, args, env, stdin, cwd, timeout_ms}.
-local function check_params(ctx, params, opts)
-  local command = params.command
-  if type(command) ~= "string" or command == "" then
-    return nil, "environmentExecute: command must be a non-empty string"
-  elseif has_nul(command) then
-    return nil, "environmentExecute: command contains a NUL byte"
-  end
-  local args = {}
-  if params.args ~= nil and params.args ~= json.null then
-    if type(params.args) ~= "table" then
-      return nil, "environmentExecute: args must be an array of strings"
-    end
-    for i, a in ipairs(params.args) do
-      if type(a) ~= "string" then
-        return nil, ("environmentExecute: args[%d] must be a string"):format(i)
-      elseif has_nul(a) then
-        return nil, ("environmentExecute: args[%d] contains a NUL byte"):format(i)
-      end
-      args[i] = a
-    end
-  end
-  local env = {}
-  if params.env ~= nil and params.env ~= json.null then
-    if type(params.env) ~= "table" then
-      return nil, "environmentExecute: env must be an object of strings"
-    end
-    local label = opts.env_label or "sandbox"
-    for k, v in pairs(params.env) do
-      if not shell.is_env_key(k) then
-        return nil, ("Invalid %s environment variable key: %s"):format(label, tostring(k))
-      end
-      if type(v) == "string" then -- other values are left out, as upstream does
-        if has_nul(v) then
-          return nil, ("Sandbox environment variable %s contains a NUL byte"):format(k)
-        end
-        env[k] = v
-      end
-    end
-  end
-  local stdin = params.stdin
-  if stdin == json.null then
-    stdin = nil
-  end
-  if stdin ~= nil and type(stdin) ~= "string" then
-    return nil, "environmentExecute: stdin must be a string"
-  end
-  local cwd = type(params.cwd) == "string" and params.cwd:find("%S") and params.cwd or opts.cwd
-  local timeout_ms = params.timeoutMs
-  if type(timeout_ms) ~= "number" or timeout_ms <= 0 or timeout_ms ~= timeout_ms then
-    timeout_ms = opts.timeout_ms or ctx.config.timeoutMs or 300000
-  end
-  return { command = command, args = args, env = env, stdin = stdin, cwd = cwd,
-    timeout_ms = math.floor(timeout_ms) }
+-- The execute params as this module uses them: the worker checked them (host.params); the
+-- defaults make a direct call from a script or a bench work too.
+local function execute_params(ctx, params, opts)
+  return {
+    command = params.command,
+    args = params.args or {},
+    env = params.env or {},
+    stdin = params.stdin,
+    cwd = params.cwd or opts.cwd,
+    timeout_ms = params.timeoutMs or opts.timeout_ms or ctx.config.timeoutMs or 300000,
+  }
 end
 
 -- Stop the group of a command that outlived its channel and remove its control dir, in the
@@ -517,19 +470,15 @@ end
 --   home         HOME for the command (nil: the login user's $HOME)
 --   scope        names the control dir with the executionId: the lease id
 --   control_base the remote directory holding control dirs (nil: $HOME/.paperclip-executions)
---   env_label    a bad env key is "Invalid <env_label> environment variable key: K"
 --   timeout_ms   the default timeout (nil: ctx.config.timeoutMs)
 --   metadata     the result's metadata
--- Invalid params (a bad env key, ...) give nil, message without a code; a transport failure
--- (cannot connect, key refused, connection lost) gives host.ssh's nil, message, code for the
--- provider to word. Registers ctx.execution.cancel when the request has an executionId.
+-- A transport failure (cannot connect, key refused, connection lost) gives host.ssh's nil,
+-- message, code for the provider to word. Registers ctx.execution.cancel when the request has
+-- an executionId.
 function M.execute(ctx, t, params, opts)
   opts = opts or {}
-  local p, err = check_params(ctx, params, opts)
-  if not p then
-    return nil, err -- no code: the request itself is wrong
-  end
-  local exec_id = type(params.executionId) == "string" and params.executionId or nil
+  local p = execute_params(ctx, params, opts)
+  local exec_id = params.executionId
   local ctl = M.control_dir(opts.control_base, opts.scope, exec_id)
   if ctx.execution then
     ctx.execution.cancel = function()
@@ -543,8 +492,7 @@ function M.execute(ctx, t, params, opts)
   end
   -- nothing yields between registering the cancel and starting the command: a cancel that
   -- comes before the wrapper runs leaves the "cancelled" marker, and the wrapper exits 130
-  local res, code
-  res, err, code = ssh.exec(ssh_opts(t, {
+  local res, err, code = ssh.exec(ssh_opts(t, {
     cmd = "sh -c " .. quote(wrapper(ctl, command_script(p, opts))),
     stdin = shell.stdin_env(assert(shell.export_script(p.env))) .. (p.stdin or ""),
     timeout = p.timeout_ms / 1000,

@@ -1,5 +1,6 @@
 -- host.schema: provider config schemas: definition checks, normalization, manifest JSON schema.
 local json = require("host.json")
+local util = require("host.util")
 
 local M = {}
 
@@ -58,18 +59,7 @@ local ARTICLE = {
 ------------------------------------------------------------------------------------------------
 -- Small helpers
 
--- Linear in the length of s even for long runs of spaces (the usual "^%s*(.-)%s*$" is not).
-local function trim(s)
-  local i = s:find("%S")
-  if not i then
-    return ""
-  end
-  local j = #s
-  if s:find("^%s", j) then
-    j = j - s:reverse():find("%S") + 1
-  end
-  return s:sub(i, j)
-end
+local trim = util.trim
 
 local function is_blank(s)
   return s:find("%S") == nil

@@ -12,6 +12,32 @@ local function check_string(v, i, fname)
   end
 end
 
+-- Text ----------------------------------------------------------------------------------------
+
+--- trim(s) -> s without leading and trailing whitespace; linear in #s even for long runs of
+--- spaces (the usual "^%s*(.-)%s*$" is not).
+function M.trim(s)
+  check_string(s, 1, "trim")
+  local i = s:find("%S")
+  if not i then
+    return ""
+  end
+  local j = #s
+  if s:find("^%s", j) then
+    j = j - s:reverse():find("%S") + 1
+  end
+  return s:sub(i, j)
+end
+
+--- nonblank(v) -> v trimmed when v is a string holding a non-space character, else nil: how
+--- an optional text field (a path, a name) is read.
+function M.nonblank(v)
+  if type(v) == "string" and v:find("%S") then
+    return M.trim(v)
+  end
+  return nil
+end
+
 -- Random, names --------------------------------------------------------------------------------
 
 --- random(n) -> string of n bytes from the kernel CSPRNG | nil, message, "io"

@@ -5,6 +5,7 @@ local json = require("host.json")
 local log = require("host.log")
 local task = require("host.task")
 local util = require("host.util")
+local protocol_params = require("host.params")
 local providers = require("host.providers")
 
 local M = {}
@@ -434,11 +435,10 @@ end
 
 -- Track executions by their exact scope so environmentCancelExecution never widens it.
 local function execution_key(params)
-  local lease = type(params.lease) == "table" and params.lease or {}
   return table.concat({
     tostring(params.companyId),
     tostring(params.environmentId),
-    tostring(lease.providerLeaseId),
+    tostring(params.lease.providerLeaseId),
     tostring(params.executionId),
   }, "\0")
 end
@@ -462,24 +462,32 @@ local function finish_hook(method, res)
 end
 
 -- Runs the hook; `holder.ctx` gets its ctx (the caller waits for the cleanups it started).
+-- A cancel of an execution this worker tracks: its execute's ctx.execution.cancel, run here.
+local function cancel_tracked(entry, params)
+  local ok, e = xpcall(entry.cancel, capture)
+  if not ok then
+    log.error("environmentCancelExecution failed: %s", e.traceback)
+    return nil, clean_message(e.raised)
+  end
+  return { executionId = params.executionId, cancelled = true }
+end
+
 function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder)
   local hook_name = providers.HOOK_OF[method]
   local hook = p.hooks[hook_name]
+  local checked, perr = protocol_params.normalize(method, params, p)
+  if not checked then
+    return nil, perr
+  end
   local ctx = self:context(p, method, params, invocation, seconds, reserve)
   holder.ctx = ctx
   if method ~= "environmentValidateConfig" and #ctx.errors > 0 then
     return nil, "invalid " .. p.driver_key .. " config: " .. table.concat(ctx.errors, "; ")
   end
   if method == "environmentExecute" and params.executionId ~= nil then
-    local id = params.executionId
-    if type(id) ~= "string" or id:match("^%s*$") then
-      return nil, "Environment executionId must be a non-empty opaque string."
-    elseif #id > 512 then
-      return nil, "Environment executionId exceeds the 512-character limit."
-    end
     local key = execution_key(params)
     if self.executions[key] then
-      return nil, ('Environment execution "%s" is already active.'):format(id)
+      return nil, ('Environment execution "%s" is already active.'):format(params.executionId)
     end
     local entry = {}
     self.executions[key] = entry
@@ -490,7 +498,12 @@ function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder
     return finish_hook(method, res)
   end
   if method == "environmentCancelExecution" then
-    ctx.active = self.executions[execution_key(params)]
+    -- the worker routes a cancel it can serve itself; the hook only sees the others (an
+    -- execution another worker, or this one before a restart, started)
+    local entry = self.executions[execution_key(params)]
+    if entry and entry.cancel then
+      return cancel_tracked(entry, params)
+    end
   end
   local res = table.pack(xpcall(hook, capture, ctx, params))
   if method == "environmentValidateConfig" and res[1] then

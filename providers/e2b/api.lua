@@ -32,20 +32,9 @@ M.settings = {
 
 local settings = M.settings
 
-local function trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
-end
-
-local function nonblank(v)
-  if type(v) == "string" and v:find("%S") then
-    return trim(v)
-  end
-  return nil
-end
-
 local function env(name)
   local ok, v = pcall(settings.getenv, name)
-  return ok and nonblank(v) or nil
+  return ok and util.nonblank(v) or nil
 end
 
 local API_KEY_MISSING = "E2B sandbox environments require an API key in config or E2B_API_KEY."
@@ -62,9 +51,10 @@ function M.connection(ctx)
     return nil, API_KEY_MISSING, "config"
   end
   log.add_secret(key)
-  local domain = nonblank(settings.domain) or env("E2B_DOMAIN") or "e2b.app"
-  local api_url = nonblank(settings.api_url) or env("E2B_API_URL") or ("https://api." .. domain)
-  local sandbox_url = nonblank(settings.sandbox_url) or env("E2B_SANDBOX_URL")
+  local domain = util.nonblank(settings.domain) or env("E2B_DOMAIN") or "e2b.app"
+  local api_url = util.nonblank(settings.api_url) or env("E2B_API_URL")
+    or ("https://api." .. domain)
+  local sandbox_url = util.nonblank(settings.sandbox_url) or env("E2B_SANDBOX_URL")
   return {
     key = key,
     key_id = util.sha256_hex(key),
@@ -106,7 +96,7 @@ local function body_message(conn, res)
   if not msg then
     return "", decoded
   end
-  msg = trim(msg:gsub("%s+", " "))
+  msg = util.trim(msg:gsub("%s+", " "))
   if #msg > 300 then
     msg = msg:sub(1, 300):gsub("[\192-\255][\128-\191]*$", "") .. "..."
   end
@@ -215,7 +205,7 @@ local function sandbox_of(conn, res, id, what)
   if token then
     log.add_secret(token)
   end
-  local domain = nonblank(data.domain) or conn.domain
+  local domain = util.nonblank(data.domain) or conn.domain
   return {
     id = id,
     token = token,

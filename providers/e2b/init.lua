@@ -41,14 +41,6 @@ local CANCEL_TIMEOUT_MS = 10000
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
-local function trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
-end
-
-local function lease_id(v)
-  return type(v) == "string" and v ~= "" and v or nil
-end
-
 local function lease_metadata(ctx, sbx, remote_cwd, resumed)
   local c = ctx.config
   return json.ordered({
@@ -146,13 +138,13 @@ local function resolve_workspace(conn, sbx)
     ),
       "timeout"
   end
-  local cwd = trim(res.stdout):match("([^\n]*)$")
+  local cwd = util.trim(res.stdout):match("([^\n]*)$")
   if res.exit_code ~= 0 or not cwd or cwd:sub(1, 1) ~= "/" then
     return nil,
       ("E2B sandbox %s could not prepare its workspace (exit code %s): %s"):format(
         sbx.id,
         tostring(res.exit_code),
-        trim(res.stderr) ~= "" and trim(res.stderr) or "no output"
+        util.trim(res.stderr) ~= "" and util.trim(res.stderr) or "no output"
       ),
       "upstream"
   end
@@ -354,7 +346,7 @@ end
 -- sandbox already gone is released; a transport failure or a 5xx is tried once more; any
 -- other failure (upstream only warned) is an error reply.
 function hooks.release_lease(ctx, params)
-  local id = lease_id(params.providerLeaseId)
+  local id = params.providerLeaseId
   if not id then
     return true
   end
@@ -386,7 +378,7 @@ end
 
 --- environmentDestroyLease: kill by id; a missing sandbox is success, a failure an error.
 function hooks.destroy_lease(ctx, params)
-  local id = lease_id(params.providerLeaseId)
+  local id = params.providerLeaseId
   if not id then
     return true
   end
@@ -400,17 +392,15 @@ end
 
 --- environmentRealizeWorkspace: upstream's cwd order, then mkdir -p it in the sandbox.
 function hooks.realize_workspace(ctx, params)
-  local lease = type(params.lease) == "table" and params.lease or {}
-  local meta = type(lease.metadata) == "table" and lease.metadata or {}
-  local ws = type(params.workspace) == "table" and params.workspace or {}
+  local meta, ws = params.lease.metadata, params.workspace
   local function given(v)
-    return type(v) == "string" and v:find("%S") and v or nil
+    return util.nonblank(v) and v
   end
-  local cwd = (given(meta.remoteCwd) and trim(meta.remoteCwd))
+  local cwd = (given(meta.remoteCwd) and util.trim(meta.remoteCwd))
     or given(ws.remotePath)
     or given(ws.localPath)
     or "/paperclip-workspace"
-  local id = lease_id(lease.providerLeaseId)
+  local id = params.lease.providerLeaseId
   if id then
     local conn, err = api.connection(ctx)
     if not conn then
@@ -432,7 +422,7 @@ function hooks.realize_workspace(ctx, params)
           id,
           cwd,
           res.timed_out and "timed out" or ("exit code " .. tostring(res.exit_code)),
-          trim(res.stderr) ~= "" and trim(res.stderr) or "no output"
+          util.trim(res.stderr) ~= "" and util.trim(res.stderr) or "no output"
         )
     end
   end
@@ -515,8 +505,7 @@ end
 --- environmentExecute: upstream v-newest's command, one request on a warm lease (two with
 -- stdin), output streamed live.
 function hooks.execute(ctx, params)
-  local lease = type(params.lease) == "table" and params.lease or {}
-  local id = lease_id(lease.providerLeaseId)
+  local id = params.lease.providerLeaseId
   if not id then
     return {
       exitCode = 1,
@@ -525,34 +514,16 @@ function hooks.execute(ctx, params)
       stderr = "No provider lease ID available for execution.",
     }
   end
-  if params.args ~= nil and type(params.args) ~= "table" then
-    return nil, "environmentExecute: args must be an array of strings"
-  end
-  if params.env ~= nil and params.env ~= json.null and type(params.env) ~= "table" then
-    return nil, "environmentExecute: env must be an object of strings"
-  end
   local stdin = params.stdin
-  if stdin == json.null then
-    stdin = nil
-  end
-  if stdin ~= nil and type(stdin) ~= "string" then
-    return nil, "environmentExecute: stdin must be a string"
-  end
   local exec_id = ctx.execution and params.executionId or random_id()
-  local base, env_script = script.command(params.command, params.args,
-    type(params.env) == "table" and params.env or nil, script.env_file(exec_id))
-  if not base then
-    return nil, env_script
-  end
+  local base, env_script = script.command(params.command, params.args, params.env,
+    script.env_file(exec_id))
   local conn, err = api.connection(ctx)
   if not conn then
     return nil, err
   end
-  local timeout_ms = ctx.config.timeoutMs
-  if type(params.timeoutMs) == "number" and params.timeoutMs >= 1 then
-    timeout_ms = math.floor(params.timeoutMs)
-  end
-  local cwd = type(params.cwd) == "string" and params.cwd ~= "" and params.cwd or nil
+  local timeout_ms = params.timeoutMs or ctx.config.timeoutMs
+  local cwd = params.cwd
   local stdin_path = stdin and ("/tmp/paperclip-stdin-" .. util.uuid()) or nil
   local wrapped = script.wrap(
     exec_id,
@@ -680,34 +651,16 @@ function hooks.execute(ctx, params)
   return out
 end
 
-local function check_execution_id(id)
-  if type(id) ~= "string" or not id:find("%S") then -- the worker's rule for execute, too
-    return nil, "Environment executionId must be a non-empty opaque string."
-  elseif #id > 512 then
-    return nil, "Environment executionId exceeds the 512-character limit."
-  end
-  return id
-end
-
---- environmentCancelExecution: exactly that command's process group. Tracked by this worker:
--- its execute's cancel. Untracked (e.g. after a worker restart): the remote cancel script.
+--- environmentCancelExecution: exactly that command's process group, for an execution this
+-- worker does not track (the worker cancels its own through execute), e.g. after a restart:
+-- the remote cancel script.
 function hooks.cancel_execution(ctx, params)
-  local exec_id, err = check_execution_id(params.executionId)
-  if not exec_id then
-    return nil, err
-  end
-  local active = ctx.active
-  if active and active.cancel then
-    active.cancel()
-    return { executionId = exec_id, cancelled = true }
-  end
-  local lease = type(params.lease) == "table" and params.lease or {}
-  local id = lease_id(lease.providerLeaseId)
+  local exec_id = params.executionId
+  local id = params.lease.providerLeaseId
   if not id then
     return { executionId = exec_id, cancelled = false }
   end
-  local conn
-  conn, err = api.connection(ctx)
+  local conn, err = api.connection(ctx)
   if not conn then
     return nil, err
   end

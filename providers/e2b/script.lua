@@ -7,6 +7,7 @@
 --   workspace(): pwd + mkdir -p <pwd>/paperclip-workspace in one command
 -- Every script is plain POSIX sh run by `bash -l -c`, as upstream's SDK runs commands.
 local shell = require("host.shell")
+local util = require("host.util")
 
 local M = {}
 
@@ -23,67 +24,24 @@ end
 
 local quote = M.quote
 
-local function trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
-end
-
-local function has_nul(s)
-  return s:find("\0", 1, true) ~= nil
-end
-
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys, function(a, b)
-    return tostring(a) < tostring(b)
-  end)
-  return keys
-end
-
---- command(cmd, args, env, env_file) -> script, env_script | nil, message
+--- command(cmd, args, env, env_file) -> script, env_script
 -- Upstream's buildLoginShellScript (v-newest): source /etc/profile quietly, make a private
 -- HOME with mktemp unless env gives HOME (or USERPROFILE), then run the command under
 -- `env -i` with only PATH, HOME/USERPROFILE and the caller's env. Unlike upstream, the caller's
 -- env is not on the `env -i` command line (where every value would sit in /proc/*/cmdline):
 -- env_script holds it as `export` lines, delivered through envd's envs (see wrap) into the
--- file env_file (a path), which a shell sources and removes before it execs the command. A
--- bad env key is an error with upstream's message; values that are not strings are left out,
--- as upstream does.
+-- file env_file (a path), which a shell sources and removes before it execs the command. The
+-- worker has checked cmd, args and env (host.params).
 function M.command(cmd, args, env, env_file)
-  if type(cmd) ~= "string" then
-    return nil, "environmentExecute: command must be a string"
-  end
   local words = { quote(cmd) }
-  if has_nul(cmd) then
-    return nil, "environmentExecute: command contains a NUL byte"
-  end
-  for i, a in ipairs(args or {}) do
-    if type(a) ~= "string" then
-      return nil, ("environmentExecute: args[%d] must be a string"):format(i)
-    elseif has_nul(a) then
-      return nil, ("environmentExecute: args[%d] contains a NUL byte"):format(i)
-    end
+  for _, a in ipairs(args) do
     words[#words + 1] = quote(a)
   end
   local vars = {}
-  for _, k in ipairs(sorted_keys(env or {})) do
-    if type(k) ~= "string" or not k:match("^[A-Za-z_][A-Za-z0-9_]*$") then
-      return nil, "Invalid sandbox environment variable key: " .. tostring(k)
-    end
-    local v = env[k]
-    if type(v) == "string" then
-      if has_nul(v) then
-        return nil, ("Sandbox environment variable %s contains a NUL byte"):format(k)
-      end
-      vars[k] = v
-    end
+  for k, v in pairs(env) do
+    vars[k] = v
   end
-  local function nonblank(v)
-    return type(v) == "string" and trim(v) ~= "" and trim(v) or nil
-  end
-  local home = nonblank(vars.HOME) or nonblank(vars.USERPROFILE)
+  local home = util.nonblank(vars.HOME) or util.nonblank(vars.USERPROFILE)
   if home then
     vars.HOME = vars.HOME or home
     vars.USERPROFILE = vars.USERPROFILE or home

@@ -8,6 +8,7 @@ local http = require("host.http")
 local json = require("host.json")
 local log = require("host.log")
 local remote = require("host.remote")
+local util = require("host.util")
 
 local M = {
   driver_key = "exe-dev",
@@ -16,6 +17,7 @@ local M = {
     .. "for long-lived Paperclip workloads.",
   version = "0.1.2",
   schema = require("providers.exe-dev.schema"),
+  env_label = "exe.dev", -- upstream's words: "Invalid exe.dev environment variable key: K"
   -- Declared so the host reuses retained VMs (upstream declares nothing, so reuseLease only
   -- ever kept VMs that were never resumed).
   capabilities = { reusableLeases = true },
@@ -44,10 +46,6 @@ local NO_KEY = "exe.dev: no SSH identity to reach the VM: set sshPrivateKey or s
 
 ------------------------------------------------------------------------------------------------
 -- Helpers
-
-local function trim(s)
-  return (s:gsub("^%s+", ""):gsub("%s+$", ""))
-end
 
 -- The config as upstream parses it; its secrets are redacted from everything from now on.
 local function parse(ctx)
@@ -83,7 +81,7 @@ local function format_failure(action, vm, stdout, stderr)
       .. "key. Confirm the secret starts with `-----BEGIN … PRIVATE KEY-----` and isn't the "
       .. "`.pub` file or a PuTTY `.ppk` export.")
   end
-  local detail = trim(stderr) ~= "" and trim(stderr) or trim(stdout)
+  local detail = util.trim(stderr) ~= "" and util.trim(stderr) or util.trim(stdout)
   return failure(action, vm, detail ~= "" and detail or "unknown error")
 end
 
@@ -158,7 +156,7 @@ local function build_lease(ctx, c, vm, requested, resumed)
     return nil, err
   end
   if type(requested) == "string" then
-    requested = requested:find("%S") and trim(requested) or nil
+    requested = requested:find("%S") and util.trim(requested) or nil
   else
     requested = nil
   end
@@ -175,7 +173,7 @@ local function build_lease(ctx, c, vm, requested, resumed)
   for line in (res.stdout .. "\n"):gmatch("([^\n]*)\n") do
     lines[#lines + 1] = line:gsub("\r$", "")
   end
-  local shell = trim(lines[#lines - 2] or "") == "bash" and "bash" or "sh"
+  local shell = util.trim(lines[#lines - 2] or "") == "bash" and "bash" or "sh"
   local cwd = lines[#lines - 1] or ""
   local function null(v)
     return v == nil and json.null or v
@@ -271,10 +269,6 @@ local function create(ctx, c, name)
     end
   end
   return nil, first .. cleanup(ctx, c, name, "cleanup of an ambiguous create")
-end
-
-local function lease_id(v)
-  return type(v) == "string" and v ~= "" and v or nil
 end
 
 ------------------------------------------------------------------------------------------------
@@ -374,7 +368,7 @@ function hooks.resume_lease(ctx, params)
   if not c then
     return nil, err
   end
-  local id = lease_id(params.providerLeaseId)
+  local id = params.providerLeaseId
   local vm
   if id then
     vm, err = api.lookup(ctx, c, id)
@@ -385,15 +379,14 @@ function hooks.resume_lease(ctx, params)
   if not vm then
     return { providerLeaseId = json.null, metadata = { expired = true } }
   end
-  local meta = type(params.leaseMetadata) == "table" and params.leaseMetadata or {}
-  return build_lease(ctx, c, vm, config.optional_string(meta.remoteCwd), true)
+  return build_lease(ctx, c, vm, config.optional_string(params.leaseMetadata.remoteCwd), true)
 end
 
 --- environmentReleaseLease: keep the VM with reuseLease, else delete it. A VM already gone is
 -- deleted; a transport failure or a 5xx is tried once more; any other failure is an error
 -- reply (an exe.dev VM never expires: an unseen failure would bill on).
 function hooks.release_lease(ctx, params)
-  local id = lease_id(params.providerLeaseId)
+  local id = params.providerLeaseId
   if not id then
     return true
   end
@@ -406,7 +399,7 @@ end
 
 --- environmentDestroyLease: delete the VM, as release does.
 function hooks.destroy_lease(ctx, params)
-  local id = lease_id(params.providerLeaseId)
+  local id = params.providerLeaseId
   if not id then
     return true
   end
@@ -416,15 +409,13 @@ end
 --- environmentRealizeWorkspace: upstream's cwd order, then mkdir -p on the VM.
 function hooks.realize_workspace(ctx, params)
   local c = parse(ctx)
-  local lease = type(params.lease) == "table" and params.lease or {}
-  local meta = type(lease.metadata) == "table" and lease.metadata or {}
-  local ws = type(params.workspace) == "table" and params.workspace or {}
+  local meta, ws = params.lease.metadata, params.workspace
   local function given(v)
-    return type(v) == "string" and v:find("%S") and v or nil
+    return util.nonblank(v) and v
   end
   local cwd = config.optional_string(meta.remoteCwd) or given(ws.remotePath)
     or given(ws.localPath) or "/tmp/paperclip-workspace"
-  local vm = api.from_lease(lease_id(lease.providerLeaseId), meta)
+  local vm = api.from_lease(params.lease.providerLeaseId, meta)
   if vm then
     local t, err = target(c, vm)
     if not t then
@@ -445,8 +436,7 @@ end
 -- caller's env over a minimal base (no profile), stdin in full, a non-zero exit a result, a
 -- timeout exitCode null with the partial output and the remote process group killed.
 function hooks.execute(ctx, params)
-  local lease = type(params.lease) == "table" and params.lease or {}
-  local id = lease_id(lease.providerLeaseId)
+  local id = params.lease.providerLeaseId
   if not id then
     return {
       exitCode = 1,
@@ -457,7 +447,7 @@ function hooks.execute(ctx, params)
     }
   end
   local c = parse(ctx)
-  local meta = type(lease.metadata) == "table" and lease.metadata or {}
+  local meta = params.lease.metadata
   local vm = api.from_lease(id, meta)
   local t, err = target(c, vm)
   if not t then
@@ -467,15 +457,11 @@ function hooks.execute(ctx, params)
   res, err, code = remote.execute(ctx, t, params, {
     cwd = config.optional_string(meta.remoteCwd),
     scope = id,
-    env_label = "exe.dev",
     timeout_ms = c.timeoutMs,
     metadata = json.ordered({ provider = "exe-dev", vmName = vm.name, sshDest = vm.sshDest },
       { "provider", "vmName", "sshDest" }),
   })
   if not res then
-    if not code then
-      return nil, err
-    end
     return nil, transport_failure("execute commands on", vm.name, err, code)
   end
   -- upstream's onboarding and key-format guidance; any other stderr is left as it is
@@ -489,34 +475,16 @@ function hooks.execute(ctx, params)
   return res
 end
 
-local function check_execution_id(id)
-  if type(id) ~= "string" or not id:find("%S") then
-    return nil, "Environment executionId must be a non-empty opaque string."
-  elseif #id > 512 then
-    return nil, "Environment executionId exceeds the 512-character limit."
-  end
-  return id
-end
-
---- environmentCancelExecution: exactly that command's process group. Tracked by this worker:
--- through its execute; otherwise (e.g. after a restart) the remote cancel script.
+--- environmentCancelExecution: exactly that command's process group, for an execution this
+-- worker does not track (the worker cancels its own through execute): the remote cancel
+-- script, which finds the group by the lease and the executionId, also after a restart.
 function hooks.cancel_execution(ctx, params)
-  local exec_id, err = check_execution_id(params.executionId)
-  if not exec_id then
-    return nil, err
-  end
-  local active = ctx.active
-  if active and active.cancel then
-    active.cancel()
-    return { executionId = exec_id, cancelled = true }
-  end
-  local lease = type(params.lease) == "table" and params.lease or {}
-  local vm = api.from_lease(lease_id(lease.providerLeaseId), lease.metadata)
+  local exec_id = params.executionId
+  local vm = api.from_lease(params.lease.providerLeaseId, params.lease.metadata)
   if not vm then
     return { executionId = exec_id, cancelled = false }
   end
-  local t
-  t, err = target(parse(ctx), vm)
+  local t, err = target(parse(ctx), vm)
   if not t then
     return nil, err
   end

@@ -2,8 +2,8 @@
 -- Not a security boundary unless isolateNetwork is on, and even then only for the network.
 local json = require("host.json")
 local proc = require("host.proc")
-local shell = require("host.shell")
 local task = require("host.task")
+local util = require("host.util")
 local workspace = require("providers.local.workspace")
 
 local M = {
@@ -99,19 +99,14 @@ function hooks.destroy_lease(_ctx, params)
   return workspace.remove(workspace.check(params.providerLeaseId))
 end
 
-local function nonblank(v)
-  return type(v) == "string" and v:match("%S") and (v:gsub("^%s+", ""):gsub("%s+$", "")) or nil
-end
-
 --- environmentRealizeWorkspace: upstream's cwd order, then make sure it exists.
 function hooks.realize_workspace(_ctx, params)
-  local lease = type(params.lease) == "table" and params.lease or {}
-  local meta = type(lease.metadata) == "table" and lease.metadata or {}
-  local ws = type(params.workspace) == "table" and params.workspace or {}
+  local lease, ws = params.lease, params.workspace
+  local meta = lease.metadata
   local dir = workspace.check(lease.providerLeaseId)
-  local cwd = nonblank(meta.remoteCwd)
-    or nonblank(ws.remotePath)
-    or nonblank(ws.localPath)
+  local cwd = util.nonblank(meta.remoteCwd)
+    or util.nonblank(ws.remotePath)
+    or util.nonblank(ws.localPath)
     or (dir and workspace.cwd(dir))
   if not cwd then
     return nil, "local: no workspace path to realize (the lease has no remoteCwd)"
@@ -125,8 +120,8 @@ end
 
 --- environmentExecute: run the command with exactly the caller's env over a minimal base.
 function hooks.execute(ctx, params)
-  local lease = type(params.lease) == "table" and params.lease or {}
-  if lease.providerLeaseId == nil or lease.providerLeaseId == json.null then
+  local lease = params.lease
+  if not lease.providerLeaseId then
     return {
       exitCode = 1,
       timedOut = false,
@@ -136,44 +131,15 @@ function hooks.execute(ctx, params)
   end
   local dir = workspace.check(lease.providerLeaseId)
   if not dir then
-    return nil, ("local sandbox %s no longer exists"):format(tostring(lease.providerLeaseId))
-  end
-  if type(params.command) ~= "string" or params.command == "" then
-    return nil, "environmentExecute: command must be a non-empty string"
+    return nil, ("local sandbox %s no longer exists"):format(lease.providerLeaseId)
   end
   local env = workspace.base_env(dir)
-  if params.env ~= nil then
-    if type(params.env) ~= "table" then
-      return nil, "environmentExecute: env must be an object of strings"
-    end
-    for k, v in pairs(params.env) do
-      if type(k) ~= "string" or not shell.is_env_key(k) then
-        return nil, "Invalid sandbox environment variable key: " .. tostring(k)
-      end
-      if type(v) ~= "string" or v:find("\0", 1, true) then
-        return nil, ("environment variable %s must be a string without NUL bytes"):format(k)
-      end
-      env[k] = v
-    end
+  for k, v in pairs(params.env) do
+    env[k] = v
   end
-  local argv = { params.command }
-  for i, a in ipairs(type(params.args) == "table" and params.args or {}) do
-    if type(a) ~= "string" then
-      return nil, ("environmentExecute: args[%d] must be a string"):format(i)
-    end
-    argv[#argv + 1] = a
-  end
-  argv = isolated(ctx, argv)
-  local timeout_ms = type(params.timeoutMs) == "number"
-      and params.timeoutMs > 0
-      and params.timeoutMs
-    or ctx.config.timeoutMs
-  if params.stdin ~= nil and type(params.stdin) ~= "string" then
-    return nil, "environmentExecute: stdin must be a string"
-  end
-  local cwd = nonblank(params.cwd)
-    or nonblank(type(lease.metadata) == "table" and lease.metadata.remoteCwd)
-    or workspace.cwd(dir)
+  local argv = isolated(ctx, { params.command, table.unpack(params.args) })
+  local timeout_ms = params.timeoutMs or ctx.config.timeoutMs
+  local cwd = params.cwd or util.nonblank(lease.metadata.remoteCwd) or workspace.cwd(dir)
   local started = task.now()
   local p, err, code = proc.spawn({
     argv = argv,
@@ -232,13 +198,9 @@ function hooks.execute(ctx, params)
   }
 end
 
---- environmentCancelExecution: stop one running command, found by its exact scope.
-function hooks.cancel_execution(ctx, params)
-  local active = ctx.active
-  if active and active.cancel then
-    active.cancel()
-    return { executionId = params.executionId, cancelled = true }
-  end
+--- environmentCancelExecution: the worker stops the commands it runs itself (through
+-- ctx.execution.cancel); one it does not know (started before a restart) is gone already.
+function hooks.cancel_execution(_ctx, params)
   return { executionId = params.executionId, cancelled = false }
 end
 

@@ -178,9 +178,7 @@ function hooks.destroy_lease(ctx, params)
 end
 
 function hooks.realize_workspace(ctx, params)
-  local lease_ = type(params.lease) == "table" and params.lease or {}
-  local meta = type(lease_.metadata) == "table" and lease_.metadata or {}
-  local ws = type(params.workspace) == "table" and params.workspace or {}
+  local meta, ws = params.lease.metadata, params.workspace
   local cwd = (type(meta.remoteCwd) == "string" and meta.remoteCwd ~= "" and meta.remoteCwd)
     or (type(ws.remotePath) == "string" and ws.remotePath ~= "" and ws.remotePath)
   if not cwd then
@@ -194,8 +192,7 @@ function hooks.realize_workspace(ctx, params)
 end
 
 function hooks.execute(ctx, params)
-  local l = type(params.lease) == "table" and params.lease or {}
-  local dir = lease_dir(l.providerLeaseId)
+  local dir = lease_dir(params.lease.providerLeaseId)
   if not dir then
     return { exitCode = 1, signal = json.null, timedOut = false, stdout = "",
       stderr = "No provider lease ID available for execution." }
@@ -204,31 +201,23 @@ function hooks.execute(ctx, params)
   if not t then
     return nil, err
   end
-  local meta = type(l.metadata) == "table" and l.metadata or {}
-  local res, code
-  res, err, code = remote.execute(ctx, t, params, {
+  local meta = params.lease.metadata
+  local res
+  res, err = remote.execute(ctx, t, params, {
     cwd = type(meta.remoteCwd) == "string" and meta.remoteCwd or dir .. "/workspace",
     home = dir .. "/home",
     scope = dir,
     metadata = { provider = "ssh", host = ctx.config.host },
   })
-  if not res and code then
+  if not res then
     return nil, ("ssh: cannot run the command on %s: %s"):format(ctx.config.host, err)
   end
-  return res, err
+  return res
 end
 
 function hooks.cancel_execution(ctx, params)
   local id = params.executionId
-  if type(id) ~= "string" or not id:find("%S") then
-    return nil, "Environment executionId must be a non-empty opaque string."
-  end
-  if ctx.active and ctx.active.cancel then
-    ctx.active.cancel() -- tracked by this worker
-    return { executionId = id, cancelled = true }
-  end
-  local l = type(params.lease) == "table" and params.lease or {}
-  local dir = lease_dir(l.providerLeaseId)
+  local dir = lease_dir(params.lease.providerLeaseId)
   if not dir then
     return { executionId = id, cancelled = false }
   end
