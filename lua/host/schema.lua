@@ -34,6 +34,10 @@ local OPTIONS = {
   "title",
   "description",
   "ui",
+  "loose",
+  "fill",
+  "form_default",
+  "normalize",
 }
 local BLANK = { "default", "null", "error" }
 
@@ -205,8 +209,49 @@ end
 -- Both return nil, "path: text" on failure. `f` is a field; `vtype` the type being checked
 -- (the field's own type, or its element type inside an array or map).
 
+-- JavaScript's String(n) for a finite number.
+local function js_string(n)
+  if math_type(n) == "integer" then
+    return format("%d", n)
+  end
+  return (json.encode(n))
+end
+
+-- `loose` fields read a value as upstream's JavaScript did, and never fail on its type: a
+-- string field takes a finite number as its String() and treats any other non-string as
+-- absent; a number field takes Number(v) (numeric strings, booleans as 1 and 0) and treats
+-- NaN as absent; a boolean field is true only for true itself. nil means absent.
+local function loose_scalar(vtype, v)
+  local t = type(v)
+  if vtype == "string" then
+    if t == "number" and v == v and v ~= huge and v ~= -huge then
+      return js_string(v)
+    end
+    return t == "string" and v or nil
+  elseif vtype == "boolean" then
+    return v == true
+  end
+  local n = (t == "number" and v) or (t == "string" and js_number(v))
+    or (t == "boolean" and (v and 1 or 0)) or nil
+  if n == nil or n ~= n or n == huge or n == -huge then
+    return nil
+  end
+  return n
+end
+
 local function coerce_scalar(f, vtype, v, path)
   local t = type(v)
+  if f.loose then
+    v = loose_scalar(vtype, v)
+    if v == nil then
+      return nil
+    elseif vtype == "string" then
+      return f.trim and trim(v) or v
+    elseif vtype == "boolean" then
+      return v
+    end
+    t = "number"
+  end
   if vtype == "string" then
     if t ~= "string" then
       return nil, path .. ": expected a string, got " .. describe(v)
@@ -242,7 +287,7 @@ local function coerce_scalar(f, vtype, v, path)
     return nil, path .. ": expected an integer, got " .. show_number(v)
   end
   if math_type(v) == "float" and v ~= floor(v) then
-    if not f.truncate then
+    if not (f.truncate or f.loose) then
       return nil, path .. ": expected an integer, got " .. show_number(v)
     end
     v = trunc(v)
@@ -300,8 +345,23 @@ local function item_error(errs, err)
   end
 end
 
+-- A loose collection drops what upstream's parse drops: items that are not strings (numbers
+-- become strings), blank ones, and a whole value of the wrong shape (then empty).
+local function loose_item(f, item)
+  local x = loose_scalar(f.elements, item)
+  if f.elements == "string" and x ~= nil then
+    x = trim(x)
+    return x ~= "" and x or nil
+  end
+  return x
+end
+
 local function coerce_array(f, v, path, errs)
   local items
+  if f.loose and not (type(v) == "string" and f.comma_list)
+    and not (type(v) == "table" and v ~= json.null and is_list(v)) then
+    return json.array()
+  end
   if type(v) == "string" and f.comma_list then
     items = {}
     for part in (v .. ","):gmatch("([^,]*),") do
@@ -318,7 +378,10 @@ local function coerce_array(f, v, path, errs)
     if f.comma_list and type(item) == "string" then
       item = trim(item)
     end
-    if not (f.comma_list and item == "") then
+    if f.loose then
+      item = loose_item(f, item)
+    end
+    if item ~= nil and not (f.comma_list and item == "") then
       local x, err = element(f, item, path .. ": item " .. i)
       if x == nil then
         item_error(errs, err)
@@ -332,6 +395,9 @@ local function coerce_array(f, v, path, errs)
 end
 
 local function coerce_map(f, v, path, errs)
+  if f.loose and (type(v) ~= "table" or v == json.null or (next(v) ~= nil and is_list(v))) then
+    return {}
+  end
   if type(v) ~= "table" or v == json.null then
     return nil, path .. ": expected an object, got " .. describe(v)
   end
@@ -349,11 +415,18 @@ local function coerce_map(f, v, path, errs)
   sort(keys)
   local out = {}
   for _, k in ipairs(keys) do
-    local x, err = element(f, v[k], path .. ": key " .. show_value(k))
-    if x == nil then
-      item_error(errs, err)
+    if f.loose then
+      local key, x = trim(k), loose_item(f, v[k])
+      if key ~= "" and x ~= nil then
+        out[key] = x
+      end
     else
-      out[k] = x
+      local x, err = element(f, v[k], path .. ": key " .. show_value(k))
+      if x == nil then
+        item_error(errs, err)
+      else
+        out[k] = x
+      end
     end
   end
   return out
@@ -361,9 +434,15 @@ end
 
 -- The value a field takes when it is absent (nil or null) or blank with blank = "default".
 local function absent(f, path)
-  if f.default ~= nil then
+  if f.fill ~= nil then
+    return deep_copy(f.fill)
+  elseif f.default ~= nil then
     return deep_copy(f.default)
-  elseif f.blank == "null" then
+  elseif f.loose and f.type == "array" then
+    return json.array()
+  elseif f.loose and f.type == "map" then
+    return {}
+  elseif f.blank == "null" or f.loose then
     return json.null
   elseif f.required then
     return nil, path .. ": is required"
@@ -394,6 +473,10 @@ local function normalize_value(f, v, path)
     return x, #errs > 0 and errs or NO_ERRORS
   end
   x, err = coerce_scalar(f, f.type, v, path)
+  if x == nil and err == nil then -- a loose field read it as absent
+    x, err = absent(f, path)
+    return x, err and { err } or NO_ERRORS
+  end
   if x ~= nil and f.blank and f.type == "string" and is_blank(x) then
     if f.blank == "error" then
       return nil, { path .. ": must not be blank" }
@@ -402,6 +485,9 @@ local function normalize_value(f, v, path)
     end
     x, err = absent(f, path)
     return x, err and { err } or NO_ERRORS
+  end
+  if x ~= nil and f.normalize then
+    x = f.normalize(x)
   end
   if x ~= nil then
     x, err = constrain(f, f.type, x, path)
@@ -527,29 +613,31 @@ local function check_ui(spec)
   check_string(ui, "group")
 end
 
-local function check_default(f)
-  local d = f.default
+-- default, fill (applied, not published) or form_default (published, not applied).
+local function check_default(f, key)
+  key = key or "default"
+  local d = f[key]
   if d == nil then
     return
   end
   if f.required then
-    bad("a required field cannot have a default (the default would make it optional)")
-  elseif f.secret then
-    bad("a secret field cannot have a default (defaults are published in the manifest)")
-  elseif f.blank == "null" then
-    bad('blank = "null" and a default exclude each other (an absent value becomes the default)')
+    bad("a required field cannot have a %s (it would make it optional)", key)
+  elseif f.secret and key ~= "fill" then
+    bad("a secret field cannot have a %s (defaults are published in the manifest)", key)
+  elseif f.blank == "null" and key ~= "form_default" then
+    bad('blank = "null" and a %s exclude each other (an absent value becomes the %s)', key, key)
   end
   local lua_type = ({ integer = "number", array = "table", map = "table" })[f.type] or f.type
   if type(d) ~= lua_type or d == json.null then
-    bad("default must be %s, got %s", ARTICLE[f.type], describe(d))
+    bad("%s must be %s, got %s", key, ARTICLE[f.type], describe(d))
   end
   if f.type == "integer" and not is_integral(d) then
-    bad("default must be an integer, got %s", show_number(d))
+    bad("%s must be an integer, got %s", key, show_number(d))
   end
   if f.type == "string" and f.blank and is_blank(d) then
-    bad('default is blank, which blank = "%s" does not allow', f.blank)
+    bad('%s is blank, which blank = "%s" does not allow', key, f.blank)
   end
-  local v, errs = normalize_value(f, d, "default")
+  local v, errs = normalize_value(f, d, key)
   if #errs > 0 then
     bad("invalid %s", errs[1])
   end
@@ -606,7 +694,7 @@ local function build_field(spec)
   end
   local vtype = collection and f.elements or ftype
 
-  for _, k in ipairs({ "required", "secret", "trim", "truncate", "comma_list" }) do
+  for _, k in ipairs({ "required", "secret", "trim", "truncate", "comma_list", "loose" }) do
     check_bool(f, k)
   end
   for _, k in ipairs({ "message", "title", "description" }) do
@@ -650,19 +738,74 @@ local function build_field(spec)
     end
   end
   if f.check ~= nil and type(f.check) ~= "function" then
-    bad("check must be a function(value, config), got %s", type(f.check))
+    bad("check must be a function(value, config, mode), got %s", type(f.check))
+  end
+  if f.normalize ~= nil and type(f.normalize) ~= "function" then
+    bad("normalize must be a function(value) -> value, got %s", type(f.normalize))
+  end
+  if f.fill ~= nil and f.default ~= nil then
+    bad("fill and default exclude each other (fill is a default the manifest does not show)")
+  end
+  if f.loose and f.required then
+    bad("a loose field cannot be required (a value of the wrong type reads as absent)")
   end
   f.between = check_between(f, vtype)
   check_lengths(f)
   f.one_of = check_one_of(f, vtype)
   check_ui(f)
   f.default = check_default(f)
+  f.fill = check_default(f, "fill")
+  f.form_default = check_default(f, "form_default")
   return f
 end
 
-local function build(fields)
+-- A list of field names (error_order, output_order): every name a field or a check.
+local function check_order(self, key, list)
+  if list == nil then
+    return nil
+  end
+  if type(list) ~= "table" or not is_list(list) then
+    bad("%s must be a list of field and check names", key)
+  end
+  for _, name in ipairs(list) do
+    if not (self.by_name[name] or self.check_by_name[name]) then
+      bad("%s names %s, which is neither a field nor a check", key, show_value(name))
+    end
+  end
+  return list
+end
+
+local function build_checks(self, checks)
+  self.checks, self.check_by_name = {}, {}
+  if checks == nil then
+    return
+  end
+  if type(checks) ~= "table" or not is_list(checks) then
+    bad("checks must be a list of { name =, fn = function(config, mode) } tables")
+  end
+  for i, c in ipairs(checks) do
+    if type(c) ~= "table" or type(c.name) ~= "string" or type(c.fn) ~= "function" then
+      bad("check %d must be a table { name = string, fn = function(config, mode) }", i)
+    elseif self.by_name[c.name] or self.check_by_name[c.name] then
+      bad("check %d: the name %s is taken", i, show_value(c.name))
+    end
+    self.checks[i] = { name = c.name, fn = c.fn }
+    self.check_by_name[c.name] = self.checks[i]
+  end
+end
+
+local function build(fields, opts)
   if type(fields) ~= "table" or not is_list(fields) then
     bad("schema.new expects a list of field specs { { name, type, ... }, ... }")
+  end
+  if opts ~= nil and type(opts) ~= "table" then
+    bad("schema.new's options must be a table { checks, error_order, output_order }")
+  end
+  opts = opts or {}
+  for k in pairs(opts) do
+    if k ~= "checks" and k ~= "error_order" and k ~= "output_order" then
+      bad("unknown schema option %s (known: checks, error_order, output_order)", show_value(k))
+    end
   end
   local self = setmetatable({ fields = {}, names = {}, by_name = {} }, Schema)
   for i, spec in ipairs(fields) do
@@ -683,14 +826,21 @@ local function build(fields)
     self.has_checks = self.has_checks or f.check ~= nil
     self.has_secrets = self.has_secrets or f.secret == true
   end
+  build_checks(self, opts.checks)
+  self.error_order = check_order(self, "error_order", opts.error_order)
+  self.output_order = check_order(self, "output_order", opts.output_order)
   return self
 end
 
---- Builds a schema from a list of field specs `{ name, type, option = value, ... }`.
---- Raises "bad schema: field N (name): problem" on a bad definition (unknown type or option,
---- default of the wrong type, duplicate name, ...), blamed on the caller's line.
-function M.new(fields)
-  local ok, res = pcall(build, fields)
+--- Builds a schema from a list of field specs `{ name, type, option = value, ... }` and
+--- options: checks (cross-field rules: { { name =, fn = function(config, mode) -> errors?,
+--- warnings? }, ... }, run after the fields, in order), error_order (names of fields and
+--- checks: the order errors are reported in; others follow in field order) and output_order
+--- (the key order of normalizedConfig). Raises "bad schema: field N (name): problem" on a bad
+--- definition (unknown type or option, default of the wrong type, duplicate name, ...),
+--- blamed on the caller's line.
+function M.new(fields, opts)
+  local ok, res = pcall(build, fields, opts)
   if not ok then
     if getmetatable(res) == DefError then
       error("bad schema: " .. res.msg, 2)
@@ -740,15 +890,21 @@ local function dedupe(list)
 end
 
 --- Validates and normalizes a config table. Returns normalized, errors, warnings: errors and
---- warnings are json.array lists of strings (errors in field order). `normalized` has every
---- declared field that has a value (defaults filled; blank = "null" fields absent or blank are
+--- warnings are json.array lists of strings. `normalized` has every declared field that has a
+--- value (defaults and fills applied; blank = "null" and loose fields absent or blank are
 --- json.null); unknown keys are dropped. It is a plain table (no key order), so replies
---- carrying it stay on json.encode's fast path. It is meaningful only when
---- errors is empty. A field's `check(value, config)` runs after every field is normalized,
---- only when the value is present (not nil or null) and valid; it returns nothing when fine,
---- or an error (string or list), optionally followed by a warning (string or list). A field's
---- `message` replaces every built-in error text for that field. Never raises on bad input.
-function Schema:normalize(config)
+--- carrying it stay on json.encode's fast path; `Schema:output` orders it for a reply and
+--- `Schema:config` gives the view hooks read (nil for null). It is meaningful only when
+--- errors is empty. A field's `check(value, config, mode)` runs after every field is
+--- normalized, only when the value is present (not nil or null) and valid; the schema's
+--- checks `fn(config, mode)` run after those. mode is "validate" in environmentValidateConfig
+--- and "call" otherwise (default "validate"), so a rule can apply to one of them only. A check
+--- returns nothing when fine, or an error (string or list), optionally followed by a warning
+--- (string or list). Errors come in error_order, then field order; warnings in field order,
+--- then check order. A field's `message` replaces every built-in error text for that field.
+--- Never raises on bad input.
+function Schema:normalize(config, mode)
+  mode = mode or "validate"
   local normalized = {}
   local errors, warnings = json.array(), json.array()
   if type(config) ~= "table" or config == json.null or next(config) ~= nil and is_list(config) then
@@ -756,7 +912,13 @@ function Schema:normalize(config)
     return normalized, errors, warnings
   end
   local fields = self.fields
-  local field_errors, field_warnings -- index -> list, only for fields that have some
+  local found_errors, found_warnings = {}, {} -- name -> list, only for names that have some
+  local function add(list, name, v)
+    if v ~= nil then
+      list[name] = list[name] or {}
+      add_texts(list[name], v)
+    end
+  end
   for i = 1, #fields do
     local f = fields[i]
     local raw = config[f.name]
@@ -769,8 +931,7 @@ function Schema:normalize(config)
       value, errs = normalize_value(f, raw, f.name)
     end
     if #errs > 0 then
-      field_errors = field_errors or {}
-      field_errors[i] = f.message and { f.message } or errs
+      found_errors[f.name] = f.message and { f.message } or errs
     else
       normalized[f.name] = value
     end
@@ -778,39 +939,67 @@ function Schema:normalize(config)
   for i = 1, self.has_checks and #fields or 0 do
     local f = fields[i]
     local value = normalized[f.name]
-    if
-      f.check
-      and not (field_errors and field_errors[i])
-      and value ~= nil
-      and value ~= json.null
-    then
-      local ok, err, warn = pcall(f.check, value, normalized)
+    if f.check and not found_errors[f.name] and value ~= nil and value ~= json.null then
+      local ok, err, warn = pcall(f.check, value, normalized, mode)
       if not ok then
         err, warn = f.name .. ": check failed: " .. tostring(err), nil
       end
-      if err ~= nil then
-        field_errors = field_errors or {}
-        field_errors[i] = field_errors[i] or {}
-        add_texts(field_errors[i], err)
-      end
-      if warn ~= nil then
-        field_warnings = field_warnings or {}
-        field_warnings[i] = field_warnings[i] or {}
-        add_texts(field_warnings[i], warn)
-      end
+      add(found_errors, f.name, err)
+      add(found_warnings, f.name, warn)
     end
   end
-  for i = 1, (field_errors or field_warnings) and #fields or 0 do
-    for _, s in ipairs(field_errors and field_errors[i] and dedupe(field_errors[i]) or NO_ERRORS) do
-      errors[#errors + 1] = s
+  for _, c in ipairs(self.checks) do
+    local ok, err, warn = pcall(c.fn, normalized, mode)
+    if not ok then
+      err, warn = c.name .. ": check failed: " .. tostring(err), nil
     end
-    for _, s in
-      ipairs(field_warnings and field_warnings[i] and dedupe(field_warnings[i]) or NO_ERRORS)
-    do
-      warnings[#warnings + 1] = s
+    add(found_errors, c.name, err)
+    add(found_warnings, c.name, warn)
+  end
+  local function collect(found, out, first)
+    if next(found) == nil then
+      return
+    end
+    local seen = {}
+    local function take(name)
+      if not seen[name] then
+        seen[name] = true
+        for _, text in ipairs(found[name] and dedupe(found[name]) or NO_ERRORS) do
+          out[#out + 1] = text
+        end
+      end
+    end
+    for _, name in ipairs(first or NO_ERRORS) do
+      take(name)
+    end
+    for _, name in ipairs(self.names) do
+      take(name)
+    end
+    for _, c in ipairs(self.checks) do
+      take(c.name)
     end
   end
+  collect(found_errors, errors, self.error_order)
+  collect(found_warnings, warnings, nil)
   return normalized, errors, warnings
+end
+
+--- output(normalized) -> normalizedConfig as a reply carries it: every field of the schema
+--- that has a value or is null, key-ordered by output_order when the schema has one (an
+--- unordered table otherwise: the fast path of json.encode).
+function Schema:output(normalized)
+  return self.output_order and json.ordered(normalized, self.output_order) or normalized
+end
+
+--- config(normalized) -> the view hooks read as ctx.config: a copy in which null is nil.
+function Schema.config(_, normalized)
+  local out = {}
+  for k, v in pairs(normalized) do
+    if v ~= json.null then
+      out[k] = v
+    end
+  end
+  return out
 end
 
 --- The string values of secret fields in `config` (raw and trimmed; blank ones skipped), as a
@@ -874,7 +1063,7 @@ local function property(f)
   put("format", f.secret and "secret-ref" or nil)
   put("title", f.title)
   put("description", f.description)
-  put("default", deep_copy(f.default))
+  put("default", deep_copy(f.form_default ~= nil and f.form_default or f.default))
   if f.type == "array" or f.type == "map" then
     local items, item_keys, put_item = ordered_builder()
     put_item("type", JSON_TYPE[f.elements])

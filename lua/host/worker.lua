@@ -389,7 +389,8 @@ function Worker:context(p, method, params, invocation, seconds, reserve)
       and invocation.id
     or nil
   local raw = type(params.config) == "table" and params.config or {}
-  local config, errors, warnings = p.schema:normalize(raw)
+  local normalized, errors, warnings =
+    p.schema:normalize(raw, method == "environmentValidateConfig" and "validate" or "call")
   for _, s in ipairs(p.schema:secrets(raw)) do
     log.add_secret(s)
   end
@@ -402,7 +403,8 @@ function Worker:context(p, method, params, invocation, seconds, reserve)
     method = method,
     params = params,
     raw_config = raw,
-    config = config,
+    config = p.schema:config(normalized),
+    normalized = normalized,
     errors = errors,
     warnings = warnings,
     invocation_id = invocation_id,
@@ -426,7 +428,7 @@ local function validation_result(ctx, res)
     end
     return out
   end
-  local out = { ok = true, normalizedConfig = ctx.config }
+  local out = { ok = true, normalizedConfig = ctx.provider.schema:output(ctx.normalized) }
   if #ctx.warnings > 0 then
     out.warnings = ctx.warnings
   end
@@ -481,7 +483,12 @@ function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder
   end
   local ctx = self:context(p, method, params, invocation, seconds, reserve)
   holder.ctx = ctx
-  if method ~= "environmentValidateConfig" and #ctx.errors > 0 then
+  if method == "environmentProbe" and #ctx.errors > 0 then
+    -- a probe answers ok:false, never an error: it is how an operator tests a config
+    return { ok = false, summary = ("%s probe failed: the config is invalid."):format(
+      p.display_name), metadata = { provider = p.driver_key,
+        error = table.concat(ctx.errors, " ") } }
+  elseif method ~= "environmentValidateConfig" and #ctx.errors > 0 then
     return nil, "invalid " .. p.driver_key .. " config: " .. table.concat(ctx.errors, "; ")
   end
   if method == "environmentExecute" and params.executionId ~= nil then

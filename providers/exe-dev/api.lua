@@ -29,6 +29,112 @@ M.DEFAULT_SETUP_SCRIPT = "(command -v node >/dev/null 2>&1 && "
   .. "(curl -fsSL https://deb.nodesource.com/setup_24.x | sudo -E bash - && "
   .. "sudo apt-get install -y nodejs)"
 
+M.DEFAULT_API_URL = "https://exe.dev/exec"
+M.API_KEY_MISSING = "exe.dev environments require an API key in config or EXE_API_KEY."
+
+--- sorted_keys(t) -> the keys of t, sorted.
+function M.sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  return keys
+end
+
+------------------------------------------------------------------------------------------------
+-- The API URL (upstream's normalizeApiUrl) and the name prefix (normalizeNamePrefix)
+
+local DEFAULT_PORTS = { http = "80", https = "443", ws = "80", wss = "443", ftp = "21" }
+
+-- A WHATWG-style parse of the URLs that matter here: scheme://[userinfo@]host[:port]/path?q#f
+-- for the special schemes, lowercase scheme and host, the default port dropped. Other schemes
+-- pass as opaque "scheme:rest". nil when JavaScript's `new URL` would throw.
+local function parse_url(s)
+  local scheme, rest = s:match("^([%a][%w+.-]*):(.*)$")
+  if not scheme or s:find("[%s%c]") then
+    return nil
+  end
+  scheme = scheme:lower()
+  if not DEFAULT_PORTS[scheme] then
+    return { scheme = scheme, opaque = rest }
+  end
+  rest = rest:gsub("\\", "/"):gsub("^/*", "")
+  local authority, tail = rest:match("^([^/?#]*)(.*)$")
+  local userinfo, hostport = authority:match("^(.*)@([^@]*)$")
+  hostport = hostport or authority
+  local host, port = hostport:match("^(%[[%x:.]+%])(.*)$")
+  if not host then
+    host, port = hostport:match("^([^:]*)(.*)$")
+  end
+  if host == "" or host:find("[<>^|%%]") then
+    return nil
+  end
+  if port ~= "" then
+    port = port:match("^:(%d*)$")
+    if not port or (port ~= "" and tonumber(port) > 65535) then
+      return nil
+    end
+    port = port:gsub("^0+(%d)", "%1")
+    if port == DEFAULT_PORTS[scheme] then
+      port = ""
+    end
+  end
+  local path, query = tail:match("^([^?#]*)(.*)$")
+  return {
+    scheme = scheme,
+    userinfo = userinfo,
+    host = host:lower(),
+    port = port,
+    path = path == "" and "/" or path,
+    suffix = query, -- ?query#fragment, kept as given
+  }
+end
+
+local function format_url(u)
+  if u.opaque then
+    return u.scheme .. ":" .. u.opaque
+  end
+  return u.scheme .. "://" .. (u.userinfo and u.userinfo .. "@" or "") .. u.host
+    .. (u.port ~= "" and ":" .. u.port or "") .. u.path .. u.suffix
+end
+
+--- valid_url(s) -> boolean: whether `new URL(s)` would accept it.
+function M.valid_url(s)
+  return parse_url(s) ~= nil
+end
+
+--- normalize_url(s) -> upstream's normalizeApiUrl: <base>/exec, "/exec" kept once;
+-- unparseable input comes back as it is (and then fails validation).
+function M.normalize_url(s)
+  local u = parse_url(s)
+  if not u then
+    return s
+  end
+  if not u.opaque then
+    local path = u.path:gsub("/+$", "")
+    if path == "" then
+      path = "/"
+    end
+    if path == "/exec" then
+      u.path = "/exec"
+    else
+      u.path = ((path == "/" and "" or path) .. "/exec"):gsub("//+", "/")
+    end
+  end
+  return format_url(u)
+end
+
+--- name_prefix(s) -> upstream's normalizeNamePrefix.
+function M.name_prefix(s)
+  local n = (s or "paperclip"):lower():gsub("[^a-z0-9-]+", "-"):gsub("^%-+", "")
+    :gsub("%-+$", ""):gsub("%-%-+", "-")
+  return n ~= "" and n:sub(1, 24) or "paperclip"
+end
+
+------------------------------------------------------------------------------------------------
+-- Commands
+
 --- quote(s): upstream's shellQuote: '...' with ' written as '"'"'.
 function M.quote(s)
   return "'" .. tostring(s):gsub("'", "'\"'\"'") .. "'"
@@ -238,18 +344,23 @@ end
 ------------------------------------------------------------------------------------------------
 -- The API call
 
---- api_key(config) -> key | nil, message, "config": config.apiKey, else EXE_API_KEY (trimmed).
-function M.api_key(c)
-  if c.apiKey then
-    return c.apiKey
-  end
+--- env_api_key() -> EXE_API_KEY (trimmed) | nil, read now
+function M.env_api_key()
   local ok, v = pcall(M.settings.getenv, "EXE_API_KEY")
   v = ok and str(v) or nil
-  if not v then
-    return nil, "exe.dev environments require an API key in config or EXE_API_KEY.", "config"
+  if v then
+    log.add_secret(v)
   end
-  log.add_secret(v)
   return v
+end
+
+--- api_key(config) -> key | nil, message, "config": config.apiKey, else EXE_API_KEY.
+function M.api_key(c)
+  local key = c.apiKey or M.env_api_key()
+  if not key then
+    return nil, M.API_KEY_MISSING, "config"
+  end
+  return key
 end
 
 local function short(text)

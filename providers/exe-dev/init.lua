@@ -3,7 +3,6 @@
 -- over SSH through host.ssh's pooled sessions (host.remote). See README.md in this folder for
 -- the behaviour and every deviation from upstream.
 local api = require("providers.exe-dev.api")
-local config = require("providers.exe-dev.config")
 local http = require("host.http")
 local json = require("host.json")
 local log = require("host.log")
@@ -47,20 +46,12 @@ local NO_KEY = "exe.dev: no SSH identity to reach the VM: set sshPrivateKey or s
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
--- The config as upstream parses it; its secrets are redacted from everything from now on.
-local function parse(ctx)
-  local c = config.parse(ctx.raw_config)
+-- The config (schema.lua parsed it as upstream does); its secrets are redacted from everything
+-- from now on (the schema registers only the secret fields: env values, the prompt and a
+-- custom setup script are secrets here too).
+local function config_of(ctx)
+  local c = ctx.config
   api.register_secrets(c)
-  return c
-end
-
--- Upstream's validation errors other than the key format (the lifecycle hooks do not check
--- the key text: a bad key fails at SSH time with upstream's guidance).
-local function check(c, raw)
-  local errors = config.errors(c, raw, api.settings.getenv)
-  if #errors > 0 then
-    return nil, table.concat(errors, " ")
-  end
   return c
 end
 
@@ -274,24 +265,9 @@ end
 ------------------------------------------------------------------------------------------------
 -- Hooks
 
---- environmentValidateConfig: upstream's errors and warnings, in its order and words, and its
--- normalized config (every parsed field; apiKey and sshPrivateKey echoed, as upstream does).
-function hooks.validate_config(ctx, _params)
-  local raw = ctx.raw_config
-  local c = config.parse(raw)
-  local errors = config.errors(c, raw, api.settings.getenv, { key = true })
-  local warnings = config.warnings(c)
-  if #errors > 0 then
-    return json.ordered({ ok = false, errors = errors, warnings = warnings },
-      { "ok", "errors", "warnings" })
-  end
-  return json.ordered({ ok = true, warnings = warnings, normalizedConfig = config.normalized(c) },
-    { "ok", "warnings", "normalizedConfig" })
-end
-
 --- environmentProbe: create a VM, inspect it and prepare the workspace, always delete it.
 function hooks.probe(ctx, params)
-  local c = parse(ctx)
+  local c = config_of(ctx)
   local keys = { "provider", "timeoutMs", "reuseLease", "error" }
   local function failed(err)
     return {
@@ -301,17 +277,12 @@ function hooks.probe(ctx, params)
         reuseLease = c.reuseLease, error = log.redact(tostring(err)) }, keys),
     }
   end
-  local ok, err = check(c, ctx.raw_config)
-  if not ok then
-    return failed(err)
-  end
   local unreachable = identity_problem(c)
   if unreachable then
     return failed(unreachable)
   end
   local name = api.vm_name(c, params, true)
-  local vm
-  vm, err = create(ctx, c, name)
+  local vm, err = create(ctx, c, name)
   if not vm then
     return failed(err)
   end
@@ -339,17 +310,13 @@ end
 --- environmentAcquireLease: `new` (or `cp` from sourceVm), then inspect and prepare the
 -- workspace; a half-made VM is deleted and the original error reported.
 function hooks.acquire_lease(ctx, params)
-  local c, err = check(parse(ctx), ctx.raw_config)
-  if not c then
-    return nil, err
-  end
+  local c = config_of(ctx)
   local unreachable = identity_problem(c)
   if unreachable then
     return nil, unreachable -- before creating a VM nobody could reach
   end
   local name = api.vm_name(c, params, false)
-  local vm
-  vm, err = create(ctx, c, name)
+  local vm, err = create(ctx, c, name)
   if not vm then
     return nil, err
   end
@@ -364,12 +331,9 @@ end
 --- environmentResumeLease: `ls` the VM; gone -> {providerLeaseId = null, expired}; otherwise
 -- inspect it again and keep the lease's remoteCwd.
 function hooks.resume_lease(ctx, params)
-  local c, err = check(parse(ctx), ctx.raw_config)
-  if not c then
-    return nil, err
-  end
+  local c = config_of(ctx)
   local id = params.providerLeaseId
-  local vm
+  local vm, err
   if id then
     vm, err = api.lookup(ctx, c, id)
     if vm == nil then
@@ -379,7 +343,7 @@ function hooks.resume_lease(ctx, params)
   if not vm then
     return { providerLeaseId = json.null, metadata = { expired = true } }
   end
-  return build_lease(ctx, c, vm, config.optional_string(params.leaseMetadata.remoteCwd), true)
+  return build_lease(ctx, c, vm, util.nonblank(params.leaseMetadata.remoteCwd), true)
 end
 
 --- environmentReleaseLease: keep the VM with reuseLease, else delete it. A VM already gone is
@@ -390,7 +354,7 @@ function hooks.release_lease(ctx, params)
   if not id then
     return true
   end
-  local c = parse(ctx)
+  local c = config_of(ctx)
   if c.reuseLease then
     return true
   end
@@ -403,17 +367,17 @@ function hooks.destroy_lease(ctx, params)
   if not id then
     return true
   end
-  return delete_vm(ctx, parse(ctx), id)
+  return delete_vm(ctx, config_of(ctx), id)
 end
 
 --- environmentRealizeWorkspace: upstream's cwd order, then mkdir -p on the VM.
 function hooks.realize_workspace(ctx, params)
-  local c = parse(ctx)
+  local c = config_of(ctx)
   local meta, ws = params.lease.metadata, params.workspace
   local function given(v)
     return util.nonblank(v) and v
   end
-  local cwd = config.optional_string(meta.remoteCwd) or given(ws.remotePath)
+  local cwd = util.nonblank(meta.remoteCwd) or given(ws.remotePath)
     or given(ws.localPath) or "/tmp/paperclip-workspace"
   local vm = api.from_lease(params.lease.providerLeaseId, meta)
   if vm then
@@ -446,7 +410,7 @@ function hooks.execute(ctx, params)
       stderr = "No provider lease ID available for execution.",
     }
   end
-  local c = parse(ctx)
+  local c = config_of(ctx)
   local meta = params.lease.metadata
   local vm = api.from_lease(id, meta)
   local t, err = target(c, vm)
@@ -455,7 +419,7 @@ function hooks.execute(ctx, params)
   end
   local res, code
   res, err, code = remote.execute(ctx, t, params, {
-    cwd = config.optional_string(meta.remoteCwd),
+    cwd = util.nonblank(meta.remoteCwd),
     scope = id,
     timeout_ms = c.timeoutMs,
     metadata = json.ordered({ provider = "exe-dev", vmName = vm.name, sshDest = vm.sshDest },
@@ -484,7 +448,7 @@ function hooks.cancel_execution(ctx, params)
   if not vm then
     return { executionId = exec_id, cancelled = false }
   end
-  local t, err = target(parse(ctx), vm)
+  local t, err = target(config_of(ctx), vm)
   if not t then
     return nil, err
   end

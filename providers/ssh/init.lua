@@ -62,11 +62,11 @@ M.schema = schema.new({
 local function target(ctx)
   local c = ctx.config
   local t, err = remote.target({
-    host = c.host, port = c.port, user = c.user ~= json.null and c.user or nil,
-    key = c.privateKey ~= json.null and c.privateKey or nil,
-    key_file = c.identityFile ~= json.null and c.identityFile or nil,
+    host = c.host, port = c.port, user = c.user,
+    key = c.privateKey,
+    key_file = c.identityFile,
     host_key_policy = c.hostKeyPolicy,
-    known_hosts = c.knownHostsFile ~= json.null and c.knownHostsFile or nil,
+    known_hosts = c.knownHostsFile,
   })
   return t, err and ("ssh: " .. err)
 end
@@ -119,8 +119,7 @@ function hooks.probe(ctx, _params)
     return { ok = false, summary = "SSH machine probe failed.", metadata = meta }
   end
   meta.shellCommand = last_line(res.stdout)
-  local user = ctx.config.user ~= json.null and ctx.config.user
-    or (remote.account() or { name = "?" }).name
+  local user = ctx.config.user or (remote.account() or { name = "?" }).name
   return { ok = true, summary = ("Connected to %s@%s."):format(user, ctx.config.host),
     metadata = meta }
 end

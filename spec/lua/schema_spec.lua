@@ -303,7 +303,7 @@ describe("host.schema", function()
     end)
 
     it("rejects a check that is not a function", function()
-      assert.matches("check must be a function%(value, config%), got string",
+      assert.matches("check must be a function%(value, config, mode%), got string",
         def_error({ { "x", "string", check = "nonempty" } }))
     end)
 
