@@ -33,6 +33,13 @@ local function def_error(fields)
   return (tostring(err):gsub("^[^:]*:%d+: ", ""))
 end
 
+-- The message schema.new raises for a definition with schema options.
+local function def_error_with(fields, opts)
+  local ok, err = pcall(schema.new, fields, opts)
+  assert.is_false(ok, "schema.new accepted the definition")
+  return (tostring(err):gsub("^[^:]*:%d+: ", ""))
+end
+
 describe("host.schema", function()
   describe("new", function()
     it("returns a schema", function()
@@ -960,6 +967,134 @@ describe("host.schema", function()
         local _, errors = s:normalize({ a = "x" })
         assert.same({ "same" }, errors)
       end)
+    end)
+  end)
+
+  describe("loose fields (upstream's JavaScript reading)", function()
+    it("read strings as String(v): numbers become strings, other types are absent", function()
+      local spec = { "name", "string", loose = true, trim = true, blank = "null" }
+      assert.equal("42", (one(spec, 42)))
+      assert.equal("4.5", (one(spec, 4.5)))
+      assert.equal("x", (one(spec, "  x  ")))
+      assert.equal(json.null, (one(spec, "   ")))
+      local v, errors = one(spec, { 1 })
+      assert.equal(json.null, v)
+      assert.same({}, errors)
+      assert.equal(json.null, (one(spec, true)))
+    end)
+
+    it("read numbers as Number(v), truncated; NaN is absent (then the default)", function()
+      local spec = { "n", "integer", loose = true, default = 7 }
+      assert.equal(450000, (one(spec, "450000.9")))
+      assert.equal(1, (one(spec, true)))
+      assert.equal(7, (one(spec, "not a number")))
+      assert.equal(7, (one(spec, {})))
+      assert.equal(-3, (one(spec, -3.7)))
+      local v = one({ "cpu", "integer", loose = true }, "")
+      assert.equal(0, v) -- Number("") is 0, as in JavaScript
+    end)
+
+    it("read booleans as === true", function()
+      local spec = { "b", "boolean", loose = true, default = false }
+      assert.is_true((one(spec, true)))
+      assert.is_false((one(spec, "true")))
+      assert.is_false((one(spec, 1)))
+    end)
+
+    it("drop what upstream's parse drops from lists and maps, never failing", function()
+      local list = { "tags", "array", elements = "string", comma_list = true, loose = true }
+      assert.same({ "a", "2", "b" }, (one(list, { " a ", 2, "", false, "b" })))
+      assert.same({ "x", "y" }, (one(list, "x, ,y")))
+      assert.same({}, (one(list, { k = "v" })))
+      local map = { "env", "map", elements = "string", loose = true }
+      assert.same({ FOO = "bar", N = "1" }, (one(map, { [" FOO "] = " bar ", N = 1, E = " " })))
+      assert.same({}, (one(map, { "list" })))
+      -- absent: empty, not null
+      local s = schema.new({ list, map })
+      local n = s:normalize({})
+      assert.same({}, n.tags)
+      assert.same({}, n.env)
+    end)
+  end)
+
+  describe("fill, form_default and normalize", function()
+    it("fill applies a default the manifest does not show; form_default the reverse", function()
+      local s = schema.new({
+        { "url", "string", loose = true, fill = "https://x/exec", trim = true,
+          blank = "default" },
+        { "cpu", "integer", loose = true, form_default = 4 },
+      })
+      local n = s:normalize({})
+      assert.equal("https://x/exec", n.url)
+      assert.equal(json.null, n.cpu)
+      local props = s:json_schema().properties
+      assert.is_nil(props.url.default)
+      assert.equal(4, props.cpu.default)
+    end)
+
+    it("normalize transforms a present value before the constraints", function()
+      local s = schema.new({ { "p", "string", normalize = string.lower, one_of = { "ab" } } })
+      local n, errors = s:normalize({ p = "AB" })
+      assert.equal("ab", n.p)
+      assert.same({}, errors)
+    end)
+  end)
+
+  describe("checks", function()
+    it("field checks and schema checks see the mode: validate or call", function()
+      local seen = {}
+      local s = schema.new({
+        { "key", "string", check = function(v, _, mode)
+          seen[#seen + 1] = mode
+          if mode == "validate" and v == "bad" then
+            return "key is bad"
+          end
+        end },
+      }, { checks = { { name = "needs key", fn = function(c, mode)
+        if mode == "validate" and c.key == nil then
+          return "a key is needed", "keys are nice"
+        end
+      end } } })
+      local _, errors = s:normalize({ key = "bad" }, "call")
+      assert.same({}, errors)
+      _, errors = s:normalize({ key = "bad" })
+      assert.same({ "key is bad" }, errors)
+      local warnings
+      _, errors, warnings = s:normalize({}, "validate")
+      assert.same({ "a key is needed" }, errors)
+      assert.same({ "keys are nice" }, warnings)
+      assert.same({ "call", "validate" }, seen)
+    end)
+
+    it("report errors in error_order, then field order", function()
+      local s = schema.new({
+        { "a", "integer", between = { 1, 2 } },
+        { "b", "integer", between = { 1, 2 } },
+      }, { checks = { { name = "c", fn = function()
+        return "c failed"
+      end } }, error_order = { "c", "b" } })
+      local _, errors = s:normalize({ a = 5, b = 5 })
+      assert.same({ "c failed", "b: must be between 1 and 2", "a: must be between 1 and 2" },
+        errors)
+    end)
+
+    it("refuse an order that names nothing, and checks that are not tables", function()
+      assert.matches("error_order names \"zz\"", def_error_with({ { "a", "string" } },
+        { error_order = { "zz" } }))
+      assert.matches("check 1 must be a table", def_error_with({ { "a", "string" } },
+        { checks = { 1 } }))
+    end)
+  end)
+
+  describe("output and config", function()
+    it("output orders normalizedConfig by output_order; config drops null", function()
+      local s = schema.new({
+        { "b", "string", blank = "null" },
+        { "a", "string", blank = "null" },
+      }, { output_order = { "a", "b" } })
+      local n = s:normalize({ b = "x" })
+      assert.equal('{"a":null,"b":"x"}', json.encode(s:output(n)))
+      assert.same({ b = "x" }, s:config(n))
     end)
   end)
 
