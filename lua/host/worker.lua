@@ -1,6 +1,7 @@
 --- host.worker: the Paperclip plugin-worker protocol (JSON-RPC 2.0, NDJSON on stdio).
 -- See ../shared/reference/worker-protocol.md. Every request runs as its own task and
 -- replies leave in completion order, one whole line at a time.
+local error_codes = require("host.errors")
 local json = require("host.json")
 local log = require("host.log")
 local task = require("host.task")
@@ -450,8 +451,12 @@ local function finish_hook(method, res)
     log.error("%s failed: %s", method, res[2].traceback)
     return nil, clean_message(res[2].raised)
   end
-  local result, msg = res[2], res[3]
+  local result, msg, code = res[2], res[3], res[4]
   if result == nil and msg ~= nil then
+    if code ~= nil and not error_codes.is_code(code) then
+      log.warn("%s returned the error code %s, which is not one of host.errors", method,
+        tostring(code))
+    end
     return nil, clean_message(msg)
   end
   if result == nil and not VOID[method] then
@@ -463,7 +468,6 @@ local function finish_hook(method, res)
   return method == "environmentExecute" and M.cap_result(result) or result
 end
 
--- Runs the hook; `holder.ctx` gets its ctx (the caller waits for the cleanups it started).
 -- A cancel of an execution this worker tracks: its execute's ctx.execution.cancel, run here.
 local function cancel_tracked(entry, params)
   local ok, e = xpcall(entry.cancel, capture)
@@ -474,6 +478,7 @@ local function cancel_tracked(entry, params)
   return { executionId = params.executionId, cancelled = true }
 end
 
+-- Runs the hook; `holder.ctx` gets its ctx (the caller waits for the cleanups it started).
 function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder)
   local hook_name = providers.HOOK_OF[method]
   local hook = p.hooks[hook_name]

@@ -1,8 +1,8 @@
 -- providers/e2b/api.lua: E2B's REST control plane (../shared/reference/e2b-wire.md section 2),
 -- the connection settings, and the worker-memory cache of envd credentials.
 --
--- Failures return nil, message, kind. kind is "not_found" (the sandbox is gone), "conflict",
--- "auth", "rate_limit", "upstream" (any other HTTP error), "config" (no API key), or the
+-- Failures return nil, message, code (host.errors): "not_found" (the sandbox is gone), "conflict",
+-- "auth", "busy" (rate limited), "upstream" (any other HTTP error), "config" (no API key), or the
 -- host.http code of a transport failure ("timeout", "connect", "closed", ...). Messages never
 -- carry the API key or an envd access token.
 local http = require("host.http")
@@ -126,7 +126,7 @@ function M.http_error(conn, res, what, attempts)
       (attempts or 1) == 1 and "" or "s",
       msg
     ),
-      "rate_limit"
+      "busy"
   elseif status == 404 and code_of(decoded) == 404 then
     return ("E2B could not %s: not found%s"):format(what, msg), "not_found"
   elseif status == 409 and code_of(decoded) == 409 then

@@ -2,10 +2,11 @@
 -- out): upstream 0.1.2's command text and quoting, its redaction of the logged command, VM
 -- names, VM record parsing, and the settings the specs change.
 --
--- Failures return nil, message, kind[, status]. kind: "config" (no API key), "status" (any
--- other non-2xx; status is the HTTP status), "error" (a 2xx answer whose JSON carries an
--- `error` field), "not_found" (such an error that says the VM does not exist), "taken" (a 409,
--- or an error that says the name is taken), or the host.http code of a transport failure.
+-- Failures return nil, message, code[, status], with code from host.errors: "config" (no API
+-- key), "upstream" (a non-2xx answer, status its HTTP status; or a 2xx answer whose JSON
+-- carries an `error` field), "not_found" (such an error that says the VM does not exist),
+-- "conflict" (a 409, or an error that says the name is taken), or the host.http code of a
+-- transport failure.
 -- Messages never carry the API key, env values, the prompt or a custom setup script.
 local http = require("host.http")
 local json = require("host.json")
@@ -430,7 +431,7 @@ function M.call(ctx, c, command, log_command)
         log_command,
         detail
       )),
-      res.status == 409 and "taken" or "status",
+      res.status == 409 and "conflict" or "upstream",
       res.status
   end
   local trimmed = body:gsub("^%s+", ""):gsub("%s+$", "")
@@ -448,7 +449,7 @@ function M.call(ctx, c, command, log_command)
     local text = type(e) == "string" and e or (json.encode(e) or tostring(e))
     return nil,
       log.redact(("exe.dev API command failed for: %s: %s"):format(log_command, short(text))),
-      says(text, NOT_FOUND) and "not_found" or says(text, TAKEN) and "taken" or "error"
+      says(text, NOT_FOUND) and "not_found" or says(text, TAKEN) and "conflict" or "upstream"
   end
   return decoded
 end
@@ -501,7 +502,7 @@ function M.create(ctx, c, name)
   elseif vm == nil then
     return nil, err, kind
   end
-  return nil, ("exe.dev did not return VM metadata for %s."):format(name), "error"
+  return nil, ("exe.dev did not return VM metadata for %s."):format(name), "upstream"
 end
 
 --- delete(ctx, config, name) -> true | nil, message, kind, status: `rm --json '<name>'`; a

@@ -192,7 +192,7 @@ end
 -- cut (transport), or a 5xx came from somewhere between us and it. The request itself went
 -- out: host.http never re-sends it, so the caller must look before it acts again.
 local function ambiguous(kind, status)
-  return http.ambiguous(kind) or (kind == "status" and status >= 500)
+  return http.ambiguous(kind) or (kind == "upstream" and (status or 0) >= 500)
 end
 
 --- delete_vm(ctx, config, name) -> true | nil, message: `rm`, once more after a transport
@@ -250,7 +250,7 @@ local function create(ctx, c, name)
     vm, err, kind, status = api.create(ctx, c, name)
     if vm then
       return vm
-    elseif kind == "taken" or ambiguous(kind, status) then -- taken: made by the lost one
+    elseif kind == "conflict" or ambiguous(kind, status) then -- taken: made by the lost one
       found = lookup()
       if found then
         return found
