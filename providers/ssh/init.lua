@@ -6,7 +6,6 @@
 -- command's process group. Copy this file to write your own SSH-based provider.
 local json = require("host.json")
 local remote = require("host.remote")
-local schema = require("host.schema")
 local shell = require("host.shell")
 local util = require("host.util")
 
@@ -15,6 +14,7 @@ local M = {
   display_name = "SSH Machine",
   description = "Runs commands in private workspaces on any machine reachable over SSH.",
   version = "0.1.0",
+  schema = require("providers.ssh.schema"),
   capabilities = { reusableLeases = true },
   hooks = {},
 }
@@ -28,36 +28,6 @@ local function root_expr(root)
   end
   return rest and ('"$HOME"/' .. shell.quote(rest)) or shell.quote(root)
 end
-
-M.schema = schema.new({
-  { "host", "string", required = true, trim = true, blank = "error",
-    description = "Host name or address of the machine." },
-  { "port", "integer", default = 22, between = { 1, 65535 }, description = "SSH port." },
-  { "user", "string", trim = true, blank = "null",
-    description = "Login user on the machine (default: the account running Paperclip, as ssh)." },
-  { "privateKey", "string", secret = true, trim = true, blank = "null",
-    description = "Private key (OpenSSH or PEM, unencrypted). Kept in memory only. Without it "
-      .. "and identityFile: the ssh-agent, then ~/.ssh/id_rsa, id_ecdsa, id_ed25519, as ssh." },
-  { "identityFile", "string", trim = true, blank = "null", pattern = "^/",
-    description = "Absolute path of a private key file on this host, used without privateKey." },
-  { "hostKeyPolicy", "string", default = "accept-new", one_of = { "accept-new", "yes", "no" },
-    description = "accept-new: remember a new host, refuse a changed key; yes: the host must be "
-      .. "in the known_hosts file already; no: accept any key (not recommended)." },
-  { "knownHostsFile", "string", trim = true, blank = "null", pattern = "^/",
-    description = "known_hosts file to use (default: ~/.ssh/known_hosts of the account running "
-      .. "Paperclip, as ssh)." },
-  { "workspaceRoot", "string", default = "$HOME/paperclip-workspaces", trim = true,
-    blank = "default", description = "Remote directory holding the lease workspaces.",
-    check = function(v)
-      if not (v:find("^/") or v:find("^~/") or v:find("^%$HOME/") or v == "~" or v == "$HOME") then
-        return "workspaceRoot must be absolute or start with ~/ or $HOME/."
-      end
-    end },
-  { "timeoutMs", "integer", default = 300000, between = { 1, 86400000 }, truncate = true,
-    description = "Default command timeout in milliseconds." },
-  { "reuseLease", "boolean", default = false,
-    description = "Keep the workspace on release so a later run can resume it." },
-})
 
 local function target(ctx)
   local c = ctx.config
@@ -111,6 +81,7 @@ local function last_line(s)
   return s:gsub("%s+$", ""):match("([^\n]*)$")
 end
 
+--- environmentProbe: can we log in, make the workspace root and write there? Which shell?
 function hooks.probe(ctx, _params)
   local res, err = run(ctx, "check the workspace root", "r=" .. root_expr(ctx.config.workspaceRoot)
     .. ' && mkdir -p "$r" && test -w "$r" && ' .. remote.SHELL_DETECT)
@@ -124,6 +95,7 @@ function hooks.probe(ctx, _params)
     metadata = meta }
 end
 
+--- environmentAcquireLease: a new private (0700) lease directory with workspace/ and home/.
 function hooks.acquire_lease(ctx, _params)
   local name = "paperclip-" .. util.hex(assert(util.random(8)))
   local res, err = run(ctx, "create a workspace", table.concat({
@@ -143,6 +115,7 @@ function hooks.acquire_lease(ctx, _params)
   return lease(ctx, dir, shell_name, false)
 end
 
+--- environmentResumeLease: the lease if its workspace/ still exists, else "expired".
 function hooks.resume_lease(ctx, params)
   local dir = lease_dir(params.providerLeaseId)
   local expired = { providerLeaseId = json.null, metadata = { expired = true } }
@@ -168,14 +141,17 @@ local function remove(ctx, id)
   return ok and true, err
 end
 
+--- environmentReleaseLease: remove the lease directory unless the lease is reused.
 function hooks.release_lease(ctx, params)
   return ctx.config.reuseLease or remove(ctx, params.providerLeaseId)
 end
 
+--- environmentDestroyLease: remove the lease directory (only one of ours; missing is fine).
 function hooks.destroy_lease(ctx, params)
   return remove(ctx, params.providerLeaseId)
 end
 
+--- environmentRealizeWorkspace: mkdir -p of the lease's remoteCwd (or the workspace path).
 function hooks.realize_workspace(ctx, params)
   local meta, ws = params.lease.metadata, params.workspace
   local cwd = (type(meta.remoteCwd) == "string" and meta.remoteCwd ~= "" and meta.remoteCwd)
@@ -190,6 +166,7 @@ function hooks.realize_workspace(ctx, params)
   return { cwd = cwd, metadata = { provider = "ssh", remoteCwd = cwd } }
 end
 
+--- environmentExecute: the command through host.remote, in the lease's workspace and HOME.
 function hooks.execute(ctx, params)
   local dir = lease_dir(params.lease.providerLeaseId)
   if not dir then
@@ -214,6 +191,8 @@ function hooks.execute(ctx, params)
   return res
 end
 
+--- environmentCancelExecution: an execution this worker does not track (the worker cancels
+-- its own): the remote cancel script finds its process group by lease and executionId.
 function hooks.cancel_execution(ctx, params)
   local id = params.executionId
   local dir = lease_dir(params.lease.providerLeaseId)
