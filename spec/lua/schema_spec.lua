@@ -26,18 +26,16 @@ local function one(spec, value)
   return n[spec[1]], errors
 end
 
--- The message schema.new raises for a definition, without the position prefix.
-local function def_error(fields)
-  local ok, err = pcall(schema.new, fields)
-  assert.is_false(ok, "schema.new accepted the definition")
-  return (tostring(err):gsub("^[^:]*:%d+: ", ""))
-end
-
--- The message schema.new raises for a definition with schema options.
+-- The message schema.new raises for a definition (and schema options), without the position
+-- prefix.
 local function def_error_with(fields, opts)
   local ok, err = pcall(schema.new, fields, opts)
   assert.is_false(ok, "schema.new accepted the definition")
   return (tostring(err):gsub("^[^:]*:%d+: ", ""))
+end
+
+local function def_error(fields)
+  return def_error_with(fields, nil)
 end
 
 describe("host.schema", function()
