@@ -19,18 +19,6 @@ static void raise_fd_limit(void)
     }
 }
 
-static int msghandler(lua_State *L)
-{
-    const char *msg = lua_tostring(L, 1);
-    if (msg == NULL) {
-        if (luaL_callmeta(L, 1, "__tostring") && lua_type(L, -1) == LUA_TSTRING)
-            return 1;
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    }
-    luaL_traceback(L, L, msg, 1);
-    return 1;
-}
-
 /* arg table as lua.c builds it: arg[0] = script, arg[1..] = its arguments. */
 static void create_arg_table(lua_State *L, int argc, char **argv, int script)
 {
@@ -45,7 +33,7 @@ static void create_arg_table(lua_State *L, int argc, char **argv, int script)
 static int run_script(lua_State *L, int argc, char **argv, int script)
 {
     create_arg_table(L, argc, argv, script);
-    lua_pushcfunction(L, msghandler);
+    lua_pushcfunction(L, ph_traceback);
     int status;
     const char *name = argv[script];
     if (strcmp(name, "-e") == 0) {
@@ -76,7 +64,7 @@ static int run_script(lua_State *L, int argc, char **argv, int script)
 /* The CLI runs as a task, so every primitive is available to every command. */
 static int run_cli(lua_State *L, int argc, char **argv)
 {
-    lua_pushcfunction(L, msghandler);
+    lua_pushcfunction(L, ph_traceback);
     lua_getglobal(L, "require");
     lua_pushliteral(L, "host.cli");
     if (lua_pcall(L, 1, 1, -3) != LUA_OK) {
@@ -122,7 +110,7 @@ int main(int argc, char **argv)
 {
     signal(SIGPIPE, SIG_IGN); /* a closed pipe is an error result, not a death */
     raise_fd_limit();
-    lua_State *L = ph_state_new(argv[0]);
+    lua_State *L = ph_state_new();
     if (L == NULL) {
         fprintf(stderr, "provider-host: cannot create the Lua state: out of memory\n");
         return 70;

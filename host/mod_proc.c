@@ -1,22 +1,15 @@
-/* mod_proc.c - host.core.proc: child processes, each in its own process group. They are
- * started with posix_spawn (a vfork-like clone: no copy of the host's memory) and watched
- * through a pidfd; uv_spawn is the fallback on kernels without pidfd_open. */
+/* mod_proc.c - host.core.proc: child processes, each in its own process group, with their
+ * output kept in C memory, callbacks for it, timeouts and termination with grace. How a child
+ * starts and how its exit is seen (posix_spawn plus a pidfd, or uv_spawn) is ph_spawn.c's. */
 #include "ph.h"
+#include "ph_spawn.h"
 
 #include <errno.h>
-#include <fcntl.h>
-#include <limits.h>
 #include <math.h>
 #include <signal.h>
-#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/pidfd.h>
-#include <sys/stat.h>
-#include <sys/types.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #define PROC_MT "host.proc.Process" /* also the __name shown in argument errors */
 
@@ -34,15 +27,10 @@ enum { OUT, ERR };
 /* What the one timer of a process is counting down to. */
 enum { T_NONE, T_TIMEOUT, T_GRACE, T_LINGER };
 
-/* What watches the leader for its exit: nothing yet (or any more), libuv's process handle
- * (the uv_spawn fallback), or a poll handle on its pidfd (posix_spawn). */
-enum { W_NONE, W_PROCESS, W_PIDFD };
-
 /* Bytes kept from one output stream: C memory, pushed to Lua once, at the end. */
 typedef struct {
     uv_pipe_t pipe;
-    char *data;
-    size_t len, cap;
+    PhBuf kept;
     int open; /* the pipe handle is not closed yet */
     int has_callback;
 } Stream;
@@ -61,19 +49,13 @@ typedef struct Waiter {
  * registry (ref) from the first uv_*_init until the last close callback: it cannot be
  * collected while libuv still uses its memory, whatever Lua does with its references. */
 struct Proc {
-    union {
-        uv_process_t process; /* W_PROCESS */
-        uv_poll_t poll;       /* W_PIDFD: readable once the leader exited */
-    } leader;
-    int watch; /* W_*: which member of leader is initialised and not closed yet */
-    int pidfd; /* W_PIDFD: the descriptor polled; -1 otherwise */
+    PhChild child; /* the leader: its pid, and what watches it for its exit */
     uv_timer_t timer;
     uv_pipe_t in;
     uv_write_t write_req;
     Stream s[2];
     int ref;     /* registry anchor while handles > 0 */
     int handles; /* uv handles initialised and not yet closed */
-    int pid;
     int spawned, exited, finished, closed;
     int in_open;
     int in_pipe;        /* stdin = true: written piecewise with Process:write */
@@ -104,11 +86,6 @@ static Proc *check_open_proc(lua_State *L, int idx)
     if (p->closed)
         luaL_error(L, "attempt to use a closed %s", PROC_MT);
     return p;
-}
-
-static uint64_t to_ms(double seconds)
-{
-    return (uint64_t)(seconds * 1000.0 + 0.5);
 }
 
 /* ---- handle lifetime ------------------------------------------------------------------- */
@@ -147,25 +124,17 @@ static void close_stdin(Proc *p)
 /* Stop watching the leader (it was reaped, or the spawn failed). */
 static void close_leader(Proc *p)
 {
-    if (p->watch == W_PIDFD) {
-        close_handle(p, (uv_handle_t *)&p->leader.poll); /* takes the fd out of epoll now */
-        close(p->pidfd);
-        p->pidfd = -1;
-    } else if (p->watch == W_PROCESS) {
-        close_handle(p, (uv_handle_t *)&p->leader.process);
-    }
-    p->watch = W_NONE;
+    ph_child_unwatch(&p->child, p, handle_closed);
 }
 
 /* ---- signalling the group ------------------------------------------------------------ */
 
-/* The child called setsid() before exec (POSIX_SPAWN_SETSID, or UV_PROCESS_DETACHED in the
- * fallback), so its pgid is its pid.
- * The kernel keeps that number from being reused while any member of the group lives. */
+/* The child called setsid() before exec (ph_spawn), so its pgid is its pid. The kernel
+ * keeps that number from being reused while any member of the group lives. */
 static void signal_group(Proc *p, int sig)
 {
-    if (p->pid > 0)
-        kill(-(pid_t)p->pid, sig);
+    if (p->child.pid > 0)
+        kill(-(pid_t)p->child.pid, sig);
 }
 
 static void on_timer(uv_timer_t *timer);
@@ -173,7 +142,7 @@ static void on_timer(uv_timer_t *timer);
 static void arm_timer(Proc *p, int phase, double seconds)
 {
     p->phase = phase;
-    uv_timer_start(&p->timer, on_timer, to_ms(seconds), 0);
+    ph_timer_start(&p->timer, on_timer, seconds);
 }
 
 /* SIGTERM to the group now, SIGKILL after the grace period unless the leader exits first
@@ -195,16 +164,14 @@ static void start_termination(Proc *p)
  * held twice only while it is copied, never both streams at once. */
 static void push_bytes(lua_State *L, Stream *s)
 {
-    lua_pushlstring(L, s->data != NULL ? s->data : "", s->len);
-    free(s->data);
-    s->data = NULL;
-    s->len = s->cap = 0;
+    lua_pushlstring(L, s->kept.p != NULL ? s->kept.p : "", s->kept.len);
+    ph_buf_free(&s->kept);
 }
 
-/* Protected: builds the result table and stores it as the Process's user value. */
-static int build_result(lua_State *L)
+/* Under ph_protect: builds the result table and stores it as the Process's user value. */
+static void build_result(lua_State *L, void *ud)
 {
-    Proc *p = lua_touserdata(L, 1);
+    Proc *p = ud;
     lua_createtable(L, 0, 8);
     if (p->exited && p->term_signal == 0 && !p->timed_out) {
         lua_pushinteger(L, (lua_Integer)p->exit_status);
@@ -226,14 +193,13 @@ static int build_result(lua_State *L)
     lua_setfield(L, -2, "stderr");
     lua_pushboolean(L, p->truncated);
     lua_setfield(L, -2, "truncated");
-    lua_pushinteger(L, p->pid);
+    lua_pushinteger(L, p->child.pid);
     lua_setfield(L, -2, "pid");
     lua_pushnumber(L, p->ended - p->started);
     lua_setfield(L, -2, "duration");
     lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
     lua_insert(L, -2);
     lua_setiuservalue(L, -2, UVAL_RESULT);
-    return 0;
 }
 
 /* Push what wait returns once the process finished. The Process is at idx, or idx is 0
@@ -241,7 +207,8 @@ static int build_result(lua_State *L)
 static int push_result(lua_State *L, Proc *p, int idx)
 {
     if (p->result_failed)
-        return ph_fail(L, "internal", "process %d: out of memory building the result", p->pid);
+        return ph_fail(L, "internal", "process %d: out of memory building the result",
+                       p->child.pid);
     lua_checkstack(L, 3);
     if (idx != 0) {
         lua_getiuservalue(L, idx, UVAL_RESULT);
@@ -255,25 +222,8 @@ static int push_result(lua_State *L, Proc *p, int idx)
 
 static void free_streams(Proc *p)
 {
-    for (int i = 0; i < 2; i++) {
-        free(p->s[i].data);
-        p->s[i].data = NULL;
-        p->s[i].len = p->s[i].cap = 0;
-    }
-}
-
-static void free_timer(uv_handle_t *h)
-{
-    free(h);
-}
-
-static void waiter_drop_timer(Waiter *w)
-{
-    if (w->timer != NULL) {
-        uv_timer_stop(w->timer);
-        uv_close((uv_handle_t *)w->timer, free_timer);
-        w->timer = NULL;
-    }
+    for (int i = 0; i < 2; i++)
+        ph_buf_free(&p->s[i].kept);
 }
 
 /* Everything is over: the leader was reaped and both pipes reached EOF (or lingered too
@@ -291,19 +241,10 @@ static void finish(Proc *p)
     close_stream(p, &p->s[ERR]);
 
     /* Lua allocates here, so it runs protected: no error may longjmp through libuv. */
-    lua_State *L = ph_main_state();
-    if (!lua_checkstack(L, 4)) {
+    char what[64];
+    snprintf(what, sizeof what, "process %d: cannot build its result", p->child.pid);
+    if (ph_protect(build_result, p, what, NULL) != 0)
         p->result_failed = 1;
-    } else {
-        lua_pushcfunction(L, build_result);
-        lua_pushlightuserdata(L, p);
-    }
-    if (!p->result_failed && lua_pcall(L, 1, 0, 0) != LUA_OK) {
-        ph_diag("provider-host: process %d: cannot build its result: %s", p->pid,
-                lua_tostring(L, -1));
-        lua_pop(L, 1);
-        p->result_failed = 1;
-    }
     free_streams(p);
 
     /* Wake, not resume: no Lua runs while we walk the list. */
@@ -311,7 +252,7 @@ static void finish(Proc *p)
     p->waiters = NULL;
     while (w != NULL) {
         Waiter *next = w->next;
-        waiter_drop_timer(w);
+        ph_timer_free(&w->timer);
         lua_State *co = ph_task_thread(w->op.task);
         ph_task *t = w->op.task;
         int n = push_result(co, p, 0);
@@ -329,36 +270,22 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
     b->len = sizeof scratch;
 }
 
-static int keep_bytes(Stream *s, const char *src, size_t n)
-{
-    if (s->cap - s->len < n) {
-        size_t cap = s->cap ? s->cap : 1024;
-        while (cap - s->len < n)
-            cap *= 2;
-        char *d = realloc(s->data, cap);
-        if (d == NULL)
-            return -1;
-        s->data = d;
-        s->cap = cap;
-    }
-    memcpy(s->data + s->len, src, n);
-    s->len += n;
-    return 0;
-}
+/* One chunk of output for on_stdout / on_stderr. */
+typedef struct {
+    Proc *p;
+    int which;
+    const char *data;
+    size_t len;
+} Chunk;
 
-/* Protected: calls on_stdout / on_stderr with one chunk, on the main thread. */
-static int deliver_chunk(lua_State *L)
+/* Under ph_protect: on_stdout / on_stderr (a user value of the Process) gets the chunk. */
+static void deliver_chunk(lua_State *L, void *ud)
 {
-    Proc *p = lua_touserdata(L, 1);
-    int which = (int)lua_tointeger(L, 2);
-    const char *data = lua_touserdata(L, 3);
-    size_t n = (size_t)lua_tointeger(L, 4);
-    lua_settop(L, 0);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, p->ref);
-    lua_getiuservalue(L, -1, which == OUT ? UVAL_ON_STDOUT : UVAL_ON_STDERR);
-    lua_pushlstring(L, data, n);
-    ph_callback(L, 1, which == OUT ? "proc on_stdout" : "proc on_stderr");
-    return 0;
+    Chunk *c = ud;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->p->ref);
+    lua_getiuservalue(L, -1, c->which == OUT ? UVAL_ON_STDOUT : UVAL_ON_STDERR);
+    lua_pushlstring(L, c->data, c->len);
+    lua_call(L, 1, 0);
 }
 
 static void stream_done(Proc *p, Stream *s)
@@ -378,28 +305,23 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     size_t n = (size_t)nread, keep = n;
-    if (s->len + keep > p->max_output) {
-        keep = p->max_output - s->len;
+    if (s->kept.len + keep > p->max_output) {
+        keep = p->max_output - s->kept.len;
         p->truncated = 1; /* the rest is dropped; the process keeps running */
     }
     if (keep == 0)
         return;
-    size_t at = s->len;
-    if (keep_bytes(s, buf->base, keep) != 0) {
+    size_t at = s->kept.len;
+    if (ph_buf_append(&s->kept, buf->base, keep) != 0) {
         p->truncated = 1;
         return;
     }
-    lua_State *L = ph_main_state();
-    if (s->has_callback && lua_checkstack(L, 6)) {
-        lua_pushcfunction(L, deliver_chunk);
-        lua_pushlightuserdata(L, p);
-        lua_pushinteger(L, which);
-        lua_pushlightuserdata(L, s->data + at);
-        lua_pushinteger(L, (lua_Integer)keep);
-        if (lua_pcall(L, 4, 0, 0) != LUA_OK) {
-            ph_diag("provider-host: process %d: output callback: %s", p->pid, lua_tostring(L, -1));
-            lua_pop(L, 1);
-        }
+    if (s->has_callback) {
+        Chunk c = { p, which, s->kept.p + at, keep };
+        ph_protect(deliver_chunk, &c,
+                   which == OUT ? "proc on_stdout callback failed"
+                                : "proc on_stderr callback failed",
+                   NULL);
     }
 }
 
@@ -446,16 +368,16 @@ static void wake_canceled(Proc *p)
         Waiter *next = w->next;
         ph_task *t = w->op.task;
         free(w);
-        ph_task_wake(
-            t, ph_fail(ph_task_thread(t), "canceled", "wait for process %d canceled", p->pid));
+        ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "wait for process %d canceled",
+                                p->child.pid));
         w = next;
     }
 }
 
-/* The leader was reaped: status is its exit code (0 when a signal killed it), sig the
- * signal that did (0 when it exited). */
-static void leader_exited(Proc *p, int64_t status, int sig)
+/* The leader was reaped (ph_child_exit_cb). */
+static void leader_exited(PhChild *child, int64_t status, int sig)
 {
+    Proc *p = child->data;
     p->exited = 1;
     p->ended = ph_now();
     p->exit_status = status;
@@ -472,36 +394,6 @@ static void leader_exited(Proc *p, int64_t status, int sig)
         arm_timer(p, T_LINGER, p->linger); /* a background child may hold the pipes */
     else
         finish(p);
-}
-
-/* uv_spawn fallback: libuv reaped the leader (its SIGCHLD handler waits for its own pids). */
-static void process_exited(uv_process_t *h, int64_t status, int sig)
-{
-    leader_exited(h->data, status, sig);
-}
-
-/* posix_spawn: the pidfd became readable, so the leader is a zombie: reap exactly that pid
- * (never waitpid(-1): other code reaps its own children). */
-static void pidfd_readable(uv_poll_t *h, int status, int events)
-{
-    Proc *p = h->data;
-    int st = 0;
-    pid_t r;
-    do
-        r = waitpid((pid_t)p->pid, &st, WNOHANG);
-    while (r < 0 && errno == EINTR);
-    if (r == 0) { /* not exited after all: keep watching (an error stopped the handle) */
-        if (status < 0 && uv_poll_start(h, UV_READABLE, pidfd_readable) != 0)
-            ph_diag("provider-host: process %d: cannot watch its exit", p->pid);
-        return;
-    }
-    if (r < 0) {
-        /* ECHILD: someone else reaped it. The status is lost; report exit code -1 rather
-         * than waiting forever for an exit that was already seen. */
-        leader_exited(p, -1, 0);
-        return;
-    }
-    leader_exited(p, WIFEXITED(st) ? WEXITSTATUS(st) : 0, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
 }
 
 static void on_timer(uv_timer_t *timer)
@@ -541,14 +433,14 @@ static void waiter_cancel(ph_op *op)
     Waiter *w = (Waiter *)op;
     Proc *p = w->proc;
     unlink_waiter(&p->waiters, w);
-    waiter_drop_timer(w);
+    ph_timer_free(&w->timer);
     if (p->exited) {
         if (!p->finished)
             signal_group(p, SIGKILL); /* leftovers holding the pipes */
         ph_task *t = op->task;
         free(w);
-        ph_task_wake(
-            t, ph_fail(ph_task_thread(t), "canceled", "wait for process %d canceled", p->pid));
+        ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "wait for process %d canceled",
+                                p->child.pid));
         return;
     }
     start_termination(p);
@@ -561,11 +453,11 @@ static void waiter_timeout(uv_timer_t *timer)
     Waiter *w = timer->data;
     Proc *p = w->proc;
     unlink_waiter(&p->waiters, w);
-    waiter_drop_timer(w);
+    ph_timer_free(&w->timer);
     ph_task *t = w->op.task;
     free(w);
     ph_task_resume(t, ph_fail(ph_task_thread(t), "timeout",
-                              "wait for process %d timed out (it keeps running)", p->pid));
+                              "wait for process %d timed out (it keeps running)", p->child.pid));
 }
 
 /* Park the current task until p finishes. Tail call. */
@@ -577,14 +469,11 @@ static int park_waiter(lua_State *L, ph_task *t, Proc *p, double timeout)
     w->op.cancel = waiter_cancel;
     w->proc = p;
     if (timeout >= 0) {
-        w->timer = malloc(sizeof *w->timer);
-        if (w->timer == NULL) {
+        if ((w->timer = ph_timer_new(w)) == NULL) {
             free(w);
             return ph_fail(L, "internal", "out of memory");
         }
-        uv_timer_init(ph_loop(), w->timer);
-        w->timer->data = w;
-        uv_timer_start(w->timer, waiter_timeout, to_ms(timeout), 0);
+        ph_timer_start(w->timer, waiter_timeout, timeout);
     }
     w->next = p->waiters;
     p->waiters = w;
@@ -607,16 +496,6 @@ static const char *check_cstring(lua_State *L, int idx, const char *what, size_t
     if (len != NULL)
         *len = n;
     return s;
-}
-
-static double check_seconds(lua_State *L, const char *field, double dflt, int allow_zero)
-{
-    double v = ph_opt_number(L, 1, field, dflt);
-    if (isnan(v) || v > MAX_SECONDS || v < 0 || (!allow_zero && v == 0))
-        luaL_argerror(L, 1,
-                      lua_pushfstring(L, "field '%s' must be a number of seconds in %s, 1e9]",
-                                      field, allow_zero ? "[0" : "(0"));
-    return v;
 }
 
 /* argv table at idx -> NULL-terminated array (a userdata left on the stack). The strings
@@ -698,391 +577,98 @@ static const char *spawn_code(int err)
     }
 }
 
-/* ---- spawning: uv_spawn (fallback) ----------------------------------------------------- */
-
-static int force_uv_spawn; /* proc._force_uv_spawn(true): specs cover the fallback too */
-
-/* libuv forks, and the child sets up its stdio (socketpairs), calls setsid (detached),
- * chdir and execvp. Sets p->watch = W_PROCESS even when it fails: the handle is
- * initialised either way. Returns 0 or a libuv error. */
-static int spawn_uv(Proc *p, char **args, char **envp, const char *cwd, int want_in)
-{
-    uv_stdio_container_t stdio[3];
-    stdio[0].flags = want_in ? (uv_stdio_flags)(UV_CREATE_PIPE | UV_READABLE_PIPE) : UV_IGNORE;
-    stdio[0].data.stream = (uv_stream_t *)&p->in;
-    for (int i = 0; i < 2; i++) {
-        stdio[1 + i].flags = (uv_stdio_flags)(UV_CREATE_PIPE | UV_WRITABLE_PIPE);
-        stdio[1 + i].data.stream = (uv_stream_t *)&p->s[i].pipe;
-    }
-    uv_process_options_t o;
-    memset(&o, 0, sizeof o);
-    o.exit_cb = process_exited;
-    o.file = args[0];
-    o.args = args;
-    o.env = envp; /* NULL: inherit ours. Either way execvp searches the child's PATH. */
-    o.cwd = cwd;
-    o.flags = UV_PROCESS_DETACHED; /* setsid(): its own session and process group */
-    o.stdio_count = 3;
-    o.stdio = stdio;
-
-    int rc = uv_spawn(ph_loop(), &p->leader.process, &o);
-    p->handles++; /* uv_spawn initialised the process handle, even when it failed */
-    p->leader.process.data = p;
-    p->watch = W_PROCESS;
-    if (rc == 0)
-        p->pid = p->leader.process.pid;
-    return rc;
-}
-
-/* ---- spawning: posix_spawn + pidfd ----------------------------------------------------- */
-
-/* execvp's search list when the environment has no PATH (glibc's CS_PATH, `getconf PATH`). */
-#define EXECVP_DEFAULT_PATH "/bin:/usr/bin"
-
-/* pidfd_open works here: 1 yes, -1 no (ENOSYS, or a seccomp filter refusing it: uv_spawn
- * for good), 0 not known yet (also after a shortage of descriptors or memory). */
-static int pidfd_state;
-
-static int pidfd_usable(void)
-{
-    if (pidfd_state == 0) {
-        int fd = pidfd_open(getpid(), 0);
-        if (fd >= 0) {
-            close(fd);
-            pidfd_state = 1;
-        } else if (errno != EMFILE && errno != ENFILE && errno != ENOMEM) {
-            pidfd_state = -1;
-        }
-    }
-    return pidfd_state >= 0;
-}
-
-/* The same for every child: its own session and process group (setsid, as
- * UV_PROCESS_DETACHED did), no blocked signal, and every signal at its default disposition
- * (the host ignores SIGPIPE; libuv installs handlers). Set up once, never changed. */
-static const posix_spawnattr_t *spawn_attr(void)
-{
-    static posix_spawnattr_t attr;
-    static int ready;
-    if (!ready) {
-        sigset_t none, all;
-        sigemptyset(&none);
-        /* Not sigfillset: it leaves out glibc's internal signals (32, 33), which the
-         * spawning child would then set to SIG_IGN, and exec keeps ignored. */
-        memset(&all, 0xff, sizeof all);
-        posix_spawnattr_init(&attr);
-        posix_spawnattr_setsigmask(&attr, &none);
-        posix_spawnattr_setsigdefault(&attr, &all);
-        posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSID | POSIX_SPAWN_SETSIGMASK |
-                                            POSIX_SPAWN_SETSIGDEF);
-        ready = 1;
-    }
-    return &attr;
-}
-
-/* PATH as the child will see it: from envp when given (NULL when it has none), else ours. */
-static const char *child_path(char **envp)
-{
-    if (envp == NULL)
-        return getenv("PATH");
-    for (char **e = envp; *e != NULL; e++)
-        if (strncmp(*e, "PATH=", 5) == 0)
-            return *e + 5;
-    return NULL;
-}
-
-/* What execve(path) in the child would fail with, as far as stat and access can tell; 0
- * when it looks runnable. A relative path is taken from cwd, where the child will be. */
-static int exec_error(const char *path, const char *cwd)
-{
-    char *full = NULL;
-    if (cwd != NULL && path[0] != '/') {
-        size_t a = strlen(cwd), b = strlen(path);
-        full = malloc(a + b + 2);
-        if (full == NULL)
-            return ENOMEM;
-        memcpy(full, cwd, a);
-        full[a] = '/';
-        memcpy(full + a + 1, path, b + 1);
-        path = full;
-    }
-    struct stat st;
-    int err = 0;
-    if (stat(path, &st) != 0)
-        err = errno;
-    else if (!S_ISREG(st.st_mode)) /* execve refuses directories and devices so */
-        err = EACCES;
-    else if (faccessat(AT_FDCWD, path, X_OK, AT_EACCESS) != 0) /* also sees noexec mounts */
-        err = errno;
-    free(full);
-    return err;
-}
-
-/* What chdir(cwd) in the child would fail with; 0 when it looks fine. The child changes
- * directory before it looks for the program, so this error comes first, as with uv_spawn. */
-static int cwd_error(const char *cwd)
-{
-    struct stat st;
-    if (stat(cwd, &st) != 0)
-        return errno;
-    if (!S_ISDIR(st.st_mode))
-        return ENOTDIR;
-    if (faccessat(AT_FDCWD, cwd, X_OK, AT_EACCESS) != 0)
-        return errno;
-    return 0;
-}
-
-/* execvp's search, done here before the spawn: file itself when it holds a '/', else the
- * first runnable PATH entry (of the child's environment) holding it; an empty entry is the
- * current directory. *found is malloc'ed. Returns 0 or an errno value: ENOENT when nothing
- * was found, EACCES when only non-runnable files were, or the error that stopped the search
- * (execvp gives up on anything but missing or refused files too). */
-static int find_program(const char *file, char **envp, const char *cwd, char **found)
-{
-    *found = NULL;
-    if (file[0] == '\0')
-        return ENOENT;
-    if (strchr(file, '/') != NULL) {
-        int err = exec_error(file, cwd);
-        if (err == 0 && (*found = strdup(file)) == NULL)
-            err = ENOMEM;
-        return err;
-    }
-    size_t flen = strlen(file);
-    if (flen > NAME_MAX)
-        return ENAMETOOLONG;
-    const char *path = child_path(envp);
-    if (path == NULL)
-        path = EXECVP_DEFAULT_PATH;
-    char *buf = malloc(strlen(path) + flen + 2);
-    if (buf == NULL)
-        return ENOMEM;
-    int denied = 0;
-    for (const char *dir = path;;) {
-        const char *end = strchrnul(dir, ':');
-        size_t dlen = (size_t)(end - dir);
-        memcpy(buf, dir, dlen);
-        if (dlen > 0)
-            buf[dlen++] = '/';
-        memcpy(buf + dlen, file, flen + 1);
-        int err = exec_error(buf, cwd);
-        if (err == 0) {
-            *found = buf;
-            return 0;
-        }
-        if (err == EACCES)
-            denied = 1;
-        else if (err != ENOENT && err != ENOTDIR && err != ESTALE && err != ENODEV &&
-                 err != ETIMEDOUT) {
-            free(buf);
-            return err;
-        }
-        if (*end == '\0')
-            break;
-        dir = end + 1;
-    }
-    free(buf);
-    return denied ? EACCES : ENOENT;
-}
-
-/* posix_spawn path with args; a file without a #! line goes to /bin/sh, as execvp does.
- * Returns 0 or an errno value (glibc reports the child's chdir and exec errors). */
-static int spawn_file(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa,
-                      char **args, char **envp)
-{
-    char **env = envp != NULL ? envp : environ;
-    int err = posix_spawn(pid, path, fa, spawn_attr(), args, env);
-    if (err != ENOEXEC)
-        return err;
-    size_t n = 0;
-    while (args[n] != NULL)
-        n++;
-    char **sh = malloc((n + 2) * sizeof *sh); /* /bin/sh, path, args[1..n-1], NULL */
-    if (sh == NULL)
-        return ENOMEM;
-    sh[0] = (char *)"/bin/sh";
-    sh[1] = (char *)path;
-    memcpy(sh + 2, args + 1, n * sizeof *sh);
-    err = posix_spawn(pid, "/bin/sh", fa, spawn_attr(), sh, env);
-    free(sh);
-    return err;
-}
-
-/* Keep a pipe end off 0..2 (only possible when the host's own 0..2 were closed): a child
- * end there could be clobbered by the dup2 of another, or keep CLOEXEC (dup2 onto itself),
- * and libuv never closes a stream on 0..2 (the child would never see EOF). */
-static int above_stdio(int *fd)
-{
-    if (*fd > 2)
-        return 0;
-    int moved = fcntl(*fd, F_DUPFD_CLOEXEC, 3);
-    if (moved < 0)
-        return uv_translate_sys_error(errno);
-    close(*fd);
-    *fd = moved;
-    return 0;
-}
-
-/* A pipe for one stdio stream: the child's end in *child, ours opened on h, which owns it
- * from then on. parent_reads: the child writes (stdout, stderr). */
-static int make_pipe(uv_pipe_t *h, int parent_reads, int *child)
-{
-    int fds[2];
-    int rc = uv_pipe(fds, 0, 0); /* CLOEXEC, blocking: uv_pipe_open makes ours non-blocking */
-    if (rc != 0)
-        return rc;
-    int ours = parent_reads ? fds[0] : fds[1];
-    *child = parent_reads ? fds[1] : fds[0];
-    rc = above_stdio(child);
-    if (rc == 0)
-        rc = above_stdio(&ours);
-    if (rc == 0)
-        rc = uv_pipe_open(h, ours);
-    if (rc != 0)
-        close(ours);
-    return rc;
-}
-
-/* Pipes (CLOEXEC; the child's ends dup2'ed onto 0..2, which clears it), posix_spawn, then a
- * pidfd polled for the exit. Sets p->watch = W_PIDFD only on success. Returns 0 or a libuv
- * error. */
-static int spawn_posix(Proc *p, char **args, char **envp, const char *cwd, int want_in)
-{
-    char *path = NULL;
-    int err = cwd != NULL ? cwd_error(cwd) : 0;
-    if (err == 0)
-        err = find_program(args[0], envp, cwd, &path);
-    if (err != 0)
-        return uv_translate_sys_error(err);
-
-    int child[3] = { -1, -1, -1 }; /* the child's stdin, stdout, stderr */
-    int rc = want_in ? make_pipe(&p->in, 0, &child[0]) : 0;
-    for (int i = 0; i < 2 && rc == 0; i++)
-        rc = make_pipe(&p->s[i].pipe, 1, &child[1 + i]);
-
-    pid_t pid = -1;
-    if (rc == 0) {
-        posix_spawn_file_actions_t fa;
-        posix_spawn_file_actions_init(&fa);
-        if (want_in)
-            err = posix_spawn_file_actions_adddup2(&fa, child[0], 0);
-        else /* as uv_spawn's UV_IGNORE */
-            err = posix_spawn_file_actions_addopen(&fa, 0, "/dev/null", O_RDONLY, 0);
-        for (int i = 1; i <= 2 && err == 0; i++)
-            err = posix_spawn_file_actions_adddup2(&fa, child[i], i);
-        if (err == 0 && cwd != NULL)
-            err = posix_spawn_file_actions_addchdir_np(&fa, cwd);
-        if (err == 0)
-            err = spawn_file(&pid, path, &fa, args, envp);
-        posix_spawn_file_actions_destroy(&fa);
-        if (err != 0)
-            rc = uv_translate_sys_error(err);
-    }
-    free(path);
-    for (int i = 0; i < 3; i++)
-        if (child[i] >= 0)
-            close(child[i]);
-    if (rc != 0)
-        return rc;
-
-    /* The child is ours and only we reap it, so its pid cannot be reused before. */
-    int pidfd = pidfd_open(pid, 0);
-    if (pidfd < 0) {
-        rc = uv_translate_sys_error(errno);
-        if (errno == ENOSYS || errno == EPERM)
-            pidfd_state = -1; /* uv_spawn from now on */
-    } else if ((rc = uv_poll_init(ph_loop(), &p->leader.poll, pidfd)) != 0) {
-        close(pidfd);
-    } else {
-        p->handles++;
-        p->leader.poll.data = p;
-        p->watch = W_PIDFD;
-        p->pidfd = pidfd;
-        rc = uv_poll_start(&p->leader.poll, UV_READABLE, pidfd_readable);
-        if (rc == 0) {
-            p->pid = pid;
-            return 0;
-        }
-    }
-    /* It runs and we cannot watch it: it must not outlive this failure. It has just
-     * exec'ed, so SIGKILL ends it at once (its group too, should it have forked already). */
-    kill(-pid, SIGKILL);
-    kill(pid, SIGKILL);
-    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR)
-        ;
-    return rc;
-}
-
 /* ---- spawning -------------------------------------------------------------------------- */
 
-/* Validates opts at index 1 and starts the process; pushes the Process or nil, msg, code. */
-static int do_spawn(lua_State *L)
+/* What proc.spawn was asked for, checked. Strings point into values left on the stack. */
+typedef struct {
+    char **args, **envp; /* userdata on the stack (build_argv, build_env); envp NULL: ours */
+    const char *cwd;
+    const char *in; /* stdin given as a string: written, then EOF */
+    size_t in_len;
+    int in_idx;                    /* its stack index */
+    int in_pipe;                   /* stdin = true: written with Process:write */
+    int cb_idx[2];                 /* stack indexes of on_stdout and on_stderr (nil when absent) */
+    double timeout, grace, linger; /* timeout < 0: none */
+    lua_Integer max_output;
+} SpawnConf;
+
+/* stdin: a string, true, or nil; "" and nil mean /dev/null. Left on the stack. */
+static void read_stdin(lua_State *L, SpawnConf *c)
 {
-    luaL_checktype(L, 1, LUA_TTABLE);
-    lua_settop(L, 1);
-    ph_opt_field(L, 1, "argv", LUA_TTABLE, 1); /* 2 */
-    char **args = build_argv(L, 2);            /* 3 */
-    char **envp = NULL;
-    if (ph_opt_field(L, 1, "env", LUA_TTABLE, 0)) /* 4 */
-        envp = build_env(L, 4);                   /* 5 when present */
-    else
-        lua_pushnil(L);
-    const char *cwd = NULL;
-    if (ph_opt_field(L, 1, "cwd", LUA_TSTRING, 0)) /* 6 */
-        cwd = check_cstring(L, -1, "field 'cwd'", NULL);
-    size_t in_len = 0;
-    int in_type = lua_getfield(L, 1, "stdin"); /* 7 */
-    int stdin_idx = lua_gettop(L);
-    int in_pipe = in_type == LUA_TBOOLEAN && lua_toboolean(L, stdin_idx);
-    if (in_type != LUA_TNIL && in_type != LUA_TSTRING && !in_pipe)
+    int t = lua_getfield(L, 1, "stdin");
+    c->in_idx = lua_gettop(L);
+    c->in_pipe = t == LUA_TBOOLEAN && lua_toboolean(L, c->in_idx);
+    if (t != LUA_TNIL && t != LUA_TSTRING && !c->in_pipe)
         luaL_argerror(L, 1,
                       lua_pushfstring(L, "field 'stdin' must be a string, true or nil, got %s",
-                                      luaL_typename(L, stdin_idx)));
-    int has_stdin = in_type == LUA_TSTRING;
-    if (has_stdin)
-        lua_tolstring(L, stdin_idx, &in_len);
-    int cb_idx[2];
+                                      luaL_typename(L, c->in_idx)));
+    c->in = t == LUA_TSTRING ? lua_tolstring(L, c->in_idx, &c->in_len) : NULL;
+    if (c->in == NULL)
+        c->in_len = 0;
+}
+
+/* Validate opts at index 1: misuse raises here, before anything starts. */
+static void read_spawn_conf(lua_State *L, SpawnConf *c)
+{
+    memset(c, 0, sizeof *c);
+    luaL_checktype(L, 1, LUA_TTABLE);
+    lua_settop(L, 1);
+    ph_opt_field(L, 1, "argv", LUA_TTABLE, 1);    /* 2 */
+    c->args = build_argv(L, 2);                   /* 3 */
+    if (ph_opt_field(L, 1, "env", LUA_TTABLE, 0)) /* 4 */
+        c->envp = build_env(L, 4);                /* 5 when present */
+    else
+        lua_pushnil(L);
+    if (ph_opt_field(L, 1, "cwd", LUA_TSTRING, 0)) /* 6 */
+        c->cwd = check_cstring(L, -1, "field 'cwd'", NULL);
+    read_stdin(L, c); /* 7 */
     for (int i = 0; i < 2; i++) {
         ph_opt_field(L, 1, i == OUT ? "on_stdout" : "on_stderr", LUA_TFUNCTION, 0);
-        cb_idx[i] = lua_gettop(L);
+        c->cb_idx[i] = lua_gettop(L);
     }
-    double timeout = -1;
-    lua_getfield(L, 1, "timeout");
-    int has_timeout = !lua_isnil(L, -1);
+    c->timeout = -1;
+    if (lua_getfield(L, 1, "timeout") != LUA_TNIL)
+        c->timeout = ph_opt_seconds(L, 1, "timeout", 0, 0);
     lua_pop(L, 1);
-    if (has_timeout)
-        timeout = check_seconds(L, "timeout", 0, 0);
-    double grace = check_seconds(L, "kill_grace", DEFAULT_GRACE, 1);
-    double linger = check_seconds(L, "linger", DEFAULT_LINGER, 1);
-    lua_Integer max = ph_opt_integer(L, 1, "max_output", DEFAULT_MAX);
-    luaL_argcheck(L, max >= 0, 1, "field 'max_output' must not be negative");
+    c->grace = ph_opt_seconds(L, 1, "kill_grace", DEFAULT_GRACE, 1);
+    c->linger = ph_opt_seconds(L, 1, "linger", DEFAULT_LINGER, 1);
+    c->max_output = ph_opt_integer(L, 1, "max_output", DEFAULT_MAX);
+    luaL_argcheck(L, c->max_output >= 0, 1, "field 'max_output' must not be negative");
+}
 
-    /* Closed first: a zeroed Process with its metatable, anchored, before any handle. */
+/* Closed first: a zeroed Process with its metatable and user values, anchored, before any
+ * handle exists. Left on the stack. */
+static Proc *new_proc(lua_State *L, const SpawnConf *c)
+{
     Proc *p = lua_newuserdatauv(L, sizeof *p, UVAL_COUNT);
     memset(p, 0, sizeof *p);
     p->ref = LUA_NOREF;
-    p->pidfd = -1;
+    ph_child_init(&p->child, leader_exited, p);
     luaL_setmetatable(L, PROC_MT);
     int pidx = lua_gettop(L);
     for (int i = 0; i < 2; i++) {
-        if (!lua_isnil(L, cb_idx[i])) {
-            lua_pushvalue(L, cb_idx[i]);
+        if (!lua_isnil(L, c->cb_idx[i])) {
+            lua_pushvalue(L, c->cb_idx[i]);
             lua_setiuservalue(L, pidx, i == OUT ? UVAL_ON_STDOUT : UVAL_ON_STDERR);
             p->s[i].has_callback = 1;
         }
     }
-    if (has_stdin && in_len > 0) { /* the write reads the Lua string in place */
-        lua_pushvalue(L, stdin_idx);
+    if (c->in_len > 0) { /* the write reads the Lua string in place */
+        lua_pushvalue(L, c->in_idx);
         lua_setiuservalue(L, pidx, UVAL_STDIN);
     }
     lua_pushvalue(L, pidx);
     p->ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    p->timeout = timeout;
-    p->grace = grace;
-    p->linger = linger;
-    p->max_output = (size_t)max;
+    p->timeout = c->timeout;
+    p->grace = c->grace;
+    p->linger = c->linger;
+    p->max_output = (size_t)c->max_output;
+    return p;
+}
 
-    /* From here on nothing raises until the handles are set up or closed again. */
+/* The timer and the pipes. From here on nothing raises until they are set up or closed. */
+static void init_handles(Proc *p, int want_in)
+{
     uv_loop_t *loop = ph_loop();
     uv_timer_init(loop, &p->timer);
     p->timer.data = p;
@@ -1093,43 +679,68 @@ static int do_spawn(lua_State *L)
         p->s[i].open = 1;
         p->handles++;
     }
-    int want_in = (has_stdin && in_len > 0) || in_pipe; /* "" or nil: /dev/null */
-    p->in_pipe = in_pipe;
     if (want_in) {
         uv_pipe_init(loop, &p->in, 0);
         p->in.data = p;
         p->in_open = 1;
         p->handles++;
     }
+}
 
-    p->started = ph_now();
-    int rc = force_uv_spawn || !pidfd_usable() ? spawn_uv(p, args, envp, cwd, want_in)
-                                               : spawn_posix(p, args, envp, cwd, want_in);
-    if (rc != 0) {
-        p->closed = 1;
-        close_leader(p);
-        close_handle(p, (uv_handle_t *)&p->timer);
-        close_stdin(p);
-        close_stream(p, &p->s[OUT]);
-        close_stream(p, &p->s[ERR]);
-        if (cwd != NULL)
-            return ph_fail(L, spawn_code(rc), "spawn %s: %s (cwd %s)", args[0], uv_strerror(rc),
-                           cwd);
-        return ph_fail(L, spawn_code(rc), "spawn %s: %s", args[0], uv_strerror(rc));
-    }
+/* The child did not start: close every handle, report why. */
+static int spawn_failed(lua_State *L, Proc *p, const SpawnConf *c, int rc)
+{
+    p->closed = 1;
+    close_leader(p);
+    close_handle(p, (uv_handle_t *)&p->timer);
+    close_stdin(p);
+    close_stream(p, &p->s[OUT]);
+    close_stream(p, &p->s[ERR]);
+    if (c->cwd != NULL)
+        return ph_fail(L, spawn_code(rc), "spawn %s: %s (cwd %s)", c->args[0], uv_strerror(rc),
+                       c->cwd);
+    return ph_fail(L, spawn_code(rc), "spawn %s: %s", c->args[0], uv_strerror(rc));
+}
+
+/* The child runs: read its output, write the stdin string, arm the timeout. */
+static void start_io(Proc *p, const SpawnConf *c)
+{
     p->spawned = 1;
     for (int i = 0; i < 2; i++)
         if (uv_read_start((uv_stream_t *)&p->s[i].pipe, on_alloc, on_read) != 0)
             close_stream(p, &p->s[i]);
-    if (want_in && !in_pipe) {
-        uv_buf_t b = uv_buf_init((char *)lua_tostring(L, stdin_idx), 0);
-        b.len = in_len; /* uv_buf_init takes an unsigned int: set the size_t length here */
+    if (c->in_len > 0) {
+        uv_buf_t b = uv_buf_init((char *)c->in, 0);
+        b.len = c->in_len; /* uv_buf_init takes an unsigned int: set the size_t length here */
         p->write_req.data = p;
         if (uv_write(&p->write_req, (uv_stream_t *)&p->in, &b, 1, on_written) != 0)
             close_stdin(p);
     }
-    if (timeout >= 0)
-        arm_timer(p, T_TIMEOUT, timeout);
+    if (c->timeout >= 0)
+        arm_timer(p, T_TIMEOUT, c->timeout);
+}
+
+/* Validates opts at index 1 and starts the process; pushes the Process or nil, msg, code. */
+static int do_spawn(lua_State *L)
+{
+    SpawnConf c;
+    read_spawn_conf(L, &c);
+    Proc *p = new_proc(L, &c);
+    int pidx = lua_gettop(L);
+    int want_in = c.in_len > 0 || c.in_pipe; /* "" or nil: /dev/null */
+    p->in_pipe = c.in_pipe;
+    init_handles(p, want_in);
+
+    PhSpawn o = {
+        c.args, c.envp, c.cwd, want_in ? &p->in : NULL, { &p->s[OUT].pipe, &p->s[ERR].pipe }
+    };
+    p->started = ph_now();
+    int rc = ph_spawn(&p->child, &o);
+    if (p->child.watch != PH_WATCH_NONE)
+        p->handles++; /* the leader's handle, initialised even when the spawn failed */
+    if (rc != 0)
+        return spawn_failed(L, p, &c, rc);
+    start_io(p, &c);
     lua_settop(L, pidx);
     return 1;
 }
@@ -1184,9 +795,9 @@ static int process_kill(lua_State *L)
     if (sig < 0)
         return luaL_argerror(L, 2, lua_pushfstring(L, "unknown signal '%s'", name));
     if (p->exited)
-        return ph_fail(L, "closed", "process %d has exited", p->pid);
-    if (kill(-(pid_t)p->pid, sig) != 0)
-        return ph_fail_errno(L, "io", errno, "kill(-%d, %s)", p->pid, name);
+        return ph_fail(L, "closed", "process %d has exited", p->child.pid);
+    if (kill(-(pid_t)p->child.pid, sig) != 0)
+        return ph_fail_errno(L, "io", errno, "kill(-%d, %s)", p->child.pid, name);
     lua_pushboolean(L, 1);
     return 1;
 }
@@ -1199,9 +810,10 @@ static int process_write(lua_State *L)
     size_t n;
     const char *data = luaL_checklstring(L, 2, &n);
     if (!p->in_pipe)
-        return luaL_error(L, "process %d has no stdin pipe (spawn it with stdin = true)", p->pid);
+        return luaL_error(L, "process %d has no stdin pipe (spawn it with stdin = true)",
+                          p->child.pid);
     if (!p->in_open || p->in_close_after)
-        return ph_fail(L, "closed", "stdin of process %d is closed", p->pid);
+        return ph_fail(L, "closed", "stdin of process %d is closed", p->child.pid);
     if (n == 0) {
         lua_pushboolean(L, 1);
         return 1;
@@ -1217,7 +829,7 @@ static int process_write(lua_State *L)
     if (rc != 0) {
         free(w);
         close_stdin(p);
-        return ph_fail(L, "closed", "stdin of process %d: %s", p->pid, uv_strerror(rc));
+        return ph_fail(L, "closed", "stdin of process %d: %s", p->child.pid, uv_strerror(rc));
     }
     p->in_pending++;
     lua_pushboolean(L, 1);
@@ -1269,8 +881,8 @@ static int process_tostring(lua_State *L)
 {
     Proc *p = check_proc(L, 1);
     const char *state = p->finished ? "done" : p->exited ? "exited" : "running";
-    lua_pushfstring(L, "%s (pid %d, %s%s): %p", PROC_MT, p->pid, state, p->closed ? ", closed" : "",
-                    (void *)p);
+    lua_pushfstring(L, "%s (pid %d, %s%s): %p", PROC_MT, p->child.pid, state,
+                    p->closed ? ", closed" : "", (void *)p);
     return 1;
 }
 
@@ -1280,7 +892,7 @@ static int process_index(lua_State *L)
     Proc *p = check_proc(L, 1);
     const char *key = lua_tostring(L, 2);
     if (key != NULL && strcmp(key, "pid") == 0) {
-        lua_pushinteger(L, p->pid);
+        lua_pushinteger(L, p->child.pid);
         return 1;
     }
     lua_pushvalue(L, 2);
@@ -1294,10 +906,8 @@ static int process_index(lua_State *L)
  * next process will start (uv_spawn also when pidfd_open is missing, as under valgrind). */
 static int proc_force_uv_spawn(lua_State *L)
 {
-    int prev = force_uv_spawn;
-    force_uv_spawn = lua_toboolean(L, 1);
-    lua_pushboolean(L, prev);
-    lua_pushstring(L, force_uv_spawn || !pidfd_usable() ? "uv_spawn" : "posix_spawn");
+    lua_pushboolean(L, ph_spawn_force_uv(lua_toboolean(L, 1)));
+    lua_pushstring(L, ph_spawn_way());
     return 2;
 }
 

@@ -38,9 +38,9 @@ static struct {
     uv_fs_t fs_req;
     int fs_busy;
     int reading;
-    char *buf;
-    size_t start, len, cap; /* unread bytes are buf[start .. len) */
-    size_t scanned;         /* bytes from start known to hold no '\n' */
+    PhBuf buf;      /* what was read; unread bytes are buf.p[start .. buf.len) */
+    size_t start;   /* bytes at the front already taken */
+    size_t scanned; /* bytes from start known to hold no '\n' */
     int eof;
     int in_error;
     int discarding; /* inside an overlong line: drop bytes up to its '\n' */
@@ -53,11 +53,6 @@ static struct {
 } io;
 
 static void want_input(void);
-
-static void free_handle(uv_handle_t *h)
-{
-    free(h);
-}
 
 static uv_stream_t *open_stream(int fd, int readable)
 {
@@ -96,24 +91,17 @@ static void stdio_init(void)
 
 /* ---- reading --------------------------------------------------------------------------- */
 
+/* Room for extra more bytes after the input. The bytes already taken are dropped from the
+ * front first when they fill half the buffer or stand in the way, so a reader that keeps up
+ * never makes the buffer grow. */
 static int reserve(size_t extra)
 {
-    if (io.start > 0 && (io.start >= io.cap / 2 || io.cap - io.len < extra)) {
-        memmove(io.buf, io.buf + io.start, io.len - io.start);
-        io.len -= io.start;
+    if (io.start > 0 && (io.start >= io.buf.cap / 2 || io.buf.cap - io.buf.len < extra)) {
+        ph_buf_consume(&io.buf, io.start);
         io.start = 0;
     }
-    if (io.cap - io.len >= extra)
-        return 0;
-    size_t cap = io.cap ? io.cap : READ_CHUNK * 2;
-    while (cap - io.len < extra)
-        cap *= 2;
-    char *b = realloc(io.buf, cap);
-    if (b == NULL)
-        return -1;
-    io.buf = b;
-    io.cap = cap;
-    return 0;
+    /* It starts at two chunks: room to read one while part of a line waits for its end. */
+    return ph_buf_reserve(&io.buf, io.buf.cap == 0 ? 2 * READ_CHUNK : extra);
 }
 
 /* Drop discarded bytes (the tail of an overlong line) from the buffer. */
@@ -121,12 +109,12 @@ static void skip_discarded(void)
 {
     if (!io.discarding)
         return;
-    char *nl = memchr(io.buf + io.start, '\n', io.len - io.start);
+    char *nl = memchr(io.buf.p + io.start, '\n', io.buf.len - io.start);
     if (nl == NULL) {
-        io.start = io.len = io.scanned = 0;
+        io.start = io.buf.len = io.scanned = 0;
         return;
     }
-    io.start = (size_t)(nl - io.buf) + 1;
+    io.start = (size_t)(nl - io.buf.p) + 1;
     io.scanned = 0;
     io.discarding = 0;
 }
@@ -136,8 +124,8 @@ static void skip_discarded(void)
 static int take_line(lua_State *L, size_t max)
 {
     skip_discarded();
-    size_t avail = io.len - io.start;
-    char *from = io.buf + io.start;
+    size_t avail = io.buf.len - io.start;
+    char *from = io.buf.p + io.start;
     char *nl = avail > io.scanned ? memchr(from + io.scanned, '\n', avail - io.scanned) : NULL;
     if (nl != NULL) {
         size_t n = (size_t)(nl - from);
@@ -152,13 +140,13 @@ static int take_line(lua_State *L, size_t max)
     io.scanned = avail;
     if (avail > max) {
         io.discarding = 1;
-        io.start = io.len = io.scanned = 0;
+        io.start = io.buf.len = io.scanned = 0;
         return ph_fail(L, "protocol", "input line too long (over %d bytes)", (int)max);
     }
     if (io.eof || io.in_error) {
         if (avail > 0) { /* a last line without its newline still counts */
             lua_pushlstring(L, from, avail);
-            io.start = io.len = io.scanned = 0;
+            io.start = io.buf.len = io.scanned = 0;
             return 1;
         }
         if (io.in_error)
@@ -190,14 +178,14 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
         b->len = 0;
         return;
     }
-    b->base = io.buf + io.len;
-    b->len = io.cap - io.len;
+    b->base = io.buf.p + io.buf.len;
+    b->len = io.buf.cap - io.buf.len;
 }
 
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
 {
     if (n > 0)
-        io.len += (size_t)n;
+        io.buf.len += (size_t)n;
     else if (n == UV_EOF)
         io.eof = 1;
     else if (n < 0)
@@ -215,7 +203,7 @@ static void on_fs_read(uv_fs_t *req)
     uv_fs_req_cleanup(req);
     io.fs_busy = 0;
     if (n > 0)
-        io.len += (size_t)n;
+        io.buf.len += (size_t)n;
     else if (n == 0)
         io.eof = 1;
     else
@@ -228,10 +216,10 @@ static void want_input(void)
 {
     if (io.eof || io.in_error)
         return;
-    int want = io.reader != NULL || io.len - io.start < READ_AHEAD;
+    int want = io.reader != NULL || io.buf.len - io.start < READ_AHEAD;
     if (io.in_fd_file) {
         if (want && !io.fs_busy && reserve(READ_CHUNK) == 0) {
-            uv_buf_t b = uv_buf_init(io.buf + io.len, (unsigned)(io.cap - io.len));
+            uv_buf_t b = uv_buf_init(io.buf.p + io.buf.len, (unsigned)(io.buf.cap - io.buf.len));
             io.fs_busy = 1;
             uv_fs_read(ph_loop(), &io.fs_req, STDIN_FILENO, &b, 1, -1, on_fs_read);
         }
@@ -294,10 +282,7 @@ static void drainers_finish(int ok)
     while (d != NULL) {
         DrainOp *next = d->next;
         ph_task *t = d->op.task;
-        if (d->timer != NULL) {
-            uv_timer_stop(d->timer);
-            uv_close((uv_handle_t *)d->timer, free_handle);
-        }
+        ph_timer_free(&d->timer);
         lua_State *co = ph_task_thread(t);
         int n = 1;
         if (ok)
@@ -342,6 +327,52 @@ static int write_blocking(const char *p, size_t n)
     return 0;
 }
 
+/* No stream on stdout (a regular file, say): plain blocking writes. */
+static int write_direct(lua_State *L, int nargs)
+{
+    for (int i = 1; i <= nargs; i++) {
+        size_t n;
+        const char *s = lua_tolstring(L, i, &n);
+        if (write_blocking(s, n) != 0) {
+            int err = errno;
+            out_failed();
+            return ph_fail_errno(L, "closed", err, "stdout write failed");
+        }
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Queue what the kernel did not take (done bytes of bufs were written) with uv_write. The
+ * strings (arguments 1..nargs) stay as they are: a WriteReq userdata holds the ones still to
+ * write as its user values, anchored until on_written. 0, or a libuv error. */
+static int queue_rest(lua_State *L, uv_buf_t *bufs, int nargs, size_t done)
+{
+    int first = 0; /* skip what the kernel took: whole buffers, then part of one */
+    while (done >= bufs[first].len) {
+        done -= bufs[first].len;
+        first++;
+    }
+    bufs[first].base += done;
+    bufs[first].len -= done;
+    WriteReq *req = lua_newuserdatauv(L, sizeof *req, nargs - first);
+    for (int i = first + 1; i <= nargs; i++) {
+        lua_pushvalue(L, i);
+        lua_setiuservalue(L, -2, i - first);
+    }
+    req->len = 0;
+    for (int i = first; i < nargs; i++)
+        req->len += bufs[i].len;
+    req->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* before uv_write: luaL_ref may raise */
+    int rc = uv_write(&req->req, io.out, bufs + first, (unsigned)(nargs - first), on_written);
+    if (rc != 0) {
+        luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
+        return rc;
+    }
+    io.queued += req->len;
+    return 0;
+}
+
 /* stdio.write(s, ...) -> true | nil, msg, "closed": queues the strings, in order, as one
  * unit (a line and its "\n" need no concatenation); never interleaves with other writes and
  * never blocks the loop. The strings are not copied: the queue holds on to them until the
@@ -363,19 +394,8 @@ static int stdio_write(lua_State *L)
         lua_pushboolean(L, 1);
         return 1;
     }
-    if (io.out == NULL) {
-        for (int i = 1; i <= nargs; i++) {
-            size_t n;
-            const char *s = lua_tolstring(L, i, &n);
-            if (write_blocking(s, n) != 0) {
-                int err = errno;
-                out_failed();
-                return ph_fail_errno(L, "closed", err, "stdout write failed");
-            }
-        }
-        lua_pushboolean(L, 1);
-        return 1;
-    }
+    if (io.out == NULL)
+        return write_direct(L, nargs);
     /* Only for this call: uv_write copies the array (not the bytes). */
     uv_buf_t small[WRITE_BUFS], *bufs = small;
     if (nargs > WRITE_BUFS)
@@ -385,40 +405,20 @@ static int stdio_write(lua_State *L)
         const char *s = lua_tolstring(L, i, &n);
         bufs[i - 1] = uv_buf_init((char *)s, (unsigned)n);
     }
+    int rc = 0;
     size_t done = 0;
     if (io.queued == 0) { /* nothing ahead of us: try to write it straight away */
         int w = uv_try_write(io.out, bufs, (unsigned)nargs);
         if (w > 0)
             done = (size_t)w;
-        else if (w < 0 && w != UV_EAGAIN) {
-            out_failed();
-            return ph_fail(L, "closed", "stdout write failed: %s", uv_strerror(w));
-        }
+        else if (w < 0 && w != UV_EAGAIN)
+            rc = w;
     }
-    if (done < total) {
-        int first = 0; /* skip what the kernel took: whole buffers, then part of one */
-        while (done >= bufs[first].len) {
-            done -= bufs[first].len;
-            first++;
-        }
-        bufs[first].base += done;
-        bufs[first].len -= done;
-        WriteReq *req = lua_newuserdatauv(L, sizeof *req, nargs - first);
-        for (int i = first + 1; i <= nargs; i++) {
-            lua_pushvalue(L, i);
-            lua_setiuservalue(L, -2, i - first);
-        }
-        req->len = 0;
-        for (int i = first; i < nargs; i++)
-            req->len += bufs[i].len;
-        req->ref = luaL_ref(L, LUA_REGISTRYINDEX); /* before uv_write: luaL_ref may raise */
-        int rc = uv_write(&req->req, io.out, bufs + first, (unsigned)(nargs - first), on_written);
-        if (rc != 0) {
-            luaL_unref(L, LUA_REGISTRYINDEX, req->ref);
-            out_failed();
-            return ph_fail(L, "closed", "stdout write failed: %s", uv_strerror(rc));
-        }
-        io.queued += req->len;
+    if (rc == 0 && done < total)
+        rc = queue_rest(L, bufs, nargs, done);
+    if (rc != 0) {
+        out_failed();
+        return ph_fail(L, "closed", "stdout write failed: %s", uv_strerror(rc));
     }
     lua_pushboolean(L, 1);
     return 1;
@@ -432,10 +432,7 @@ static void drain_cancel(ph_op *op)
     if (*pp != NULL)
         *pp = (*pp)->next;
     DrainOp *d = (DrainOp *)op;
-    if (d->timer != NULL) {
-        uv_timer_stop(d->timer);
-        uv_close((uv_handle_t *)d->timer, free_handle);
-    }
+    ph_timer_free(&d->timer);
     ph_task *t = op->task;
     free(d);
     ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "drain canceled"));
@@ -449,7 +446,7 @@ static void drain_timeout(uv_timer_t *timer)
         pp = &(*pp)->next;
     if (*pp != NULL)
         *pp = d->next;
-    uv_close((uv_handle_t *)timer, free_handle);
+    ph_timer_free(&d->timer);
     ph_task *t = d->op.task;
     free(d);
     ph_task_resume(t, ph_fail(ph_task_thread(t), "timeout", "stdout drain timed out"));
@@ -470,14 +467,12 @@ static int stdio_drain(lua_State *L)
         return 1;
     }
     DrainOp *d = calloc(1, sizeof *d);
-    if (d == NULL || (d->timer = malloc(sizeof *d->timer)) == NULL) {
+    if (d == NULL || (d->timer = ph_timer_new(d)) == NULL) {
         free(d);
         return ph_fail(L, "internal", "out of memory");
     }
     d->op.cancel = drain_cancel;
-    uv_timer_init(ph_loop(), d->timer);
-    d->timer->data = d;
-    uv_timer_start(d->timer, drain_timeout, (uint64_t)(timeout * 1000), 0);
+    ph_timer_start(d->timer, drain_timeout, timeout);
     d->next = io.drainers;
     io.drainers = d;
     lua_settop(L, 0);

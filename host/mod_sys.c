@@ -56,30 +56,28 @@ static int check_signal(lua_State *L, int idx)
 
 typedef struct {
     ph_op op;
-    uv_signal_t sig;
+    uv_signal_t *sig;
 } SignalOp;
 
-static void signal_closed(uv_handle_t *h)
+/* The wait is over: the handle closes (freed once libuv is done with it), the op goes now. */
+static ph_task *signal_done(SignalOp *s)
 {
-    free(h->data);
+    ph_task *t = s->op.task;
+    uv_close((uv_handle_t *)s->sig, ph_handle_free); /* stops it */
+    free(s);
+    return t;
 }
 
 static void signal_arrived(uv_signal_t *h, int signum)
 {
-    SignalOp *s = h->data;
-    ph_task *t = s->op.task;
-    uv_signal_stop(h);
-    uv_close((uv_handle_t *)h, signal_closed);
+    ph_task *t = signal_done(h->data);
     lua_pushstring(ph_task_thread(t), ph_signal_name(signum));
     ph_task_resume(t, 1);
 }
 
 static void signal_cancel(ph_op *op)
 {
-    SignalOp *s = (SignalOp *)op;
-    ph_task *t = op->task;
-    uv_signal_stop(&s->sig);
-    uv_close((uv_handle_t *)&s->sig, signal_closed);
+    ph_task *t = signal_done((SignalOp *)op);
     ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "signal wait canceled"));
 }
 
@@ -92,15 +90,17 @@ static int sys_wait_signal(lua_State *L)
     if (ph_task_is_canceled(t))
         return ph_fail(L, "canceled", "signal wait canceled");
     SignalOp *s = calloc(1, sizeof *s);
-    if (s == NULL)
+    if (s == NULL || (s->sig = malloc(sizeof *s->sig)) == NULL) {
+        free(s);
         return ph_fail(L, "internal", "out of memory");
+    }
     s->op.cancel = signal_cancel;
-    uv_signal_init(ph_loop(), &s->sig);
-    s->sig.data = s;
-    uv_unref((uv_handle_t *)&s->sig);
-    int rc = uv_signal_start(&s->sig, signal_arrived, sig);
+    uv_signal_init(ph_loop(), s->sig);
+    s->sig->data = s;
+    uv_unref((uv_handle_t *)s->sig);
+    int rc = uv_signal_start(s->sig, signal_arrived, sig);
     if (rc != 0) {
-        uv_close((uv_handle_t *)&s->sig, signal_closed);
+        signal_done(s);
         return ph_fail(L, "io", "cannot watch %s: %s", ph_signal_name(sig), uv_strerror(rc));
     }
     lua_settop(L, 0);

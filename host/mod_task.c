@@ -85,19 +85,15 @@ static int task_current(lua_State *L)
 
 typedef struct {
     ph_op op;
-    uv_timer_t timer;
+    uv_timer_t *timer;
 } SleepOp;
-
-static void sleep_closed(uv_handle_t *h)
-{
-    free(h->data);
-}
 
 static void sleep_fired(uv_timer_t *timer)
 {
     SleepOp *s = timer->data;
     ph_task *t = s->op.task;
-    uv_close((uv_handle_t *)timer, sleep_closed);
+    ph_timer_free(&s->timer);
+    free(s);
     lua_pushboolean(ph_task_thread(t), 1);
     ph_task_resume(t, 1);
 }
@@ -106,8 +102,8 @@ static void sleep_cancel(ph_op *op)
 {
     SleepOp *s = (SleepOp *)op;
     ph_task *t = op->task;
-    uv_timer_stop(&s->timer);
-    uv_close((uv_handle_t *)&s->timer, sleep_closed);
+    ph_timer_free(&s->timer);
+    free(s);
     ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "sleep canceled"));
 }
 
@@ -120,12 +116,12 @@ static int task_sleep(lua_State *L)
     if (ph_task_is_canceled(t))
         return ph_fail(L, "canceled", "sleep canceled");
     SleepOp *op = calloc(1, sizeof *op);
-    if (op == NULL)
+    if (op == NULL || (op->timer = ph_timer_new(op)) == NULL) {
+        free(op);
         return ph_fail(L, "internal", "out of memory");
+    }
     op->op.cancel = sleep_cancel;
-    uv_timer_init(ph_loop(), &op->timer);
-    op->timer.data = op;
-    uv_timer_start(&op->timer, sleep_fired, (uint64_t)(s * 1000.0 + 0.5), 0);
+    ph_timer_start(op->timer, sleep_fired, s);
     lua_settop(L, 0);
     return ph_task_park(L, t, &op->op);
 }

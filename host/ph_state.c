@@ -25,11 +25,17 @@ int luaopen_cjson_safe(lua_State *L); /* in Debian's liblua5.4-cjson, not in its
 static char runtime_root[PATH_MAX];
 
 static const luaL_Reg preload[] = {
-    { "host.core.task", luaopen_host_core_task }, { "host.core.stdio", luaopen_host_core_stdio },
-    { "host.core.sys", luaopen_host_core_sys },   { "host.core.proc", luaopen_host_core_proc },
-    { "host.core.http", ph_open_net_module },     { "host.core.ssh", ph_open_net_module },
-    { "host.core.util", luaopen_host_core_util }, { "cjson", luaopen_cjson },
-    { "cjson.safe", luaopen_cjson_safe },         { NULL, NULL },
+    { "host.core.task", luaopen_host_core_task },
+    { "host.core.stdio", luaopen_host_core_stdio },
+    { "host.core.sys", luaopen_host_core_sys },
+    { "host.core.proc", luaopen_host_core_proc },
+    { "host.core.http", ph_open_net_module },
+    { "host.core.ssh", ph_open_net_module },
+    { "host.core.util", luaopen_host_core_util },
+    { "host.core.rawtcp", luaopen_host_core_rawtcp }, /* specs only */
+    { "cjson", luaopen_cjson },
+    { "cjson.safe", luaopen_cjson_safe },
+    { NULL, NULL },
 };
 
 static int has_runtime(const char *dir)
@@ -126,9 +132,8 @@ int ph_open_net_module(lua_State *L)
     return open(L);
 }
 
-lua_State *ph_state_new(const char *argv0)
+lua_State *ph_state_new(void)
 {
-    (void)argv0;
     find_runtime_root();
     lua_State *L = luaL_newstate();
     if (L == NULL)

@@ -111,7 +111,6 @@ int ph_task_park(lua_State *L, ph_task *t, ph_op *op)
 }
 
 static void join_finish(Join *j, lua_State *co);
-static void join_timer_closed(uv_handle_t *h);
 
 /* The task's function returned or raised: keep its results for waiters, release the
  * anchor and wake everyone waiting. */
@@ -145,11 +144,7 @@ static void task_finish(ph_task *t, int status, int nres)
     lua_setfield(L, -2, "n");
     t->results = luaL_ref(L, LUA_REGISTRYINDEX); /* dropped by the Task's __gc */
 
-    if (t->deadline != NULL) {
-        uv_timer_stop(t->deadline);
-        uv_close((uv_handle_t *)t->deadline, join_timer_closed);
-        t->deadline = NULL;
-    }
+    ph_timer_free(&t->deadline);
     /* Closes pending to-be-closed variables now (after an error), not at collection. */
     lua_resetthread(co);
     *(ph_task **)lua_getextraspace(co) = NULL;
@@ -263,11 +258,6 @@ ph_task *ph_task_spawn(lua_State *L, int nargs)
 
 /* ---- joining ------------------------------------------------------------------------- */
 
-static void join_timer_closed(uv_handle_t *h)
-{
-    free(h);
-}
-
 static void join_detach(Join *j)
 {
     Join **pp = &j->target->joiners;
@@ -275,20 +265,14 @@ static void join_detach(Join *j)
         pp = &(*pp)->next;
     if (*pp == j)
         *pp = j->next;
-    if (j->timer != NULL) {
-        uv_close((uv_handle_t *)j->timer, join_timer_closed);
-        j->timer = NULL;
-    }
+    ph_timer_free(&j->timer);
 }
 
 /* The target finished: hand its results to the waiter. */
 static void join_finish(Join *j, lua_State *co)
 {
     ph_task *waiter = j->op.task;
-    if (j->timer != NULL) {
-        uv_close((uv_handle_t *)j->timer, join_timer_closed);
-        j->timer = NULL;
-    }
+    ph_timer_free(&j->timer);
     int n = ph_task_push_results(co, j->target);
     free(j);
     ph_task_wake(waiter, n);
@@ -352,14 +336,11 @@ int ph_task_wait(lua_State *L, ph_task *target, double timeout)
     j->op.cancel = join_cancel;
     j->target = target;
     if (timeout >= 0) {
-        j->timer = malloc(sizeof *j->timer);
-        if (j->timer == NULL) {
+        if ((j->timer = ph_timer_new(j)) == NULL) {
             free(j);
             return ph_fail(L, "internal", "out of memory");
         }
-        uv_timer_init(ph_loop(), j->timer);
-        j->timer->data = j;
-        uv_timer_start(j->timer, join_timeout, (uint64_t)(timeout * 1000.0 + 0.5), 0);
+        ph_timer_start(j->timer, join_timeout, timeout);
     }
     j->next = target->joiners;
     target->joiners = j;
@@ -394,14 +375,9 @@ int ph_task_cancel_after(ph_task *t, double seconds)
             uv_timer_stop(t->deadline);
         return 0;
     }
-    if (t->deadline == NULL) {
-        t->deadline = malloc(sizeof *t->deadline);
-        if (t->deadline == NULL)
-            return -1;
-        uv_timer_init(ph_loop(), t->deadline);
-        t->deadline->data = t;
-    }
-    uv_timer_start(t->deadline, deadline_fired, (uint64_t)(seconds * 1000.0 + 0.5), 0);
+    if (t->deadline == NULL && (t->deadline = ph_timer_new(t)) == NULL)
+        return -1;
+    ph_timer_start(t->deadline, deadline_fired, seconds);
     return 0;
 }
 

@@ -1,4 +1,4 @@
-/* test_http_parse.c - tests of host/ph_http_parse.c: every rule, incremental feeds, fuzzing. */
+/* test_http_parse.c - tests of host/net/ph_http_parse.c: every rule, incremental feeds, fuzzing. */
 #include "ph_http_parse.h"
 
 #include <limits.h>

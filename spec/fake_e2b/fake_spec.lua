@@ -6,7 +6,7 @@ local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local http = require("host.http")
 local json = require("host.json")
-local raw_connect = require("host.core.http")._raw_connect -- spec-only raw TCP client
+local raw_connect = require("host.core.rawtcp").connect -- spec-only raw TCP client
 local task = require("host.task")
 local util = require("host.util")
 

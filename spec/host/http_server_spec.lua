@@ -2,7 +2,7 @@
 -- client would send) and against the client, through the real host binary.
 local helpers = require("spec.helpers")
 local http = require("host.http")
-local raw_connect = require("host.core.http")._raw_connect -- spec-only raw TCP client
+local raw_connect = require("host.core.rawtcp").connect -- spec-only raw TCP client
 local proc = require("host.proc")
 local task = require("host.task")
 

@@ -101,13 +101,19 @@ bad:
     return -1;
 }
 
-int ph_ssh_key_check(const char *text, size_t len, int has_pass, SshKeyInfo *info, const char **msg)
+/* The armor of a private key: "-----BEGIN <label>-----", the body, "-----END <label>-----". */
+typedef struct {
+    const char *label; /* "OPENSSH PRIVATE KEY", "RSA PRIVATE KEY" ... (not terminated) */
+    size_t lablen;
+    const char *body, *stop; /* between the BEGIN and the END lines */
+    int openssh;             /* openssh-key-v1 inside */
+    int pem;                 /* PKCS#1, SEC1 or PKCS#8 DER inside */
+    int pkcs8enc;            /* PKCS#8, encrypted */
+} Armor;
+
+/* Find the armor, refusing what is no private key with a message saying what it is. */
+static int find_armor(const char *text, size_t len, Armor *a, const char **msg)
 {
-    memset(info, 0, sizeof *info);
-    while (len > 0 && (*text == ' ' || *text == '\t' || *text == '\r' || *text == '\n')) {
-        text++;
-        len--;
-    }
     if (starts(text, len, "PuTTY-User-Key-File-")) {
         *msg = BAD_KEY " (it is a PuTTY .ppk file: export it from PuTTYgen as OpenSSH)";
         return -1;
@@ -116,49 +122,93 @@ int ph_ssh_key_check(const char *text, size_t len, int has_pass, SshKeyInfo *inf
         *msg = BAD_KEY " (it is a PUBLIC key: give the file without .pub)";
         return -1;
     }
-    if (!starts(text, len, "-----BEGIN ")) {
+    const char *dash = NULL;
+    if (starts(text, len, "-----BEGIN ")) {
+        a->label = text + 11;
+        dash = find(a->label, len - 11, "-----");
+    }
+    if (dash == NULL || dash - a->label > 40) {
         *msg = BAD_KEY " (no -----BEGIN ... PRIVATE KEY----- line)";
         return -1;
     }
-    const char *label = text + 11;
-    const char *dash = find(label, len - 11, "-----");
-    if (dash == NULL || dash - label > 40) {
-        *msg = BAD_KEY " (no -----BEGIN ... PRIVATE KEY----- line)";
-        return -1;
-    }
+    a->lablen = (size_t)(dash - a->label);
     char endline[64];
-    snprintf(endline, sizeof endline, "-----END %.*s-----", (int)(dash - label), label);
-    const char *body = dash + 5;
-    const char *stop = find(body, len - (size_t)(body - text), endline);
-    if (stop == NULL) {
+    snprintf(endline, sizeof endline, "-----END %.*s-----", (int)a->lablen, a->label);
+    a->body = dash + 5;
+    a->stop = find(a->body, len - (size_t)(a->body - text), endline);
+    if (a->stop == NULL) {
         *msg = BAD_KEY " (its END line is missing: truncated?)";
         return -1;
     }
-    size_t lablen = (size_t)(dash - label);
-    int openssh = lablen == 19 && memcmp(label, "OPENSSH PRIVATE KEY", 19) == 0;
-    int pkcs8enc = lablen == 21 && memcmp(label, "ENCRYPTED PRIVATE KEY", 21) == 0;
-    int pem = (lablen == 15 && memcmp(label, "RSA PRIVATE KEY", 15) == 0) ||
-              (lablen == 14 && memcmp(label, "EC PRIVATE KEY", 14) == 0) ||
-              (lablen == 11 && memcmp(label, "PRIVATE KEY", 11) == 0) || pkcs8enc;
-    if (!openssh && !pem) {
+    const char *l = a->label;
+    size_t n = a->lablen;
+    a->openssh = n == 19 && memcmp(l, "OPENSSH PRIVATE KEY", 19) == 0;
+    a->pkcs8enc = n == 21 && memcmp(l, "ENCRYPTED PRIVATE KEY", 21) == 0;
+    a->pem = (n == 15 && memcmp(l, "RSA PRIVATE KEY", 15) == 0) ||
+             (n == 14 && memcmp(l, "EC PRIVATE KEY", 14) == 0) ||
+             (n == 11 && memcmp(l, "PRIVATE KEY", 11) == 0) || a->pkcs8enc;
+    if (!a->openssh && !a->pem) {
         *msg = BAD_KEY " (unsupported BEGIN label)";
         return -1;
     }
-    /* PEM headers ("Proc-Type: 4,ENCRYPTED") come before a blank line; base64 follows. */
-    const char *b64 = body;
-    if (pem && find(body, (size_t)(stop - body), ":") != NULL) {
-        const char *hdr_end = find(body, (size_t)(stop - body), "\n\n");
-        const char *hdr_end2 = find(body, (size_t)(stop - body), "\r\n\r\n");
-        if (hdr_end == NULL || (hdr_end2 != NULL && hdr_end2 < hdr_end))
-            hdr_end = hdr_end2;
-        if (hdr_end == NULL) {
-            *msg = BAD_KEY " (damaged PEM headers)";
-            return -1;
-        }
-        info->encrypted = find(body, (size_t)(hdr_end - body), "ENCRYPTED") != NULL;
-        b64 = hdr_end;
+    return 0;
+}
+
+/* Where the base64 starts: PEM headers ("Proc-Type: 4,ENCRYPTED") come before a blank line.
+ * NULL (with *msg) when they are damaged. */
+static const char *skip_pem_headers(const Armor *a, SshKeyInfo *info, const char **msg)
+{
+    size_t n = (size_t)(a->stop - a->body);
+    if (!a->pem || find(a->body, n, ":") == NULL)
+        return a->body;
+    const char *hdr_end = find(a->body, n, "\n\n");
+    const char *hdr_end2 = find(a->body, n, "\r\n\r\n");
+    if (hdr_end == NULL || (hdr_end2 != NULL && hdr_end2 < hdr_end))
+        hdr_end = hdr_end2;
+    if (hdr_end == NULL) {
+        *msg = BAD_KEY " (damaged PEM headers)";
+        return NULL;
     }
-    size_t n = (size_t)(stop - b64), m = 0;
+    info->encrypted = find(a->body, (size_t)(hdr_end - a->body), "ENCRYPTED") != NULL;
+    return hdr_end;
+}
+
+/* PKCS#1, SEC1 or PKCS#8 DER: a SEQUENCE, unless encrypted (then a passphrase is needed). */
+static int check_der(const Armor *a, const unsigned char *der, size_t dlen, int has_pass,
+                     SshKeyInfo *info, const char **msg)
+{
+    int rc = 0;
+    if (a->pkcs8enc)
+        info->encrypted = 1;
+    if (!info->encrypted && (dlen < 2 || der[0] != 0x30)) { /* DER opens with a SEQUENCE */
+        *msg = BAD_KEY " (damaged DER data)";
+        rc = -1;
+    } else if (info->encrypted && !has_pass) {
+        *msg = "ssh: private key is encrypted; give a passphrase";
+        rc = -1;
+    }
+    const char *t = a->label[0] == 'R'                         ? "rsa"
+                    : a->label[0] == 'E' && a->label[1] == 'C' ? "ec"
+                                                               : "pkcs8";
+    snprintf(info->type, sizeof info->type, "%s", t);
+    info->rsa = a->label[0] == 'R';
+    return rc;
+}
+
+int ph_ssh_key_check(const char *text, size_t len, int has_pass, SshKeyInfo *info, const char **msg)
+{
+    memset(info, 0, sizeof *info);
+    while (len > 0 && (*text == ' ' || *text == '\t' || *text == '\r' || *text == '\n')) {
+        text++;
+        len--;
+    }
+    Armor a;
+    if (find_armor(text, len, &a, msg) != 0)
+        return -1;
+    const char *b64 = skip_pem_headers(&a, info, msg);
+    if (b64 == NULL)
+        return -1;
+    size_t n = (size_t)(a.stop - b64), m = 0;
     char *clean = malloc(n + 1);
     unsigned char *der = malloc(ph_base64_decoded_max(n) + 1);
     if (clean == NULL || der == NULL) {
@@ -176,24 +226,10 @@ int ph_ssh_key_check(const char *text, size_t len, int has_pass, SshKeyInfo *inf
         *msg = m == 0 ? BAD_KEY " (nothing between its BEGIN and END lines)"
                       : BAD_KEY " (bad base64 between its BEGIN and END lines)";
         rc = -1;
-    } else if (openssh) {
+    } else if (a.openssh) {
         rc = check_openssh(der, dlen, has_pass, info, msg);
     } else {
-        rc = 0;
-        if (pkcs8enc)
-            info->encrypted = 1;
-        if (!info->encrypted && (dlen < 2 || der[0] != 0x30)) { /* DER opens with a SEQUENCE */
-            *msg = BAD_KEY " (damaged DER data)";
-            rc = -1;
-        } else if (info->encrypted && !has_pass) {
-            *msg = "ssh: private key is encrypted; give a passphrase";
-            rc = -1;
-        }
-        const char *t = label[0] == 'R'                      ? "rsa"
-                        : label[0] == 'E' && label[1] == 'C' ? "ec"
-                                                             : "pkcs8";
-        snprintf(info->type, sizeof info->type, "%s", t);
-        info->rsa = label[0] == 'R';
+        rc = check_der(&a, der, dlen, has_pass, info, msg);
     }
     explicit_bzero(clean, n + 1);
     explicit_bzero(der, dlen);
@@ -346,6 +382,51 @@ static int append_known(LIBSSH2_KNOWNHOSTS *kh, const SshTarget *t, const char *
     return err;
 }
 
+/* The host key against known_hosts (read into kh), as the policy says: a match is accepted,
+ * a different key refused, an unknown host added ("accept-new") or refused ("yes"). */
+static int check_known(LIBSSH2_KNOWNHOSTS *kh, SshSession *s, const char *key, size_t len,
+                       int knownkey, const char **code, char **msg)
+{
+    const SshTarget *t = &s->t;
+    char pat[1100];
+    host_pattern(t, pat, sizeof pat);
+    int rc = libssh2_knownhost_checkp(
+        kh, pat, -1, key, len,
+        LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW | knownkey, NULL);
+    int result = 0;
+    if (rc == LIBSSH2_KNOWNHOST_CHECK_MATCH) {
+        result = 0;
+    } else if (rc == LIBSSH2_KNOWNHOST_CHECK_MISMATCH || known_types(kh, t) != 0) {
+        /* a different key, or only keys of types the server no longer offers */
+        *code = "protocol";
+        *msg = ph_printf_alloc(
+            "ssh: host key for %s:%d changed (fingerprint %s); it does not match %s. If the host "
+            "was rebuilt on purpose, remove its line from that file",
+            t->host, t->port, s->fingerprint, t->known_hosts);
+        result = -1;
+    } else if (rc == LIBSSH2_KNOWNHOST_CHECK_NOTFOUND && t->policy == SSH_POLICY_ACCEPT_NEW) {
+        int err = append_known(kh, t, key, len, knownkey);
+        if (err != 0) {
+            *code = "io";
+            *msg = ph_printf_alloc("ssh: cannot add %s:%d to known_hosts %s: %s", t->host, t->port,
+                                   t->known_hosts, strerror(err));
+            result = -1;
+        }
+    } else if (rc == LIBSSH2_KNOWNHOST_CHECK_NOTFOUND) {
+        *code = "protocol";
+        *msg = ph_printf_alloc("ssh: host key for %s:%d (fingerprint %s) is not in %s, and "
+                               "host_key_policy \"yes\" accepts only known hosts",
+                               t->host, t->port, s->fingerprint, t->known_hosts);
+        result = -1;
+    } else {
+        *code = "protocol";
+        *msg = ph_printf_alloc("ssh: cannot check the host key of %s:%d against %s", t->host,
+                               t->port, t->known_hosts);
+        result = -1;
+    }
+    return result;
+}
+
 int ph_ssh_hostkey_verify(SshSession *s, const char **code, char **msg)
 {
     const SshTarget *t = &s->t;
@@ -354,7 +435,7 @@ int ph_ssh_hostkey_verify(SshSession *s, const char **code, char **msg)
     const char *key = libssh2_session_hostkey(s->ssh, &len, &type);
     if (key == NULL) {
         *code = "protocol";
-        *msg = ph_ssh_strdup_printf("ssh: %s:%d sent no host key", t->host, t->port);
+        *msg = ph_printf_alloc("ssh: %s:%d sent no host key", t->host, t->port);
         return -1;
     }
     ph_ssh_fingerprint(key, len, s->fingerprint);
@@ -370,8 +451,7 @@ int ph_ssh_hostkey_verify(SshSession *s, const char **code, char **msg)
             knownkey = key_types[i].knownkey;
     if (knownkey == 0) {
         *code = "protocol";
-        *msg =
-            ph_ssh_strdup_printf("ssh: %s:%d sent a host key of an unknown type", t->host, t->port);
+        *msg = ph_printf_alloc("ssh: %s:%d sent a host key of an unknown type", t->host, t->port);
         return -1;
     }
     LIBSSH2_KNOWNHOSTS *kh = libssh2_knownhost_init(s->ssh);
@@ -380,46 +460,11 @@ int ph_ssh_hostkey_verify(SshSession *s, const char **code, char **msg)
         if (kh != NULL)
             libssh2_knownhost_free(kh);
         *code = "io";
-        *msg = ph_ssh_strdup_printf("ssh: cannot read known_hosts %s: %s", t->known_hosts,
-                                    strerror(err));
+        *msg =
+            ph_printf_alloc("ssh: cannot read known_hosts %s: %s", t->known_hosts, strerror(err));
         return -1;
     }
-    char pat[1100];
-    host_pattern(t, pat, sizeof pat);
-    int rc = libssh2_knownhost_checkp(
-        kh, pat, -1, key, len,
-        LIBSSH2_KNOWNHOST_TYPE_PLAIN | LIBSSH2_KNOWNHOST_KEYENC_RAW | knownkey, NULL);
-    int result = 0;
-    if (rc == LIBSSH2_KNOWNHOST_CHECK_MATCH) {
-        result = 0;
-    } else if (rc == LIBSSH2_KNOWNHOST_CHECK_MISMATCH || known_types(kh, t) != 0) {
-        /* a different key, or only keys of types the server no longer offers */
-        *code = "protocol";
-        *msg = ph_ssh_strdup_printf(
-            "ssh: host key for %s:%d changed (fingerprint %s); it does not match %s. If the host "
-            "was rebuilt on purpose, remove its line from that file",
-            t->host, t->port, s->fingerprint, t->known_hosts);
-        result = -1;
-    } else if (rc == LIBSSH2_KNOWNHOST_CHECK_NOTFOUND && t->policy == SSH_POLICY_ACCEPT_NEW) {
-        int err = append_known(kh, t, key, len, knownkey);
-        if (err != 0) {
-            *code = "io";
-            *msg = ph_ssh_strdup_printf("ssh: cannot add %s:%d to known_hosts %s: %s", t->host,
-                                        t->port, t->known_hosts, strerror(err));
-            result = -1;
-        }
-    } else if (rc == LIBSSH2_KNOWNHOST_CHECK_NOTFOUND) {
-        *code = "protocol";
-        *msg = ph_ssh_strdup_printf("ssh: host key for %s:%d (fingerprint %s) is not in %s, and "
-                                    "host_key_policy \"yes\" accepts only known hosts",
-                                    t->host, t->port, s->fingerprint, t->known_hosts);
-        result = -1;
-    } else {
-        *code = "protocol";
-        *msg = ph_ssh_strdup_printf("ssh: cannot check the host key of %s:%d against %s", t->host,
-                                    t->port, t->known_hosts);
-        result = -1;
-    }
+    int result = check_known(kh, s, key, len, knownkey, code, msg);
     libssh2_knownhost_free(kh);
     return result;
 }

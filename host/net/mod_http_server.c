@@ -1,5 +1,5 @@
 /* mod_http_server.c - host.core.http's server: http.serve{...} on the strict parser of
- * ph_http_parse.c, every request its own task; plus a raw TCP client that only specs use.
+ * ph_http_parse.c, every request its own task.
  *
  * A connection reads one request (head and whole body, within head_timeout), runs the handler
  * as a task, writes the response, then takes the next request: pipelined requests are answered
@@ -19,7 +19,6 @@
 
 #define SERVER_MT   "host.http.Server"
 #define RESPONSE_MT "host.http.ServerResponse"
-#define RAW_MT      "host.http.RawConn"
 
 #define DEFAULT_IDLE_TIMEOUT 30.0
 #define DEFAULT_HEAD_TIMEOUT 30.0
@@ -27,11 +26,6 @@
 #define WRITE_HIGH           (64 * 1024) /* res:write waits while more than this is queued */
 #define LINGER_MS            2000        /* after our last byte, drain the peer this long */
 #define BACKLOG              511
-
-static void free_handle(uv_handle_t *h)
-{
-    free(h);
-}
 
 /* ---- types ---------------------------------------------------------------------------- */
 
@@ -369,28 +363,10 @@ static void push_lower(lua_State *L, const char *s, size_t n)
     luaL_pushresultsize(&b, n);
 }
 
-/* The head is parsed (rc bytes): build the request table, set up the body. */
-static int head_complete(Conn *c, int rc)
+/* The fields of the request table: headers (lowercase names, repeated fields joined with
+ * ", ") and header_list ({name, value} as sent, in order). */
+static void push_headers(lua_State *L, const PhHttpRequest *r)
 {
-    PhHttpRequest *r = &c->req;
-    lua_State *L = ph_main_state();
-    if (!lua_checkstack(L, 16))
-        return -500;
-    lua_createtable(L, 0, 12);
-    lua_pushlstring(L, r->method, r->method_len);
-    lua_setfield(L, -2, "method");
-    lua_pushlstring(L, r->target, r->target_len);
-    lua_setfield(L, -2, "target");
-    const char *q = memchr(r->target, '?', r->target_len);
-    size_t plen = q != NULL ? (size_t)(q - r->target) : r->target_len;
-    lua_pushlstring(L, r->target, plen);
-    lua_setfield(L, -2, "path");
-    if (q != NULL) {
-        lua_pushlstring(L, q + 1, r->target_len - plen - 1);
-        lua_setfield(L, -2, "query");
-    }
-    lua_pushstring(L, r->minor_version == 1 ? "1.1" : "1.0");
-    lua_setfield(L, -2, "version");
     lua_createtable(L, 0, (int)r->num_headers); /* headers */
     lua_createtable(L, (int)r->num_headers, 0); /* header_list */
     for (size_t i = 0; i < r->num_headers; i++) {
@@ -415,12 +391,42 @@ static int head_complete(Conn *c, int rc)
     }
     lua_setfield(L, -3, "header_list");
     lua_setfield(L, -2, "headers");
+}
+
+/* Under ph_protect: the request table, anchored in c->req_ref until its body is read. */
+static void push_request(lua_State *L, void *ud)
+{
+    Conn *c = ud;
+    const PhHttpRequest *r = &c->req;
+    lua_createtable(L, 0, 12);
+    lua_pushlstring(L, r->method, r->method_len);
+    lua_setfield(L, -2, "method");
+    lua_pushlstring(L, r->target, r->target_len);
+    lua_setfield(L, -2, "target");
+    const char *q = memchr(r->target, '?', r->target_len);
+    size_t plen = q != NULL ? (size_t)(q - r->target) : r->target_len;
+    lua_pushlstring(L, r->target, plen);
+    lua_setfield(L, -2, "path");
+    if (q != NULL) {
+        lua_pushlstring(L, q + 1, r->target_len - plen - 1);
+        lua_setfield(L, -2, "query");
+    }
+    lua_pushstring(L, r->minor_version == 1 ? "1.1" : "1.0");
+    lua_setfield(L, -2, "version");
+    push_headers(L, r);
     lua_pushstring(L, c->remote);
     lua_setfield(L, -2, "remote_addr");
     lua_pushinteger(L, c->remote_port);
     lua_setfield(L, -2, "remote_port");
     c->req_ref = luaL_ref(L, LUA_REGISTRYINDEX);
+}
 
+/* The head is parsed (rc bytes): build the request table, set up the body. */
+static int head_complete(Conn *c, int rc)
+{
+    PhHttpRequest *r = &c->req;
+    if (ph_protect(push_request, c, "http: cannot take a request", NULL) != 0)
+        return -500;
     c->keep_alive = r->keep_alive;
     c->minor = r->minor_version;
     c->is_head = r->method_len == 4 && memcmp(r->method, "HEAD", 4) == 0;
@@ -468,34 +474,49 @@ static int body_feed(Conn *c)
 
 static int handler_trampoline(lua_State *L);
 
-static int spawn_handler(Conn *c)
+/* What start_handler made. */
+typedef struct {
+    Conn *c;
+    Response *res;
+    ph_task *task;
+} HandlerStart;
+
+/* Under ph_protect: the handler's task, started with handler_trampoline(handler, req, res);
+ * the request table gets its body. */
+static void start_handler(lua_State *L, void *ud)
 {
-    Server *srv = c->srv;
-    lua_State *L = ph_main_state();
-    if (!lua_checkstack(L, 8))
-        return -500;
+    HandlerStart *hs = ud;
+    Conn *c = hs->c;
     lua_pushcfunction(L, handler_trampoline);
-    lua_rawgeti(L, LUA_REGISTRYINDEX, srv->handler_ref);
+    lua_rawgeti(L, LUA_REGISTRYINDEX, c->srv->handler_ref);
     lua_rawgeti(L, LUA_REGISTRYINDEX, c->req_ref);
-    luaL_unref(L, LUA_REGISTRYINDEX, c->req_ref);
-    c->req_ref = LUA_NOREF;
     lua_pushlstring(L, c->body.p != NULL ? c->body.p : "", c->body.len);
     lua_setfield(L, -2, "body");
-    if (c->body.cap > READ_CHUNK) /* do not keep a large body's memory for the next request */
-        ph_buf_free(&c->body);
-    c->body.len = 0;
     Response *res = lua_newuserdatauv(L, sizeof *res, 0);
     memset(res, 0, sizeof *res);
     res->c = c;
     res->len = -1;
     luaL_setmetatable(L, RESPONSE_MT);
-    c->res = res;
+    hs->res = res;
+    hs->task = ph_task_spawn(L, 3); /* its handle is dropped with the call's stack */
+}
+
+static int spawn_handler(Conn *c)
+{
+    HandlerStart hs = { c, NULL, NULL };
+    if (ph_protect(start_handler, &hs, "http: cannot start a request handler", NULL) != 0)
+        return -500;
+    luaL_unref(ph_main_state(), LUA_REGISTRYINDEX, c->req_ref);
+    c->req_ref = LUA_NOREF;
+    if (c->body.cap > READ_CHUNK) /* do not keep a large body's memory for the next request */
+        ph_buf_free(&c->body);
+    c->body.len = 0;
+    c->res = hs.res;
+    c->task = hs.task;
     c->refs++; /* released when the handler ends */
     c->state = ST_HANDLING;
     conn_timer(c, TM_NONE, 0);
-    srv->requests++;
-    c->task = ph_task_spawn(L, 3);
-    lua_pop(L, 1); /* the Task handle */
+    c->srv->requests++;
     return 0;
 }
 
@@ -585,27 +606,50 @@ static void conn_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
         conn_update_reading(c);
 }
 
+/* No memory for a connection: accept it and drop it, or libuv stops accepting altogether. */
+static void accept_and_drop(uv_stream_t *listener)
+{
+    uv_tcp_t *tmp = malloc(sizeof *tmp);
+    if (tmp != NULL && uv_tcp_init(ph_loop(), tmp) == 0) {
+        uv_accept(listener, (uv_stream_t *)tmp);
+        uv_close((uv_handle_t *)tmp, ph_handle_free);
+    } else {
+        free(tmp);
+    }
+}
+
+/* The client's address and port, for req.remote_addr and req.remote_port. */
+static void conn_peer(Conn *c)
+{
+    struct sockaddr_storage sa;
+    int salen = sizeof sa;
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) != 0)
+        return;
+    if (sa.ss_family == AF_INET6) {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&sa;
+        uv_ip6_name(a6, c->remote, sizeof c->remote);
+        c->remote_port = ntohs(a6->sin6_port);
+    } else {
+        struct sockaddr_in *a4 = (struct sockaddr_in *)&sa;
+        uv_ip4_name(a4, c->remote, sizeof c->remote);
+        c->remote_port = ntohs(a4->sin_port);
+    }
+}
+
 static void on_connection(uv_stream_t *listener, int status)
 {
     Server *srv = listener->data;
     if (status < 0 || !srv->listening)
         return;
     Conn *c = calloc(1, sizeof *c);
-    uv_tcp_t *tmp = NULL;
-    if (c == NULL) { /* accept and drop it, or libuv stops accepting altogether */
-        tmp = malloc(sizeof *tmp);
-        if (tmp != NULL && uv_tcp_init(ph_loop(), tmp) == 0) {
-            uv_accept(listener, (uv_stream_t *)tmp);
-            uv_close((uv_handle_t *)tmp, free_handle);
-        } else {
-            free(tmp);
-        }
+    if (c == NULL) {
+        accept_and_drop(listener);
         return;
     }
     uv_tcp_init(ph_loop(), &c->tcp);
     c->tcp.data = c;
     if (uv_accept(listener, (uv_stream_t *)&c->tcp) != 0) {
-        uv_close((uv_handle_t *)&c->tcp, free_handle); /* c starts with the handle */
+        uv_close((uv_handle_t *)&c->tcp, ph_handle_free); /* c starts with the handle */
         return;
     }
     uv_timer_init(ph_loop(), &c->timer);
@@ -624,19 +668,7 @@ static void on_connection(uv_stream_t *listener, int status)
     srv->accepted++;
     srv->open++;
     uv_tcp_nodelay(&c->tcp, 1);
-    struct sockaddr_storage sa;
-    int salen = sizeof sa;
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&sa, &salen) == 0) {
-        if (sa.ss_family == AF_INET6) {
-            struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)&sa;
-            uv_ip6_name(a6, c->remote, sizeof c->remote);
-            c->remote_port = ntohs(a6->sin6_port);
-        } else {
-            struct sockaddr_in *a4 = (struct sockaddr_in *)&sa;
-            uv_ip4_name(a4, c->remote, sizeof c->remote);
-            c->remote_port = ntohs(a4->sin_port);
-        }
-    }
+    conn_peer(c);
     c->state = ST_HEAD;
     conn_process(c);
 }
@@ -928,7 +960,7 @@ static int handler_msgh(lua_State *L)
 {
     if (is_abort(L, 1))
         return 1;
-    return ph_http_traceback(L);
+    return ph_traceback(L);
 }
 
 /* The task body: handler(req, res) under a yieldable pcall, then the response. */
@@ -1182,13 +1214,27 @@ static int server_tostring(lua_State *L)
     return 1;
 }
 
-static int parse_addr(const char *host, int port, struct sockaddr_storage *sa)
+/* Bind and listen; srv->port is the port bound (port 0 picks a free one). 0, or a libuv
+ * error, and then the handle is closing. */
+static int server_listen(Server *srv, const struct sockaddr_storage *sa)
 {
-    if (strcmp(host, "localhost") == 0)
-        host = "127.0.0.1";
-    if (uv_ip4_addr(host, port, (struct sockaddr_in *)sa) == 0)
-        return 0;
-    return uv_ip6_addr(host, port, (struct sockaddr_in6 *)sa);
+    uv_tcp_init(ph_loop(), &srv->tcp);
+    srv->tcp.data = srv;
+    srv->handle_open = 1;
+    int rc = uv_tcp_bind(&srv->tcp, (const struct sockaddr *)sa, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&srv->tcp, BACKLOG, on_connection);
+    if (rc != 0) {
+        uv_close((uv_handle_t *)&srv->tcp, server_handle_closed);
+        return rc;
+    }
+    struct sockaddr_storage bound;
+    int blen = sizeof bound;
+    uv_tcp_getsockname(&srv->tcp, (struct sockaddr *)&bound, &blen);
+    srv->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
+                                                  : ((struct sockaddr_in *)&bound)->sin_port);
+    srv->listening = 1;
+    return 0;
 }
 
 /* http.serve{handler=, host=, port=, max_head=, max_headers=, max_body=, idle_timeout=,
@@ -1216,10 +1262,10 @@ static int http_serve(lua_State *L)
                                                    PH_HTTP_MAX_HEADERS);
     size_t max_body = (size_t)ph_opt_integer_in(L, fname, "max_body", PH_HTTP_DEFAULT_MAX_BODY, 1,
                                                 (lua_Integer)1 << 40);
-    double idle = ph_http_opt_seconds(L, fname, "idle_timeout", DEFAULT_IDLE_TIMEOUT);
-    double head = ph_http_opt_seconds(L, fname, "head_timeout", DEFAULT_HEAD_TIMEOUT);
+    double idle = ph_opt_seconds_in(L, fname, "idle_timeout", DEFAULT_IDLE_TIMEOUT, 0);
+    double head = ph_opt_seconds_in(L, fname, "head_timeout", DEFAULT_HEAD_TIMEOUT, 0);
     struct sockaddr_storage sa;
-    if (parse_addr(host, port, &sa) != 0)
+    if (ph_ip_addr(host, port, &sa) != 0)
         ph_argerror_in(L, fname, "field 'host' must be an IP address or localhost, got '%s'", host);
 
     ServerUd *ud = lua_newuserdatauv(L, sizeof *ud, 1); /* closed first: index 4 */
@@ -1236,298 +1282,17 @@ static int http_serve(lua_State *L)
     srv->max_head = max_head;
     srv->max_headers = max_headers;
     srv->max_body = max_body;
-    srv->idle_ms = (uint64_t)(idle * 1000.0 + 0.5);
-    srv->head_ms = (uint64_t)(head * 1000.0 + 0.5);
-    uv_tcp_init(ph_loop(), &srv->tcp);
-    srv->tcp.data = srv;
-    srv->handle_open = 1;
-    int rc = uv_tcp_bind(&srv->tcp, (struct sockaddr *)&sa, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&srv->tcp, BACKLOG, on_connection);
-    if (rc != 0) {
-        uv_close((uv_handle_t *)&srv->tcp, server_handle_closed);
+    srv->idle_ms = ph_ms(idle);
+    srv->head_ms = ph_ms(head);
+    int rc = server_listen(srv, &sa);
+    if (rc != 0)
         return ph_fail(L, "io", "http: cannot listen on %s:%d: %s", host, port, uv_strerror(rc));
-    }
-    struct sockaddr_storage bound;
-    int blen = sizeof bound;
-    uv_tcp_getsockname(&srv->tcp, (struct sockaddr *)&bound, &blen);
-    srv->port = ntohs(bound.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&bound)->sin6_port
-                                                  : ((struct sockaddr_in *)&bound)->sin_port);
-    srv->listening = 1;
     lua_pushvalue(L, 2);
     srv->handler_ref = luaL_ref(L, LUA_REGISTRYINDEX);
     lua_pushvalue(L, 4);
     srv->self_ref = luaL_ref(L, LUA_REGISTRYINDEX); /* a listening server is never collected */
     lua_settop(L, 4);
     return 1;
-}
-
-/* ---- raw TCP client: for specs that must send bytes no HTTP client would ---------------- */
-
-typedef struct {
-    ph_op op; /* first: the task waiting to connect or receive */
-    uv_tcp_t tcp;
-    uv_timer_t timer;
-    uv_connect_t creq;
-    uv_shutdown_t sreq;
-    int parked; /* 0, 1 connect, 2 recv */
-    int ud_ref; /* the userdata, anchored while connecting */
-    int refs;   /* open handles + 1 for the userdata */
-    int closed, eof, error;
-    PhBuf in;
-    double timeout;
-} RawConn;
-
-typedef struct {
-    RawConn *rc;
-} RawUd;
-
-static void raw_unref(RawConn *rc)
-{
-    if (--rc->refs == 0) {
-        ph_buf_free(&rc->in);
-        free(rc);
-    }
-}
-
-static void raw_handle_closed(uv_handle_t *h)
-{
-    raw_unref(h->data);
-}
-
-static void raw_resume(RawConn *rc, int n, int later)
-{
-    ph_task *t = rc->op.task;
-    rc->parked = 0;
-    uv_timer_stop(&rc->timer);
-    if (later)
-        ph_task_wake(t, n);
-    else
-        ph_task_resume(t, n);
-}
-
-/* What a recv returns now, or -1 to wait. */
-static int raw_take(lua_State *L, RawConn *rc)
-{
-    if (rc->in.len > 0) {
-        lua_pushlstring(L, rc->in.p, rc->in.len);
-        rc->in.len = 0;
-        return 1;
-    }
-    if (rc->error)
-        return ph_fail(L, "closed", "tcp: connection reset");
-    if (rc->eof || rc->closed) {
-        lua_pushnil(L);
-        return 1;
-    }
-    return -1;
-}
-
-static void raw_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *b)
-{
-    RawConn *rc = h->data;
-    if (ph_buf_reserve(&rc->in, READ_CHUNK) != 0) {
-        b->base = NULL;
-        b->len = 0;
-        return;
-    }
-    b->base = rc->in.p + rc->in.len;
-    b->len = rc->in.cap - rc->in.len;
-}
-
-static void raw_on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *b)
-{
-    RawConn *rc = s->data;
-    if (n == 0)
-        return;
-    if (n > 0)
-        rc->in.len += (size_t)n;
-    else {
-        if (n == UV_EOF)
-            rc->eof = 1;
-        else
-            rc->error = 1;
-        uv_read_stop(s);
-    }
-    if (rc->parked == 2)
-        raw_resume(rc, raw_take(ph_task_thread(rc->op.task), rc), 0);
-}
-
-static void raw_timed_out(uv_timer_t *tm)
-{
-    RawConn *rc = tm->data;
-    lua_State *co = ph_task_thread(rc->op.task);
-    if (rc->ud_ref != LUA_NOREF) { /* the connect itself: give up on it */
-        luaL_unref(co, LUA_REGISTRYINDEX, rc->ud_ref);
-        rc->ud_ref = LUA_NOREF;
-    }
-    raw_resume(rc, ph_fail(co, "timeout", "tcp: timed out after %fs", rc->timeout), 0);
-}
-
-static void raw_connected(uv_connect_t *req, int status)
-{
-    RawConn *rc = req->data;
-    if (rc->parked != 1) /* canceled or timed out meanwhile */
-        return;
-    lua_State *co = ph_task_thread(rc->op.task);
-    int n;
-    if (status == 0 && !rc->closed) {
-        uv_read_start((uv_stream_t *)&rc->tcp, raw_alloc, raw_on_read);
-        lua_rawgeti(co, LUA_REGISTRYINDEX, rc->ud_ref);
-        n = 1;
-    } else {
-        n = ph_fail(co, "connect", "tcp: %s", uv_strerror(status));
-    }
-    luaL_unref(co, LUA_REGISTRYINDEX, rc->ud_ref);
-    rc->ud_ref = LUA_NOREF;
-    raw_resume(rc, n, 0);
-}
-
-static void raw_cancel(ph_op *op)
-{
-    RawConn *rc = (RawConn *)op;
-    lua_State *co = ph_task_thread(op->task);
-    if (rc->ud_ref != LUA_NOREF) {
-        luaL_unref(co, LUA_REGISTRYINDEX, rc->ud_ref);
-        rc->ud_ref = LUA_NOREF;
-    }
-    raw_resume(rc, ph_fail(co, "canceled", "tcp: canceled"), 1);
-}
-
-static void raw_close_handles(RawConn *rc)
-{
-    if (rc->closed)
-        return;
-    rc->closed = 1;
-    uv_close((uv_handle_t *)&rc->timer, raw_handle_closed);
-    uv_close((uv_handle_t *)&rc->tcp, raw_handle_closed);
-}
-
-static void raw_park_timer(RawConn *rc, double timeout)
-{
-    rc->timeout = timeout;
-    uv_timer_start(&rc->timer, raw_timed_out, (uint64_t)(timeout * 1000.0 + 0.5), 0);
-}
-
-/* http._raw_connect(host, port [, timeout]) -> RawConn | nil, msg, code (specs only) */
-static int raw_connect(lua_State *L)
-{
-    const char *host = luaL_checkstring(L, 1);
-    lua_Integer port = luaL_checkinteger(L, 2);
-    double timeout = luaL_optnumber(L, 3, 10);
-    luaL_argcheck(L, port > 0 && port < 65536, 2, "port out of range");
-    luaL_argcheck(L, timeout > 0 && timeout <= 1e9, 3, "timeout must be in (0, 1e9]");
-    struct sockaddr_storage sa;
-    if (parse_addr(host, (int)port, &sa) != 0)
-        return luaL_argerror(L, 1, "an IP address expected");
-    ph_task *t = ph_task_current(L);
-    if (ph_task_is_canceled(t))
-        return ph_fail(L, "canceled", "tcp: canceled");
-    RawUd *ud = lua_newuserdatauv(L, sizeof *ud, 0);
-    ud->rc = NULL;
-    luaL_setmetatable(L, RAW_MT);
-    RawConn *rc = calloc(1, sizeof *rc);
-    if (rc == NULL)
-        return ph_fail(L, "internal", "tcp: out of memory");
-    ud->rc = rc;
-    rc->refs = 3;
-    uv_tcp_init(ph_loop(), &rc->tcp);
-    uv_timer_init(ph_loop(), &rc->timer);
-    rc->tcp.data = rc->timer.data = rc->creq.data = rc;
-    int r = uv_tcp_connect(&rc->creq, &rc->tcp, (struct sockaddr *)&sa, raw_connected);
-    if (r != 0) {
-        raw_close_handles(rc);
-        return ph_fail(L, "connect", "tcp: %s", uv_strerror(r));
-    }
-    lua_pushvalue(L, -1);
-    rc->ud_ref = luaL_ref(L, LUA_REGISTRYINDEX);
-    raw_park_timer(rc, timeout);
-    rc->parked = 1;
-    rc->op.cancel = raw_cancel;
-    lua_settop(L, 0);
-    return ph_task_park(L, t, &rc->op);
-}
-
-static RawConn *check_raw(lua_State *L)
-{
-    RawUd *ud = luaL_checkudata(L, 1, RAW_MT);
-    if (ud->rc == NULL || ud->rc->closed)
-        luaL_error(L, "tcp: connection closed");
-    return ud->rc;
-}
-
-static void raw_written(uv_write_t *req, int status)
-{
-    free(req);
-}
-
-/* raw:send(data) -> true | nil, msg, "closed": queued, not waited for */
-static int raw_send(lua_State *L)
-{
-    RawConn *rc = check_raw(L);
-    size_t n;
-    const char *p = luaL_checklstring(L, 2, &n);
-    uv_write_t *req = malloc(sizeof *req + n);
-    if (req == NULL)
-        return ph_fail(L, "internal", "tcp: out of memory");
-    memcpy(req + 1, p, n);
-    uv_buf_t b = uv_buf_init((char *)(req + 1), (unsigned)n);
-    int r = uv_write(req, (uv_stream_t *)&rc->tcp, &b, 1, raw_written);
-    if (r != 0) {
-        free(req);
-        return ph_fail(L, "closed", "tcp: %s", uv_strerror(r));
-    }
-    lua_pushboolean(L, 1);
-    return 1;
-}
-
-/* raw:recv([timeout]) -> bytes | nil (end of stream) | nil, msg, code */
-static int raw_recv(lua_State *L)
-{
-    RawConn *rc = check_raw(L);
-    double timeout = luaL_optnumber(L, 2, 10);
-    luaL_argcheck(L, timeout > 0 && timeout <= 1e9, 2, "timeout must be in (0, 1e9]");
-    ph_task *t = ph_task_current(L);
-    if (rc->parked)
-        return ph_fail(L, "busy", "tcp: another task is receiving");
-    int n = raw_take(L, rc);
-    if (n >= 0)
-        return n;
-    if (ph_task_is_canceled(t))
-        return ph_fail(L, "canceled", "tcp: canceled");
-    raw_park_timer(rc, timeout);
-    rc->parked = 2;
-    rc->op.cancel = raw_cancel;
-    lua_settop(L, 1);
-    return ph_task_park(L, t, &rc->op);
-}
-
-static void raw_shut(uv_shutdown_t *req, int status)
-{
-}
-
-/* raw:shutdown(): half-close (no more sending); receiving goes on */
-static int raw_shutdown(lua_State *L)
-{
-    RawConn *rc = check_raw(L);
-    rc->sreq.data = rc;
-    uv_shutdown(&rc->sreq, (uv_stream_t *)&rc->tcp, raw_shut);
-    return 0;
-}
-
-/* raw:close(); also __gc and __close */
-static int raw_close(lua_State *L)
-{
-    RawUd *ud = luaL_checkudata(L, 1, RAW_MT);
-    RawConn *rc = ud->rc;
-    if (rc == NULL)
-        return 0;
-    ud->rc = NULL;
-    if (rc->parked == 2) /* another task waits in recv */
-        raw_resume(rc, ph_fail(ph_task_thread(rc->op.task), "closed", "tcp: closed"), 1);
-    raw_close_handles(rc);
-    raw_unref(rc);
-    return 0;
 }
 
 /* ---- registration --------------------------------------------------------------------------- */
@@ -1543,14 +1308,8 @@ static const luaL_Reg server_methods[] = {
     { NULL, NULL },
 };
 
-static const luaL_Reg raw_methods[] = {
-    { "send", raw_send },   { "recv", raw_recv }, { "shutdown", raw_shutdown },
-    { "close", raw_close }, { NULL, NULL },
-};
-
 static const luaL_Reg server_funcs[] = {
     { "serve", http_serve },
-    { "_raw_connect", raw_connect },
     { NULL, NULL },
 };
 
@@ -1569,15 +1328,6 @@ void ph_http_server_open(lua_State *L)
     if (luaL_newmetatable(L, RESPONSE_MT)) {
         luaL_newlib(L, res_methods);
         lua_setfield(L, -2, "__index");
-    }
-    lua_pop(L, 1);
-    if (luaL_newmetatable(L, RAW_MT)) {
-        luaL_newlib(L, raw_methods);
-        lua_setfield(L, -2, "__index");
-        lua_pushcfunction(L, raw_close);
-        lua_setfield(L, -2, "__gc");
-        lua_pushcfunction(L, raw_close);
-        lua_setfield(L, -2, "__close");
     }
     lua_pop(L, 1);
     luaL_setfuncs(L, server_funcs, 0);

@@ -5,7 +5,6 @@
 #include "ph_ssh.h"
 #include "ph_util.h"
 
-#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,65 +20,13 @@
 
 /* ---- small helpers ------------------------------------------------------------------------ */
 
-int ph_ssh_buf_append(SshBuf *b, const void *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    if (b->cap - b->len < n) {
-        size_t cap = b->cap ? b->cap : 4096;
-        while (cap - b->len < n) {
-            if (cap > SIZE_MAX / 2)
-                return -1;
-            cap *= 2;
-        }
-        char *q = realloc(b->p, cap);
-        if (q == NULL)
-            return -1;
-        b->p = q;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-void ph_ssh_buf_free(SshBuf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
-
-static char *vprintf_alloc(const char *fmt, va_list ap)
-{
-    va_list ap2;
-    va_copy(ap2, ap);
-    int n = vsnprintf(NULL, 0, fmt, ap2);
-    va_end(ap2);
-    if (n < 0)
-        return NULL;
-    char *s = malloc((size_t)n + 1);
-    if (s != NULL)
-        vsnprintf(s, (size_t)n + 1, fmt, ap);
-    return s;
-}
-
-char *ph_ssh_strdup_printf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    char *s = vprintf_alloc(fmt, ap);
-    va_end(ap);
-    return s;
-}
-
 void ph_ssh_job_fail(SshJob *j, const char *code, const char *fmt, ...)
 {
     if (j->code != NULL)
         return;
     va_list ap;
     va_start(ap, fmt);
-    j->msg = vprintf_alloc(fmt, ap);
+    j->msg = ph_vprintf_alloc(fmt, ap);
     va_end(ap);
     j->code = code;
 }
@@ -164,10 +111,7 @@ static void dispatch_remove(SshJob *j);
 void ph_ssh_job_free(SshJob *j)
 {
     dispatch_remove(j);
-    if (j->timer != NULL) {
-        uv_timer_stop(j->timer);
-        uv_close((uv_handle_t *)j->timer, (uv_close_cb)free);
-    }
+    ph_timer_free(&j->timer);
     ph_ssh_target_free(&j->t);
     if (j->cmd != NULL)
         free_secret(j->cmd, strlen(j->cmd)); /* commands may carry tokens */
@@ -181,7 +125,7 @@ void ph_ssh_job_free(SshJob *j)
     free(j->hdr);
     free(j->msg);
     for (int k = 0; k < 2; k++) {
-        ph_ssh_buf_free(&j->out[k]);
+        ph_buf_free(&j->out[k]);
         if (j->cb[k] != LUA_NOREF && ph_main_state() != NULL)
             luaL_unref(ph_main_state(), LUA_REGISTRYINDEX, j->cb[k]);
     }
@@ -202,7 +146,7 @@ void ph_ssh_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    char *s = vprintf_alloc(fmt, ap);
+    char *s = ph_vprintf_alloc(fmt, ap);
     va_end(ap);
     if (s == NULL)
         return;
@@ -217,21 +161,25 @@ void ph_ssh_warn(const char *fmt, ...)
     free(s);
 }
 
+/* Under ph_protect: the warning function gets one warning. */
+static void call_warn(lua_State *L, void *ud)
+{
+    lua_rawgeti(L, LUA_REGISTRYINDEX, warn_ref);
+    lua_pushstring(L, ((Warning *)ud)->text);
+    lua_call(L, 1, 0);
+}
+
 static void flush_warnings(void)
 {
-    lua_State *L = ph_main_state();
     while (warnings != NULL) {
         Warning *w = warnings;
         warnings = w->next;
         if (warnings == NULL)
             warnings_tail = &warnings;
-        if (warn_ref != LUA_NOREF && lua_checkstack(L, 4)) {
-            lua_rawgeti(L, LUA_REGISTRYINDEX, warn_ref);
-            lua_pushstring(L, w->text);
-            ph_callback(L, 1, "ssh warning");
-        } else {
+        if (warn_ref != LUA_NOREF)
+            ph_protect(call_warn, w, "ssh warning callback failed", NULL);
+        else
             ph_diag("provider-host: warn: %s", w->text);
-        }
         free(w);
     }
 }
@@ -259,14 +207,10 @@ void ph_ssh_dispatch_add(SshJob *j)
         dtail = j;
     }
     /* Added from a cancel or close_all (Lua running): the loop runs the dispatcher soon. */
-    if (dispatch_timer == NULL) {
-        dispatch_timer = malloc(sizeof *dispatch_timer);
-        if (dispatch_timer == NULL)
-            return;
-        uv_timer_init(ph_loop(), dispatch_timer);
-    }
+    if (dispatch_timer == NULL && (dispatch_timer = ph_timer_new(NULL)) == NULL)
+        return;
     if (!dispatching)
-        uv_timer_start(dispatch_timer, on_dispatch_timer, 0, 0);
+        ph_timer_start(dispatch_timer, on_dispatch_timer, 0);
 }
 
 static void dispatch_remove(SshJob *j)
@@ -333,17 +277,34 @@ static void answer(SshJob *j)
     ph_task_wake(t, n);
 }
 
+/* New output of one stream for its callback. */
+typedef struct {
+    SshJob *j;
+    int which;
+} Output;
+
+/* Under ph_protect: on_stdout / on_stderr gets the bytes kept since the last call. */
+static void call_output(lua_State *L, void *ud)
+{
+    Output *o = ud;
+    SshJob *j = o->j;
+    PhBuf *b = &j->out[o->which];
+    lua_rawgeti(L, LUA_REGISTRYINDEX, j->cb[o->which]);
+    lua_pushlstring(L, b->p + j->delivered[o->which], b->len - j->delivered[o->which]);
+    j->delivered[o->which] = b->len;
+    lua_call(L, 1, 0);
+}
+
 /* Hand new output to on_stdout / on_stderr: the kept bytes, in order, on the main thread. */
 static void deliver(SshJob *j)
 {
-    lua_State *L = ph_main_state();
     for (int k = 0; k < 2 && j->op.task != NULL; k++) {
-        if (j->cb[k] == LUA_NOREF || j->delivered[k] >= j->out[k].len || !lua_checkstack(L, 4))
+        if (j->cb[k] == LUA_NOREF || j->delivered[k] >= j->out[k].len)
             continue;
-        lua_rawgeti(L, LUA_REGISTRYINDEX, j->cb[k]);
-        lua_pushlstring(L, j->out[k].p + j->delivered[k], j->out[k].len - j->delivered[k]);
-        j->delivered[k] = j->out[k].len;
-        ph_callback(L, 1, k == SSH_OUT ? "ssh on_stdout" : "ssh on_stderr");
+        Output o = { j, k };
+        ph_protect(call_output, &o,
+                   k == SSH_OUT ? "ssh on_stdout callback failed" : "ssh on_stderr callback failed",
+                   NULL);
     }
 }
 
@@ -392,20 +353,6 @@ static const char *opt_string(lua_State *L, const char *fname, const char *field
     if (len != NULL)
         *len = n;
     return s;
-}
-
-static double opt_seconds(lua_State *L, const char *fname, const char *field, double dflt,
-                          int allow_zero)
-{
-    double v = dflt;
-    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
-        v = lua_tonumber(L, -1);
-        if (isnan(v) || v > 1e9 || v < 0 || (v == 0 && !allow_zero))
-            ph_argerror_in(L, fname, "field '%s' must be a number of seconds in %s, 1e9]", field,
-                           allow_zero ? "[0" : "(0");
-    }
-    lua_pop(L, 1);
-    return v;
 }
 
 #define MAX_IDS 16 /* identities per call: OpenSSH's defaults are 7, a config adds a few */
@@ -496,10 +443,10 @@ static void read_target(lua_State *L, const char *fname, int need_auth, Conf *c)
     if (c->known_hosts == NULL && c->policy != SSH_POLICY_NO && need_auth)
         ph_argerror_in(L, fname,
                        "field 'known_hosts' is required unless host_key_policy is \"no\"");
-    c->timeout = opt_seconds(L, fname, "timeout", DEFAULT_TIMEOUT, 0);
-    c->connect_timeout = opt_seconds(L, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0);
-    c->keepalive = opt_seconds(L, fname, "keepalive", DEFAULT_KEEPALIVE, 1);
-    c->idle = opt_seconds(L, fname, "idle_timeout", DEFAULT_IDLE, 0);
+    c->timeout = ph_opt_seconds_in(L, fname, "timeout", DEFAULT_TIMEOUT, 0);
+    c->connect_timeout = ph_opt_seconds_in(L, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0);
+    c->keepalive = ph_opt_seconds_in(L, fname, "keepalive", DEFAULT_KEEPALIVE, 1);
+    c->idle = ph_opt_seconds_in(L, fname, "idle_timeout", DEFAULT_IDLE, 0);
 }
 
 static void read_exec(lua_State *L, Conf *c)
@@ -656,6 +603,87 @@ static char *scp_command(const char *path)
     return cmd;
 }
 
+/* Check every private key before connecting: a key that cannot work fails the call ("auth")
+ * at once, naming it. Returns 0 with rsa[] filled, or the count of values pushed. */
+static int check_keys(lua_State *L, const Conf *c, int rsa[MAX_IDS])
+{
+    for (int i = 0; i < c->nkeys; i++) {
+        SshKeyInfo info;
+        const char *why = NULL;
+        memset(&info, 0, sizeof info);
+        if (ph_ssh_key_check(c->key[i], c->key_len[i], c->passphrase != NULL, &info, &why) != 0) {
+            if (c->label[i] == NULL)
+                return ph_fail(L, "auth", "%s", why);
+            return ph_fail(L, "auth", "%s (%s)", why, c->label[i]);
+        }
+        rsa[i] = info.rsa;
+    }
+    return 0;
+}
+
+/* The command, its stdin and its environment, copied into the job. 0, or -1 without memory. */
+static int fill_exec(lua_State *L, SshJob *j, const Conf *c)
+{
+    if ((j->cmd = strdup(c->cmd)) == NULL)
+        return -1;
+    if (c->in != NULL && c->in_len > 0) {
+        if ((j->in = dup_mem(c->in, c->in_len)) == NULL)
+            return -1;
+        j->in_len = c->in_len;
+    }
+    if (c->env != 0) {
+        if ((j->env = build_env(L, c->env)) == NULL)
+            return -1;
+        if (j->env[0] == NULL) { /* an empty table: nothing to send */
+            free(j->env);
+            j->env = NULL;
+        }
+    }
+    return 0;
+}
+
+/* scp's command, its "C<mode> <size> <name>" header, and the bytes. 0, or -1 without memory. */
+static int fill_upload(SshJob *j, const Conf *c)
+{
+    const char *base = strrchr(c->path, '/');
+    j->path = strdup(c->path);
+    j->cmd = scp_command(c->path);
+    j->hdr =
+        ph_printf_alloc("C%04o %zu %s\n", c->mode, c->data_len, base != NULL ? base + 1 : c->path);
+    j->in = malloc(c->data_len + 1); /* the bytes, then the NUL that closes an scp file */
+    j->mode = c->mode;
+    if (j->path == NULL || j->cmd == NULL || j->hdr == NULL || j->in == NULL)
+        return -1;
+    j->hdr_len = strlen(j->hdr);
+    memcpy(j->in, c->data, c->data_len);
+    j->in[c->data_len] = '\0';
+    j->in_len = c->data_len + 1;
+    return 0;
+}
+
+/* The job for a checked call; NULL without memory. */
+static SshJob *new_job(lua_State *L, int kind, const Conf *c, const int *rsa)
+{
+    SshJob *j = calloc(1, sizeof *j);
+    if (j == NULL)
+        return NULL;
+    j->kind = kind;
+    j->cb[0] = j->cb[1] = LUA_NOREF;
+    j->started = ph_now();
+    j->timeout = c->timeout;
+    j->max_output = kind == JOB_EXEC ? (size_t)c->max_output : 4096;
+    int oom = build_target(&j->t, c, rsa) != 0;
+    if (!oom && kind == JOB_EXEC)
+        oom = fill_exec(L, j, c) != 0;
+    else if (!oom && kind == JOB_UPLOAD)
+        oom = fill_upload(j, c) != 0;
+    if (oom) {
+        ph_ssh_job_free(j);
+        return NULL;
+    }
+    return j;
+}
+
 /* Validate, make the job, start it and park the task. Misuse raises before anything starts;
  * a bad private key fails ("auth") before connecting. */
 static int start(lua_State *L, int kind, const char *fname)
@@ -674,66 +702,14 @@ static int start(lua_State *L, int kind, const char *fname)
     ph_task *task = ph_task_current(L); /* raises outside a task */
     if (ph_task_is_canceled(task))
         return ph_fail(L, "canceled", "ssh: %s:%d: canceled", c.host, c.port);
-
     int rsa[MAX_IDS] = { 0 };
-    for (int i = 0; i < c.nkeys; i++) {
-        SshKeyInfo info;
-        const char *why = NULL;
-        memset(&info, 0, sizeof info);
-        if (ph_ssh_key_check(c.key[i], c.key_len[i], c.passphrase != NULL, &info, &why) != 0) {
-            if (c.label[i] == NULL)
-                return ph_fail(L, "auth", "%s", why);
-            return ph_fail(L, "auth", "%s (%s)", why, c.label[i]);
-        }
-        rsa[i] = info.rsa;
-    }
+    int n = check_keys(L, &c, rsa);
+    if (n != 0)
+        return n;
 
-    SshJob *j = calloc(1, sizeof *j);
+    SshJob *j = new_job(L, kind, &c, rsa);
     if (j == NULL)
         return ph_fail(L, "internal", "ssh: out of memory");
-    j->kind = kind;
-    j->cb[0] = j->cb[1] = LUA_NOREF;
-    j->started = ph_now();
-    j->timeout = c.timeout;
-    j->max_output = kind == JOB_EXEC ? (size_t)c.max_output : 4096;
-    int oom = build_target(&j->t, &c, rsa) != 0;
-    if (kind == JOB_EXEC) {
-        j->cmd = strdup(c.cmd);
-        oom |= j->cmd == NULL;
-        if (c.in != NULL && c.in_len > 0) {
-            j->in = dup_mem(c.in, c.in_len);
-            j->in_len = c.in_len;
-            oom |= j->in == NULL;
-        }
-        if (c.env != 0 && !oom) {
-            j->env = build_env(L, c.env);
-            oom |= j->env == NULL;
-            if (j->env != NULL && j->env[0] == NULL) { /* an empty table: nothing to send */
-                free(j->env);
-                j->env = NULL;
-            }
-        }
-    } else if (kind == JOB_UPLOAD) {
-        j->path = strdup(c.path);
-        j->cmd = scp_command(c.path);
-        const char *base = strrchr(c.path, '/');
-        j->hdr = ph_ssh_strdup_printf("C%04o %zu %s\n", c.mode, c.data_len,
-                                      base != NULL ? base + 1 : c.path);
-        j->in = malloc(c.data_len + 1); /* the bytes, then the NUL that closes an scp file */
-        oom |= j->path == NULL || j->cmd == NULL || j->hdr == NULL || j->in == NULL;
-        if (j->hdr != NULL)
-            j->hdr_len = strlen(j->hdr);
-        if (j->in != NULL) {
-            memcpy(j->in, c.data, c.data_len);
-            j->in[c.data_len] = '\0';
-            j->in_len = c.data_len + 1;
-        }
-        j->mode = c.mode;
-    }
-    if (oom) {
-        ph_ssh_job_free(j);
-        return ph_fail(L, "internal", "ssh: out of memory");
-    }
     for (int k = 0; k < 2; k++) {
         if (c.cb[k] != 0) {
             lua_pushvalue(L, c.cb[k]);

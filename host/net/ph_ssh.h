@@ -9,15 +9,6 @@
 #include <libssh2.h>
 #include <netdb.h>
 
-/* Bytes that cross loop callbacks live in C memory. */
-typedef struct {
-    char *p;
-    size_t len, cap;
-} SshBuf;
-
-int ph_ssh_buf_append(SshBuf *b, const void *p, size_t n);
-void ph_ssh_buf_free(SshBuf *b);
-
 enum { SSH_POLICY_ACCEPT_NEW, SSH_POLICY_YES, SSH_POLICY_NO };
 enum { S_RESOLVE, S_CONNECT, S_HANDSHAKE, S_AUTH, S_READY, S_DEAD };
 enum {
@@ -95,7 +86,7 @@ struct SshJob {
     int owning;     /* being stepped as the session's send_owner */
     int pending_op; /* the I/O call that left a packet half written: it must come again */
     /* output */
-    SshBuf out[2];
+    PhBuf out[2];
     size_t delivered[2]; /* bytes handed to on_stdout / on_stderr so far */
     int cb[2];           /* registry refs, or LUA_NOREF */
     size_t max_output;
@@ -149,7 +140,7 @@ struct SshSession {
     struct libssh2_agent_publickey *agent_key; /* the agent key being offered */
     int agent_done, agent_trying, agent_offered, auth_next, auth_rsa;
     double agent_deadline;
-    SshBuf tried; /* "what: outcome; ..." for the error when nothing is accepted */
+    PhBuf tried; /* "what: outcome; ..." for the error when nothing is accepted */
     int busy, again, doomed;
     int pumping;
     SshSession *next, *prev;
@@ -226,9 +217,9 @@ void ph_ssh_job_free(SshJob *job);
 void ph_ssh_dispatch_add(SshJob *job);
 void ph_ssh_dispatch_run(void);
 /* A warning for host.log (policy "no"); delivered by the dispatcher. */
-void ph_ssh_warn(const char *fmt, ...);
+void ph_ssh_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Set a job's failure (first one wins). */
-void ph_ssh_job_fail(SshJob *job, const char *code, const char *fmt, ...);
-char *ph_ssh_strdup_printf(const char *fmt, ...);
+void ph_ssh_job_fail(SshJob *job, const char *code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
 
 #endif

@@ -22,10 +22,7 @@
 #include "ph_http.h"
 
 #include <curl/curl.h>
-#include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,52 +37,6 @@
 #define MAX_REDIRECTS           10
 
 /* ---- shared helpers (ph_http.h) ------------------------------------------------------- */
-
-int ph_buf_reserve(PhBuf *b, size_t extra)
-{
-    if (b->cap - b->len >= extra)
-        return 0;
-    size_t cap = b->cap ? b->cap : 4096;
-    while (cap - b->len < extra) {
-        if (cap > SIZE_MAX / 2)
-            return -1;
-        cap *= 2;
-    }
-    char *p = realloc(b->p, cap);
-    if (p == NULL)
-        return -1;
-    b->p = p;
-    b->cap = cap;
-    return 0;
-}
-
-int ph_buf_append(PhBuf *b, const void *p, size_t n)
-{
-    if (n == 0)
-        return 0;
-    if (ph_buf_reserve(b, n) != 0)
-        return -1;
-    memcpy(b->p + b->len, p, n);
-    b->len += n;
-    return 0;
-}
-
-void ph_buf_consume(PhBuf *b, size_t n)
-{
-    if (n >= b->len) {
-        b->len = 0;
-        return;
-    }
-    memmove(b->p, b->p + n, b->len - n);
-    b->len -= n;
-}
-
-void ph_buf_free(PhBuf *b)
-{
-    free(b->p);
-    b->p = NULL;
-    b->len = b->cap = 0;
-}
 
 int ph_http_token_ok(const char *s, size_t n)
 {
@@ -109,40 +60,6 @@ int ph_http_value_ok(const char *s, size_t n)
     return 1;
 }
 
-
-double ph_http_opt_seconds(lua_State *L, const char *fname, const char *field, double dflt)
-{
-    double v = dflt;
-    if (ph_opt_field_in(L, fname, field, LUA_TNUMBER)) {
-        v = lua_tonumber(L, -1);
-        if (!(v > 0 && v <= 1e9))
-            ph_argerror_in(L, fname, "field '%s' must be a number of seconds in (0, 1e9]", field);
-    }
-    lua_pop(L, 1);
-    return v;
-}
-
-static char *str_printf(const char *fmt, ...)
-{
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return NULL;
-    char *s = malloc((size_t)n + 1);
-    if (s == NULL)
-        return NULL;
-    va_start(ap, fmt);
-    vsnprintf(s, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return s;
-}
-
-static void free_handle(uv_handle_t *h)
-{
-    free(h);
-}
 
 /* ---- transfers ------------------------------------------------------------------------ */
 
@@ -234,15 +151,6 @@ static void dirty_remove(HttpOp *op)
     op->dnext = op->dprev = NULL;
 }
 
-static void timer_drop(uv_timer_t **tp)
-{
-    if (*tp != NULL) {
-        uv_timer_stop(*tp);
-        uv_close((uv_handle_t *)*tp, free_handle);
-        *tp = NULL;
-    }
-}
-
 /* Take the easy handle out of the multi and free it. Never called inside a curl callback. */
 static void op_stop_transfer(HttpOp *op)
 {
@@ -256,7 +164,7 @@ static void op_stop_transfer(HttpOp *op)
         curl_easy_cleanup(op->easy);
         op->easy = NULL;
     }
-    timer_drop(&op->stall_timer);
+    ph_timer_free(&op->stall_timer);
     op->paused = 0;
 }
 
@@ -264,7 +172,7 @@ static void op_free(HttpOp *op)
 {
     op_stop_transfer(op);
     dirty_remove(op);
-    timer_drop(&op->read_timer);
+    ph_timer_free(&op->read_timer);
     if (op->in_lua) { /* on_chunk is on the stack: flush_chunks frees it when that returns */
         op->dead = 1;
         return;
@@ -373,14 +281,14 @@ static void op_transfer_done(HttpOp *op, CURLcode rc)
     if (rc != CURLE_OK && op->code == NULL && op->once && lost_before_answer(op, rc))
         /* libcurl did not retry (a fresh connection, or nothing to retry): same words as
          * when prereq_cb stopped a retry, so that a caller sees one failure for one fact */
-        op_set_failure(op, "closed", str_printf("%s", LOST_MESSAGE));
+        op_set_failure(op, "closed", ph_printf_alloc("%s", LOST_MESSAGE));
     if (rc != CURLE_OK && op->code == NULL) {
         const char *detail = op->errbuf[0] != '\0' ? op->errbuf : curl_easy_strerror(rc);
         long err = 0;
         if (rc == CURLE_COULDNT_CONNECT &&
             curl_easy_getinfo(op->easy, CURLINFO_OS_ERRNO, &err) == CURLE_OK && err != 0)
             detail = strerror((int)err); /* "Connection refused" says it best */
-        op_set_failure(op, curl_code_word(rc), str_printf("%s", detail));
+        op_set_failure(op, curl_code_word(rc), ph_printf_alloc("%s", detail));
     }
     op_stop_transfer(op);
     op->finished = 1;
@@ -453,7 +361,7 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *ud)
     op->head_done = 1; /* body bytes come after the final head */
     if (op->max_body > 0 && n > op->max_body - op->received) {
         op_set_failure(op, "protocol",
-                       str_printf("response body exceeds max_body (%zu bytes)", op->max_body));
+                       ph_printf_alloc("response body exceeds max_body (%zu bytes)", op->max_body));
         return 0; /* aborts the transfer: CURLE_WRITE_ERROR, reported with our code */
     }
     if (op->stream && op->body.len >= STREAM_PAUSE_AT) {
@@ -461,7 +369,7 @@ static size_t write_cb(char *data, size_t size, size_t nmemb, void *ud)
         return CURL_WRITEFUNC_PAUSE;
     }
     if (ph_buf_append(&op->body, data, n) != 0) {
-        op_set_failure(op, "internal", str_printf("out of memory for the response body"));
+        op_set_failure(op, "internal", ph_printf_alloc("out of memory for the response body"));
         return 0;
     }
     op->received += n;
@@ -476,6 +384,64 @@ static int is_followed(HttpOp *op)
            op->has_location;
 }
 
+/* A status line: a new head begins (1xx, a redirect, or the final one). */
+static void head_begin(HttpOp *op, const char *line, size_t len)
+{
+    op->head.len = 0;
+    op->nfields = 0;
+    op->has_location = 0;
+    op->status = 0;
+    const char *sp = memchr(line, ' ', len);
+    for (const char *p = sp ? sp + 1 : line + len; p < line + len && *p >= '0' && *p <= '9'; p++)
+        op->status = op->status * 10 + (*p - '0');
+    if (op->status >= 200)
+        op->answered = 1;
+}
+
+/* obs-fold: the line continues the previous field's value. 0, or -1 without memory. */
+static int head_fold(HttpOp *op, const char *line, size_t len)
+{
+    if (op->nfields == 0)
+        return 0;
+    size_t s = 0;
+    while (s < len && (line[s] == ' ' || line[s] == '\t'))
+        s++;
+    op->head.len--; /* reopen the previous value's terminator */
+    return ph_buf_append(&op->head, " ", 1) || ph_buf_append(&op->head, line + s, len - s) ||
+                   ph_buf_append(&op->head, "", 1)
+               ? -1
+               : 0;
+}
+
+/* "Name: value": kept as "name\0value\0", the name lowercased, the value trimmed. 0 (also
+ * for a line that is no field), or -1 without memory. */
+static int head_field(HttpOp *op, const char *line, size_t len)
+{
+    const char *colon = memchr(line, ':', len);
+    if (colon == NULL || colon == line)
+        return 0;
+    size_t nlen = (size_t)(colon - line), vs = nlen + 1, ve = len;
+    while (vs < ve && (line[vs] == ' ' || line[vs] == '\t'))
+        vs++;
+    while (ve > vs && (line[ve - 1] == ' ' || line[ve - 1] == '\t'))
+        ve--;
+    if (ph_buf_reserve(&op->head, nlen + (ve - vs) + 2) != 0)
+        return -1;
+    char *name = op->head.p + op->head.len;
+    for (size_t i = 0; i < nlen; i++) {
+        char c = line[i];
+        name[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
+    }
+    name[nlen] = '\0';
+    if (strcmp(name, "location") == 0)
+        op->has_location = 1;
+    op->head.len += nlen + 1;
+    ph_buf_append(&op->head, line + vs, ve - vs); /* reserved above: cannot fail */
+    ph_buf_append(&op->head, "", 1);
+    op->nfields++;
+    return 0;
+}
+
 static size_t header_cb(char *line, size_t size, size_t nmemb, void *ud)
 {
     HttpOp *op = ud;
@@ -483,17 +449,8 @@ static size_t header_cb(char *line, size_t size, size_t nmemb, void *ud)
     op->last_rx = uv_now(ph_loop());
     while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
         len--;
-    if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) { /* a new head: 1xx, redirect or final */
-        op->head.len = 0;
-        op->nfields = 0;
-        op->has_location = 0;
-        op->status = 0;
-        const char *sp = memchr(line, ' ', len);
-        for (const char *p = sp ? sp + 1 : line + len; p < line + len && *p >= '0' && *p <= '9';
-             p++)
-            op->status = op->status * 10 + (*p - '0');
-        if (op->status >= 200)
-            op->answered = 1;
+    if (len >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+        head_begin(op, line, len);
         return total;
     }
     if (op->head_done) /* trailer fields are not part of the head */
@@ -508,48 +465,14 @@ static size_t header_cb(char *line, size_t size, size_t nmemb, void *ud)
     }
     if (memchr(line, '\0', len) != NULL)
         return total; /* cannot be represented; a conforming server never sends it */
-    int bad = 0;
-    if (line[0] == ' ' || line[0] == '\t') { /* obs-fold: continues the previous value */
-        if (op->nfields > 0) {
-            size_t s = 0;
-            while (s < len && (line[s] == ' ' || line[s] == '\t'))
-                s++;
-            op->head.len--; /* reopen the previous value's terminator */
-            bad = ph_buf_append(&op->head, " ", 1) || ph_buf_append(&op->head, line + s, len - s) ||
-                  ph_buf_append(&op->head, "", 1);
-        }
-    } else {
-        const char *colon = memchr(line, ':', len);
-        if (colon == NULL || colon == line)
-            return total;
-        size_t nlen = (size_t)(colon - line), vs = nlen + 1, ve = len;
-        while (vs < ve && (line[vs] == ' ' || line[vs] == '\t'))
-            vs++;
-        while (ve > vs && (line[ve - 1] == ' ' || line[ve - 1] == '\t'))
-            ve--;
-        bad = ph_buf_reserve(&op->head, nlen + (ve - vs) + 2);
-        if (!bad) {
-            char *name = op->head.p + op->head.len;
-            for (size_t i = 0; i < nlen; i++) {
-                char c = line[i];
-                name[i] = (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-            }
-            name[nlen] = '\0';
-            if (strcmp(name, "location") == 0)
-                op->has_location = 1;
-            op->head.len += nlen + 1;
-            ph_buf_append(&op->head, line + vs, ve - vs);
-            ph_buf_append(&op->head, "", 1);
-            op->nfields++;
-        }
-    }
-    if (bad) {
-        op_set_failure(op, "internal", str_printf("out of memory for the response head"));
+    int folded = line[0] == ' ' || line[0] == '\t';
+    if ((folded ? head_fold(op, line, len) : head_field(op, line, len)) != 0) {
+        op_set_failure(op, "internal", ph_printf_alloc("out of memory for the response head"));
         return 0;
     }
     if (op->head.len > MAX_RESPONSE_HEAD) {
         op_set_failure(op, "protocol",
-                       str_printf("response head exceeds %d bytes", MAX_RESPONSE_HEAD));
+                       ph_printf_alloc("response head exceeds %d bytes", MAX_RESPONSE_HEAD));
         return 0;
     }
     return total;
@@ -576,7 +499,7 @@ static int prereq_cb(void *ud, char *conn_primary_ip, char *conn_local_ip, int c
 {
     HttpOp *op = ud;
     if (op->sent && !op->answered) {
-        op_set_failure(op, "closed", str_printf("%s", LOST_MESSAGE));
+        op_set_failure(op, "closed", ph_printf_alloc("%s", LOST_MESSAGE));
         return CURL_PREREQFUNC_ABORT; /* CURLE_ABORTED_BY_CALLBACK, reported with our code */
     }
     op->sent = 1;
@@ -641,7 +564,7 @@ static int socket_cb(CURL *easy, curl_socket_t s, int what, void *userp, void *s
     if (what == CURL_POLL_REMOVE) {
         if (ctx != NULL) { /* stop now, while the fd is still open; free once closed */
             uv_poll_stop(&ctx->poll);
-            uv_close((uv_handle_t *)&ctx->poll, free_handle);
+            uv_close((uv_handle_t *)&ctx->poll, ph_handle_free);
             curl_multi_assign(cl.multi, s, NULL);
         }
         return 0;
@@ -697,32 +620,32 @@ static int client_init(void)
 
 /* ---- dispatch: runs at the loop's top level, after curl returned ---------------------- */
 
+/* Under ph_protect: on_chunk gets the bytes buffered so far. */
+static void call_on_chunk(lua_State *L, void *ud)
+{
+    HttpOp *op = ud;
+    lua_rawgeti(L, LUA_REGISTRYINDEX, op->on_chunk);
+    lua_pushlstring(L, op->body.p, op->body.len);
+    op->body.len = 0; /* handed over */
+    lua_call(L, 1, 0);
+}
+
 /* Hand buffered bytes to on_chunk. Returns 1 when the op was freed meanwhile (its task was
  * canceled from inside on_chunk), 0 otherwise; a raising on_chunk ends the transfer. */
 static int flush_chunks(HttpOp *op)
 {
-    lua_State *L = ph_main_state();
-    if (!lua_checkstack(L, 8)) /* never raise here: we are under a loop callback */
-        return 0;
     while (op->body.len > 0 && !op->dead) {
-        int base = lua_gettop(L);
-        lua_pushcfunction(L, ph_http_traceback);
-        lua_rawgeti(L, LUA_REGISTRYINDEX, op->on_chunk);
-        lua_pushlstring(L, op->body.p, op->body.len);
-        op->body.len = 0;
+        char *err;
         op->in_lua = 1;
-        int status = lua_pcall(L, 1, 0, base + 1);
+        int rc = ph_protect(call_on_chunk, op, "http on_chunk failed", &err);
         op->in_lua = 0;
-        if (status != LUA_OK) {
-            const char *err = lua_tostring(L, -1);
-            ph_diag("provider-host: http on_chunk failed: %s", err ? err : "(not a string)");
-            if (!op->dead) {
-                const char *first = err ? err : "error";
-                size_t n = strcspn(first, "\n"); /* the message, not the traceback */
-                op_end(op, "internal", str_printf("on_chunk failed: %.*s", (int)n, first));
-            }
+        if (rc != 0) {
+            op->body.len = 0; /* not handed over if the push itself failed: the transfer ends */
+            if (!op->dead)
+                op_end(op, "internal",
+                       ph_printf_alloc("on_chunk failed: %s", err != NULL ? err : "error"));
         }
-        lua_settop(L, base);
+        free(err);
     }
     if (op->dead) {
         op->dead = 0;
@@ -808,7 +731,7 @@ static void op_dispatch(HttpOp *op)
         if (n < 0)
             return;
         op->parked = PARK_NONE;
-        timer_drop(&op->read_timer);
+        ph_timer_free(&op->read_timer);
         ph_task_resume(t, n);
         return;
     default:
@@ -844,7 +767,7 @@ static void read_cancel(ph_op *o)
     HttpOp *op = (HttpOp *)o;
     ph_task *t = o->task;
     op->parked = PARK_NONE;
-    timer_drop(&op->read_timer);
+    ph_timer_free(&op->read_timer);
     ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "http: %s: read canceled", op->what));
 }
 
@@ -853,7 +776,7 @@ static void read_timed_out(uv_timer_t *tm)
     HttpOp *op = tm->data;
     ph_task *t = op->op.task;
     op->parked = PARK_NONE;
-    timer_drop(&op->read_timer);
+    ph_timer_free(&op->read_timer);
     ph_task_resume(t, ph_fail(ph_task_thread(t), "timeout", "http: %s: no data within %fs",
                               op->what, op->read_timeout));
 }
@@ -867,7 +790,7 @@ static void stall_check(uv_timer_t *tm)
     uint64_t idle = now - op->last_rx;
     if (idle >= op->stall_ms) {
         op_end(op, "timeout",
-               str_printf("stalled: no data for %gs", (double)op->stall_ms / 1000.0));
+               ph_printf_alloc("stalled: no data for %gs", (double)op->stall_ms / 1000.0));
         process_dirty();
         return;
     }
@@ -907,14 +830,9 @@ typedef struct {
     int idempotent; /* -1: not given, from the method; 0 or 1: as given */
 } Conf;
 
-/* Validate every option before anything is started: misuse raises here, and only here. */
-static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
+/* url: required, http:// or https://, and a URL curl can parse. Left on the stack. */
+static void read_url(lua_State *L, const char *fname, Conf *c)
 {
-    memset(c, 0, sizeof *c);
-    if (lua_type(L, 1) != LUA_TTABLE)
-        ph_argerror_in(L, fname, "table expected, got %s", luaL_typename(L, 1));
-    lua_settop(L, 1);
-
     if (!ph_opt_field_in(L, fname, "url", LUA_TSTRING))
         ph_argerror_in(L, fname, "field 'url' is required");
     c->url = lua_tostring(L, -1); /* stays on the stack, so the pointer stays valid */
@@ -925,7 +843,47 @@ static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
     curl_url_cleanup(u);
     if (bad)
         ph_argerror_in(L, fname, "field 'url' is not a valid URL: %s", c->url);
+}
 
+/* headers: names are tokens, values strings without CR, LF or NUL; the body's framing is
+ * ours. The table is left on the stack (c->headers) for build_headers. */
+static void read_headers(lua_State *L, const char *fname, Conf *c)
+{
+    if (!ph_opt_field_in(L, fname, "headers", LUA_TTABLE)) {
+        lua_pop(L, 1);
+        return;
+    }
+    c->headers = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, c->headers) != 0) {
+        size_t nlen, vlen;
+        if (lua_type(L, -2) != LUA_TSTRING)
+            ph_argerror_in(L, fname, "field 'headers' must map names to strings");
+        const char *name = lua_tolstring(L, -2, &nlen);
+        if (lua_type(L, -1) != LUA_TSTRING)
+            ph_argerror_in(L, fname, "header '%s' must be a string, got %s", name,
+                           luaL_typename(L, -1));
+        const char *value = lua_tolstring(L, -1, &vlen);
+        if (!ph_http_token_ok(name, nlen))
+            ph_argerror_in(L, fname, "header name '%s' is not an HTTP token", name);
+        if (!ph_http_value_ok(value, vlen))
+            ph_argerror_in(L, fname, "header '%s' holds CR, LF or NUL", name);
+        if (name_is(name, nlen, "content-length") || name_is(name, nlen, "transfer-encoding"))
+            ph_argerror_in(L, fname, "header '%s' is set from the body", name);
+        if (name_is(name, nlen, "content-type"))
+            c->has_content_type = 1;
+        lua_pop(L, 1);
+    }
+}
+
+/* Validate every option before anything is started: misuse raises here, and only here. */
+static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
+{
+    memset(c, 0, sizeof *c);
+    if (lua_type(L, 1) != LUA_TTABLE)
+        ph_argerror_in(L, fname, "table expected, got %s", luaL_typename(L, 1));
+    lua_settop(L, 1);
+    read_url(L, fname, c);
     if (ph_opt_field_in(L, fname, "body", LUA_TSTRING))
         c->body = lua_tolstring(L, -1, &c->body_len);
     if (ph_opt_field_in(L, fname, "method", LUA_TSTRING)) {
@@ -935,33 +893,7 @@ static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
     } else {
         c->method = c->body != NULL ? "POST" : "GET";
     }
-
-    if (ph_opt_field_in(L, fname, "headers", LUA_TTABLE)) {
-        c->headers = lua_gettop(L);
-        lua_pushnil(L);
-        while (lua_next(L, c->headers) != 0) {
-            size_t nlen, vlen;
-            if (lua_type(L, -2) != LUA_TSTRING)
-                ph_argerror_in(L, fname, "field 'headers' must map names to strings");
-            const char *name = lua_tolstring(L, -2, &nlen);
-            if (lua_type(L, -1) != LUA_TSTRING)
-                ph_argerror_in(L, fname, "header '%s' must be a string, got %s", name,
-                               luaL_typename(L, -1));
-            const char *value = lua_tolstring(L, -1, &vlen);
-            if (!ph_http_token_ok(name, nlen))
-                ph_argerror_in(L, fname, "header name '%s' is not an HTTP token", name);
-            if (!ph_http_value_ok(value, vlen))
-                ph_argerror_in(L, fname, "header '%s' holds CR, LF or NUL", name);
-            if (name_is(name, nlen, "content-length") || name_is(name, nlen, "transfer-encoding"))
-                ph_argerror_in(L, fname, "header '%s' is set from the body", name);
-            if (name_is(name, nlen, "content-type"))
-                c->has_content_type = 1;
-            lua_pop(L, 1);
-        }
-    } else {
-        lua_pop(L, 1);
-    }
-
+    read_headers(L, fname, c);
     if (ph_opt_field_in(L, fname, "on_chunk", LUA_TFUNCTION)) {
         if (stream)
             ph_argerror_in(L, fname, "field 'on_chunk' is for request; read the stream");
@@ -976,9 +908,9 @@ static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
     if (ph_opt_field_in(L, fname, "idempotent", LUA_TBOOLEAN))
         c->idempotent = lua_toboolean(L, -1);
     lua_pop(L, 1);
-    c->timeout = ph_http_opt_seconds(L, fname, "timeout", DEFAULT_TIMEOUT);
-    c->connect_timeout = ph_http_opt_seconds(L, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT);
-    c->stall = ph_http_opt_seconds(L, fname, "stall_timeout", 0);
+    c->timeout = ph_opt_seconds_in(L, fname, "timeout", DEFAULT_TIMEOUT, 0);
+    c->connect_timeout = ph_opt_seconds_in(L, fname, "connect_timeout", DEFAULT_CONNECT_TIMEOUT, 0);
+    c->stall = ph_opt_seconds_in(L, fname, "stall_timeout", 0, 0);
     c->max_body = ph_opt_integer_in(L, fname, "max_body", stream ? 0 : DEFAULT_MAX_BODY, 1,
                                     (lua_Integer)1 << 40);
 }
@@ -1031,6 +963,42 @@ static int is_idempotent(const Conf *c)
            strcmp(c->method, "DELETE") == 0 || strcmp(c->method, "OPTIONS") == 0;
 }
 
+/* A request that is not idempotent: libcurl must never send it a second time (see the top of
+ * this file). */
+static void setup_once(HttpOp *op)
+{
+    CURLcode set = CURLE_UNKNOWN_OPTION;
+#if LIBCURL_VERSION_NUM >= 0x075000 /* 7.80.0 added CURLOPT_PREREQFUNCTION */
+    set = curl_easy_setopt(op->easy, CURLOPT_PREREQFUNCTION, prereq_cb);
+    if (set == CURLE_OK)
+        set = curl_easy_setopt(op->easy, CURLOPT_PREREQDATA, op);
+#endif
+    /* An older libcurl: libcurl only retries on a reused connection, so take a new one.
+     * Correct, at the price of a connect (and TLS handshake) per such request. */
+    if (set != CURLE_OK)
+        curl_easy_setopt(op->easy, CURLOPT_FRESH_CONNECT, 1L);
+}
+
+/* The method, and the body when there is one. */
+static void setup_method(CURL *e, const Conf *c)
+{
+    int is_post = strcmp(c->method, "POST") == 0;
+    if (strcmp(c->method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (c->body != NULL || is_post || strcmp(c->method, "PUT") == 0 ||
+               strcmp(c->method, "PATCH") == 0) {
+        /* a body, or a method that always carries one: Content-Length: 0 rather than none */
+        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
+        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, c->body != NULL ? c->body : "");
+        if (!is_post)
+            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
+    } else if (strcmp(c->method, "GET") == 0) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    } else {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
+    }
+}
+
 static void setup_easy(HttpOp *op, const Conf *c)
 {
     CURL *e = op->easy;
@@ -1065,34 +1033,9 @@ static void setup_easy(HttpOp *op, const Conf *c)
     }
     if (cl.share != NULL)
         curl_easy_setopt(e, CURLOPT_SHARE, cl.share);
-    if (op->once) {
-        CURLcode set = CURLE_UNKNOWN_OPTION;
-#if LIBCURL_VERSION_NUM >= 0x075000 /* 7.80.0 added CURLOPT_PREREQFUNCTION */
-        set = curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, prereq_cb);
-        if (set == CURLE_OK)
-            set = curl_easy_setopt(e, CURLOPT_PREREQDATA, op);
-#endif
-        /* An older libcurl: libcurl only retries on a reused connection, so take a new one.
-         * Correct, at the price of a connect (and TLS handshake) per such request. */
-        if (set != CURLE_OK)
-            curl_easy_setopt(e, CURLOPT_FRESH_CONNECT, 1L);
-    }
-
-    int is_post = strcmp(c->method, "POST") == 0;
-    if (strcmp(c->method, "HEAD") == 0) {
-        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-    } else if (c->body != NULL || is_post || strcmp(c->method, "PUT") == 0 ||
-               strcmp(c->method, "PATCH") == 0) {
-        /* a body, or a method that always carries one: Content-Length: 0 rather than none */
-        curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)c->body_len);
-        curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, c->body != NULL ? c->body : "");
-        if (!is_post)
-            curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
-    } else if (strcmp(c->method, "GET") == 0) {
-        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
-    } else {
-        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, c->method);
-    }
+    if (op->once)
+        setup_once(op);
+    setup_method(e, c);
     if (op->headers != NULL)
         curl_easy_setopt(e, CURLOPT_HTTPHEADER, op->headers);
 }
@@ -1115,7 +1058,7 @@ static int http_start(lua_State *L, const char *fname, int stream)
     op->follow = c.follow;
     op->once = !is_idempotent(&c);
     op->max_body = (size_t)c.max_body;
-    op->what = str_printf("%s %s", c.method, c.url);
+    op->what = ph_printf_alloc("%s %s", c.method, c.url);
     int oom = 0;
     op->headers = build_headers(L, &c, &oom);
     op->easy = curl_easy_init();
@@ -1125,15 +1068,12 @@ static int http_start(lua_State *L, const char *fname, int stream)
     }
     setup_easy(op, &c);
     if (c.stall > 0) {
-        op->stall_ms = (uint64_t)(c.stall * 1000.0 + 0.5);
+        op->stall_ms = ph_ms(c.stall);
         op->last_rx = uv_now(ph_loop());
-        op->stall_timer = malloc(sizeof *op->stall_timer);
-        if (op->stall_timer == NULL) {
+        if ((op->stall_timer = ph_timer_new(op)) == NULL) {
             op_free(op);
             return ph_fail(L, "internal", "http: out of memory");
         }
-        uv_timer_init(ph_loop(), op->stall_timer);
-        op->stall_timer->data = op;
         uv_timer_start(op->stall_timer, stall_check, op->stall_ms, 0);
     }
     if (curl_multi_add_handle(cl.multi, op->easy) != CURLM_OK) {
@@ -1198,13 +1138,10 @@ static int stream_read(lua_State *L)
     if (n >= 0)
         return n;
     if (timeout > 0) {
-        op->read_timer = malloc(sizeof *op->read_timer);
-        if (op->read_timer == NULL)
+        if ((op->read_timer = ph_timer_new(op)) == NULL)
             return ph_fail(L, "internal", "http: out of memory");
-        uv_timer_init(ph_loop(), op->read_timer);
-        op->read_timer->data = op;
         op->read_timeout = timeout;
-        uv_timer_start(op->read_timer, read_timed_out, (uint64_t)(timeout * 1000.0 + 0.5), 0);
+        ph_timer_start(op->read_timer, read_timed_out, timeout);
     }
     op->parked = PARK_READ;
     op->op.cancel = read_cancel;
@@ -1253,15 +1190,6 @@ static int stream_index(lua_State *L)
 }
 
 /* ---- module ------------------------------------------------------------------------------- */
-
-int ph_http_traceback(lua_State *L)
-{
-    const char *msg = lua_tostring(L, 1);
-    if (msg == NULL)
-        msg = lua_pushfstring(L, "(error object is a %s value)", luaL_typename(L, 1));
-    luaL_traceback(L, L, msg, 1);
-    return 1;
-}
 
 static const luaL_Reg stream_methods[] = {
     { "read", stream_read },

@@ -51,11 +51,6 @@ static void arm_session_timer(SshSession *s);
 static void enter(SshSession *s);
 static void leave(SshSession *s);
 
-static void free_handle(uv_handle_t *h)
-{
-    free(h);
-}
-
 static void after_event(void)
 {
     ph_ssh_dispatch_run();
@@ -83,19 +78,15 @@ static void on_kick(uv_timer_t *t)
     after_event();
     for (SshSession *s = sessions; s != NULL; s = s->next)
         if (s->again)
-            uv_timer_start(kick_timer, on_kick, 0, 0); /* more work: after I/O had a turn */
+            ph_timer_start(kick_timer, on_kick, 0); /* more work: after I/O had a turn */
 }
 
 static void kick(SshSession *s)
 {
     s->again = 1;
-    if (kick_timer == NULL) {
-        kick_timer = malloc(sizeof *kick_timer);
-        if (kick_timer == NULL)
-            return;
-        uv_timer_init(ph_loop(), kick_timer);
-    }
-    uv_timer_start(kick_timer, on_kick, 0, 0);
+    if (kick_timer == NULL && (kick_timer = ph_timer_new(NULL)) == NULL)
+        return;
+    ph_timer_start(kick_timer, on_kick, 0);
 }
 
 /* ---- jobs on a session ------------------------------------------------------------------- */
@@ -165,7 +156,7 @@ static void connect_next(SshSession *s);
 static void close_socket(SshSession *s)
 {
     if (s->poll != NULL) {
-        uv_close((uv_handle_t *)s->poll, free_handle); /* stops it: the fd may close now */
+        uv_close((uv_handle_t *)s->poll, ph_handle_free); /* stops it: the fd may close now */
         s->poll = NULL;
         s->poll_events = 0;
     }
@@ -179,7 +170,7 @@ static void start_handshake(SshSession *s)
 {
     s->ssh = libssh2_session_init_ex(NULL, NULL, NULL, s);
     if (s->ssh == NULL) {
-        ph_ssh_session_fail(s, "internal", ph_ssh_strdup_printf("ssh: out of memory"));
+        ph_ssh_session_fail(s, "internal", ph_printf_alloc("ssh: out of memory"));
         return;
     }
     libssh2_session_set_blocking(s->ssh, 0);
@@ -239,7 +230,7 @@ static void connect_next(SshSession *s)
             s->poll = NULL;
             close(fd);
             s->fd = -1;
-            ph_ssh_session_fail(s, "internal", ph_ssh_strdup_printf("ssh: cannot poll a socket"));
+            ph_ssh_session_fail(s, "internal", ph_printf_alloc("ssh: cannot poll a socket"));
             return;
         }
         s->poll->data = s;
@@ -251,8 +242,8 @@ static void connect_next(SshSession *s)
     }
     ph_ssh_session_fail(
         s, "connect",
-        ph_ssh_strdup_printf("ssh: connect to %s:%d: %s", s->t.host, s->t.port,
-                             strerror(s->connect_errno ? s->connect_errno : EHOSTUNREACH)));
+        ph_printf_alloc("ssh: connect to %s:%d: %s", s->t.host, s->t.port,
+                        strerror(s->connect_errno ? s->connect_errno : EHOSTUNREACH)));
 }
 
 static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
@@ -269,7 +260,7 @@ static void on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
     if (status != 0) {
         ph_ssh_session_fail(
             s, "dns",
-            ph_ssh_strdup_printf("ssh: cannot resolve %s: %s", s->t.host, uv_strerror(status)));
+            ph_printf_alloc("ssh: cannot resolve %s: %s", s->t.host, uv_strerror(status)));
     } else {
         s->ai = s->ai_next = res;
         connect_next(s);
@@ -307,8 +298,8 @@ static void session_advance(SshSession *s)
             int lost = rc == LIBSSH2_ERROR_SOCKET_DISCONNECT || rc == LIBSSH2_ERROR_SOCKET_RECV ||
                        rc == LIBSSH2_ERROR_SOCKET_SEND;
             ph_ssh_session_fail(s, lost ? "closed" : "protocol",
-                                ph_ssh_strdup_printf("ssh: handshake with %s:%d failed: %s",
-                                                     s->t.host, s->t.port, ph_ssh_last_error(s)));
+                                ph_printf_alloc("ssh: handshake with %s:%d failed: %s", s->t.host,
+                                                s->t.port, ph_ssh_last_error(s)));
             return;
         }
         if (s->fp_only) {
@@ -414,7 +405,7 @@ static void idle_readable(SshSession *s)
     if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
         ph_ssh_session_fail(
             s, "closed",
-            ph_ssh_strdup_printf("ssh: %s:%d closed the idle connection", s->t.host, s->t.port));
+            ph_printf_alloc("ssh: %s:%d closed the idle connection", s->t.host, s->t.port));
         return;
     }
     if (n > 0 && !s->pumping) {
@@ -439,8 +430,8 @@ static void on_poll(uv_poll_t *h, int status, int events)
         connect_done(s, status);
     } else if (status < 0) {
         ph_ssh_session_fail(s, "closed",
-                            ph_ssh_strdup_printf("ssh: connection to %s:%d failed: %s", s->t.host,
-                                                 s->t.port, strerror(socket_error(s, status))));
+                            ph_printf_alloc("ssh: connection to %s:%d failed: %s", s->t.host,
+                                            s->t.port, strerror(socket_error(s, status))));
     } else if (events & UV_READABLE) {
         s->last_rx = ph_now();
         s->keepalive_wait = 0;
@@ -471,16 +462,11 @@ void ph_ssh_open_backoff(SshSession *s, double seconds)
 void ph_ssh_redrive(SshSession *s, double seconds)
 {
     if (s->retry_timer != NULL && uv_is_active((uv_handle_t *)s->retry_timer) &&
-        uv_timer_get_due_in(s->retry_timer) <= (uint64_t)(seconds * 1000.0 + 0.5))
+        uv_timer_get_due_in(s->retry_timer) <= ph_ms(seconds))
         return; /* an earlier drive is already due */
-    if (s->retry_timer == NULL) {
-        s->retry_timer = malloc(sizeof *s->retry_timer);
-        if (s->retry_timer == NULL)
-            return;
-        uv_timer_init(ph_loop(), s->retry_timer);
-        s->retry_timer->data = s;
-    }
-    uv_timer_start(s->retry_timer, on_retry_timer, (uint64_t)(seconds * 1000.0 + 0.5), 0);
+    if (s->retry_timer == NULL && (s->retry_timer = ph_timer_new(s)) == NULL)
+        return;
+    ph_timer_start(s->retry_timer, on_retry_timer, seconds);
 }
 
 static void on_session_timer(uv_timer_t *tm)
@@ -490,19 +476,18 @@ static void on_session_timer(uv_timer_t *tm)
     enter(s);
     if (s->state < S_READY) {
         ph_ssh_session_fail(s, "timeout",
-                            ph_ssh_strdup_printf("ssh: connecting to %s:%d timed out after %gs",
-                                                 s->t.host, s->t.port, s->t.connect_timeout));
+                            ph_printf_alloc("ssh: connecting to %s:%d timed out after %gs",
+                                            s->t.host, s->t.port, s->t.connect_timeout));
     } else if (s->state == S_READY && s->head == NULL && now - s->last_used >= s->t.idle_timeout) {
         s->doomed = 1; /* idle long enough: close quietly */
     } else if (s->state == S_READY) {
         if (s->t.keepalive > 0 && now - s->last_rx >= s->t.keepalive) {
             int active = s->channels > 0;
             if (active && s->keepalive_wait >= KEEPALIVE_MISSES) {
-                ph_ssh_session_fail(
-                    s, "closed",
-                    ph_ssh_strdup_printf("ssh: %s:%d stopped answering (%d keepalives "
-                                         "without a reply)",
-                                         s->t.host, s->t.port, KEEPALIVE_MISSES));
+                ph_ssh_session_fail(s, "closed",
+                                    ph_printf_alloc("ssh: %s:%d stopped answering (%d keepalives "
+                                                    "without a reply)",
+                                                    s->t.host, s->t.port, KEEPALIVE_MISSES));
             } else if (s->send_owner == NULL && !ph_ssh_blocked_out(s)) {
                 /* want_reply only while channels run: their reads consume the reply */
                 libssh2_keepalive_config(s->ssh, active, 1);
@@ -540,7 +525,7 @@ static void arm_session_timer(SshSession *s)
     }
     if (wait < 0.001)
         wait = 0.001;
-    uv_timer_start(s->timer, on_session_timer, (uint64_t)(wait * 1000.0 + 0.5), 0);
+    ph_timer_start(s->timer, on_session_timer, wait);
 }
 
 /* ---- life and death of sessions ---------------------------------------------------------- */
@@ -558,17 +543,13 @@ static SshSession *session_new(const SshTarget *t, int fp_only)
     s->max_channels = DEFAULT_MAX_CHANNELS;
     s->state = S_RESOLVE;
     s->connect_deadline = ph_now() + t->connect_timeout;
-    s->timer = malloc(sizeof *s->timer);
     s->gai = malloc(sizeof *s->gai);
-    if (s->timer == NULL || s->gai == NULL) {
-        free(s->timer);
+    if (s->gai == NULL || (s->timer = ph_timer_new(s)) == NULL) {
         free(s->gai);
         ph_ssh_target_free(&s->t);
         free(s);
         return NULL;
     }
-    uv_timer_init(ph_loop(), s->timer);
-    s->timer->data = s;
     arm_session_timer(s);
     s->next = sessions;
     if (sessions != NULL)
@@ -688,14 +669,8 @@ static void session_destroy(SshSession *s)
         s->ssh = NULL;
     }
     close_socket(s);
-    if (s->timer != NULL) {
-        uv_close((uv_handle_t *)s->timer, free_handle);
-        s->timer = NULL;
-    }
-    if (s->retry_timer != NULL) {
-        uv_close((uv_handle_t *)s->retry_timer, free_handle);
-        s->retry_timer = NULL;
-    }
+    ph_timer_free(&s->timer);
+    ph_timer_free(&s->retry_timer);
     ph_ssh_target_free(&s->t);
     free(s);
 }
@@ -741,16 +716,9 @@ int ph_ssh_job_start(SshJob *j)
         s = session_new(&j->t, j->kind == JOB_FINGERPRINT);
     if (s == NULL)
         return -1;
-    if (j->timer == NULL && !j->finished) {
-        j->timer = malloc(sizeof *j->timer);
-        if (j->timer != NULL) {
-            uv_timer_init(ph_loop(), j->timer);
-            j->timer->data = j;
-            double left = j->timeout - (ph_now() - j->started);
-            if (left < 0.001)
-                left = 0.001;
-            uv_timer_start(j->timer, on_job_timer, (uint64_t)(left * 1000.0 + 0.5), 0);
-        }
+    if (j->timer == NULL && !j->finished && (j->timer = ph_timer_new(j)) != NULL) {
+        double left = j->timeout - (ph_now() - j->started);
+        ph_timer_start(j->timer, on_job_timer, left < 0.001 ? 0.001 : left);
     }
     attach(s, j);
     if (s->state == S_READY)
@@ -789,8 +757,7 @@ void ph_ssh_close_all(void)
     while (s != NULL) {
         SshSession *next = s->next;
         ph_ssh_session_fail(
-            s, "closed",
-            ph_ssh_strdup_printf("ssh: connection to %s:%d closed", s->t.host, s->t.port));
+            s, "closed", ph_printf_alloc("ssh: connection to %s:%d closed", s->t.host, s->t.port));
         s = next;
     }
     closing_all = 0;

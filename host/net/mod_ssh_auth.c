@@ -86,8 +86,8 @@ static void note(SshSession *s, const char *fmt, ...)
     if (n < 0)
         return;
     if (s->tried.len > 0)
-        ph_ssh_buf_append(&s->tried, "; ", 2);
-    ph_ssh_buf_append(&s->tried, text, strlen(text));
+        ph_buf_append(&s->tried, "; ", 2);
+    ph_buf_append(&s->tried, text, strlen(text));
 }
 
 static int is_rsa_blob(const unsigned char *blob, size_t len)
@@ -167,12 +167,12 @@ static void fail_all(SshSession *s)
                                          "PubkeyAcceptedAlgorithms allows it: prefer an ed25519 "
                                          "key"
                                        : "";
-    ph_ssh_buf_append(&s->tried, "", 1); /* NUL-terminate */
+    ph_buf_append(&s->tried, "", 1); /* NUL-terminate */
     ph_ssh_session_fail(s, "auth",
-                        ph_ssh_strdup_printf("ssh: %s@%s:%d accepted none of the identities "
-                                             "offered (%s)%s",
-                                             t->user, t->host, t->port,
-                                             s->tried.p != NULL ? s->tried.p : "", rsa_note));
+                        ph_printf_alloc("ssh: %s@%s:%d accepted none of the identities "
+                                        "offered (%s)%s",
+                                        t->user, t->host, t->port,
+                                        s->tried.p != NULL ? s->tried.p : "", rsa_note));
 }
 
 /* The one key given refused or unusable: the words of a single-key failure. */
@@ -181,24 +181,24 @@ static void fail_single(SshSession *s, int rc)
     const SshTarget *t = &s->t;
     const char *why = ph_ssh_last_error(s);
     if (rc == LIBSSH2_ERROR_AUTHENTICATION_FAILED || rc == LIBSSH2_ERROR_PUBLICKEY_UNVERIFIED) {
-        ph_ssh_session_fail(s, "auth",
-                            ph_ssh_strdup_printf(
-                                "ssh: %s@%s:%d refused the key (publickey authentication failed)%s",
-                                t->user, t->host, t->port,
-                                s->auth_rsa
-                                    ? "; libssh2 1.10 signs RSA keys with ssh-rsa (SHA-1), which "
-                                      "OpenSSH 8.8+ refuses unless PubkeyAcceptedAlgorithms "
-                                      "allows it: prefer an ed25519 key"
-                                    : ""));
+        ph_ssh_session_fail(
+            s, "auth",
+            ph_printf_alloc("ssh: %s@%s:%d refused the key (publickey authentication failed)%s",
+                            t->user, t->host, t->port,
+                            s->auth_rsa
+                                ? "; libssh2 1.10 signs RSA keys with ssh-rsa (SHA-1), which "
+                                  "OpenSSH 8.8+ refuses unless PubkeyAcceptedAlgorithms "
+                                  "allows it: prefer an ed25519 key"
+                                : ""));
     } else if (t->passphrase != NULL) {
         ph_ssh_session_fail(s, "auth",
-                            ph_ssh_strdup_printf("ssh: cannot decrypt the private key for %s@%s:%d "
-                                                 "(wrong passphrase?): %s",
-                                                 t->user, t->host, t->port, why));
+                            ph_printf_alloc("ssh: cannot decrypt the private key for %s@%s:%d "
+                                            "(wrong passphrase?): %s",
+                                            t->user, t->host, t->port, why));
     } else {
         ph_ssh_session_fail(s, "auth",
-                            ph_ssh_strdup_printf("ssh: cannot use the private key for %s@%s:%d: %s",
-                                                 t->user, t->host, t->port, why));
+                            ph_printf_alloc("ssh: cannot use the private key for %s@%s:%d: %s",
+                                            t->user, t->host, t->port, why));
     }
 }
 
@@ -250,5 +250,5 @@ void ph_ssh_auth_done(SshSession *s)
 {
     agent_close(s);
     ph_ssh_target_free_ids(&s->t); /* the session no longer needs any key: jobs keep theirs */
-    ph_ssh_buf_free(&s->tried);
+    ph_buf_free(&s->tried);
 }

@@ -22,22 +22,13 @@ enum { OP_NONE, OP_READ_OUT, OP_READ_ERR, OP_WRITE, OP_EOF, OP_CLOSED };
 
 static int job_abort_pending(SshJob *j);
 
-static void free_handle(uv_handle_t *h)
-{
-    free(h);
-}
-
 /* The job's outcome is final: hand it to the dispatcher (which answers its task). */
 void ph_ssh_job_finish(SshJob *j)
 {
     if (j->finished)
         return;
     j->finished = 1;
-    if (j->timer != NULL) {
-        uv_timer_stop(j->timer);
-        uv_close((uv_handle_t *)j->timer, free_handle);
-        j->timer = NULL;
-    }
+    ph_timer_free(&j->timer);
     if (j->kind != JOB_PUMP) /* a pump has nobody to answer */
         ph_ssh_dispatch_add(j);
 }
@@ -109,8 +100,8 @@ const char *ph_ssh_last_error(SshSession *s)
 
 char *ph_ssh_lost_message(SshSession *s, const char *what)
 {
-    return ph_ssh_strdup_printf("ssh: connection to %s:%d lost while %s: %s", s->t.host, s->t.port,
-                                what, ph_ssh_last_error(s));
+    return ph_printf_alloc("ssh: connection to %s:%d lost while %s: %s", s->t.host, s->t.port, what,
+                           ph_ssh_last_error(s));
 }
 
 /* A libssh2 call on the job's channel failed with rc (not EAGAIN). */
@@ -137,7 +128,7 @@ static void keep_output(SshJob *j, int which, const char *p, size_t n)
 {
     if (j->finished)
         return; /* answered already (timeout, cancel): nobody will read it */
-    SshBuf *b = &j->out[which];
+    PhBuf *b = &j->out[which];
     size_t room = b->len < j->max_output ? j->max_output - b->len : 0;
     if (n > room) {
         j->truncated = 1; /* the rest is dropped; the command keeps running */
@@ -145,7 +136,7 @@ static void keep_output(SshJob *j, int which, const char *p, size_t n)
     }
     if (n == 0)
         return;
-    if (ph_ssh_buf_append(b, p, n) != 0) {
+    if (ph_buf_append(b, p, n) != 0) {
         j->truncated = 1;
         return;
     }
@@ -192,73 +183,106 @@ static int write_pending(SshJob *j)
     return write_source(j, &p, &len, &off) && *off < len;
 }
 
+/* The io_* calls of the I/O phase return 1 when they moved something, 0 when nothing moved
+ * (EAGAIN included), -1 when the job failed and must stop now. */
+
+/* Read stdout (OP_READ_OUT) or stderr (OP_READ_ERR) into the job's buffers. */
+static int io_read(SshSession *s, SshJob *j, int op)
+{
+    ssize_t n = libssh2_channel_read_ex(j->ch, op == OP_READ_OUT ? 0 : SSH_EXTENDED_DATA_STDERR,
+                                        rbuf, sizeof rbuf);
+    if (n > 0) {
+        s->last_rx = ph_now();
+        s->keepalive_wait = 0;
+        keep_output(j, op == OP_READ_OUT ? SSH_OUT : SSH_ERR, rbuf, (size_t)n);
+        return 1;
+    }
+    if (n != LIBSSH2_ERROR_EAGAIN && n < 0 && n != LIBSSH2_ERROR_CHANNEL_CLOSED) {
+        job_error(s, j, (int)n, "closed", "reading output");
+        return -1;
+    }
+    return 0;
+}
+
+/* Write the next piece of p[*off..len) (stdin, or an upload's header or bytes). */
+static int io_write(SshSession *s, SshJob *j, const char *p, size_t len, size_t *off)
+{
+    ssize_t n = libssh2_channel_write_ex(j->ch, 0, p + *off,
+                                         len - *off > WRITE_CHUNK ? WRITE_CHUNK : len - *off);
+    if (n > 0) {
+        *off += (size_t)n;
+        return 1;
+    }
+    if (n == LIBSSH2_ERROR_EAGAIN)
+        return 0;
+    if (ph_ssh_is_session_error((int)n) || j->kind == JOB_UPLOAD) {
+        job_error(s, j, (int)n, j->kind == JOB_UPLOAD ? "io" : "closed",
+                  j->kind == JOB_UPLOAD ? "writing the upload" : "writing stdin");
+        return -1;
+    }
+    *off = len; /* the command closed its stdin: drop the rest */
+    return 1;
+}
+
+/* Send EOF: nothing more on stdin. */
+static int io_eof(SshSession *s, SshJob *j)
+{
+    int n = libssh2_channel_send_eof(j->ch);
+    if (n == LIBSSH2_ERROR_EAGAIN)
+        return 0;
+    if (n != 0 && ph_ssh_is_session_error(n)) {
+        job_error(s, j, n, "closed", "sending EOF");
+        return -1;
+    }
+    j->eof_sent = 1;
+    return 1;
+}
+
+/* The command closed its output: has the channel closed too? */
+static int io_closed(SshSession *s, SshJob *j)
+{
+    int n = libssh2_channel_wait_closed(j->ch);
+    if (n == 0) {
+        j->eof_sent = 1;
+        j->state = J_WAITCLOSE;
+        return 1;
+    }
+    if (n != LIBSSH2_ERROR_EAGAIN && ph_ssh_is_session_error(n)) {
+        job_error(s, j, n, "closed", "waiting for the exit status");
+        return -1;
+    }
+    return 0;
+}
+
 /* One libssh2 call of the I/O phase: 1 when it moved something, 0 when nothing moved, -1 when
  * the job must stop now: it failed, or it left a packet half written and so became the
  * send_owner, and only the same call (op, kept in pending_op) may come next. */
 static int io_op(SshSession *s, SshJob *j, int op)
 {
-    ssize_t n;
     const char *p;
     size_t len, *off;
+    int r;
     switch (op) {
     case OP_READ_OUT:
     case OP_READ_ERR:
-        n = libssh2_channel_read_ex(j->ch, op == OP_READ_OUT ? 0 : SSH_EXTENDED_DATA_STDERR, rbuf,
-                                    sizeof rbuf);
-        if (n > 0) {
-            s->last_rx = ph_now();
-            s->keepalive_wait = 0;
-            keep_output(j, op == OP_READ_OUT ? SSH_OUT : SSH_ERR, rbuf, (size_t)n);
-            return 1;
-        }
-        if (n != LIBSSH2_ERROR_EAGAIN && n < 0 && n != LIBSSH2_ERROR_CHANNEL_CLOSED) {
-            job_error(s, j, (int)n, "closed", "reading output");
-            return -1;
-        }
+        r = io_read(s, j, op);
         break;
     case OP_WRITE:
         if (!write_source(j, &p, &len, &off) || *off >= len)
-            return 0;
-        n = libssh2_channel_write_ex(j->ch, 0, p + *off,
-                                     len - *off > WRITE_CHUNK ? WRITE_CHUNK : len - *off);
-        if (n > 0) {
-            *off += (size_t)n;
-            return 1;
-        }
-        if (n == LIBSSH2_ERROR_EAGAIN)
-            break;
-        if (ph_ssh_is_session_error((int)n) || j->kind == JOB_UPLOAD) {
-            job_error(s, j, (int)n, j->kind == JOB_UPLOAD ? "io" : "closed",
-                      j->kind == JOB_UPLOAD ? "writing the upload" : "writing stdin");
-            return -1;
-        }
-        *off = len; /* the command closed its stdin: drop the rest */
-        return 1;
+            return 0; /* nothing to write: no call made, nothing can be half written */
+        r = io_write(s, j, p, len, off);
+        break;
     case OP_EOF:
-        n = libssh2_channel_send_eof(j->ch);
-        if (n == LIBSSH2_ERROR_EAGAIN)
-            break;
-        if (n != 0 && ph_ssh_is_session_error((int)n)) {
-            job_error(s, j, (int)n, "closed", "sending EOF");
-            return -1;
-        }
-        j->eof_sent = 1;
-        return 1;
+        r = io_eof(s, j);
+        break;
     case OP_CLOSED:
-        n = libssh2_channel_wait_closed(j->ch);
-        if (n == 0) {
-            j->eof_sent = 1;
-            j->state = J_WAITCLOSE;
-            return 1;
-        }
-        if (n != LIBSSH2_ERROR_EAGAIN && ph_ssh_is_session_error((int)n)) {
-            job_error(s, j, (int)n, "closed", "waiting for the exit status");
-            return -1;
-        }
+        r = io_closed(s, j);
         break;
     default:
         return 0;
     }
+    if (r != 0)
+        return r;
     if (ph_ssh_blocked_out(s)) { /* EAGAIN with a packet half written */
         j->pending_op = op;
         s->send_owner = j;
@@ -333,7 +357,7 @@ static int step_io(SshSession *s, SshJob *j)
  * would read them as its next command). */
 static int scp_answers(SshSession *s, SshJob *j)
 {
-    SshBuf *b = &j->out[SSH_OUT];
+    PhBuf *b = &j->out[SSH_OUT];
     while (j->scp_seen < b->len) {
         unsigned char c = (unsigned char)b->p[j->scp_seen];
         if (c == 0) {
@@ -453,6 +477,102 @@ static int step_open(SshSession *s, SshJob *j)
     return job_error(s, j, rc, "protocol", "opening a channel");
 }
 
+/* A stage of step_job returns progress (0 or 1), or STEP_ON: this stage is over and the next
+ * one (already set in j->state) goes on at once. */
+#define STEP_ON (-1)
+
+/* J_ENV: one setenv request at a time, each awaiting its reply (the requester lock). */
+static int step_env(SshSession *s, SshJob *j)
+{
+    while (j->env[j->env_at] != NULL) {
+        const char *name = j->env[j->env_at], *value = j->env[j->env_at + 1];
+        if (!take_requester(s, j))
+            return 0;
+        int rc = libssh2_channel_setenv_ex(j->ch, name, (unsigned)strlen(name), value,
+                                           (unsigned)strlen(value));
+        if (rc == LIBSSH2_ERROR_EAGAIN)
+            return would_block(s, j);
+        s->requester = NULL;
+        if (rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED) {
+            ph_ssh_job_fail(j, "protocol",
+                            "ssh: %s:%d refused environment variable %s (sshd sets only the "
+                            "names its AcceptEnv lists; put them in the command instead)",
+                            s->t.host, s->t.port, name);
+            j->state = J_FREE;
+            return 1;
+        }
+        if (rc != 0)
+            return job_error(s, j, rc, "protocol", "setting the environment");
+        j->env_at += 2;
+    }
+    j->state = J_EXEC;
+    return STEP_ON;
+}
+
+/* J_EXEC: the exec request (the requester lock again). */
+static int step_exec(SshSession *s, SshJob *j)
+{
+    if (!take_requester(s, j))
+        return 0;
+    j->cmd_started = 1; /* from the first try on, the command may run remotely */
+    int rc = libssh2_channel_process_startup(j->ch, "exec", 4, j->cmd, (unsigned)strlen(j->cmd));
+    if (rc == LIBSSH2_ERROR_EAGAIN)
+        return would_block(s, j);
+    s->requester = NULL;
+    if (rc != 0)
+        return job_error(s, j, rc, "protocol", "starting the command");
+    j->state = J_IO;
+    return 1;
+}
+
+/* J_WAITCLOSE: the remote CLOSE, after which the exit status is known; an upload whose scp
+ * did not exit 0 fails with scp's words. */
+static int step_waitclose(SshSession *s, SshJob *j)
+{
+    int rc = libssh2_channel_wait_closed(j->ch);
+    if (rc == LIBSSH2_ERROR_EAGAIN)
+        return would_block(s, j);
+    if (rc != 0 && ph_ssh_is_session_error(rc))
+        return job_error(s, j, rc, "closed", "waiting for the exit status");
+    exit_status(j);
+    if (j->kind == JOB_UPLOAD && j->code == NULL && (!j->has_exit || j->exit_code != 0)) {
+        PhBuf *e = &j->out[SSH_ERR];
+        size_t n = e->len;
+        while (n > 0 && (e->p[n - 1] == '\n' || e->p[n - 1] == '\r'))
+            n--;
+        ph_ssh_job_fail(j, "io", "ssh: upload to %s:%d:%s failed: scp exited %d%s%.*s", s->t.host,
+                        s->t.port, j->path, j->exit_code, n > 0 ? ": " : "", (int)n,
+                        n > 0 ? e->p : "");
+    }
+    ph_ssh_job_finish(j);
+    j->state = J_FREE;
+    return STEP_ON;
+}
+
+/* J_FREE: libssh2_channel_free sends our CLOSE and waits for the server's. */
+static int step_free(SshSession *s, SshJob *j)
+{
+    int rc = libssh2_channel_free(j->ch);
+    if (rc == LIBSSH2_ERROR_EAGAIN) {
+        if (!ph_ssh_blocked_out(s) && s->send_owner == NULL && ph_now() - s->last_rx > 0.1) {
+            /* waiting for any packet on a quiet session: ask the server for one (quiet,
+             * so the socket buffer is empty and the keepalive goes out whole) */
+            libssh2_keepalive_config(s->ssh, 1, 1);
+            int next = 0;
+            libssh2_keepalive_send(s->ssh, &next);
+        }
+        ph_ssh_redrive(s, 0.2); /* provoke later if the server stays quiet */
+        return would_block(s, j);
+    }
+    if (!j->finished) {
+        if (j->code == NULL)
+            ph_ssh_job_fail(j, "closed", "ssh: %s:%d: channel closed", s->t.host, s->t.port);
+        ph_ssh_job_finish(j);
+    }
+    ph_ssh_job_release(j);
+    return 1;
+}
+
 /* Advance one job as far as it goes without blocking. Returns progress. */
 static int step_job(SshSession *s, SshJob *j)
 {
@@ -478,82 +598,19 @@ static int step_job(SshSession *s, SshJob *j)
             j->state = J_FREE; /* canceled while opening */
         return rc;
     case J_ENV:
-        while (j->env[j->env_at] != NULL) {
-            const char *name = j->env[j->env_at], *value = j->env[j->env_at + 1];
-            if (!take_requester(s, j))
-                return 0;
-            rc = libssh2_channel_setenv_ex(j->ch, name, (unsigned)strlen(name), value,
-                                           (unsigned)strlen(value));
-            if (rc == LIBSSH2_ERROR_EAGAIN)
-                return would_block(s, j);
-            s->requester = NULL;
-            if (rc == LIBSSH2_ERROR_CHANNEL_REQUEST_DENIED) {
-                ph_ssh_job_fail(j, "protocol",
-                                "ssh: %s:%d refused environment variable %s (sshd sets only the "
-                                "names its AcceptEnv lists; put them in the command instead)",
-                                s->t.host, s->t.port, name);
-                j->state = J_FREE;
-                return 1;
-            }
-            if (rc != 0)
-                return job_error(s, j, rc, "protocol", "setting the environment");
-            j->env_at += 2;
-        }
-        j->state = J_EXEC;
+        if ((rc = step_env(s, j)) != STEP_ON)
+            return rc;
         /* fall through */
     case J_EXEC:
-        if (!take_requester(s, j))
-            return 0;
-        j->cmd_started = 1; /* from the first try on, the command may run remotely */
-        rc = libssh2_channel_process_startup(j->ch, "exec", 4, j->cmd, (unsigned)strlen(j->cmd));
-        if (rc == LIBSSH2_ERROR_EAGAIN)
-            return would_block(s, j);
-        s->requester = NULL;
-        if (rc != 0)
-            return job_error(s, j, rc, "protocol", "starting the command");
-        j->state = J_IO;
-        return 1;
+        return step_exec(s, j);
     case J_IO:
         return j->kind == JOB_UPLOAD && j->scp_stage < 5 ? step_upload(s, j) : step_io(s, j);
     case J_WAITCLOSE:
-        rc = libssh2_channel_wait_closed(j->ch);
-        if (rc == LIBSSH2_ERROR_EAGAIN)
-            return would_block(s, j);
-        if (rc != 0 && ph_ssh_is_session_error(rc))
-            return job_error(s, j, rc, "closed", "waiting for the exit status");
-        exit_status(j);
-        if (j->kind == JOB_UPLOAD && j->code == NULL && (!j->has_exit || j->exit_code != 0)) {
-            SshBuf *e = &j->out[SSH_ERR];
-            size_t n = e->len;
-            while (n > 0 && (e->p[n - 1] == '\n' || e->p[n - 1] == '\r'))
-                n--;
-            ph_ssh_job_fail(j, "io", "ssh: upload to %s:%d:%s failed: scp exited %d%s%.*s",
-                            s->t.host, s->t.port, j->path, j->exit_code, n > 0 ? ": " : "", (int)n,
-                            n > 0 ? e->p : "");
-        }
-        ph_ssh_job_finish(j);
-        j->state = J_FREE;
+        if ((rc = step_waitclose(s, j)) != STEP_ON)
+            return rc;
         /* fall through */
     case J_FREE:
-        rc = libssh2_channel_free(j->ch);
-        if (rc == LIBSSH2_ERROR_EAGAIN) {
-            if (!ph_ssh_blocked_out(s) && s->send_owner == NULL && ph_now() - s->last_rx > 0.1) {
-                /* waiting for any packet on a quiet session: ask the server for one (quiet,
-                 * so the socket buffer is empty and the keepalive goes out whole) */
-                libssh2_keepalive_config(s->ssh, 1, 1);
-                int next = 0;
-                libssh2_keepalive_send(s->ssh, &next);
-            }
-            ph_ssh_redrive(s, 0.2); /* provoke later if the server stays quiet */
-            return would_block(s, j);
-        }
-        if (!j->finished) {
-            if (j->code == NULL)
-                ph_ssh_job_fail(j, "closed", "ssh: %s:%d: channel closed", s->t.host, s->t.port);
-            ph_ssh_job_finish(j);
-        }
-        ph_ssh_job_release(j);
-        return 1;
+        return step_free(s, j);
     default:
         return 0;
     }
