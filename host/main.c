@@ -1,4 +1,4 @@
-/* main.c - provider-host entry: script mode (like lua) or the CLI in lua/host/cli.lua. */
+/* main.c - provider-host entry: script mode (like lua) or the CLI in lua/host/cli/. */
 #include "ph.h"
 
 #include <signal.h>

@@ -42,7 +42,7 @@ static int has_runtime(const char *dir)
 {
     char probe[PATH_MAX];
     struct stat st;
-    int n = snprintf(probe, sizeof probe, "%s/lua/host/cli.lua", dir);
+    int n = snprintf(probe, sizeof probe, "%s/lua/host/cli/init.lua", dir);
     return n > 0 && (size_t)n < sizeof probe && stat(probe, &st) == 0;
 }
 

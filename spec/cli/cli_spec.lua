@@ -152,8 +152,19 @@ describe("provider-host CLI", function()
       })
       assert.equal(0, r.exit_code, r.stderr)
       assert.equal("scaffolded\n", json.decode(r.stdout).stdout)
+      -- the hooks Paperclip calls whether or not they are advertised, and the release
+      r = ph({ "call", "acme", "environmentProbe", '{"config":{}}', "--providers", dir.path })
+      assert.equal(0, r.exit_code, r.stderr)
+      assert.is_true(json.decode(r.stdout).ok)
+      r = ph({ "call", "acme", "environmentRealizeWorkspace",
+        json.encode({ config = {}, lease = lease, workspace = {} }), "--providers", dir.path })
+      assert.equal(0, r.exit_code, r.stderr)
+      assert.equal(lease.metadata.remoteCwd, json.decode(r.stdout).cwd)
+      r = ph({ "call", "acme", "environmentReleaseLease", json.encode({ config = {},
+        providerLeaseId = lease.providerLeaseId }), "--providers", dir.path })
+      assert.equal(0, r.exit_code, r.stderr)
+      assert.is_nil(require("host.fs").stat(lease.providerLeaseId))
       dir:remove()
-      require("host.fs").remove_tree(lease.providerLeaseId)
     end)
   end)
 

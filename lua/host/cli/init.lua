@@ -238,7 +238,7 @@ commands.manifest = command({
   words = 1,
   provider = true,
 }, function(_opts, _words, p)
-  out(json.pretty(require("host.manifest").build(p)), "\n")
+  out(json.pretty(require("host.cli.manifest").build(p)), "\n")
   return M.EXIT.ok
 end)
 
@@ -249,7 +249,7 @@ commands.package = command({
   required = "out",
   provider = true,
 }, function(opts, _words, p)
-  local ok, e = require("host.package").write(p, opts.out)
+  local ok, e = require("host.cli.package").write(p, opts.out)
   if not ok then
     err("provider-host package: ", e, "\n")
     return M.EXIT.failed
@@ -264,7 +264,7 @@ commands.new = command({
   words = 1,
   options = { dir = "value" },
 }, function(opts, words)
-  local path, e = require("host.scaffold").write(words[1], opts.dir or ".")
+  local path, e = require("host.cli.scaffold").write(words[1], opts.dir or ".")
   if not path then
     err("provider-host new: ", e, "\n")
     return M.EXIT.failed
@@ -301,7 +301,7 @@ commands.call = command({
 end)
 
 commands.demo = command({}, function(opts)
-  return require("host.demo").run(providers.search_path(opts.providers))
+  return require("host.cli.demo").run(providers.search_path(opts.providers))
 end)
 
 --- main(argv) -> exit code

@@ -1,4 +1,5 @@
---- host.manifest: the Paperclip plugin manifest generated from a provider (worker-protocol.md 5).
+--- host.cli.manifest: the Paperclip plugin manifest generated from a provider (worker-protocol
+-- section 5).
 local json = require("host.json")
 
 local M = {}

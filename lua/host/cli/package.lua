@@ -1,11 +1,12 @@
---- host.package: `provider-host package NAME --out DIR`, an installable Paperclip plugin package.
+--- host.cli.package: `provider-host package NAME --out DIR`, an installable Paperclip plugin
+-- package.
 -- Layout: package.json, dist/manifest.js, dist/worker.js (the shim Paperclip forks),
 -- bin/provider-host and bin/provider-host-net.so (the network module it loads on first use),
 -- lib/ (shared libraries both need beyond glibc, and execve.node, the shim's addon, when the
 -- build has it), share/provider-host/{lua,providers/NAME}.
 local fs = require("host.fs")
 local json = require("host.json")
-local manifest = require("host.manifest")
+local manifest = require("host.cli.manifest")
 local proc = require("host.proc")
 local sys = require("host.core.sys")
 

@@ -1,4 +1,4 @@
---- host.demo: `provider-host demo`, a whole lease lifecycle on the local provider, explained.
+--- host.cli.demo: `provider-host demo`, a whole lease lifecycle on the local provider, explained.
 local client = require("host.client")
 local json = require("host.json")
 local providers = require("host.providers")
