@@ -7,6 +7,7 @@
 -- be encoded). Argument mistakes raise, blamed on the caller.
 local core = require("host.core.http") -- C; yields the calling task until done
 local json = require("host.json")
+local util = require("host.util")
 
 local M = {}
 
@@ -29,18 +30,6 @@ function Response:header(name)
 end
 
 M.Response = Response -- specs fabricate responses with setmetatable({...}, http.Response)
-
--- Call fn(o); argument errors raised by C are re-raised against our caller's line (level 3:
--- the caller of the facade function), named after the facade function.
-local function call(fn, o, name)
-  local res = table.pack(pcall(fn, o))
-  if not res[1] then
-    local msg = tostring(res[2]):gsub("^bad argument #1 to '[^']*'", "bad argument #1 to '"
-      .. name .. "'")
-    error(msg, 3)
-  end
-  return res
-end
 
 -- A copy of opts with opts.json encoded into body and Content-Type set (unless given).
 -- Returns nil, msg, "json" when the value cannot be encoded; raises on misuse.
@@ -115,7 +104,7 @@ function M.request(opts)
   if not o then
     return nil, err, code
   end
-  local res = call(core.request, o, "request")
+  local res = util.call_as("request", core.request, o)
   if res[2] == nil then
     return nil, res[3], res[4]
   end
@@ -142,7 +131,7 @@ function M.get(url, opts)
     o[k] = v
   end
   o.url, o.method = url, "GET"
-  local res = call(core.request, o, "get")
+  local res = util.call_as("get", core.request, o)
   if res[2] == nil then
     return nil, res[3], res[4]
   end
@@ -165,7 +154,7 @@ function M.open(opts)
   if not o then
     return nil, err, code
   end
-  local res = call(core.open, o, "open")
+  local res = util.call_as("open", core.open, o)
   return table.unpack(res, 2, res.n)
 end
 
@@ -204,7 +193,7 @@ function M.serve(opts)
   if type(opts) ~= "table" then
     error(("bad argument #1 to 'serve' (table expected, got %s)"):format(type(opts)), 2)
   end
-  local res = call(core.serve, opts, "serve")
+  local res = util.call_as("serve", core.serve, opts)
   return table.unpack(res, 2, res.n)
 end
 

@@ -244,12 +244,16 @@ local function key_string(k)
   return nil, "cannot encode a " .. tk .. " table key (keys must be strings or numbers)"
 end
 
--- How cjson lays out an unmarked table: a list when every key is a positive integral number
--- (holes become null), unless too sparse; otherwise an object. Returns n or nil (object).
-local function list_length(t)
+-- The length of t encoded as a list. Unmarked (how cjson lays out a table): a list when every
+-- key is a positive integral number (holes become null), unless too sparse; otherwise an object,
+-- and nil comes back. Marked as an array: any other key is an error, and {} is [].
+local function list_length(t, marked)
   local max, items = 0, 0
   for k in pairs(t) do
     if type(k) ~= "number" or k < 1 or k ~= floor(k) then
+      if marked then
+        return nil, "cannot encode an array-marked table with the key " .. format("%q", tostring(k))
+      end
       return nil
     end
     if k > max then
@@ -257,25 +261,8 @@ local function list_length(t)
     end
     items = items + 1
   end
-  if items == 0 then
+  if items == 0 and not marked then
     return nil
-  end
-  if max > items * 2 and max > 10 then
-    return nil, "cannot encode an excessively sparse array"
-  end
-  return tointeger(max)
-end
-
-local function marked_length(t)
-  local max, items = 0, 0
-  for k in pairs(t) do
-    if type(k) ~= "number" or k < 1 or k ~= floor(k) then
-      return nil, "cannot encode an array-marked table with the key " .. format("%q", tostring(k))
-    end
-    if k > max then
-      max = k
-    end
-    items = items + 1
   end
   if max > items * 2 and max > 10 then
     return nil, "cannot encode an excessively sparse array"
@@ -345,7 +332,7 @@ local function encode_value(v, out, depth, stack, indent)
     local close_nl = indent and "\n" .. indent:rep(depth) or ""
     local n, err
     if arrays[v] then
-      n, err = marked_length(v)
+      n, err = list_length(v, true)
       if not n then
         return nil, err
       end

@@ -31,6 +31,17 @@ function M.lease_id(v)
   return type(v) == "string" and v ~= "" and v or nil
 end
 
+--- no_lease_result(extra) -> upstream's execute result for a lease without a providerLeaseId,
+-- with extra's fields added (exe.dev's upstream also says signal = json.null).
+function M.no_lease_result(extra)
+  local r = { exitCode = 1, timedOut = false, stdout = "" }
+  for k, v in pairs(extra or {}) do
+    r[k] = v
+  end
+  r.stderr = "No provider lease ID available for execution."
+  return r
+end
+
 local function object(v)
   return type(v) == "table" and not json.is_array(v) and v or {}
 end

@@ -52,20 +52,14 @@ local MANIFEST_KEYS = {
   driver_display_name = true,
   driver_description = true,
 }
-local FACADES = {
-  ["host.http"] = true,
-  ["host.ssh"] = true,
-  ["host.proc"] = true,
-  ["host.json"] = true,
-  ["host.log"] = true,
-  ["host.task"] = true,
-  ["host.schema"] = true,
-  ["host.shell"] = true,
-  ["host.util"] = true,
-  ["host.fs"] = true,
-  ["host.remote"] = true,
-  ["host.bridge"] = true,
-}
+-- The host modules a provider may require, in the order an error lists them.
+local FACADE_LIST = { "host.http", "host.ssh", "host.remote", "host.proc", "host.json",
+  "host.log", "host.task", "host.schema", "host.shell", "host.util", "host.fs", "host.errors",
+  "host.params" }
+local FACADES = {}
+for _, name in ipairs(FACADE_LIST) do
+  FACADES[name] = true
+end
 
 local function is_dir(path)
   local st = sys.stat(path)
@@ -228,15 +222,8 @@ local function make_env(name, base_dir, problems)
       return value
     end
     if modname:match("^host%.") then
-      error(
-        ("provider %q: no module %s (available: %s)"):format(
-          name,
-          modname,
-          "host.http, host.ssh, host.remote, host.proc, host.json, host.log, host.task, "
-          .. "host.schema, host.shell, host.util, host.fs"
-        ),
-        2
-      )
+      error(("provider %q: no module %s (available: %s)"):format(name, modname,
+        table.concat(FACADE_LIST, ", ")), 2)
     end
     local ok, mod = pcall(require, modname)
     if not ok then

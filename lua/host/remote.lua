@@ -497,12 +497,8 @@ function M.execute(ctx, t, params, opts)
     stdin = shell.stdin_env(assert(shell.export_script(p.env))) .. (p.stdin or ""),
     timeout = p.timeout_ms / 1000,
     max_output = ctx.max_output,
-    on_stdout = function(chunk)
-      ctx:emit("stdout", chunk)
-    end,
-    on_stderr = function(chunk)
-      ctx:emit("stderr", chunk)
-    end,
+    on_stdout = ctx:emitter("stdout"),
+    on_stderr = ctx:emitter("stderr"),
   }))
   if not res then
     if code == "closed" or code == "canceled" then -- it may run on: stop it

@@ -19,6 +19,7 @@
 --     on the remote side) when they must not outlive the call.
 local core = require("host.core.ssh") -- C; yields the calling task until done
 local log = require("host.log")
+local util = require("host.util")
 
 local M = {}
 
@@ -65,18 +66,6 @@ local function prepare(opts, name)
     o.idle_timeout = M.default_idle_timeout
   end
   return o
-end
-
--- Call fn(o); argument errors raised by C are re-raised against our caller's line, named
--- after the facade function. Not a tail call (that would drop the facade's frame).
-local function call(fn, o, name)
-  local res = table.pack(pcall(fn, o))
-  if not res[1] then
-    local msg = tostring(res[2]):gsub("^bad argument #1 to '[^']*'", "bad argument #1 to '"
-      .. name .. "'")
-    error(msg, 3)
-  end
-  return res
 end
 
 --- exec(opts) -> result | nil, message, code
@@ -127,7 +116,7 @@ end
 -- Cancelling the calling task closes the channel and returns nil, msg, "canceled".
 function M.exec(opts)
   local o = prepare(opts, "exec")
-  local res = call(core.exec, o, "exec")
+  local res = util.call_as("exec", core.exec, o)
   return table.unpack(res, 2, res.n)
 end
 
@@ -138,7 +127,7 @@ end
 -- Needs the scp program on the remote host.
 function M.upload(opts)
   local o = prepare(opts, "upload")
-  local res = call(core.upload, o, "upload")
+  local res = util.call_as("upload", core.upload, o)
   return table.unpack(res, 2, res.n)
 end
 
@@ -148,7 +137,7 @@ end
 function M.fingerprint(opts)
   local o = prepare(opts, "fingerprint")
   o.host_key_policy = "no"
-  local res = call(core.fingerprint, o, "fingerprint")
+  local res = util.call_as("fingerprint", core.fingerprint, o)
   return table.unpack(res, 2, res.n)
 end
 

@@ -38,6 +38,20 @@ function M.nonblank(v)
   return nil
 end
 
+--- call_as(name, fn, o) -> table.pack(fn(o)) for a facade over a C function: an argument
+-- error C raises is raised again against the facade's caller (level 3), naming the facade's
+-- function `name` instead of the C one. Call it without `return` (a tail call would drop the
+-- facade's frame).
+function M.call_as(name, fn, o)
+  local res = table.pack(pcall(fn, o))
+  if not res[1] then
+    local msg = tostring(res[2]):gsub("^bad argument #1 to '[^']*'", "bad argument #1 to '"
+      .. name .. "'")
+    error(msg, 3)
+  end
+  return res
+end
+
 -- Random, names --------------------------------------------------------------------------------
 
 --- random(n) -> string of n bytes from the kernel CSPRNG | nil, message, "io"

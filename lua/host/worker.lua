@@ -283,6 +283,17 @@ function Ctx.output(_, raw)
   return M.output(raw)
 end
 
+--- ctx:emitter(stream) -> function(chunk) that emits chunk on stream: an on_stdout or on_stderr
+-- callback for host.proc, host.ssh or host.remote.
+function Ctx:emitter(stream)
+  if stream ~= "stdout" and stream ~= "stderr" then
+    error('bad argument #1 to \'emitter\' ("stdout" or "stderr" expected)', 2)
+  end
+  return function(chunk)
+    self:emit(stream, chunk)
+  end
+end
+
 --- ctx:emit(stream, chunk): live output as execute.log notifications. The streamed text of
 -- a stream is an exact prefix of its final output: UTF-8 is cleaned incrementally (a split
 -- character waits for the next chunk) and streaming stops at the first character that would

@@ -5,6 +5,7 @@
 local api = require("providers.exe-dev.api")
 local http = require("host.http")
 local json = require("host.json")
+local host_params = require("host.params")
 local log = require("host.log")
 local remote = require("host.remote")
 local util = require("host.util")
@@ -402,13 +403,7 @@ end
 function hooks.execute(ctx, params)
   local id = params.lease.providerLeaseId
   if not id then
-    return {
-      exitCode = 1,
-      signal = json.null,
-      timedOut = false,
-      stdout = "",
-      stderr = "No provider lease ID available for execution.",
-    }
+    return host_params.no_lease_result({ signal = json.null })
   end
   local c = config_of(ctx)
   local meta = params.lease.metadata

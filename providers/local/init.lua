@@ -1,6 +1,7 @@
 -- providers/local: sandboxes as private directories on this machine (the demo and test default).
 -- Not a security boundary unless isolateNetwork is on, and even then only for the network.
 local json = require("host.json")
+local host_params = require("host.params")
 local proc = require("host.proc")
 local task = require("host.task")
 local util = require("host.util")
@@ -122,12 +123,7 @@ end
 function hooks.execute(ctx, params)
   local lease = params.lease
   if not lease.providerLeaseId then
-    return {
-      exitCode = 1,
-      timedOut = false,
-      stdout = "",
-      stderr = "No provider lease ID available for execution.",
-    }
+    return host_params.no_lease_result()
   end
   local dir = workspace.check(lease.providerLeaseId)
   if not dir then
@@ -148,12 +144,8 @@ function hooks.execute(ctx, params)
     stdin = params.stdin,
     timeout = timeout_ms / 1000,
     max_output = ctx.max_output,
-    on_stdout = function(chunk)
-      ctx:emit("stdout", chunk)
-    end,
-    on_stderr = function(chunk)
-      ctx:emit("stderr", chunk)
-    end,
+    on_stdout = ctx:emitter("stdout"),
+    on_stderr = ctx:emitter("stderr"),
   })
   if not p then
     if code == "exit" or (err and err:find("ENOENT", 1, true)) then

@@ -5,6 +5,7 @@
 -- over a minimal base, stdin in full, live output, timeouts and cancels that stop exactly the
 -- command's process group. Copy this file to write your own SSH-based provider.
 local json = require("host.json")
+local host_params = require("host.params")
 local remote = require("host.remote")
 local shell = require("host.shell")
 local util = require("host.util")
@@ -170,8 +171,7 @@ end
 function hooks.execute(ctx, params)
   local dir = lease_dir(params.lease.providerLeaseId)
   if not dir then
-    return { exitCode = 1, signal = json.null, timedOut = false, stdout = "",
-      stderr = "No provider lease ID available for execution." }
+    return host_params.no_lease_result({ signal = json.null })
   end
   local t, err = target(ctx)
   if not t then

@@ -15,6 +15,7 @@ local TEMPLATE = [==[
 -- friends read sequentially and never block the worker.
 local fs = require("host.fs")
 local json = require("host.json")
+local host_params = require("host.params")
 local proc = require("host.proc")
 local schema = require("host.schema")
 
@@ -110,8 +111,7 @@ end
 function hooks.execute(ctx, params)
   local dir = lease_dir(params.lease.providerLeaseId)
   if not dir then
-    return { exitCode = 1, timedOut = false, stdout = "",
-             stderr = "No provider lease ID available for execution." }
+    return host_params.no_lease_result()
   end
   local env = { PATH = os.getenv("PATH") or "/usr/bin:/bin", HOME = dir }
   for k, v in pairs(params.env) do
@@ -122,8 +122,8 @@ function hooks.execute(ctx, params)
     argv = { params.command, table.unpack(params.args) }, env = env, stdin = params.stdin,
     cwd = params.cwd or dir,
     timeout = (params.timeoutMs or ctx.config.timeoutMs) / 1000,
-    on_stdout = function(chunk) ctx:emit("stdout", chunk) end,
-    on_stderr = function(chunk) ctx:emit("stderr", chunk) end,
+    on_stdout = ctx:emitter("stdout"),
+    on_stderr = ctx:emitter("stderr"),
   })
   if not r then
     return nil, err
