@@ -4,6 +4,7 @@
 local api = require("providers.e2b.api")
 local envd = require("providers.e2b.envd")
 local json = require("host.json")
+local host_params = require("host.params")
 local log = require("host.log")
 local script = require("providers.e2b.script")
 local task = require("host.task")
@@ -234,6 +235,20 @@ end
 ------------------------------------------------------------------------------------------------
 -- Hooks
 
+-- conn, the sandbox created for this request | nil, message.
+local function new_sandbox(ctx, params)
+  local conn, err = api.connection(ctx)
+  if not conn then
+    return nil, err
+  end
+  local sbx
+  sbx, err = create(ctx, conn, sandbox_labels(params))
+  if not sbx then
+    return nil, err
+  end
+  return conn, sbx
+end
+
 --- environmentProbe: create a sandbox, prepare the workspace, always kill it; never raises.
 function hooks.probe(ctx, params)
   local c = ctx.config
@@ -245,14 +260,9 @@ function hooks.probe(ctx, params)
     reuseLease = c.reuseLease,
   }
   local ok, res, failure = pcall(function()
-    local conn, err = api.connection(ctx)
+    local conn, sbx = new_sandbox(ctx, params)
     if not conn then
-      return nil, err
-    end
-    local sbx
-    sbx, err = create(ctx, conn, sandbox_labels(params))
-    if not sbx then
-      return nil, err
+      return nil, sbx
     end
     local entry = api.remember(conn, sbx)
     local done, cwd, werr = pcall(resolve_workspace, conn, entry)
@@ -285,17 +295,11 @@ end
 --- environmentAcquireLease: create a sandbox (its lifetime set by the create itself) and
 -- prepare the workspace; a half-made sandbox is killed and the original error reported.
 function hooks.acquire_lease(ctx, params)
-  local conn, err = api.connection(ctx)
+  local conn, sbx = new_sandbox(ctx, params)
   if not conn then
-    return nil, err
+    return nil, sbx
   end
-  local sbx
-  sbx, err = create(ctx, conn, sandbox_labels(params))
-  if not sbx then
-    return nil, err
-  end
-  local cwd
-  cwd, err = resolve_workspace(conn, api.remember(conn, sbx))
+  local cwd, err = resolve_workspace(conn, api.remember(conn, sbx))
   if not cwd then
     return nil, err .. cleanup(ctx, conn, sbx.id, "cleanup of a failed acquire")
   end
@@ -341,6 +345,15 @@ function hooks.resume_lease(ctx, params)
   return { providerLeaseId = id, metadata = lease_metadata(ctx, sbx, steps[2][1], true) }
 end
 
+-- The connection for releasing or destroying sandbox id, whose cached sandbox entry is dropped.
+local function releasing(ctx, id)
+  local conn, err = api.connection(ctx)
+  if conn then
+    api.forget(conn, id)
+  end
+  return conn, err
+end
+
 --- environmentReleaseLease: pause when reusing (a failed pause falls back to kill), kill
 -- otherwise; both by id, so a paused sandbox is never resumed just to be cleaned up. A
 -- sandbox already gone is released; a transport failure or a 5xx is tried once more; any
@@ -350,11 +363,10 @@ function hooks.release_lease(ctx, params)
   if not id then
     return true
   end
-  local conn, err = api.connection(ctx)
+  local conn, err = releasing(ctx, id)
   if not conn then
     return nil, err
   end
-  api.forget(conn, id)
   if not ctx.config.reuseLease then
     return kill(conn, id)
   end
@@ -382,11 +394,10 @@ function hooks.destroy_lease(ctx, params)
   if not id then
     return true
   end
-  local conn, err = api.connection(ctx)
+  local conn, err = releasing(ctx, id)
   if not conn then
     return nil, err
   end
-  api.forget(conn, id)
   return kill(conn, id)
 end
 
@@ -507,12 +518,7 @@ end
 function hooks.execute(ctx, params)
   local id = params.lease.providerLeaseId
   if not id then
-    return {
-      exitCode = 1,
-      timedOut = false,
-      stdout = "",
-      stderr = "No provider lease ID available for execution.",
-    }
+    return host_params.no_lease_result()
   end
   local stdin = params.stdin
   local exec_id = ctx.execution and params.executionId or random_id()
