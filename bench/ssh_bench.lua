@@ -31,7 +31,7 @@ local PHASE_TIMEOUT = 60 -- seconds for one concurrent burst
 local RUN_DEADLINE = 110 -- seconds for the whole run: then it is canceled and cleaned up
 local SETTLE_TIMEOUT = 5 -- seconds to wait for sshd's per-connection processes to exit
 local EXEC_TIMEOUT_MS = 30000 -- params.timeoutMs of every host.remote execute
-local HOST_SSH_MAX_CHANNELS = 10 -- DEFAULT_MAX_CHANNELS in host/mod_ssh_session.c
+local HOST_SSH_MAX_CHANNELS = 10 -- DEFAULT_MAX_CHANNELS in host/net/mod_ssh_session.c
 
 ------------------------------------------------------------------------------------------------
 -- options
@@ -818,7 +818,7 @@ local function bench(o)
       po.queued, pr.queued)
     if po.queued > 0 then
       notes[#notes + 1] = ("host.ssh opens at most %d channels at a time on one session (a "
-        .. "constant in host/mod_ssh_session.c: OpenSSH's default MaxSessions); the other "
+        .. "constant in host/net/mod_ssh_session.c: OpenSSH's default MaxSessions); the other "
         .. "calls wait in its queue. So ours ran the %d commands at most %d at a time (peak "
         .. "seen: %d) although this sshd allows %s, while the peer ran all %d at once")
         :format(HOST_SSH_MAX_CHANNELS, o.concurrent, HOST_SSH_MAX_CHANNELS,
