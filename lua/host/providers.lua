@@ -30,18 +30,13 @@ local CAPABILITIES = {
   independentControlCommands = true,
   incrementalSessionOutput = true,
 }
-local KNOWN_KEYS = {
-  driver_key = true,
-  display_name = true,
-  description = true,
-  version = true,
-  schema = true,
-  hooks = true,
-  capabilities = true,
-  shell = true,
-  manifest = true,
-  env_label = true,
-}
+-- The keys a provider's table may have, in the order an error lists them.
+local KNOWN_KEY_LIST = { "driver_key", "display_name", "description", "version", "schema",
+  "hooks", "capabilities", "shell", "manifest", "env_label" }
+local KNOWN_KEYS = {}
+for _, k in ipairs(KNOWN_KEY_LIST) do
+  KNOWN_KEYS[k] = true
+end
 local MANIFEST_KEYS = {
   id = true,
   package_name = true,
@@ -253,6 +248,94 @@ local function line_of(fn)
   return info and info.short_src and (info.short_src .. ":" .. info.linedefined) or "?"
 end
 
+-- The provider's scalar fields and its schema.
+local function check_fields(p, name, problem)
+  for k in pairs(p) do
+    if not KNOWN_KEYS[k] then
+      local known = table.concat(KNOWN_KEY_LIST, ", ")
+      problem(("unknown key %q (known: %s)"):format(tostring(k), known))
+    end
+  end
+  if p.driver_key ~= name then
+    local got = type(p.driver_key) == "string" and ("%q"):format(p.driver_key) or type(p.driver_key)
+    problem(("driver_key must equal the provider's name %q (got %s)"):format(name, got))
+  end
+  local dn = p.display_name
+  if dn ~= nil and (type(dn) ~= "string" or #dn < 1 or #dn > 100) then
+    problem("display_name must be a string of 1 to 100 characters")
+  end
+  if p.env_label ~= nil and (type(p.env_label) ~= "string" or p.env_label == "") then
+    problem("env_label must be a non-empty string (it names the environment in errors)")
+  end
+  if p.description ~= nil and (type(p.description) ~= "string" or #p.description > 500) then
+    problem("description must be a string of at most 500 characters")
+  end
+  local v = p.version
+  if v ~= nil and (type(v) ~= "string" or not v:match("^%d+%.%d+%.%d+[%w%.%-+]*$")) then
+    problem('version must be a semver string such as "0.1.0"')
+  end
+  if p.schema == nil then
+    problem("schema is missing (a host.schema built with schema.new{...})")
+  elseif type(p.schema) ~= "table" or type(p.schema.normalize) ~= "function" then
+    problem('schema must be built with require("host.schema").new{...}')
+  end
+  if p.shell ~= nil and p.shell ~= "bash" and p.shell ~= "sh" then
+    problem('shell must be "bash" or "sh"')
+  end
+end
+
+-- Hooks are functions named after protocol methods.
+local function check_hooks(hooks, problem)
+  if type(hooks) ~= "table" then
+    problem("hooks must be a table of functions named after protocol methods")
+    return
+  end
+  for k, fn in pairs(hooks) do
+    if not M.METHOD_OF[k] then
+      local names = {}
+      for _, pair in ipairs(M.HOOKS) do
+        names[#names + 1] = pair[1]
+      end
+      problem(("unknown hook %q (known: %s)"):format(tostring(k), table.concat(names, ", ")),
+        type(fn) == "function" and line_of(fn) or nil)
+    elseif type(fn) ~= "function" then
+      problem(("hook %q must be a function (got %s)"):format(k, type(fn)))
+    end
+  end
+end
+
+local function check_capabilities(caps, problem)
+  if caps == nil then
+    return
+  elseif type(caps) ~= "table" then
+    return problem("capabilities must be a table")
+  end
+  for k, v in pairs(caps) do
+    if not CAPABILITIES[k] then
+      problem(("unknown capability %q"):format(tostring(k)))
+    elseif type(v) ~= "boolean" then
+      problem(("capability %q must be a boolean"):format(k))
+    end
+  end
+end
+
+local function check_manifest(manifest, problem)
+  if manifest == nil then
+    return
+  elseif type(manifest) ~= "table" then
+    return problem("manifest must be a table")
+  end
+  for k in pairs(manifest) do
+    if not MANIFEST_KEYS[k] then
+      problem(("unknown manifest key %q"):format(tostring(k)))
+    end
+  end
+  local id = manifest.id
+  if id ~= nil and (type(id) ~= "string" or not id:match("^[a-z0-9][a-z0-9._-]*$")) then
+    problem("manifest.id must match ^[a-z0-9][a-z0-9._-]*$")
+  end
+end
+
 -- Check the table a provider returned; append every problem found.
 local function check_shape(p, name, path, problems)
   local function problem(msg, where)
@@ -262,96 +345,10 @@ local function check_shape(p, name, path, problems)
     problem("the script must return a table (got " .. type(p) .. ")")
     return
   end
-  for k in pairs(p) do
-    if not KNOWN_KEYS[k] then
-      problem(
-        (
-          "unknown key %q (known: driver_key, display_name, description, version, "
-          .. "schema, hooks, capabilities, manifest, env_label)"
-        ):format(tostring(k))
-      )
-    end
-  end
-  if p.driver_key ~= name then
-    problem(
-      ("driver_key must equal the provider's name %q (got %s)"):format(
-        name,
-        type(p.driver_key) == "string" and ("%q"):format(p.driver_key) or type(p.driver_key)
-      )
-    )
-  end
-  if
-    p.display_name ~= nil
-    and (type(p.display_name) ~= "string" or #p.display_name < 1 or #p.display_name > 100)
-  then
-    problem("display_name must be a string of 1 to 100 characters")
-  end
-  if p.env_label ~= nil and (type(p.env_label) ~= "string" or p.env_label == "") then
-    problem("env_label must be a non-empty string (it names the environment in errors)")
-  end
-  if p.description ~= nil and (type(p.description) ~= "string" or #p.description > 500) then
-    problem("description must be a string of at most 500 characters")
-  end
-  if
-    p.version ~= nil
-    and (type(p.version) ~= "string" or not p.version:match("^%d+%.%d+%.%d+[%w%.%-+]*$"))
-  then
-    problem('version must be a semver string such as "0.1.0"')
-  end
-  if p.schema == nil then
-    problem("schema is missing (a host.schema built with schema.new{...})")
-  elseif type(p.schema) ~= "table" or type(p.schema.normalize) ~= "function" then
-    problem('schema must be built with require("host.schema").new{...}')
-  end
-  if type(p.hooks) ~= "table" then
-    problem("hooks must be a table of functions named after protocol methods")
-  else
-    for k, fn in pairs(p.hooks) do
-      if not M.METHOD_OF[k] then
-        local names = {}
-        for _, pair in ipairs(M.HOOKS) do
-          names[#names + 1] = pair[1]
-        end
-        problem(
-          ("unknown hook %q (known: %s)"):format(tostring(k), table.concat(names, ", ")),
-          type(fn) == "function" and line_of(fn) or nil
-        )
-      elseif type(fn) ~= "function" then
-        problem(("hook %q must be a function (got %s)"):format(k, type(fn)))
-      end
-    end
-  end
-  if p.capabilities ~= nil then
-    if type(p.capabilities) ~= "table" then
-      problem("capabilities must be a table")
-    else
-      for k, v in pairs(p.capabilities) do
-        if not CAPABILITIES[k] then
-          problem(("unknown capability %q"):format(tostring(k)))
-        elseif type(v) ~= "boolean" then
-          problem(("capability %q must be a boolean"):format(k))
-        end
-      end
-    end
-  end
-  if p.shell ~= nil and p.shell ~= "bash" and p.shell ~= "sh" then
-    problem('shell must be "bash" or "sh"')
-  end
-  if p.manifest ~= nil then
-    if type(p.manifest) ~= "table" then
-      problem("manifest must be a table")
-    else
-      for k in pairs(p.manifest) do
-        if not MANIFEST_KEYS[k] then
-          problem(("unknown manifest key %q"):format(tostring(k)))
-        end
-      end
-      local id = p.manifest.id
-      if id ~= nil and (type(id) ~= "string" or not id:match("^[a-z0-9][a-z0-9._-]*$")) then
-        problem("manifest.id must match ^[a-z0-9][a-z0-9._-]*$")
-      end
-    end
-  end
+  check_fields(p, name, problem)
+  check_hooks(p.hooks, problem)
+  check_capabilities(p.capabilities, problem)
+  check_manifest(p.manifest, problem)
 end
 
 local function format_problems(problems)

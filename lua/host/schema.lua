@@ -644,7 +644,8 @@ local function check_default(f, key)
   return v
 end
 
-local function build_field(spec)
+-- The name and type a field spec starts with, and no option this module does not know.
+local function check_head(spec)
   if type(spec) ~= "table" then
     bad("expected a table { name, type, ... }, got %s", type(spec))
   end
@@ -654,12 +655,8 @@ local function build_field(spec)
   end
   if type(ftype) ~= "string" or not IS_TYPE[ftype] then
     local hint = type(ftype) == "string" and suggest(ftype, TYPES) or ""
-    bad(
-      "the type (second value) must be one of %s, got %s%s",
-      concat(TYPES, ", "),
-      show_value(ftype),
-      hint
-    )
+    bad("the type (second value) must be one of %s, got %s%s", concat(TYPES, ", "),
+      show_value(ftype), hint)
   end
   for k in pairs(spec) do
     if type(k) ~= "string" then
@@ -670,59 +667,58 @@ local function build_field(spec)
       bad("unknown option %s%s", show_value(k), suggest(k, OPTIONS))
     end
   end
+  return name, ftype
+end
 
-  local f = { name = name, type = ftype }
-  for _, k in ipairs(OPTIONS) do
-    f[k] = spec[k]
-  end
-
-  local collection = ftype == "array" or ftype == "map"
+-- The type of the values a field checks: its elements' for an array or a map.
+local function value_type(f)
+  local collection = f.type == "array" or f.type == "map"
   if collection then
     if f.elements == nil then
-      bad("a %s field needs elements = one of %s", ftype, concat(ELEMENT_TYPES, ", "))
+      bad("a %s field needs elements = one of %s", f.type, concat(ELEMENT_TYPES, ", "))
     elseif type(f.elements) ~= "string" or not IS_ELEMENT_TYPE[f.elements] then
       local hint = type(f.elements) == "string" and suggest(f.elements, ELEMENT_TYPES) or ""
-      bad(
-        "elements must be one of %s, got %s%s",
-        concat(ELEMENT_TYPES, ", "),
-        show_value(f.elements),
-        hint
-      )
+      bad("elements must be one of %s, got %s%s", concat(ELEMENT_TYPES, ", "),
+        show_value(f.elements), hint)
     end
   elseif f.elements ~= nil then
-    bad("elements applies only to array and map fields, not to %s", ftype)
+    bad("elements applies only to array and map fields, not to %s", f.type)
   end
-  local vtype = collection and f.elements or ftype
+  return collection and f.elements or f.type
+end
 
+local NUMBERS = { integer = true, number = true }
+local STRINGS = { string = true }
+-- Options that apply to some types only: of the values (value) or of the field itself (field).
+local APPLIES_TO = {
+  { "between", "value", NUMBERS, "integer and number values" },
+  { "min_length", "value", STRINGS, "string values" },
+  { "max_length", "value", STRINGS, "string values" },
+  { "pattern", "value", STRINGS, "string values" },
+  { "trim", "value", STRINGS, "string values" },
+  { "one_of", "value", { string = true, integer = true, number = true },
+    "string, integer and number values" },
+  { "truncate", "value", { integer = true }, "integer values" },
+  { "secret", "field", STRINGS, "string fields" },
+  { "blank", "field", STRINGS, "string fields" },
+}
+
+-- Each option's own type, and only on the types it applies to.
+local function check_option_types(f, vtype)
   for _, k in ipairs({ "required", "secret", "trim", "truncate", "comma_list", "loose" }) do
     check_bool(f, k)
   end
   for _, k in ipairs({ "message", "title", "description" }) do
     check_string(f, k)
   end
-  only_for(f, "between", vtype, { integer = true, number = true }, "integer and number values")
-  only_for(f, "min_length", vtype, { string = true }, "string values")
-  only_for(f, "max_length", vtype, { string = true }, "string values")
-  only_for(f, "pattern", vtype, { string = true }, "string values")
-  only_for(f, "trim", vtype, { string = true }, "string values")
-  only_for(
-    f,
-    "one_of",
-    vtype,
-    { string = true, integer = true, number = true },
-    "string, integer and number values"
-  )
-  only_for(f, "truncate", vtype, { integer = true }, "integer values")
-  only_for(f, "secret", ftype, { string = true }, "string fields")
-  only_for(f, "blank", ftype, { string = true }, "string fields")
-  if f.comma_list ~= nil and not (ftype == "array" and f.elements == "string") then
+  for _, a in ipairs(APPLIES_TO) do
+    only_for(f, a[1], a[2] == "value" and vtype or f.type, a[3], a[4])
+  end
+  if f.comma_list ~= nil and not (f.type == "array" and f.elements == "string") then
     bad("comma_list applies only to arrays of strings")
   end
   if f.blank ~= nil and not IS_BLANK[f.blank] then
     bad("blank must be one of %s, got %s", quoted_list(BLANK), show_value(f.blank))
-  end
-  if f.blank == "null" and f.required then
-    bad('blank = "null" and required exclude each other (a blank value becomes null)')
   end
   if f.pattern ~= nil then
     if type(f.pattern) ~= "string" then
@@ -730,11 +726,8 @@ local function build_field(spec)
     end
     local ok, err = pcall(string.find, "", f.pattern)
     if not ok then
-      bad(
-        "pattern %s is not a valid Lua pattern: %s",
-        show_value(f.pattern),
-        tostring(err):gsub("^.-:%d+: ", "")
-      )
+      bad("pattern %s is not a valid Lua pattern: %s", show_value(f.pattern),
+        tostring(err):gsub("^.-:%d+: ", ""))
     end
   end
   if f.check ~= nil and type(f.check) ~= "function" then
@@ -743,12 +736,30 @@ local function build_field(spec)
   if f.normalize ~= nil and type(f.normalize) ~= "function" then
     bad("normalize must be a function(value) -> value, got %s", type(f.normalize))
   end
+end
+
+-- Options that exclude each other.
+local function check_exclusions(f)
+  if f.blank == "null" and f.required then
+    bad('blank = "null" and required exclude each other (a blank value becomes null)')
+  end
   if f.fill ~= nil and f.default ~= nil then
     bad("fill and default exclude each other (fill is a default the manifest does not show)")
   end
   if f.loose and f.required then
     bad("a loose field cannot be required (a value of the wrong type reads as absent)")
   end
+end
+
+local function build_field(spec)
+  local name, ftype = check_head(spec)
+  local f = { name = name, type = ftype }
+  for _, k in ipairs(OPTIONS) do
+    f[k] = spec[k]
+  end
+  local vtype = value_type(f)
+  check_option_types(f, vtype)
+  check_exclusions(f)
   f.between = check_between(f, vtype)
   check_lengths(f)
   f.one_of = check_one_of(f, vtype)
