@@ -212,22 +212,9 @@ local function opener(opts)
   end
 end
 
---- run(conn, sbx, opts) -> result | nil, message, kind
--- Starts `/bin/bash -l -c <opts.script>` (the SDK's command form) with process.Process/Start
--- and follows its stream. opts:
---   script, cwd       the command and its working directory (nil: envd's default, the home)
---   envs              variables added to the process's environment (never on its command line)
---   timeout_ms        the command's own deadline (Connect-Timeout-Ms; envd kills at it)
---   on_start(pid)     called when envd reports the process started
---   on_output(stream, bytes)   live output, "stdout" or "stderr"
---   max_output        bytes kept per stream in the result (the rest is still passed live)
---   what              words for messages ("run the command")
--- result: {pid, exit_code, status, stdout, stderr, truncated, timed_out, timeout_message,
--- started}. A command that outlives its timeout gives timed_out = true with the output so
--- far (no error). A failure after the start event still reports result.started via the
--- fourth return value, so the caller can clean up the process.
-function M.run(conn, sbx, opts)
-  local what = opts.what or "run a command"
+-- The Process/Start request as (body, headers): `/bin/bash -l -c <script>` without stdin, in
+-- one Connect envelope, with the command's deadline and envd's keepalive interval.
+local function start_request(sbx, opts)
   local process = { cmd = "/bin/bash", args = json.array({ "-l", "-c", opts.script }) }
   if opts.cwd ~= nil then
     process.cwd = opts.cwd
@@ -245,16 +232,25 @@ function M.run(conn, sbx, opts)
   if old_envd(sbx) then
     extra.Authorization = "Basic " .. util.base64_encode("user:")
   end
-  local settings = api.settings
-  local started_at = task.now()
-  -- The client gives up a little after the command's own deadline if envd has not ended the
-  -- stream by then; never past the hook's deadline.
-  local client_deadline = started_at + opts.timeout_ms / 1000 + settings.stream_grace
+  return envelope(0, payload), headers(sbx, extra)
+end
+
+-- When the client gives up: a little after the command's own deadline if envd has not ended
+-- the stream by then; never past the hook's deadline.
+local function client_deadline(conn, timeout_ms)
+  local deadline = task.now() + timeout_ms / 1000 + api.settings.stream_grace
   if conn.deadline then
-    client_deadline = math.min(client_deadline, conn.deadline - 1)
+    deadline = math.min(deadline, conn.deadline - 1)
   end
+  return deadline
+end
+
+-- open_stream(conn, sbx, what, body, hdrs, deadline) -> stream | nil, message, kind: the
+-- Process/Start POST within the handshake budget, answered 200 with a Connect stream.
+local function open_stream(conn, sbx, what, body, hdrs, deadline)
+  local settings = api.settings
   local handshake = api.seconds(conn)
-  if handshake <= 0 or client_deadline <= task.now() then
+  if handshake <= 0 or deadline <= task.now() then
     return nil, ("no time left to %s in sandbox %s"):format(what, sbx.id), "timeout"
   end
   local stream, err, code = task.with_timeout(
@@ -262,9 +258,9 @@ function M.run(conn, sbx, opts)
     opener({
       method = "POST",
       url = M.base_url(conn, sbx) .. "/process.Process/Start",
-      headers = headers(sbx, extra),
-      body = envelope(0, payload),
-      timeout = math.max(1, client_deadline - task.now() + 1),
+      headers = hdrs,
+      body = body,
+      timeout = math.max(1, deadline - task.now() + 1),
       connect_timeout = math.min(settings.connect_timeout, handshake),
       stall_timeout = settings.stream_stall,
     })
@@ -274,7 +270,7 @@ function M.run(conn, sbx, opts)
   end
   local ctype = stream.headers and stream.headers["content-type"] or ""
   if stream.status ~= 200 or ctype:sub(1, #STREAM_TYPE) ~= STREAM_TYPE then
-    local body = drain(stream)
+    local text = drain(stream)
     if stream.status == 200 then
       return nil,
         ("E2B envd answered %s in sandbox %s with an unexpected content type %q"):format(
@@ -284,179 +280,226 @@ function M.run(conn, sbx, opts)
         ),
         "protocol"
     end
-    return nil, status_error(conn, sbx, stream.status, body, what)
+    return nil, status_error(conn, sbx, stream.status, text, what)
   end
+  return stream
+end
 
-  local result = {
-    stdout = {},
-    stderr = {},
-    kept = { stdout = 0, stderr = 0 },
-    exit_code = nil,
-    started = false,
+-- A followed stream's state: run.result is run's result under construction (kept counts the
+-- bytes kept per stream), buf the bytes not yet decoded, ended whether the end event came,
+-- finished whether the end-of-stream message came, failure the first {message, kind}.
+local function new_run(conn, sbx, what, opts)
+  return {
+    conn = conn,
+    sbx = sbx,
+    what = what,
+    opts = opts,
+    max_output = opts.max_output or math.huge,
+    result = {
+      stdout = {},
+      stderr = {},
+      kept = { stdout = 0, stderr = 0 },
+      exit_code = nil,
+      started = false,
+    },
+    buf = "",
+    ended = false,
+    finished = false,
+    failure = nil,
   }
-  local max_output = opts.max_output or math.huge
-  local buf, ended, finished = "", false, false
-  local failure -- {message, kind}
+end
 
-  local function fail(message, kind)
-    failure = failure or { message, kind }
+-- Records a failure; the first one wins, and it stops the stream.
+local function fail(run, message, kind)
+  run.failure = run.failure or { message, kind }
+end
+
+-- The client's own deadline passed: a timeout result (no error). Returns false: stop reading.
+local function client_timed_out(run)
+  run.result.timed_out = true
+  run.result.timeout_message = "[deadline_exceeded] the operation timed out"
+  return false
+end
+
+-- Output bytes of stream name ("stdout" or "stderr"), base64 on the wire: kept up to
+-- max_output bytes per stream (more sets truncated), and always passed live to on_output.
+local function output(run, name, b64)
+  local bytes = util.base64_decode(b64)
+  if not bytes then
+    return fail(run, "E2B envd sent undecodable output", "protocol")
   end
-
-  local function output(name, b64)
-    local bytes = util.base64_decode(b64)
-    if not bytes then
-      return fail("E2B envd sent undecodable output", "protocol")
-    end
-    if bytes == "" then
-      return
-    end
-    local kept = result.kept[name]
-    if kept < max_output then
-      local piece = kept + #bytes > max_output and bytes:sub(1, max_output - kept) or bytes
-      result[name][#result[name] + 1] = piece
-      result.kept[name] = kept + #piece
-      if #piece < #bytes then
-        result.truncated = true
-      end
-    else
+  if bytes == "" then
+    return
+  end
+  local result, max_output = run.result, run.max_output
+  local kept = result.kept[name]
+  if kept < max_output then
+    local piece = kept + #bytes > max_output and bytes:sub(1, max_output - kept) or bytes
+    result[name][#result[name] + 1] = piece
+    result.kept[name] = kept + #piece
+    if #piece < #bytes then
       result.truncated = true
     end
-    if opts.on_output then
-      opts.on_output(name, bytes)
-    end
+  else
+    result.truncated = true
   end
+  if run.opts.on_output then
+    run.opts.on_output(name, bytes)
+  end
+end
 
-  local function message(flags, text)
-    local msg = json.decode(text)
-    if type(msg) ~= "table" then
-      return fail("E2B envd sent an unreadable stream message", "protocol")
+-- The end-of-stream message's error, if any ({code, message}): envd's own deadline is a
+-- timeout result, anything else a failure.
+local function end_of_stream(run, e)
+  if type(e) ~= "table" then
+    return
+  end
+  local result, sbx = run.result, run.sbx
+  local ecode = tostring(e.code or "unknown")
+  local emsg = type(e.message) == "string" and api.redact(run.conn, e.message:sub(1, 500)) or ""
+  if ecode == "deadline_exceeded" then
+    result.timed_out = true
+    result.timeout_message = ("[deadline_exceeded] %s"):format(emsg)
+  elseif ecode == "unavailable" and not result.started then
+    fail(run, ("E2B sandbox %s is not running: [unavailable] %s"):format(sbx.id, emsg),
+      "unavailable")
+  else
+    fail(
+      run,
+      ("E2B envd error while trying to %s in sandbox %s: [%s] %s"):format(
+        run.what,
+        sbx.id,
+        ecode,
+        emsg
+      ),
+      ecode == "unauthenticated" and "auth" or "upstream"
+    )
+  end
+end
+
+-- A process event: the first must be the start (pid, on_start); then output data and the
+-- end (exit code, status, error). Keepalive and empty events carry nothing.
+local function event(run, ev)
+  local result = run.result
+  if not result.started then
+    if type(ev.start) ~= "table" then
+      return fail(run, "E2B envd stream did not begin with a start event", "protocol")
     end
-    if flags & 2 == 2 then -- end of stream: {} or {"error":{code, message}}
-      finished = true
-      local e = msg.error
-      if type(e) == "table" then
-        local ecode = tostring(e.code or "unknown")
-        local emsg = type(e.message) == "string" and api.redact(conn, e.message:sub(1, 500)) or ""
-        if ecode == "deadline_exceeded" then
-          result.timed_out = true
-          result.timeout_message = ("[deadline_exceeded] %s"):format(emsg)
-        elseif ecode == "unavailable" and not result.started then
-          fail(
-            ("E2B sandbox %s is not running: [unavailable] %s"):format(sbx.id, emsg),
-            "unavailable"
-          )
-        else
-          fail(
-            ("E2B envd error while trying to %s in sandbox %s: [%s] %s"):format(
-              what,
-              sbx.id,
-              ecode,
-              emsg
-            ),
-            ecode == "unauthenticated" and "auth" or "upstream"
-          )
-        end
-      end
+    result.started = true
+    result.pid = math.tointeger(ev.start.pid)
+    if run.opts.on_start then
+      run.opts.on_start(result.pid)
+    end
+    return
+  end
+  if type(ev.data) == "table" then
+    if type(ev.data.stdout) == "string" then
+      output(run, "stdout", ev.data.stdout)
+    end
+    if type(ev.data.stderr) == "string" then
+      output(run, "stderr", ev.data.stderr)
+    end
+  elseif type(ev["end"]) == "table" then
+    local e = ev["end"]
+    run.ended = true
+    result.exit_code = math.tointeger(e.exitCode) or 0
+    result.status = type(e.status) == "string" and e.status or nil
+    result.error = type(e.error) == "string" and e.error or nil
+  end
+end
+
+-- One stream message (JSON): the end-of-stream message (flag 2) or a process event.
+local function message(run, flags, text)
+  local msg = json.decode(text)
+  if type(msg) ~= "table" then
+    return fail(run, "E2B envd sent an unreadable stream message", "protocol")
+  end
+  if flags & 2 == 2 then -- end of stream: {} or {"error":{code, message}}
+    run.finished = true
+    return end_of_stream(run, msg.error)
+  end
+  return event(run, type(msg.event) == "table" and msg.event or {})
+end
+
+-- Hands every complete envelope in run.buf to message, until the stream finished or failed;
+-- an oversized or compressed envelope is a protocol failure.
+local function decode(run)
+  while #run.buf >= 5 and not run.failure and not run.finished do
+    local flags, size = string.unpack(">BI4", run.buf)
+    if size > MAX_ENVELOPE then
+      return fail(run, "E2B envd sent an oversized stream message", "protocol")
+    end
+    if #run.buf < 5 + size then
       return
     end
-    local event = type(msg.event) == "table" and msg.event or {}
-    if not result.started then
-      if type(event.start) ~= "table" then
-        return fail("E2B envd stream did not begin with a start event", "protocol")
-      end
-      result.started = true
-      result.pid = math.tointeger(event.start.pid)
-      if opts.on_start then
-        opts.on_start(result.pid)
-      end
-      return
+    if flags & 1 == 1 then
+      return fail(run, "E2B envd sent a compressed stream message", "protocol")
     end
-    if type(event.data) == "table" then
-      if type(event.data.stdout) == "string" then
-        output("stdout", event.data.stdout)
-      end
-      if type(event.data.stderr) == "string" then
-        output("stderr", event.data.stderr)
-      end
-    elseif type(event["end"]) == "table" then
-      local e = event["end"]
-      ended = true
-      result.exit_code = math.tointeger(e.exitCode) or 0
-      result.status = type(e.status) == "string" and e.status or nil
-      result.error = type(e.error) == "string" and e.error or nil
-    end -- keepalive and empty events carry nothing
+    local text = run.buf:sub(6, 5 + size)
+    run.buf = run.buf:sub(6 + size)
+    message(run, flags, text)
   end
+end
 
-  while not finished and not failure do
-    while #buf >= 5 and not failure and not finished do
-      local flags, size = string.unpack(">BI4", buf)
-      if size > MAX_ENVELOPE then
-        fail("E2B envd sent an oversized stream message", "protocol")
-        break
-      end
-      if #buf < 5 + size then
-        break
-      end
-      if flags & 1 == 1 then
-        fail("E2B envd sent a compressed stream message", "protocol")
-        break
-      end
-      local text = buf:sub(6, 5 + size)
-      buf = buf:sub(6 + size)
-      message(flags, text)
-    end
-    if finished or failure then
-      break
-    end
-    local left = client_deadline - task.now()
-    if left <= 0 then
-      result.timed_out = true
-      result.timeout_message = "[deadline_exceeded] the operation timed out"
-      break
-    end
-    local chunk, rerr, rcode = stream:read(left)
-    if chunk then
-      buf = buf .. chunk
-    elseif rerr == nil then -- end of body
-      if not ended then
-        fail(
-          ("E2B envd stream of sandbox %s ended before the command finished (truncated "
-            .. "stream: no end event)"):format(sbx.id),
-          "closed"
-        )
-      end
-      break -- an end event without the end-of-stream message: the result is complete
-    elseif rcode == "timeout"
-      and not (rerr or ""):find("stalled", 1, true)
-      and task.now() >= client_deadline - 0.05
-    then
-      result.timed_out = true -- envd never ended the stream: the client's own deadline
-      result.timeout_message = "[deadline_exceeded] the operation timed out"
-      break
-    else
-      local why = api.redact(conn, rerr)
-      if rcode == "timeout" then
-        why = ("no data for %gs (envd sends keepalives, so the connection is dead)"):format(
-          settings.stream_stall
-        )
-      end
+-- A read that failed before the client's deadline: the connection is lost.
+local function lost(run, err, code)
+  local why = api.redact(run.conn, err)
+  if code == "timeout" then
+    why = ("no data for %gs (envd sends keepalives, so the connection is dead)"):format(
+      api.settings.stream_stall
+    )
+  end
+  fail(
+    run,
+    ("E2B envd connection to sandbox %s was lost while trying to %s: %s"):format(
+      run.sbx.id,
+      run.what,
+      why
+    ),
+    code == "canceled" and "canceled" or "closed"
+  )
+end
+
+-- read_more(run, stream, deadline) -> true when bytes were added to run.buf; false when the
+-- reading is over: the body's end, the client's deadline (timed_out) or a lost connection.
+local function read_more(run, stream, deadline)
+  local left = deadline - task.now()
+  if left <= 0 then
+    return client_timed_out(run)
+  end
+  local chunk, err, code = stream:read(left)
+  if chunk then
+    run.buf = run.buf .. chunk
+    return true
+  elseif err == nil then -- end of body
+    if not run.ended then
       fail(
-        ("E2B envd connection to sandbox %s was lost while trying to %s: %s"):format(
-          sbx.id,
-          what,
-          why
-        ),
-        rcode == "canceled" and "canceled" or "closed"
+        run,
+        ("E2B envd stream of sandbox %s ended before the command finished (truncated "
+          .. "stream: no end event)"):format(run.sbx.id),
+        "closed"
       )
-      break
     end
+    return false -- an end event without the end-of-stream message: the result is complete
+  elseif code == "timeout"
+    and not (err or ""):find("stalled", 1, true)
+    and task.now() >= deadline - 0.05
+  then
+    return client_timed_out(run) -- envd never ended the stream: the client's own deadline
   end
-  stream:close()
+  lost(run, err, code)
+  return false
+end
+
+-- outcome(run) -> result | nil, message, kind, result: the followed stream's answer; a stream
+-- that neither timed out nor ended properly is an error that still carries the result.
+local function outcome(run)
+  local result, sbx = run.result, run.sbx
   result.stdout = table.concat(result.stdout)
   result.stderr = table.concat(result.stderr)
   result.kept = nil
-  if failure then
-    return nil, failure[1], failure[2], result
+  if run.failure then
+    return nil, run.failure[1], run.failure[2], result
   end
   if not result.started and not result.timed_out then
     return nil, ("E2B envd stream of sandbox %s ended without starting the command"):format(
@@ -465,7 +508,7 @@ function M.run(conn, sbx, opts)
       "protocol",
       result
   end
-  if not ended and not result.timed_out then
+  if not run.ended and not result.timed_out then
     return nil, ("E2B envd stream of sandbox %s ended without the command's result"):format(
       sbx.id
     ),
@@ -473,6 +516,36 @@ function M.run(conn, sbx, opts)
       result
   end
   return result
+end
+
+--- run(conn, sbx, opts) -> result | nil, message, kind
+-- Starts `/bin/bash -l -c <opts.script>` (the SDK's command form) with process.Process/Start
+-- and follows its stream. opts:
+--   script, cwd       the command and its working directory (nil: envd's default, the home)
+--   envs              variables added to the process's environment (never on its command line)
+--   timeout_ms        the command's own deadline (Connect-Timeout-Ms; envd kills at it)
+--   on_start(pid)     called when envd reports the process started
+--   on_output(stream, bytes)   live output, "stdout" or "stderr"
+--   max_output        bytes kept per stream in the result (the rest is still passed live)
+--   what              words for messages ("run the command")
+-- result: {pid, exit_code, status, stdout, stderr, truncated, timed_out, timeout_message,
+-- started}. A command that outlives its timeout gives timed_out = true with the output so
+-- far (no error). A failure after the start event still reports result.started via the
+-- fourth return value, so the caller can clean up the process.
+function M.run(conn, sbx, opts)
+  local what = opts.what or "run a command"
+  local body, hdrs = start_request(sbx, opts)
+  local deadline = client_deadline(conn, opts.timeout_ms)
+  local stream, err, kind = open_stream(conn, sbx, what, body, hdrs, deadline)
+  if not stream then
+    return nil, err, kind
+  end
+  local run = new_run(conn, sbx, what, opts)
+  repeat
+    decode(run)
+  until run.finished or run.failure or not read_more(run, stream, deadline)
+  stream:close()
+  return outcome(run)
 end
 
 return M

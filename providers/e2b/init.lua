@@ -513,13 +513,11 @@ local function timeout_result(ctx, res, message)
   return { exitCode = json.null, timedOut = true, stdout = stdout, stderr = stderr }
 end
 
---- environmentExecute: upstream v-newest's command, one request on a warm lease (two with
--- stdin), output streamed live.
-function hooks.execute(ctx, params)
-  local id = params.lease.providerLeaseId
-  if not id then
-    return host_params.no_lease_result()
-  end
+-- new_job(ctx, params) -> job | nil, message: one execute's command, wrapped for the sandbox
+-- (its control dir, the staged stdin file), plus the state its cancel shares: cancelled,
+-- launched, sbx and pid of the launched command, canceller, and staged (the sandbox holding
+-- the staged stdin file, until the wrapper owns it).
+local function new_job(ctx, params)
   local stdin = params.stdin
   local exec_id = ctx.execution and params.executionId or random_id()
   local base, env_script = script.command(params.command, params.args, params.env,
@@ -529,121 +527,165 @@ function hooks.execute(ctx, params)
     return nil, err
   end
   local timeout_ms = params.timeoutMs or ctx.config.timeoutMs
-  local cwd = params.cwd
   local stdin_path = stdin and ("/tmp/paperclip-stdin-" .. util.uuid()) or nil
-  local wrapped = script.wrap(
-    exec_id,
-    stdin_path and (base .. " < " .. script.quote(stdin_path)) or base,
-    stdin_path
-  )
+  return {
+    conn = conn,
+    exec_id = exec_id,
+    stdin = stdin,
+    stdin_path = stdin_path,
+    env_script = env_script,
+    wrapped = script.wrap(
+      exec_id,
+      stdin_path and (base .. " < " .. script.quote(stdin_path)) or base,
+      stdin_path
+    ),
+    timeout_ms = timeout_ms,
+    cwd = params.cwd,
+    cancelled = false,
+    launched = false,
+  }
+end
 
-  -- Shared with environmentCancelExecution (ctx.execution.cancel, below).
-  local state = { cancelled = false, launched = false }
-  if ctx.execution then
-    ctx.execution.cancel = function()
-      state.canceller = state.canceller
-        or task.spawn(function()
-          state.cancelled = true
-          if not state.launched then
-            return true -- the command never starts: execute answers 130
-          end
-          local res, cerr = envd.run(conn, state.sbx, {
-            script = script.cancel(exec_id),
-            cwd = "/",
-            timeout_ms = math.min(ctx.config.timeoutMs, CANCEL_TIMEOUT_MS),
-            what = "cancel the command",
-          })
-          if res and not res.timed_out and res.exit_code == 0 then
-            return true
-          end
-          if state.pid then -- last resort: at least the wrapper goes
-            local ok = envd.unary(conn, state.sbx, "process.Process/SendSignal", {
-              process = { pid = state.pid },
-              signal = "SIGNAL_SIGKILL",
-            }, "kill the command")
-            if ok then
-              return true
-            end
-          end
-          return nil,
-            cerr
-              or ("E2B exact command cancellation failed with exit code %s."):format(
-                res.timed_out and "null (timed out)" or tostring(res.exit_code)
-              )
-        end)
-      local ok, cerr = state.canceller:wait()
-      if not ok then
-        error(cerr or "E2B exact command cancellation failed", 0)
-      end
+-- cancel_command(ctx, job) -> true | nil, message: marks job cancelled; once launched, the
+-- remote cancel script stops its process group, else SIGKILL at least takes the wrapper.
+local function cancel_command(ctx, job)
+  job.cancelled = true
+  if not job.launched then
+    return true -- the command never starts: execute answers 130
+  end
+  local res, cerr = envd.run(job.conn, job.sbx, {
+    script = script.cancel(job.exec_id),
+    cwd = "/",
+    timeout_ms = math.min(ctx.config.timeoutMs, CANCEL_TIMEOUT_MS),
+    what = "cancel the command",
+  })
+  if res and not res.timed_out and res.exit_code == 0 then
+    return true
+  end
+  if job.pid then -- last resort: at least the wrapper goes
+    local ok = envd.unary(job.conn, job.sbx, "process.Process/SendSignal", {
+      process = { pid = job.pid },
+      signal = "SIGNAL_SIGKILL",
+    }, "kill the command")
+    if ok then
+      return true
     end
   end
+  return nil,
+    cerr
+      or ("E2B exact command cancellation failed with exit code %s."):format(
+        res.timed_out and "null (timed out)" or tostring(res.exit_code)
+      )
+end
 
-  local staged -- the sandbox holding the staged stdin file, until the wrapper owns it
-  local res, kind, partial
-  res, err, kind, partial = with_sandbox(ctx, conn, id, function(sbx)
-    refresh(ctx, conn, sbx)
-    if state.cancelled then
+-- ctx.execution.cancel for job (environmentCancelExecution of this worker's own execution):
+-- one cancel task however often it is called; each call waits for it and raises its failure.
+local function canceller(ctx, job)
+  return function()
+    job.canceller = job.canceller
+      or task.spawn(function()
+        return cancel_command(ctx, job)
+      end)
+    local ok, cerr = job.canceller:wait()
+    if not ok then
+      error(cerr or "E2B exact command cancellation failed", 0)
+    end
+  end
+end
+
+-- stage_stdin(job, sbx) -> true | nil, message, kind: uploads the stdin to job.stdin_path; a
+-- failed upload's file is removed (best effort) unless the sandbox itself is out of reach.
+local function stage_stdin(job, sbx)
+  local ok, err, kind = envd.upload(job.conn, sbx, job.stdin_path, job.stdin)
+  if not ok then
+    if kind ~= "unavailable" and kind ~= "auth" then
+      envd.remove(job.conn, sbx, job.stdin_path) -- best effort, as upstream
+    end
+    return nil, err, kind
+  end
+  job.staged = sbx
+  return true
+end
+
+-- The envd.run options of job's command: output goes out live, and once the command starts
+-- the wrapper owns (and removes) the staged stdin file.
+local function command_opts(ctx, job)
+  return {
+    script = job.wrapped,
+    envs = { [script.ENV_VAR] = job.env_script }, -- process env, not a command line
+    cwd = job.cwd,
+    timeout_ms = job.timeout_ms,
+    max_output = ctx.max_output,
+    what = "run the command",
+    on_start = function(pid)
+      job.pid = pid
+      job.staged = nil -- the wrapper removes the staged file when it exits
+    end,
+    on_output = function(stream, bytes)
+      ctx:emit(stream, bytes)
+    end,
+  }
+end
+
+-- launch(ctx, job, sbx) -> envd.run's answers | cancelled_result(): with_sandbox's fn (it may
+-- run twice): refresh the lifetime, stage stdin, run the command while refreshing.
+local function launch(ctx, job, sbx)
+  refresh(ctx, job.conn, sbx)
+  if job.cancelled then
+    return cancelled_result()
+  end
+  if job.stdin_path then
+    local ok, err, kind = stage_stdin(job, sbx)
+    if not ok then
+      return nil, err, kind
+    end
+    if job.cancelled then
       return cancelled_result()
     end
-    if stdin_path then
-      local ok, uerr, ukind = envd.upload(conn, sbx, stdin_path, stdin)
-      if not ok then
-        if ukind ~= "unavailable" and ukind ~= "auth" then
-          envd.remove(conn, sbx, stdin_path) -- best effort, as upstream
-        end
-        return nil, uerr, ukind
-      end
-      staged = sbx
-      if state.cancelled then
-        return cancelled_result()
-      end
-    end
-    state.launched, state.sbx = true, sbx
-    local ticker = refresher(ctx, conn, sbx)
-    local r, rerr, rkind, rpartial = envd.run(conn, sbx, {
-      script = wrapped,
-      envs = { [script.ENV_VAR] = env_script }, -- process env, not a command line
-      cwd = cwd,
-      timeout_ms = timeout_ms,
-      max_output = ctx.max_output,
-      what = "run the command",
-      on_start = function(pid)
-        state.pid = pid
-        staged = nil -- the wrapper removes the staged file when it exits
-      end,
-      on_output = function(stream, bytes)
-        ctx:emit(stream, bytes)
-      end,
-    })
-    ticker:cancel()
-    if not r and not (rpartial and rpartial.started) then
-      state.launched = false
-    end
-    return r, rerr, rkind, rpartial
-  end)
-  local sbx = state.sbx
-  if staged then -- staged but never launched: nobody else removes it
+  end
+  job.launched, job.sbx = true, sbx
+  local ticker = refresher(ctx, job.conn, sbx)
+  local res, err, kind, partial = envd.run(job.conn, sbx, command_opts(ctx, job))
+  ticker:cancel()
+  if not res and not (partial and partial.started) then
+    job.launched = false
+  end
+  return res, err, kind, partial
+end
+
+-- A stdin file staged but never launched: nobody else removes it, so remove it in the
+-- background.
+local function discard_staged(job)
+  if job.staged then
     task.spawn(function()
-      envd.remove(conn, staged, stdin_path)
+      envd.remove(job.conn, job.staged, job.stdin_path)
     end)
   end
-  if not res then
-    if partial and partial.started and sbx then
-      reap(conn, sbx, exec_id, stdin_path)
-    end
-    if kind == "not_found" or kind == "unavailable" then
-      api.forget(conn, id)
-    end
-    return nil, err
+end
+
+-- execute_failed(job, id, err, kind, partial) -> nil, message: a command that started is
+-- reaped (its stream was lost); a sandbox that is gone is forgotten.
+local function execute_failed(job, id, err, kind, partial)
+  if partial and partial.started and job.sbx then
+    reap(job.conn, job.sbx, job.exec_id, job.stdin_path)
   end
+  if kind == "not_found" or kind == "unavailable" then
+    api.forget(job.conn, id)
+  end
+  return nil, err
+end
+
+-- The execute result for launch's answer: as is when canceled before launch, upstream's
+-- timeout result (the processes reaped) when timed out, else the exit code and output.
+local function execute_result(ctx, job, res)
   if res.exitCode ~= nil then -- canceled before launch
     return res
   end
   if res.timed_out then
-    if sbx then
-      reap(conn, sbx, exec_id, stdin_path)
+    if job.sbx then
+      reap(job.conn, job.sbx, job.exec_id, job.stdin_path)
     end
-    return timeout_result(ctx, res, ("Command timed out after %dms"):format(timeout_ms))
+    return timeout_result(ctx, res, ("Command timed out after %dms"):format(job.timeout_ms))
   end
   local out = {
     exitCode = res.exit_code,
@@ -655,6 +697,31 @@ function hooks.execute(ctx, params)
     out.metadata = { truncated = true }
   end
   return out
+end
+
+--- environmentExecute: upstream v-newest's command, one request on a warm lease (two with
+-- stdin), output streamed live.
+function hooks.execute(ctx, params)
+  local id = params.lease.providerLeaseId
+  if not id then
+    return host_params.no_lease_result()
+  end
+  local job, err = new_job(ctx, params)
+  if not job then
+    return nil, err
+  end
+  if ctx.execution then
+    ctx.execution.cancel = canceller(ctx, job)
+  end
+  local res, kind, partial
+  res, err, kind, partial = with_sandbox(ctx, job.conn, id, function(sbx)
+    return launch(ctx, job, sbx)
+  end)
+  discard_staged(job)
+  if not res then
+    return execute_failed(job, id, err, kind, partial)
+  end
+  return execute_result(ctx, job, res)
 end
 
 --- environmentCancelExecution: exactly that command's process group, for an execution this
