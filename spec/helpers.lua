@@ -1,5 +1,7 @@
---- spec.helpers: drive the host loop from busted specs and find the built binary.
+--- spec.helpers: drive the host loop from busted specs, find the built binary, and what specs
+--- share: polling with a deadline, files, private temp dirs, live processes, and gates.
 local task = require("host.task")
+local util = require("host.util")
 
 local M = {}
 
@@ -39,5 +41,93 @@ function M.run(fn, ...)
     return table.unpack(res, 2, res.n)
   end, ...)
 end
+
+--- eventually(pred, what [, seconds = 10]) -> pred's first true value. Inside a task: polls
+-- pred every 20 ms (a task sleep) and fails with "<what>: not within <seconds>s" when it still
+-- is not true at the deadline. For what happens in the background; the deadline only bounds a
+-- failure, so it is generous.
+function M.eventually(pred, what, seconds)
+  seconds = seconds or 10
+  local deadline = task.now() + seconds
+  while true do
+    local v = pred()
+    if v then
+      return v
+    end
+    if task.now() > deadline then
+      error(("%s: not within %gs"):format(what or "condition", seconds), 2)
+    end
+    task.sleep(0.02)
+  end
+end
+
+--- read_file(path) -> the file's contents | nil when it cannot be read (missing, gone).
+function M.read_file(path)
+  local f = io.open(path, "rb")
+  if not f then
+    return nil
+  end
+  local text = f:read("a")
+  f:close()
+  return text
+end
+
+--- write_file(path, text [, octal_mode]): creates or replaces path (mode as a string, "755").
+function M.write_file(path, text, octal_mode)
+  local f = assert(io.open(path, "wb"))
+  assert(f:write(text))
+  f:close()
+  if octal_mode then
+    assert(require("host.core.sys").chmod(path, tonumber(octal_mode, 8)))
+  end
+end
+
+--- tempdir([prefix = "ph-spec-"]) -> TempDir: a new private (0700) directory, dir.path;
+-- removed with everything in it by dir:remove() (idempotent) or when a <close> variable
+-- holding it goes out of scope, failed assertion or not:
+--   local dir <close> = helpers.tempdir("proc-")
+function M.tempdir(prefix)
+  return assert(util.tempdir(prefix or "ph-spec-"))
+end
+
+--- alive(pid) -> true while pid exists and is not a zombie (a zombie no longer runs).
+function M.alive(pid)
+  local stat = M.read_file("/proc/" .. pid .. "/stat")
+  return stat ~= nil and stat:match("^%d+ %b() (%S)") ~= "Z"
+end
+
+local Gate = {}
+Gate.__index = Gate
+
+--- gate([seconds = 20]) -> Gate: orders a command's steps after the spec's, with no clock.
+-- gate.sh is a shell snippet that waits until the spec calls gate:open() (it polls a file
+-- every 50 ms). A command that gives up after `seconds` prints "gate never opened" on stderr
+-- and exits 99, so it never hangs and a spec that never opened it fails clearly.
+-- gate:close() removes the gate's directory (also <close>). Commands of every provider under
+-- test run on this machine, so they all see the path.
+--   local gate <close> = helpers.gate()
+--   exec("echo first; " .. gate.sh .. "; echo second") -- with on_output opening the gate
+function M.gate(seconds)
+  local dir = M.tempdir("ph-gate-")
+  local path = dir.path .. "/open"
+  local polls = math.ceil((seconds or 20) / 0.05)
+  local sh = ("ph_gate_n=0; while [ ! -e %s ]; do ph_gate_n=$((ph_gate_n + 1)); "
+    .. "if [ $ph_gate_n -gt %d ]; then echo 'gate never opened' >&2; exit 99; fi; "
+    .. "sleep 0.05; done"):format(require("host.shell").quote(path), polls)
+  return setmetatable({ dir = dir, path = path, sh = sh }, Gate)
+end
+
+--- gate:open(): let every command waiting on the gate go on (idempotent).
+function Gate:open()
+  if not self.opened then
+    M.write_file(self.path, "")
+    self.opened = true
+  end
+end
+
+function Gate:close()
+  self.dir:remove()
+end
+Gate.__close = Gate.close
 
 return M

@@ -2,7 +2,6 @@
 local helpers = require("spec.helpers")
 local json = require("host.json")
 local proc = require("host.proc")
-local util = require("host.util")
 
 local BROKEN = helpers.root .. "/spec/fixtures/broken"
 
@@ -125,7 +124,7 @@ describe("provider-host CLI", function()
 
   it("scaffolds a provider that passes check and runs a command", function()
     helpers.run(function()
-      local dir = assert(util.tempdir("spec-new-"))
+      local dir <close> = helpers.tempdir("spec-new-")
       local r = ph({ "new", "acme", "--dir", dir.path })
       assert.equal(0, r.exit_code)
       r = ph({ "check", dir.path .. "/acme.lua" })
@@ -164,7 +163,6 @@ describe("provider-host CLI", function()
         providerLeaseId = lease.providerLeaseId }), "--providers", dir.path })
       assert.equal(0, r.exit_code, r.stderr)
       assert.is_nil(require("host.fs").stat(lease.providerLeaseId))
-      dir:remove()
     end)
   end)
 

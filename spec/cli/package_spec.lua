@@ -6,7 +6,6 @@ local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local json = require("host.json")
 local proc = require("host.proc")
-local util = require("host.util")
 
 local function have_node()
   return helpers.run(function()
@@ -63,7 +62,7 @@ describe("provider-host package", function()
 
   setup(function()
     helpers.run(function()
-      dir = assert(util.tempdir("spec-pkg-"))
+      dir = helpers.tempdir("spec-pkg-")
       pkg = dir.path .. "/plugin"
       local r = assert(proc.run({
         argv = { helpers.binary(), "package", "local", "--out", pkg },

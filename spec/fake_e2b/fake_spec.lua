@@ -135,24 +135,7 @@ local function outcome(list)
   return table.concat(out), table.concat(err), fin, eos
 end
 
-local function alive(pid)
-  local f = io.open("/proc/" .. pid .. "/stat", "rb")
-  if not f then
-    return false
-  end
-  local s = f:read("a") or ""
-  f:close()
-  return s:match("^.*%)%s+(%S+)") ~= "Z"
-end
-
--- Waits (bounded) until fn() is true.
-local function eventually(fn, what, limit)
-  local deadline = task.now() + (limit or 5)
-  while not fn() do
-    assert(task.now() < deadline, what .. ": not within " .. (limit or 5) .. "s")
-    task.sleep(0.02)
-  end
-end
+local alive, eventually = helpers.alive, helpers.eventually
 
 local function command_of(fake, pid)
   for _, c in ipairs(fake.commands) do
@@ -281,9 +264,12 @@ describe("fake_e2b", function()
       with_fake(function(fake)
         local sb = create(fake)
         local path = "/sandboxes/" .. sb.id
+        local before = task.now()
         assert.are.equal(204, (api(fake, "POST", path .. "/timeout", { timeout = 60 })).status)
+        local after = task.now()
         assert.are.equal(60000, sb.timeout_ms)
-        assert.is_true(math.abs(sb.expires_at - task.now() - 60) < 1)
+        -- 60 s from the moment the request was handled, whenever that was
+        assert.is_true(sb.expires_at >= before + 60 and sb.expires_at <= after + 60)
         local res, doc = api(fake, "GET", path)
         assert.are.equal(200, res.status)
         assert.are.equal("running", doc.state)
@@ -380,15 +366,32 @@ describe("fake_e2b", function()
           headers = { ["X-API-KEY"] = fake.api_key }, timeout = T })
         assert.is_nil(res)
         assert.are.equal("closed", code)
-        fake:fail({ method = "GET", stall = 3 })
+        fake:fail({ method = "GET", stall = 20 })
         t0 = task.now()
         res, _, code = http.request({ url = fake.api_url .. "/v2/sandboxes",
           headers = { ["X-API-KEY"] = fake.api_key }, timeout = 0.5 })
         assert.is_nil(res)
         assert.are.equal("timeout", code)
-        assert.is_true(task.now() - t0 < 2)
+        assert.is_true(task.now() - t0 < 10) -- the client gave up, long before the stall ended
         -- a stall that outlives its client ends by itself; the next request is served
         assert.are.equal(200, (api(fake, "GET", "/v2/sandboxes")).status)
+      end)
+    end)
+
+    it("hold: a request is answered only once hold() is true", function()
+      with_fake(function(fake)
+        local released = false
+        fake:fail({ path = "^/v2/sandboxes$", hold = function()
+          return released
+        end })
+        local t = task.spawn(create, fake)
+        eventually(function()
+          return fake:count("^/v2/sandboxes$") == 1
+        end, "the request arrived")
+        assert.are.same({}, fake:running()) -- held before anything was made
+        released = true
+        local sb = assert(t:wait(T))
+        assert.are.same({ sb.id }, fake:running())
       end)
     end)
 
@@ -700,7 +703,8 @@ describe("fake_e2b", function()
           local t0 = task.now()
           local list = start(fake, sb, "echo partial; sleep 30", { timeout_ms = "500" })
           local took = task.now() - t0
-          assert.is_true(took >= 0.45 and took < 3, "took " .. took)
+          -- at the deadline, not before; and long before the command's own 30 s
+          assert.is_true(took >= 0.45 and took < 15, "took " .. took)
           local out, _, fin, eos = outcome(list)
           assert.are.equal("partial\n", out)
           assert.is_nil(fin)
@@ -766,7 +770,8 @@ describe("fake_e2b", function()
             headers = envd_headers(sb), timeout = T }))
           assert.are.equal(404, res.status)
           -- refused: deeper /tmp paths, "..", a /tmp file that is not ours, a wrong token
-          local theirs = assert(util.mkdtemp("fake-e2b-spec-")) .. "/f"
+          local their_dir <close> = helpers.tempdir("fake-e2b-spec-")
+          local theirs = their_dir.path .. "/f"
           assert(fs.write(theirs, "theirs"))
           local bad = { "/tmp/a/b", "/home/user/../../etc/passwd", theirs:gsub("/f$", ""),
             "/tmp/" .. theirs:match("^/tmp/(.*)$") }
@@ -777,7 +782,6 @@ describe("fake_e2b", function()
             assert.is_true(res.status >= 400, p .. ": " .. res.status)
           end
           assert.are.equal("theirs", fs.read(theirs))
-          util.remove_tree((theirs:gsub("/f$", "")))
           res = assert(http.request({ method = "POST", url = fake.sandbox_url .. "/files?path=x",
             headers = envd_headers(sb, { ["X-Access-Token"] = "wrong", ["Content-Type"] =
             "application/octet-stream" }), body = "x", timeout = T }))

@@ -304,7 +304,8 @@ describe("host.http server", function()
       local took = task.now() - t0
       assert.is_true(closed)
       assert.matches("^HTTP/1%.1 408 ", buf)
-      assert.is_true(took >= 0.25 and took < 3, "took " .. took)
+      -- at head_timeout, not before; and before this client's own T would have given up
+      assert.is_true(took >= 0.25 and took < T, "took " .. took)
     end, { head_timeout = 0.3 })
   end)
 
@@ -317,7 +318,7 @@ describe("host.http server", function()
       local rest, closed = recv_all(c)
       assert.is_true(closed)
       assert.equal("", rest)
-      assert.is_true(task.now() - t0 < 3)
+      assert.is_true(task.now() - t0 < T) -- closed by the server, before this client gave up
       assert.equal(0, srv:stats().open)
     end, { idle_timeout = 0.3 })
   end)
@@ -391,11 +392,9 @@ describe("host.http server", function()
       c:send(GET)
       assert(c:recv(T))
       c:close()
-      local deadline = task.now() + T
-      while not result.done and task.now() < deadline do
-        task.sleep(0.02)
-      end
-      assert.is_true(result.done)
+      helpers.eventually(function()
+        return result.done
+      end, "the handler's write failed")
       assert.equal("closed", result.code)
     end)
   end)

@@ -10,7 +10,7 @@ local util = require("host.util")
 local run = helpers.run
 
 describe("host.ssh #ssh", function()
-  local server, keys, dir
+  local server, keys, tmp, dir
 
   -- Options for server as its user with key (default: the ed25519 key), plus extra.
   local function opts(extra, srv, key)
@@ -34,30 +34,25 @@ describe("host.ssh #ssh", function()
     return ssh.exec(opts(extra, srv, key))
   end
 
-  -- Close a server when the test ends, whatever happens (finally runs outside any task).
-  local function cleanup(srv)
+  -- private_server([opts]) -> a fresh sshd (sshd.start(opts)) of this test alone, for tests
+  -- that stop, pause or restart theirs; closed when the test ends, whatever happens. (busted's
+  -- finally runs outside any task and keeps one function per test: one such server per test.)
+  local function private_server(sopts)
+    local srv = sshd.start(sopts)
     finally(function()
       run(function()
         srv:close()
       end)
     end)
+    return srv
   end
 
-  -- Poll pred() every 20 ms for up to seconds; true once it holds.
-  local function eventually(pred, seconds)
-    local deadline = task.now() + (seconds or 5)
-    while task.now() < deadline do
-      if pred() then
-        return true
-      end
-      task.sleep(0.02)
-    end
-    return pred()
-  end
+  local eventually = helpers.eventually
 
   setup(function()
     run(function()
-      dir = assert(util.mkdtemp("ph-ssh-spec-"))
+      tmp = helpers.tempdir("ph-ssh-spec-")
+      dir = tmp.path
       keys = {}
       for _, kind in ipairs({ "ed25519", "ecdsa", "rsa", "rsa-pem", "ecdsa-pem" }) do
         keys[kind] = sshd.keygen(dir, "id_" .. kind:gsub("%-", "_"), kind)
@@ -81,8 +76,8 @@ describe("host.ssh #ssh", function()
         server:close()
       end
     end)
-    if dir then
-      util.remove_tree(dir)
+    if tmp then
+      tmp:remove()
     end
   end)
 
@@ -221,19 +216,18 @@ describe("host.ssh #ssh", function()
         end
         assert.equal(1, ssh.stats().connects - before)
         assert.equal(1, ssh.stats().sessions)
-        assert.is_true(eventually(function()
+        eventually(function()
           return server:count("Accepted publickey") - logins == 1
-        end))
-        assert.is_true(eventually(function()
+        end, "the one login logged")
+        eventually(function()
           return ssh.stats().channels == 0
-        end))
+        end, "every channel closed")
       end)
     end)
 
     it("queues commands beyond the server's channel limit (MaxSessions)", function()
       run(function()
-        local srv = sshd.start({ max_sessions = 2 })
-        cleanup(srv)
+        local srv = private_server({ max_sessions = 2 })
         srv:authorize(keys.ed25519.public)
         local before = ssh.stats().connects
         local fns = {}
@@ -252,8 +246,7 @@ describe("host.ssh #ssh", function()
 
     it("retries once on a fresh connection when the pooled one died unnoticed", function()
       run(function()
-        local srv = sshd.start()
-        cleanup(srv)
+        local srv = private_server()
         srv:authorize(keys.ed25519.public)
         assert(exec({ cmd = "true" }, srv))
         local before = ssh.stats().connects
@@ -285,9 +278,9 @@ describe("host.ssh #ssh", function()
       run(function()
         assert(exec({ cmd = "true", idle_timeout = 0.2 }))
         assert.equal(1, ssh.stats().sessions)
-        assert.is_true(eventually(function()
+        eventually(function()
           return ssh.stats().sessions == 0
-        end, 3))
+        end, "the idle session closed")
       end)
     end)
 
@@ -373,8 +366,7 @@ describe("host.ssh #ssh", function()
 
     it("explains that libssh2 1.10 RSA keys need ssh-rsa on the server", function()
       run(function()
-        local plain = sshd.start()
-        cleanup(plain)
+        local plain = private_server()
         plain:authorize(keys.rsa.public)
         local ok, err, code = exec({ cmd = "true" }, plain, keys.rsa)
         assert.is_nil(ok)
@@ -387,8 +379,7 @@ describe("host.ssh #ssh", function()
   describe("host keys", function()
     it("accept-new records a new host in known_hosts and refuses a changed key", function()
       run(function()
-        local srv = sshd.start()
-        cleanup(srv)
+        local srv = private_server()
         srv:authorize(keys.ed25519.public)
         local kh = dir .. "/known_hosts_accept_new"
         assert(exec({ cmd = "true", known_hosts = kh }, srv))
@@ -469,21 +460,21 @@ describe("host.ssh #ssh", function()
           cmd = "echo $$ > " .. pidfile .. "; while :; do echo tick; sleep 0.05; done",
           timeout = 1,
         }))
-        assert.is_true(task.now() - t0 < 3)
+        -- the command never ends: only the timeout ended it (10 s: far from its 1 s)
+        assert.is_true(task.now() - t0 < 10)
         assert.is_true(res.timed_out)
         assert.is_nil(res.exit_code)
         assert.matches("^tick\n", res.stdout)
         local pid = assert(fs.read(pidfile)):match("%d+")
-        assert.is_true(eventually(function()
-          return fs.stat("/proc/" .. pid) == nil
-        end, 5))
+        eventually(function()
+          return not helpers.alive(pid)
+        end, "the remote process gone")
       end)
     end)
 
     it("fails with closed within a deadline when sshd dies mid-command", function()
       run(function()
-        local srv = sshd.start()
-        cleanup(srv)
+        local srv = private_server()
         srv:authorize(keys.ed25519.public)
         local started = false
         local t = task.spawn(function()
@@ -494,29 +485,28 @@ describe("host.ssh #ssh", function()
             end,
           }, srv)
         end)
-        assert.is_true(eventually(function()
+        eventually(function()
           return started
-        end, 10))
-        local t0 = task.now()
+        end, "the command started")
         srv:kill()
-        local ok, err, code = t:wait(10)
+        -- the kill ended it: at most half way through the command's own 30 s
+        local ok, err, code = t:wait(15)
         assert.is_nil(ok)
         assert.equal("closed", code, err)
-        assert.is_true(task.now() - t0 < 5)
       end)
     end)
 
     it("times out against a server that accepts but never speaks", function()
       run(function()
-        local srv = sshd.start()
-        cleanup(srv)
+        local srv = private_server()
         srv:pause()
         local t0 = task.now()
         local ok, err, code = exec({ cmd = "true", timeout = 1 }, srv)
         assert.is_nil(ok)
         assert.equal("timeout", code)
         assert.matches("while connecting", err)
-        assert.is_true(task.now() - t0 < 3)
+        -- the 1 s timeout, before the 10 s connect_timeout of opts() could end it
+        assert.is_true(task.now() - t0 < 10)
         ok, err, code = exec({ cmd = "true", connect_timeout = 0.5 }, srv)
         assert.is_nil(ok)
         assert.equal("timeout", code)
@@ -526,8 +516,7 @@ describe("host.ssh #ssh", function()
 
     it("marks a stalled session dead after unanswered keepalives", function()
       run(function()
-        local srv = sshd.start()
-        cleanup(srv)
+        local srv = private_server()
         srv:authorize(keys.ed25519.public)
         local started = false
         local t = task.spawn(function()
@@ -539,9 +528,9 @@ describe("host.ssh #ssh", function()
             end,
           }, srv)
         end)
-        assert.is_true(eventually(function()
+        eventually(function()
           return started
-        end, 10))
+        end, "the command started")
         srv:pause()
         local ok, err, code = t:wait(10)
         assert.is_nil(ok)
@@ -552,8 +541,7 @@ describe("host.ssh #ssh", function()
 
     it("reconnects after sshd restarts", function()
       run(function()
-        local srv = sshd.start()
-        cleanup(srv)
+        local srv = private_server()
         srv:authorize(keys.ed25519.public)
         assert(exec({ cmd = "true" }, srv))
         local before = ssh.stats().connects
@@ -591,18 +579,16 @@ describe("host.ssh #ssh", function()
             end,
           })
         end)
-        assert.is_true(eventually(function()
+        eventually(function()
           return started
-        end, 10))
-        local t0 = task.now()
+        end, "the command started")
         t:cancel()
-        local ok, err, code = t:wait(5)
+        local ok, err, code = t:wait(15) -- the cancel, not the command's own 30 s, ends it
         assert.is_nil(ok)
         assert.equal("canceled", code, err)
-        assert.is_true(task.now() - t0 < 1)
-        assert.is_true(eventually(function()
+        eventually(function()
           return ssh.stats().channels == 0
-        end, 5))
+        end, "every channel closed")
         -- the session stays usable
         assert.equal("still\n", assert(exec({ cmd = "echo still" })).stdout)
       end)

@@ -1,4 +1,5 @@
 -- spec/host/util_spec.lua: host.util through the real host (host.core.util in C).
+local helpers = require("spec.helpers")
 local util = require("host.util")
 
 local R = "\xEF\xBF\xBD" -- U+FFFD
@@ -23,21 +24,7 @@ local function exists(path) -- lstat-like: true for a dangling symlink too
   return os.rename(path, path) ~= nil
 end
 
-local function write_file(path, text)
-  local f = assert(io.open(path, "wb"))
-  f:write(text)
-  f:close()
-end
-
-local function read_file(path)
-  local f = io.open(path, "rb")
-  if not f then
-    return nil
-  end
-  local text = f:read("a")
-  f:close()
-  return text
-end
+local read_file, write_file = helpers.read_file, helpers.write_file
 
 local function mode_of(path)
   local p = assert(io.popen("stat -c %a " .. shell_quote(path)))

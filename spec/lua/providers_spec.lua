@@ -1,7 +1,6 @@
 -- spec/lua/providers_spec.lua: loading and checking provider scripts.
 local helpers = require("spec.helpers")
 local providers = require("host.providers")
-local util = require("host.util")
 
 local BROKEN = helpers.root .. "/spec/fixtures/broken"
 local FIXTURES = helpers.root .. "/spec/fixtures/providers"
@@ -64,25 +63,22 @@ describe("host.providers", function()
   end)
 
   it("raises when a hook reads an undeclared global", function()
-    local dir = assert(util.tempdir("spec-typo-"))
-    local f = assert(io.open(dir.path .. "/typo.lua", "w"))
-    f:write(
+    local dir <close> = helpers.tempdir("spec-typo-")
+    helpers.write_file(
+      dir.path .. "/typo.lua",
       'return { driver_key = "typo", schema = require("host.schema").new({}),\n'
         .. "  hooks = { probe = function() return undefined_thing end } }\n"
     )
-    f:close()
     local p = assert(providers.load(dir.path .. "/typo.lua"))
     local ok, err = pcall(p.hooks.probe)
-    dir:remove()
     assert.is_false(ok)
     assert.matches('typo%.lua:2: provider "typo": unknown global "undefined_thing"', err)
   end)
 
   it("finds providers on the search path, earlier directories first", function()
-    local dir = assert(util.tempdir("spec-path-"))
-    local f = assert(io.open(dir.path .. "/echo.lua", "w"))
-    f:write('return { driver_key = "echo", schema = require("host.schema").new({}), hooks = {} }')
-    f:close()
+    local dir <close> = helpers.tempdir("spec-path-")
+    helpers.write_file(dir.path .. "/echo.lua",
+      'return { driver_key = "echo", schema = require("host.schema").new({}), hooks = {} }')
     local dirs = providers.search_path({ FIXTURES, dir.path })
     local path = providers.locate("echo", dirs)
     assert.equal(FIXTURES .. "/echo.lua", path)
@@ -94,7 +90,6 @@ describe("host.providers", function()
       end
     end
     assert.equal(FIXTURES .. "/echo.lua", shadowed)
-    dir:remove()
   end)
 
   it("rejects names that are not driver keys", function()

@@ -15,7 +15,6 @@ local helpers = require("spec.helpers")
 local json = require("host.json")
 local log = require("host.log")
 local provider = require("providers.e2b")
-local task = require("host.task")
 
 local M = {}
 
@@ -153,16 +152,7 @@ function M.exec(s, lp, params, cfg)
   return s:call("environmentExecute", params)
 end
 
---- wait_for(pred, seconds) -> true once pred() holds, false after `seconds` (5) without.
-function M.wait_for(pred, seconds)
-  local deadline = task.now() + (seconds or 5)
-  while not pred() do
-    if task.now() > deadline then
-      return false
-    end
-    task.sleep(0.02)
-  end
-  return true
-end
+--- eventually(pred, what [, seconds]): spec.helpers' eventually, for the specs' locals.
+M.eventually = helpers.eventually
 
 return M

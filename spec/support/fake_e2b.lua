@@ -217,14 +217,10 @@ local function process_table()
   for _, name in ipairs(fs.list("/proc") or {}) do
     local pid = name:match("^%d+$") and tonumber(name)
     if pid then
-      local f = io.open("/proc/" .. name .. "/stat", "rb")
-      if f then
-        local s = f:read("a") or ""
-        f:close()
-        local state, ppid, pgrp = s:match("^.*%)%s+(%S+)%s+(%-?%d+)%s+(%-?%d+)")
-        if state then
-          out[pid] = { ppid = tonumber(ppid), pgrp = tonumber(pgrp), zombie = state == "Z" }
-        end
+      local s = fs.read("/proc/" .. name .. "/stat") or ""
+      local state, ppid, pgrp = s:match("^.*%)%s+(%S+)%s+(%-?%d+)%s+(%-?%d+)")
+      if state then
+        out[pid] = { ppid = tonumber(ppid), pgrp = tonumber(pgrp), zombie = state == "Z" }
       end
     end
   end
@@ -233,12 +229,10 @@ end
 
 -- True when the initial environment of pid names one of `ids` in E2B_SANDBOX_ID.
 local function in_sandboxes(pid, ids)
-  local f = io.open("/proc/" .. pid .. "/environ", "rb")
-  if not f then
+  local env = fs.read("/proc/" .. pid .. "/environ")
+  if not env then
     return false
   end
-  local env = f:read("a") or ""
-  f:close()
   for id in ("\0" .. env):gmatch("%zE2B_SANDBOX_ID=([^%z]*)") do
     if ids[id] then
       return true
@@ -396,6 +390,8 @@ end
 --   method, path (Lua pattern on the path), kind ("api"|"envd"): what it matches (nil: any)
 --   times     how many requests it applies to (default 1; math.huge: all)
 --   delay     seconds to wait first; alone, the request is then handled normally
+--   hold      a function: wait first until hold() is true (polled; or the fake stops), then go
+--             on as with delay: lets a spec decide when a request may be answered
 --   status, body (table: JSON; string: as is), headers: the answer (body default:
 --             {code = status, message = "injected fault"})
 --   drop      close the connection after the response head (for a process stream: after the
@@ -603,6 +599,11 @@ function Fake:_apply_fault(f, req, res, entry)
   if f.delay then
     task.sleep(f.delay)
   end
+  while f.hold and not self.stopped and not f.hold() do
+    if not task.sleep(0.02) then
+      return "done"
+    end
+  end
   if f.stall then
     local deadline = task.now() + (type(f.stall) == "number" and f.stall or 600)
     while not self.stopped and task.now() < deadline do
@@ -614,7 +615,7 @@ function Fake:_apply_fault(f, req, res, entry)
     return "done", api_error(504, "injected stall ended")
   end
   if f.status == nil and not f.drop and not f.truncate then
-    return nil -- a delay only
+    return nil -- a delay or hold only
   end
   if (f.drop or f.truncate) and req.path:find("^/process%.Process/") then
     return nil -- process streams handle these themselves

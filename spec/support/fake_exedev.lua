@@ -559,17 +559,8 @@ function M.harness(opts)
     return false
   end
 
-  --- h.wait_for(pred [, seconds]) -> true once pred() holds (polled every 20 ms), else false.
-  function h.wait_for(pred, seconds)
-    local deadline = task.now() + (seconds or 5)
-    while not pred() do
-      if task.now() > deadline then
-        return false
-      end
-      task.sleep(0.02)
-    end
-    return true
-  end
+  --- h.eventually(pred, what [, seconds]): spec.helpers' eventually, for the specs' use.
+  h.eventually = helpers.eventually
 
   return h
 end

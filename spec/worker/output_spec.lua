@@ -56,9 +56,7 @@ end
 
 -- The worker's peak resident size so far, in kB.
 local function peak_kb(w)
-  local f = assert(io.open("/proc/" .. w.process.pid .. "/status"))
-  local status = f:read("a")
-  f:close()
+  local status = assert(helpers.read_file("/proc/" .. w.process.pid .. "/status"))
   return tonumber(status:match("VmHWM:%s*(%d+)"))
 end
 
@@ -77,7 +75,7 @@ end
 -- execute.log chunks in order, and the worker's peak resident size in kB at the reply.
 local function execute(command, fn)
   helpers.run(function()
-    local root <close> = assert(util.tempdir("ph-output-spec-"))
+    local root <close> = helpers.tempdir("ph-output-spec-")
     local w = start_worker()
     local ok, err = pcall(function()
       local base = { driverKey = "local", companyId = "c1", environmentId = "e1" }

@@ -3,14 +3,15 @@
 local api = require("providers.e2b.api")
 local fs = require("host.fs")
 local harness = require("spec.support.e2b_harness")
+local helpers = require("spec.helpers")
 local json = require("host.json")
 local provider = require("providers.e2b")
 local script = require("providers.e2b.script")
 local task = require("host.task")
 
 local KEY = harness.KEY
-local session, config, acquire, destroy, exec, wait_for = harness.session, harness.config,
-  harness.acquire, harness.destroy, harness.exec, harness.wait_for
+local session, config, acquire, destroy, exec, eventually = harness.session, harness.config,
+  harness.acquire, harness.destroy, harness.exec, harness.eventually
 
 -- A fresh fake per spec (h.fake, h.env; h.logs: the warnings); no sandbox may be left running.
 local h = harness.new({ logs = "warn" })
@@ -34,6 +35,29 @@ local function staged_paths()
     end
   end
   return out
+end
+
+-- A command whose shell and child (a sleep 30 it waits for) write their pids to `file`; and
+-- group_pids(file) -> both pids, once written (so a spec can watch the whole process group).
+local function group_script(file)
+  return "echo $$ > " .. file .. "; sleep 30 & echo $! >> " .. file .. "; wait"
+end
+
+local function group_pids(file)
+  local pids = {}
+  for pid in (helpers.read_file(file) or ""):gmatch("%d+") do
+    pids[#pids + 1] = tonumber(pid)
+  end
+  return #pids == 2 and pids
+end
+
+-- Fails unless every pid stops running (soon: nothing else would stop a sleep 30).
+local function assert_stopped(pids)
+  for _, pid in ipairs(pids) do
+    eventually(function()
+      return not helpers.alive(pid)
+    end, "the whole group stopped, not only the wrapper: pid " .. pid)
+  end
 end
 
 describe("providers.e2b conformance", function()
@@ -332,9 +356,9 @@ describe("providers.e2b conformance", function()
         assert.equal(0, h.fake:count("/timeout$"), "just created: no refresh due yet")
         api.settings.refresh_fraction = 0 -- every execute is due
         assert(exec(s, lp, { args = { "-c", "true" } }, cfg))
-        assert.is_true(wait_for(function()
+        eventually(function()
           return h.fake:count("^/sandboxes/" .. id .. "/timeout$") == 1
-        end))
+        end, "the lifetime refresh")
         assert.equal(1800000, h.fake.sandboxes[id].timeout_ms)
         destroy(s, id)
       end)
@@ -350,9 +374,9 @@ describe("providers.e2b conformance", function()
         local r = assert(exec(s, lp, { args = { "-c", "echo ran" } }))
         assert.equal(0, r.exitCode)
         assert.equal("ran\n", r.stdout)
-        assert.is_true(wait_for(function()
+        eventually(function()
           return #h.logs > 0
-        end))
+        end, "the refresh failure's warning")
         assert.matches("Could not refresh the lifetime", h.logs[1])
         destroy(s, lease.providerLeaseId)
       end)
@@ -380,10 +404,10 @@ describe("providers.e2b conformance", function()
         local lease, lp = acquire(s)
         local t0 = task.now()
         local r = assert(exec(s, lp, {
-          args = { "-c", "echo partial stdout; echo partial stderr >&2; sleep 5" },
+          args = { "-c", "echo partial stdout; echo partial stderr >&2; sleep 60" },
           timeoutMs = 500,
         }))
-        assert.is_true(task.now() - t0 < 3)
+        assert.is_true(task.now() - t0 < 30, "the timeout, not the command, ended it")
         assert.same({
           exitCode = json.null,
           timedOut = true,
@@ -411,25 +435,27 @@ describe("providers.e2b conformance", function()
         }, r)
         -- the timed-out wrapper could not clean up: the reaper removes the staged file
         local path = staged_paths()[1]
-        assert.is_true(wait_for(function()
+        eventually(function()
           return fs.stat(path) == nil
-        end))
+        end, "the staged stdin removed")
         destroy(s, lease.providerLeaseId)
       end)
     end)
 
     it("returns a non-zero exit as a result and streams output live", function()
       run(function()
+        -- the command goes on past its first line only once the spec has received that line
+        local gate <close> = helpers.gate()
         local chunks = {}
         local s = session({
           on_log = function(stream, chunk)
-            chunks[#chunks + 1] = { stream, chunk, task.now() }
+            chunks[#chunks + 1] = { stream, chunk }
+            gate:open()
           end,
         })
         local _, lp = acquire(s)
-        local t0 = task.now()
         local r = assert(exec(s, lp, {
-          args = { "-c", "echo first; sleep 0.5; echo second; echo oops >&2; exit 42" },
+          args = { "-c", "echo first; " .. gate.sh .. "; echo second; echo oops >&2; exit 42" },
         }))
         assert.same(
           { exitCode = 42, timedOut = false, stdout = "first\nsecond\n", stderr = "oops\n" },
@@ -437,7 +463,6 @@ describe("providers.e2b conformance", function()
         )
         assert.equal("stdout", chunks[1][1])
         assert.equal("first\n", chunks[1][2])
-        assert.is_true(chunks[1][3] - t0 < 0.4, "the first line arrives before the command ends")
         local out = {}
         for _, c in ipairs(chunks) do
           if c[1] == "stdout" then
@@ -703,18 +728,18 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local marker = h.fake.sandboxes[lease.providerLeaseId].home .. "/marker"
+        local pidfile = h.fake.sandboxes[lease.providerLeaseId].home .. "/pids"
         local done
         local t = task.spawn(function()
           done = table.pack(exec(s, lp, {
-            args = { "-c", "sleep 1 && touch " .. marker .. "; sleep 30" },
+            args = { "-c", group_script(pidfile) },
             executionId = "exec-cancel",
           }))
+          return true
         end)
-        assert.is_true(wait_for(function()
-          return fs.stat(script.control_dir("exec-cancel") .. "/pid") ~= nil
-        end))
-        local t0 = task.now()
+        local group = eventually(function()
+          return group_pids(pidfile)
+        end, "the command's pids")
         local r = assert(s:call("environmentCancelExecution", {
           config = config(),
           lease = lp,
@@ -722,15 +747,17 @@ describe("providers.e2b conformance", function()
           reason = "user",
         }))
         assert.same({ executionId = "exec-cancel", cancelled = true }, r)
-        t:wait(10)
-        assert.is_true(task.now() - t0 < 5)
+        assert(t:wait(15), "the cancel, not the command's own 30 s, ended it")
         local res = assert(done[1])
         assert.is_false(res.timedOut)
         assert.is_true(res.exitCode ~= 0)
-        task.sleep(1.3)
-        assert.is_nil(fs.stat(marker), "the whole group stopped, not only the wrapper")
-        -- before launch: the cancel lands while stdin is being staged
-        h.fake:fail({ path = "^/files$", delay = 0.5 })
+        assert_stopped(group)
+        -- before launch: the cancel lands while stdin is being staged (the upload is held
+        -- until the cancel has been answered)
+        local cancel_answered = false
+        h.fake:fail({ path = "^/files$", hold = function()
+          return cancel_answered
+        end })
         local starts = h.fake:count("/process%.Process/Start$")
         t = task.spawn(function()
           done = table.pack(exec(s, lp, {
@@ -739,15 +766,16 @@ describe("providers.e2b conformance", function()
             executionId = "exec-early",
           }))
         end)
-        assert.is_true(wait_for(function()
+        eventually(function()
           return h.fake:count("^/files$") == 1
-        end))
+        end, "the stdin upload")
         r = assert(s:call("environmentCancelExecution", {
           config = config(),
           lease = lp,
           executionId = "exec-early",
         }))
         assert.is_true(r.cancelled)
+        cancel_answered = true
         t:wait(10)
         assert.same({ exitCode = 130, timedOut = false, stdout = "", stderr = "" }, done[1])
         assert.equal(starts, h.fake:count("/process%.Process/Start$"))
@@ -759,17 +787,18 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local marker = h.fake.sandboxes[lease.providerLeaseId].home .. "/marker2"
+        local pidfile = h.fake.sandboxes[lease.providerLeaseId].home .. "/pids"
         local done
         local t = task.spawn(function()
           done = table.pack(exec(s, lp, {
-            args = { "-c", "sleep 1 && touch " .. marker .. "; sleep 30" },
+            args = { "-c", group_script(pidfile) },
             executionId = "exec-other-worker",
           }))
+          return true
         end)
-        assert.is_true(wait_for(function()
-          return fs.stat(script.control_dir("exec-other-worker") .. "/pid") ~= nil
-        end))
+        local group = eventually(function()
+          return group_pids(pidfile)
+        end, "the command's pids")
         -- another worker (a restart): nothing tracked there, and no cached credentials
         api.forget_all()
         local other = session()
@@ -788,10 +817,9 @@ describe("providers.e2b conformance", function()
         assert.equal(script.cancel("exec-other-worker"), record.args[3])
         assert.equal("/", record.cwd)
         assert.equal(5000, record.timeout_ms)
-        t:wait(10)
+        assert(t:wait(15), "the cancel, not the command's own 30 s, ended it")
         assert.is_true(done[1].exitCode ~= 0)
-        task.sleep(1.3)
-        assert.is_nil(fs.stat(marker))
+        assert_stopped(group)
         -- min(timeoutMs, 10000)
         other:call("environmentCancelExecution", {
           config = config(),
@@ -834,16 +862,18 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local _, lp = acquire(s)
+        local gate <close> = helpers.gate() -- "dup" stays active until the spec is done
         local t = task.spawn(function()
-          exec(s, lp, { args = { "-c", "sleep 0.5" }, executionId = "dup" })
+          return exec(s, lp, { args = { "-c", gate.sh }, executionId = "dup" })
         end)
-        assert.is_true(wait_for(function()
+        eventually(function()
           return h.fake:count("/process%.Process/Start$") >= 2
-        end))
+        end, "both commands started")
         local r, err = exec(s, lp, { args = { "-c", "true" }, executionId = "dup" })
         assert.is_nil(r)
         assert.equal('Environment execution "dup" is already active.', err.message)
-        t:wait(10)
+        gate:open()
+        assert.equal(0, assert(t:wait(10)).exitCode)
         destroy(s, lp.providerLeaseId)
       end)
     end)

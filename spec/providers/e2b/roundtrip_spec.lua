@@ -93,12 +93,18 @@ describe("providers.e2b round trips", function()
       end)
       assert.equal(2, n, "no refresh right after the create")
       task.sleep(0.45)
-      -- due now; a slow refresh does not hold the command back
-      h.fake:fail({ path = "/timeout$", delay = 1.5 })
-      local t0 = task.now()
-      exec(s, lp, { args = { "-c", "true" } }, cfg)
-      assert.is_true(task.now() - t0 < 1, "the refresh ran concurrently")
-      assert.equal(1, h.fake:count("/timeout$"))
+      -- due now; a refresh the fake keeps unanswered until the command's result is in does
+      -- not hold the command back: it runs concurrently
+      local result_in = false
+      h.fake:fail({ path = "/timeout$", hold = function()
+        return result_in
+      end })
+      local r, err = task.with_timeout(20, harness.exec, s, lp, { args = { "-c", "true" } }, cfg)
+      assert(r, "the command waited for the lifetime refresh: " .. tostring(err))
+      result_in = true
+      harness.eventually(function()
+        return h.fake:count("/timeout$") == 1
+      end, "the lifetime refresh")
       -- during a long command the lifetime keeps being refreshed (every max(1 s, 0.4 s))
       exec(s, lp, { args = { "-c", "sleep 2.3" } }, cfg)
       assert.is_true(h.fake:count("/timeout$") >= 3, h.fake:count("/timeout$"))

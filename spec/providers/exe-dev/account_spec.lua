@@ -115,9 +115,9 @@ describe("providers.exe-dev in Paperclip's environment #ssh", function()
       local sock = h.dir .. "/agent.sock"
       local agent = assert(proc.spawn({ argv = { "ssh-agent", "-D", "-a", sock }, timeout = 120 }))
       local ok, err = pcall(function()
-        assert.is_true(h.wait_for(function()
+        h.eventually(function()
           return fs.stat(sock) ~= nil
-        end, 10))
+        end, "the agent's socket", 10)
         local added = assert(proc.run({ argv = { "ssh-add", h.fake.key.path }, timeout = 10,
           env = { PATH = os.getenv("PATH"), SSH_AUTH_SOCK = sock } }))
         assert.equal(0, added.exit_code)

@@ -135,7 +135,8 @@ describe("providers.local", function()
   it("never deletes a path that is not one of its workspaces", function()
     helpers.run(function()
       local s = session()
-      local victim = assert(fs.mkdtemp("spec-victim-"))
+      local dir <close> = helpers.tempdir("spec-victim-")
+      local victim = dir.path
       for _, id in ipairs({ victim, "/", "/tmp", victim .. "/../" .. victim:match("[^/]+$") }) do
         assert.equal(
           json.null,
@@ -143,7 +144,6 @@ describe("providers.local", function()
         )
       end
       assert.is_table(fs.stat(victim))
-      fs.remove_tree(victim)
     end)
   end)
 
@@ -235,10 +235,10 @@ describe("providers.local", function()
       local lease, lp = acquire(s)
       local t0 = task.now()
       local r = assert(exec(s, lp, {
-        args = { "-c", "echo before; sleep 10 & wait; echo after" },
+        args = { "-c", "echo before; sleep 30 & wait; echo after" },
         timeoutMs = 300,
       }))
-      assert.is_true(task.now() - t0 < 5)
+      assert.is_true(task.now() - t0 < 15, "the timeout, not the command's own 30 s, ended it")
       assert.equal(json.null, r.exitCode)
       assert.is_true(r.timedOut)
       assert.equal("before\n", r.stdout)
@@ -249,18 +249,21 @@ describe("providers.local", function()
 
   it("streams live output while the command runs", function()
     helpers.run(function()
+      -- the command goes on past its first line only once the spec has received that line
+      local gate <close> = helpers.gate()
       local chunks = {}
       local s = session({
         on_log = function(stream, chunk)
-          chunks[#chunks + 1] = { stream, chunk, task.now() }
+          chunks[#chunks + 1] = { stream, chunk }
+          gate:open()
         end,
       })
       local lease, lp = acquire(s)
-      local t0 = task.now()
-      local r = assert(exec(s, lp, { args = { "-c", "echo first; sleep 0.4; echo second" } }))
+      local script = "echo first; " .. gate.sh .. "; echo second"
+      local r = assert(exec(s, lp, { args = { "-c", script } }))
       assert.equal("first\nsecond\n", r.stdout)
+      assert.equal("", r.stderr)
       assert.equal("first\n", chunks[1][2])
-      assert.is_true(chunks[1][3] - t0 < 0.3, "the first line arrived only at the end")
       s:call("environmentDestroyLease", { config = {}, providerLeaseId = lease.providerLeaseId })
     end)
   end)
@@ -289,11 +292,17 @@ describe("providers.local", function()
       local function run(id, script)
         return task.spawn(function()
           results[id] = assert(exec(s, lp, { executionId = id, args = { "-c", script } }))
+          return true
         end)
       end
-      local a = run("exec-a", "sleep 5; echo a")
-      local b = run("exec-b", "sleep 0.6; echo b")
-      task.sleep(0.2)
+      -- both run until the spec opens the gate, after the cancel
+      local gate <close> = helpers.gate()
+      local dir <close> = helpers.tempdir()
+      local a = run("exec-a", "touch " .. dir.path .. "/a; " .. gate.sh .. "; echo a")
+      local b = run("exec-b", "touch " .. dir.path .. "/b; " .. gate.sh .. "; echo b")
+      helpers.eventually(function()
+        return fs.stat(dir.path .. "/a") and fs.stat(dir.path .. "/b")
+      end, "both commands started")
       local c = assert(s:call("environmentCancelExecution", {
         config = {},
         lease = lp,
@@ -301,8 +310,10 @@ describe("providers.local", function()
         reason = "user",
       }))
       assert.same({ executionId = "exec-a", cancelled = true }, c)
-      a:wait(5)
-      b:wait(5)
+      assert(a:wait(10))
+      assert.is_false(b:done()) -- the other one runs on
+      gate:open()
+      assert(b:wait(10))
       assert.equal("SIGTERM", results["exec-a"].signal)
       assert.equal(json.null, results["exec-a"].exitCode)
       assert.equal("b\n", results["exec-b"].stdout)
@@ -318,14 +329,20 @@ describe("providers.local", function()
     helpers.run(function()
       local s = session()
       local lease, lp = acquire(s)
+      local gate <close> = helpers.gate() -- "dup" stays active until the spec opens it
+      local started = gate.dir.path .. "/started"
+      local script = "touch " .. started .. "; " .. gate.sh
       local first = task.spawn(function()
-        return exec(s, lp, { executionId = "dup", args = { "-c", "sleep 0.5" } })
+        return exec(s, lp, { executionId = "dup", args = { "-c", script } })
       end)
-      task.sleep(0.1)
+      helpers.eventually(function()
+        return fs.stat(started)
+      end, "the first command started")
       local r, err = exec(s, lp, { executionId = "dup", args = { "-c", "true" } })
       assert.is_nil(r)
       assert.equal('Environment execution "dup" is already active.', err.message)
-      assert.is_table(first:wait(5))
+      gate:open()
+      assert.equal(0, assert(first:wait(10)).exitCode)
       r, err = exec(s, lp, { executionId = "  ", args = { "-c", "true" } })
       assert.is_nil(r)
       assert.equal("Environment executionId must be a non-empty opaque string.", err.message)

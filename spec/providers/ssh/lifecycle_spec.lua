@@ -3,8 +3,10 @@
 local client = require("host.client")
 local fake_exedev = require("spec.support.fake_exedev")
 local fs = require("host.fs")
+local helpers = require("spec.helpers")
 local json = require("host.json")
 local provider = require("providers.ssh")
+local remote = require("host.remote")
 local ssh = require("host.ssh")
 local sshd = require("spec.support.sshd")
 local task = require("host.task")
@@ -153,9 +155,9 @@ describe("providers.ssh #ssh", function()
       assert.equal(null, r.exitCode)
       assert.equal("tick\n", r.stdout)
       local pid = assert(fs.read(pidfile)):match("%d+")
-      assert.is_true(h.wait_for(function()
-        return fs.stat("/proc/" .. pid) == nil
-      end))
+      h.eventually(function()
+        return not helpers.alive(pid)
+      end, "the command's process stopped")
     end)
   end)
 
@@ -170,9 +172,9 @@ describe("providers.ssh #ssh", function()
         end)
       end
       local a, b = start("one"), start("two")
-      assert.is_true(h.wait_for(function()
+      h.eventually(function()
         return fs.stat(h.dir .. "/one") and fs.stat(h.dir .. "/two") and true
-      end))
+      end, "both commands started")
       assert.same({ executionId = "one", cancelled = true }, assert(s:call(
         "environmentCancelExecution", { config = config(), lease = lp, executionId = "one" })))
       assert.equal(143, assert(a:wait(10)).exitCode)
@@ -201,7 +203,8 @@ describe("providers.ssh #ssh", function()
       local t0 = task.now()
       ok, err = s:call("environmentAcquireLease", { config = config({ port = 1 }) })
       assert.is_nil(ok)
-      assert.is_true(task.now() - t0 < 5)
+      -- refused at once: long before connect_timeout (15 s) would end a wait for an answer
+      assert.is_true(task.now() - t0 < remote.settings.connect_timeout)
       assert.matches("^ssh: cannot create a workspace on 127.0.0.1: ", err.message)
       -- the key never shows up anywhere
       for _, l in ipairs(h.logs) do
