@@ -399,9 +399,9 @@ function M.cancel_script(ctl, grace, remove)
   }, "\n")
 end
 
---- PROFILE: /etc/profile read quietly, as upstream's newest E2B wrapper does, so PATH additions
--- from it and /etc/profile.d apply; never user profiles or nvm (Paperclip's sandbox rule).
-M.PROFILE = "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi"
+--- system_profile: the profile every command reads first, quietly (shell.source_quietly);
+-- never user profiles or nvm (Paperclip's sandbox rule). Specs point it at a file of their own.
+M.system_profile = "/etc/profile"
 
 -- The command line: /etc/profile, cd, then `env -i` with the minimal base, and a shell that
 -- reads the caller's env from the head of its stdin (shell.read_then_exec) before it execs
@@ -422,7 +422,7 @@ local function command_script(params, opts)
   if params.cwd then
     line = "cd " .. quote(params.cwd) .. " && " .. line
   end
-  return M.PROFILE .. "\n" .. line
+  return shell.source_quietly(M.system_profile) .. "\n" .. line
 end
 
 ------------------------------------------------------------------------------------------------

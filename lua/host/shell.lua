@@ -161,4 +161,12 @@ function M.read_then_exec(words)
     .. "unset paperclip_env paperclip_line paperclip_n; exec \"$@\"' sh " .. words
 end
 
+--- source_quietly(path) -> a line that sources the file at path when it is there, its output
+--- and failure discarded: how the wrappers read /etc/profile (as upstream's newest E2B wrapper
+--- does), so its PATH additions and /etc/profile.d apply.
+function M.source_quietly(path)
+  local p = path:find("^[%w/._-]+$") and path or M.quote(path)
+  return "if [ -f " .. p .. " ]; then . " .. p .. " >/dev/null 2>&1 || true; fi"
+end
+
 return M

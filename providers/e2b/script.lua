@@ -12,7 +12,7 @@ local util = require("host.util")
 local M = {}
 
 --- PROFILE: /etc/profile read quietly first, as upstream's newest wrapper does.
-M.PROFILE = "if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi"
+M.PROFILE = shell.source_quietly("/etc/profile")
 
 --- ENV_VAR: the envd process variable that carries the caller's env script to the wrapper.
 M.ENV_VAR = "PAPERCLIP_EXEC_ENV"

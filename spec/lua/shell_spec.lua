@@ -247,4 +247,37 @@ describe("host.shell", function()
       assert.equal("[it's $HOME][line1\nline2][]", out)
     end)
   end)
+
+  describe("source_quietly", function()
+    local helpers = require("spec.helpers")
+
+    local function run(line)
+      local p = assert(io.popen("sh -c " .. shell.quote(line .. '\necho "[$FROM_PROFILE]"')
+        .. " 2>&1"))
+      local out = p:read("a")
+      p:close()
+      return out
+    end
+
+    it("applies what the file sets, without its output or its failure", function()
+      local dir <close> = helpers.tempdir("shell-profile-")
+      local path = dir.path .. "/profile"
+      helpers.write_file(path, "export FROM_PROFILE=yes\necho noisy; echo noisy >&2\nfalse\n")
+      assert.equal("[yes]\n", run(shell.source_quietly(path)))
+    end)
+
+    it("is nothing when the file is not there", function()
+      assert.equal("[]\n", run(shell.source_quietly("/nonexistent/ph-profile")))
+    end)
+
+    it("quotes a path that needs it, and leaves /etc/profile readable as upstream writes it",
+      function()
+      local dir <close> = helpers.tempdir("shell profile's $dir-")
+      local path = dir.path .. "/pro file"
+      helpers.write_file(path, "FROM_PROFILE=spaced\n")
+      assert.equal("[spaced]\n", run(shell.source_quietly(path)))
+      assert.equal("if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi",
+        shell.source_quietly("/etc/profile"))
+    end)
+  end)
 end)

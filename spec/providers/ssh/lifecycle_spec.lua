@@ -247,6 +247,36 @@ describe("providers.ssh #ssh", function()
       end)
     end)
 
+  it("reads the system profile quietly before the clean env, never the account's profiles",
+    function()
+    h.run(function()
+      box = h.fake:create_vm("box", { home_files = {
+        [".profile"] = "export PATH=\"$PATH:/opt/from-user-profile\"\n",
+        [".bashrc"] = "export PATH=\"$PATH:/opt/from-bashrc\"\n",
+      } })
+      local dir <close> = helpers.tempdir("ssh-profile-")
+      local profile = dir.path .. "/profile"
+      helpers.write_file(profile, 'export PATH="$PATH:/opt/from-system-profile"\n'
+        .. "export PROFILE_ONLY=1\necho noisy; echo noisy >&2\nfalse\n")
+      local saved = remote.system_profile
+      remote.system_profile = profile
+      local s = session()
+      local _, lp = acquire(s)
+      local ok, r = pcall(s.call, s, "environmentExecute", { config = config(), lease = lp,
+        command = "sh", args = { "-c", 'echo "$PATH|$PROFILE_ONLY"' } })
+      remote.system_profile = saved
+      assert(ok, r)
+      r = assert(r)
+      assert.equal(0, r.exitCode)
+      assert.equal("", r.stderr) -- quiet: its output and its failure are discarded
+      local path, only = r.stdout:match("^([^|\n]*)|([^\n]*)\n$")
+      assert.matches(":/opt/from%-system%-profile$", path) -- its PATH additions apply
+      assert.equal("", only) -- and nothing else it sets: the env is the clean base
+      assert.is_nil(path:find("from-user-profile", 1, true))
+      assert.is_nil(path:find("from-bashrc", 1, true))
+    end)
+  end)
+
   it("never shows an env value in any process's command line on the machine", function()
     run(function()
       local cmdline = require("spec.support.cmdline")
