@@ -12,6 +12,20 @@ M.stat = sys.stat
 -- An existing directory is success unless exclusive is true.
 M.mkdir = sys.mkdir
 
+--- mkdirs(path [, mode = 0755]) -> true | nil, msg, "io": path and every missing directory
+-- above it (mkdir -p); a relative path is taken from the current directory.
+function M.mkdirs(path, mode)
+  local sofar = path:sub(1, 1) == "/" and "" or "."
+  for part in path:gmatch("[^/]+") do
+    sofar = sofar .. "/" .. part
+    local ok, err, code = sys.mkdir(sofar, mode)
+    if not ok then
+      return nil, err, code
+    end
+  end
+  return true
+end
+
 --- list(path) -> sorted array of entry names | nil, msg, "io"
 M.list = sys.list_dir
 

@@ -32,20 +32,8 @@ local function copy_file(from, to, mode)
   return fs.write(to, data, mode)
 end
 
-local function mkdirs(path)
-  local sofar = path:sub(1, 1) == "/" and "" or "."
-  for part in path:gmatch("[^/]+") do
-    sofar = sofar .. "/" .. part
-    local ok, err = fs.mkdir(sofar)
-    if not ok then
-      return nil, err
-    end
-  end
-  return true
-end
-
 local function copy_tree(from, to)
-  local ok, err = mkdirs(to)
+  local ok, err = fs.mkdirs(to)
   if not ok then
     return nil, err
   end
@@ -236,7 +224,7 @@ function M.write(p, out)
   local steps = {
     function()
       for _, d in ipairs({ "/dist", "/bin", "/lib", "/share/provider-host/providers" }) do
-        local ok, err = mkdirs(out .. d)
+        local ok, err = fs.mkdirs(out .. d)
         if not ok then
           return nil, err
         end

@@ -1,0 +1,42 @@
+-- Specs for host.fs: directories made whole, files written with their mode from the start.
+local fs = require("host.fs")
+local helpers = require("spec.helpers")
+
+describe("host.fs", function()
+  describe("mkdirs", function()
+    it("makes every missing directory down to the path, and an existing one is success", function()
+      local dir <close> = helpers.tempdir("fs-")
+      local path = dir.path .. "/a/b/c"
+      assert.is_true(fs.mkdirs(path, tonumber("700", 8)))
+      assert.equal("directory", fs.stat(path).type)
+      assert.equal(tonumber("700", 8), fs.stat(dir.path .. "/a/b").mode & tonumber("777", 8))
+      assert.is_true(fs.mkdirs(path .. "/"))
+    end)
+
+    it("says which part it could not make", function()
+      local dir <close> = helpers.tempdir("fs-")
+      assert(fs.write(dir.path .. "/file", "x"))
+      local ok, err, code = fs.mkdirs(dir.path .. "/file/below")
+      assert.is_nil(ok)
+      assert.equal("io", code)
+      assert.matches("file", err)
+    end)
+  end)
+
+  describe("write and read", function()
+    it("creates the file with its mode before any byte is written", function()
+      local dir <close> = helpers.tempdir("fs-")
+      local path = dir.path .. "/secret"
+      assert.is_true(fs.write(path, "s3cret", tonumber("600", 8)))
+      assert.equal(tonumber("600", 8), fs.stat(path).mode & tonumber("777", 8))
+      assert.equal("s3cret", fs.read(path))
+    end)
+
+    it("reads a missing file as nil, a message and io", function()
+      local ok, err, code = fs.read("/nonexistent/ph-fs-spec")
+      assert.is_nil(ok)
+      assert.equal("io", code)
+      assert.matches("nonexistent", err)
+    end)
+  end)
+end)
