@@ -1,5 +1,6 @@
 --- spec.helpers: drive the host loop from busted specs, find the built binary, and what specs
---- share: polling with a deadline, files, private temp dirs, live processes, and gates.
+--- share: polling with a deadline, cleanup and timing, a test HTTP server, failure checks,
+--- files, private temp dirs, live processes, collected output, and gates.
 local task = require("host.task")
 local util = require("host.util")
 
@@ -61,6 +62,45 @@ function M.eventually(pred, what, seconds)
   end
 end
 
+--- with_cleanup(fn, cleanup, ...) -> fn(...)'s results, once cleanup() ran: it runs whether
+-- fn fails or not (then fn's error is raised again, unchanged).
+function M.with_cleanup(fn, cleanup, ...)
+  local res = table.pack(pcall(fn, ...))
+  cleanup()
+  if not res[1] then
+    error(res[2], 0)
+  end
+  return table.unpack(res, 2, res.n)
+end
+
+--- timed(fn, ...) -> the seconds fn(...) took (task time), then fn's results.
+function M.timed(fn, ...)
+  local t0 = task.now()
+  local res = table.pack(fn(...))
+  return task.now() - t0, table.unpack(res, 1, res.n)
+end
+
+--- serving(opts, fn, ...) -> fn's results. Runs fn(server, ...) as a task (M.run) with an
+-- http.serve(opts) server, closed afterwards whether fn fails or not.
+function M.serving(opts, fn, ...)
+  return M.run(function(...)
+    local srv = assert(require("host.http").serve(opts))
+    return M.with_cleanup(fn, function()
+      srv:close()
+    end, srv, ...)
+  end, ...)
+end
+
+--- fails_with(code, res, err, got) -> err. Asserts that a call failed the host way (nil, a
+-- message, an error code) with this code, and gives its message for further checks:
+--   local err = helpers.fails_with("timeout", http.request(opts))
+function M.fails_with(code, res, err, got)
+  local luassert = require("luassert")
+  luassert.is_nil(res, err)
+  luassert.equal(code, got, err)
+  return err
+end
+
 --- read_file(path) -> the file's contents | nil when it cannot be read (missing, gone).
 function M.read_file(path)
   local f = io.open(path, "rb")
@@ -88,6 +128,46 @@ end
 --   local dir <close> = helpers.tempdir("proc-")
 function M.tempdir(prefix)
   return assert(util.tempdir(prefix or "ph-spec-"))
+end
+
+--- merged(...) -> a new table with the fields of every table given, in order (a later one's
+-- field wins; nil arguments are skipped): merged(defaults, extra).
+function M.merged(...)
+  local out = {}
+  for i = 1, select("#", ...) do
+    for k, v in pairs(select(i, ...) or {}) do
+      out[k] = v
+    end
+  end
+  return out
+end
+
+--- sorted_keys(t) -> t's keys in order, so that listings come out the same every time.
+function M.sorted_keys(t)
+  local keys = {}
+  for k in pairs(t) do
+    keys[#keys + 1] = k
+  end
+  table.sort(keys)
+  return keys
+end
+
+--- all_bytes() -> the 256 byte values, 0 to 255, in order: binary data to pass through.
+function M.all_bytes()
+  local bytes = {}
+  for i = 0, 255 do
+    bytes[#bytes + 1] = string.char(i)
+  end
+  return table.concat(bytes)
+end
+
+--- collector() -> list, add: add(chunk) appends chunk to list (an on_stdout/on_chunk
+-- callback that keeps every piece in order).
+function M.collector()
+  local list = {}
+  return list, function(chunk)
+    list[#list + 1] = chunk
+  end
 end
 
 --- alive(pid) -> true while pid exists and is not a zombie (a zombie no longer runs).
@@ -129,5 +209,27 @@ function Gate:close()
   self.dir:remove()
 end
 Gate.__close = Gate.close
+
+--- log_gate() -> gate, log, on_log: a gate() that the first execute.log chunk opens, the log
+-- of the chunks as they came ({stream, chunk} each) and a session's on_log that fills both:
+--   local gate <close>, log, on_log = helpers.log_gate()
+function M.log_gate()
+  local gate, log = M.gate(), {}
+  return gate, log, function(stream, chunk)
+    log[#log + 1] = { stream, chunk }
+    gate:open()
+  end
+end
+
+--- logged(log, stream) -> the text of log's chunks of that stream ("stdout"), in order.
+function M.logged(log, stream)
+  local out = {}
+  for _, c in ipairs(log) do
+    if c[1] == stream then
+      out[#out + 1] = c[2]
+    end
+  end
+  return table.concat(out)
+end
 
 return M

@@ -19,6 +19,30 @@ local function built_with_addon()
   return fs.stat(helpers.binary():match("^(.*)/[^/]+$") .. "/execve.node") ~= nil
 end
 
+-- run_unless(why, fn): the test is pending for the reason `why` when there is one, else fn
+-- runs in a task.
+local function run_unless(why, fn)
+  if why then
+    pending(why)
+  else
+    helpers.run(fn)
+  end
+end
+
+-- Why the addon cannot be tried here (nil when it can).
+local function no_addon()
+  if not have_node() or not built_with_addon() then
+    return "needs node and a build with execve.node"
+  end
+end
+
+-- succeeds(argv [, timeout = 30 [, env]]) -> proc.run's result, asserting an exit code of 0.
+local function succeeds(argv, timeout, env)
+  local r = assert(proc.run({ argv = argv, timeout = timeout or 30, env = env }))
+  assert.equal(0, r.exit_code, r.stdout .. r.stderr)
+  return r
+end
+
 -- A Node script that forks itself with an IPC channel as Paperclip forks the shim. The child
 -- makes Node's usual changes visible (stdin opened as a stream is O_NONBLOCK; Node ignores
 -- SIGPIPE; fd 3 is the channel), records them, and execs sh through the addon; sh prints
@@ -64,11 +88,7 @@ describe("provider-host package", function()
     helpers.run(function()
       dir = helpers.tempdir("spec-pkg-")
       pkg = dir.path .. "/plugin"
-      local r = assert(proc.run({
-        argv = { helpers.binary(), "package", "local", "--out", pkg },
-        timeout = 60,
-      }))
-      assert.equal(0, r.exit_code, r.stderr)
+      succeeds({ helpers.binary(), "package", "local", "--out", pkg }, 60)
     end)
   end)
 
@@ -95,17 +115,9 @@ describe("provider-host package", function()
   end)
 
   it("has an addon that execs a clean process: same pid, fds, no ignored signals", function()
-    if not have_node() or not built_with_addon() then
-      pending("needs node and a build with execve.node")
-      return
-    end
-    helpers.run(function()
+    run_unless(no_addon(), function()
       assert(fs.write(dir.path .. "/exec_probe.mjs", EXEC_PROBE))
-      local r = assert(proc.run({
-        argv = { "node", dir.path .. "/exec_probe.mjs", pkg .. "/lib/execve.node" },
-        timeout = 30,
-      }))
-      assert.equal(0, r.exit_code, r.stderr)
+      local r = succeeds({ "node", dir.path .. "/exec_probe.mjs", pkg .. "/lib/execve.node" })
       local rep = assert(json.decode(r.stdout))
       assert.equal(0, rep.code, rep.out)
       -- what Node had changed before the call, so the checks below mean something
@@ -123,11 +135,7 @@ describe("provider-host package", function()
   end)
 
   it("throws an Error with errno from the addon when execve fails, and Node goes on", function()
-    if not have_node() or not built_with_addon() then
-      pending("needs node and a build with execve.node")
-      return
-    end
-    helpers.run(function()
+    run_unless(no_addon(), function()
       -- Executable, so the addon gets as far as execve, which fails with ENOEXEC.
       local bad = dir.path .. "/not-a-program"
       assert(fs.write(bad, "neither ELF nor #!\n", tonumber("755", 8)))
@@ -148,11 +156,7 @@ for (const args of calls) {
 out.push(state() === before ? "restored" : `changed: ${before} -> ${state()}`);
 console.log(JSON.stringify(out));
 ]==]
-      local r = assert(proc.run({
-        argv = { "node", "-e", script, pkg .. "/lib/execve.node", bad },
-        timeout = 30,
-      }))
-      assert.equal(0, r.exit_code, r.stderr)
+      local r = succeeds({ "node", "-e", script, pkg .. "/lib/execve.node", bad })
       assert.same({
         "Error 8 execve " .. bad .. ": Exec format error",
         "Error 2 execve /nonexistent: No such file or directory",
@@ -164,26 +168,18 @@ console.log(JSON.stringify(out));
   end)
 
   local function drive(mode, shim)
-    local r = assert(proc.run({
-      argv = { "node", helpers.root .. "/spec/support/fork_shim.mjs", pkg, mode, shim },
-      timeout = 60,
-    }))
-    assert.equal(0, r.exit_code, r.stdout .. r.stderr)
+    local r = succeeds({ "node", helpers.root .. "/spec/support/fork_shim.mjs", pkg, mode, shim },
+      60)
     return assert(json.decode(r.stdout))
   end
 
   it("loads its network module from the package", function()
     helpers.run(function()
-      local r = assert(proc.run({
-        argv = {
-          pkg .. "/bin/provider-host",
-          "-e",
-          'local h = require("host.core.http"); print(type(h.request))',
-        },
-        env = { PATH = os.getenv("PATH"), LD_LIBRARY_PATH = pkg .. "/lib" },
-        timeout = 30,
-      }))
-      assert.equal(0, r.exit_code, r.stderr)
+      local r = succeeds({
+        pkg .. "/bin/provider-host",
+        "-e",
+        'local h = require("host.core.http"); print(type(h.request))',
+      }, 30, { PATH = os.getenv("PATH"), LD_LIBRARY_PATH = pkg .. "/lib" })
       assert.equal("function\n", r.stdout)
     end)
   end)
@@ -228,12 +224,7 @@ console.log(JSON.stringify(out));
 
     describe("(shim: " .. shim .. ")", function()
       it("starts through the shim with fork and serves a lease, then shuts down cleanly", function()
-        local why = skip()
-        if why then
-          pending(why)
-          return
-        end
-        helpers.run(function()
+        run_unless(skip(), function()
           local rep = drive("shutdown", arg)
           assert.equal("provider-host.local", rep.manifestId)
           assert.equal("./dist/worker.js", rep.worker)
@@ -251,12 +242,7 @@ console.log(JSON.stringify(out));
       end)
 
       it("passes SIGTERM through and exits 0", function()
-        local why = skip()
-        if why then
-          pending(why)
-          return
-        end
-        helpers.run(function()
+        run_unless(skip(), function()
           local rep = drive("sigterm", arg)
           assert_tree(rep.tree, replaced(rep))
           assert.equal(0, rep.exit.code)
@@ -266,11 +252,7 @@ console.log(JSON.stringify(out));
   end
 
   it("stops the native worker when the spawning shim is killed", function()
-    if not have_node() then
-      pending("node is not installed")
-      return
-    end
-    helpers.run(function()
+    run_unless(not have_node() and "node is not installed", function()
       local rep = drive("kill-shim", "spawn")
       assert.is_true(rep.nativePid ~= rep.tree.pid)
       assert.is_true(rep.nativeGone)

@@ -16,19 +16,14 @@ local T = 10 -- every request in this file waits at most this long
 local function with_fake(fn, opts)
   return helpers.run(function()
     local fake = fake_e2b.start(opts or { api_key = "e2b_test_key" })
-    local ok, err = pcall(fn, fake)
-    fake:stop()
-    if not ok then
-      error(err, 0)
-    end
+    helpers.with_cleanup(fn, function()
+      fake:stop()
+    end, fake)
   end)
 end
 
 local function api(fake, method, path, body, headers)
-  local h = { ["X-API-KEY"] = fake.api_key }
-  for k, v in pairs(headers or {}) do
-    h[k] = v
-  end
+  local h = helpers.merged({ ["X-API-KEY"] = fake.api_key }, headers)
   local res = assert(http.request({ method = method, url = fake.api_url .. path, headers = h,
     json = body, timeout = T }))
   return res, res.body ~= "" and json.decode(res.body) or nil
@@ -41,12 +36,8 @@ local function create(fake, body)
 end
 
 local function envd_headers(sb, extra)
-  local h = { ["E2b-Sandbox-Id"] = sb.id, ["E2b-Sandbox-Port"] = "49983",
-    ["X-Access-Token"] = sb.envd_access_token }
-  for k, v in pairs(extra or {}) do
-    h[k] = v
-  end
-  return h
+  return helpers.merged({ ["E2b-Sandbox-Id"] = sb.id, ["E2b-Sandbox-Port"] = "49983",
+    ["X-Access-Token"] = sb.envd_access_token }, extra)
 end
 
 -- A Connect unary call: res, decoded body.

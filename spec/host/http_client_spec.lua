@@ -69,26 +69,21 @@ end
 -- Runs fn(server, state) inside a task with a fresh server; the server is closed afterwards.
 -- state is shared with extra handlers (routes given in `extra`, by path).
 local function with_server(fn, extra)
-  return helpers.run(function()
-    local state = { remote_ports = {} }
-    local srv = assert(http.serve({
-      max_body = 16 * MiB,
-      handler = function(req, res)
-        state.remote_ports[req.remote_port] = true
-        local route = (extra and extra[req.path]) or routes[req.path]
-        if not route then
-          return 404, {}, "no route"
-        end
-        return route(req, res, state)
-      end,
-    }))
-    local ok, err = pcall(fn, srv, state)
-    srv:close()
-    if not ok then
-      error(err, 0)
-    end
-  end)
+  local state = { remote_ports = {} }
+  return helpers.serving({
+    max_body = 16 * MiB,
+    handler = function(req, res)
+      state.remote_ports[req.remote_port] = true
+      local route = (extra and extra[req.path]) or routes[req.path]
+      if not route then
+        return 404, {}, "no route"
+      end
+      return route(req, res, state)
+    end,
+  }, fn, state)
 end
+
+local fails_with = helpers.fails_with
 
 -- A port with nobody listening on it.
 local function closed_port()
@@ -212,13 +207,8 @@ describe("host.http client", function()
 
   it("hands body chunks to on_chunk in order and keeps no body", function()
     with_server(function(srv)
-      local chunks = {}
-      local res = assert(http.request({
-        url = srv.url .. "/chunks",
-        on_chunk = function(chunk)
-          chunks[#chunks + 1] = chunk
-        end,
-      }))
+      local chunks, on_chunk = helpers.collector()
+      local res = assert(http.request({ url = srv.url .. "/chunks", on_chunk = on_chunk }))
       assert.equal("chunk-1;chunk-2;chunk-3;", table.concat(chunks))
       assert.is_true(#chunks >= 2) -- 50 ms apart: they arrive separately
       assert.equal("", res.body)
@@ -227,14 +217,12 @@ describe("host.http client", function()
 
   it("aborts the transfer when on_chunk raises", function()
     with_server(function(srv)
-      local res, err, code = http.request({
+      local err = fails_with("internal", http.request({
         url = srv.url .. "/chunks",
         on_chunk = function()
           error("boom")
         end,
-      })
-      assert.is_nil(res)
-      assert.equal("internal", code)
+      }))
       assert.matches("on_chunk failed: .*boom", err)
     end)
   end)
@@ -322,10 +310,8 @@ describe("host.http client", function()
   it("times out a server that never answers, within the deadline", function()
     with_server(function(srv)
       local t0 = task.now()
-      local res, err, code = http.request({ url = srv.url .. "/never", timeout = 0.5 })
+      local err = fails_with("timeout", http.request({ url = srv.url .. "/never", timeout = 0.5 }))
       local took = task.now() - t0
-      assert.is_nil(res)
-      assert.equal("timeout", code)
       assert.matches("^http: GET http://127%.0%.0%.1:%d+/never: ", err)
       -- at the deadline, not before; long before the server's answer (after 30 s)
       assert.is_true(took >= 0.45 and took < 15, "took " .. took)
@@ -335,14 +321,9 @@ describe("host.http client", function()
   it("gives up on a stalled transfer after stall_timeout", function()
     with_server(function(srv)
       local t0 = task.now()
-      local res, err, code = http.request({
-        url = srv.url .. "/stall",
-        stall_timeout = 0.5,
-        timeout = 20,
-      })
+      local opts = { url = srv.url .. "/stall", stall_timeout = 0.5, timeout = 20 }
+      local err = fails_with("timeout", http.request(opts))
       local took = task.now() - t0
-      assert.is_nil(res)
-      assert.equal("timeout", code)
       assert.matches("stalled", err)
       -- the stall limit, not the 20 s timeout nor the server's 30 s pause, ended it
       assert.is_true(took >= 0.45 and took < 10, "took " .. took)
@@ -352,26 +333,20 @@ describe("host.http client", function()
   it("reports a refused connection as connect", function()
     helpers.run(function()
       local url = ("http://127.0.0.1:%d/x"):format(closed_port())
-      local res, err, code = http.request({ url = url })
-      assert.is_nil(res)
-      assert.equal("connect", code)
+      local err = fails_with("connect", http.request({ url = url }))
       assert.equal("http: GET " .. url .. ": Connection refused", err)
     end)
   end)
 
   it("reports a body cut short by the server as closed", function()
     with_server(function(srv)
-      local res, _, code = http.request({ url = srv.url .. "/short" })
-      assert.is_nil(res)
-      assert.equal("closed", code)
+      fails_with("closed", http.request({ url = srv.url .. "/short" }))
     end)
   end)
 
   it("fails with protocol when the body exceeds max_body", function()
     with_server(function(srv)
-      local res, err, code = http.request({ url = srv.url .. "/big", max_body = 1000 })
-      assert.is_nil(res)
-      assert.equal("protocol", code)
+      local err = fails_with("protocol", http.request({ url = srv.url .. "/big", max_body = 1000 }))
       assert.matches("max_body %(1000 bytes%)", err)
     end)
   end)
@@ -383,9 +358,7 @@ describe("host.http client", function()
       end)
       task.sleep(0.2)
       t:cancel()
-      local res, err, code = t:wait(5)
-      assert.is_nil(res)
-      assert.equal("canceled", code)
+      local err = fails_with("canceled", t:wait(5))
       assert.matches("canceled", err)
       -- the connection is dropped: a new request works and opens a new one
       assert.equal(200, assert(http.request({ url = srv.url .. "/hello" })).status)
@@ -398,9 +371,7 @@ describe("host.http client", function()
         task.cancel(task.current())
         return http.request({ url = srv.url .. "/hello" })
       end)
-      local res, _, code = t:wait(5)
-      assert.is_nil(res)
-      assert.equal("canceled", code)
+      fails_with("canceled", t:wait(5))
       assert.equal(0, srv:stats().accepted)
     end)
   end)
@@ -454,35 +425,31 @@ end)
 -- under /lose-now are lost on any connection. fn(srv, seen) gets every request the handler saw:
 -- {method, path, port (the client's), size (of the body), accepted (connections so far)}.
 local function with_lossy_server(fn)
-  return helpers.run(function()
-    local seen, srv = {}, nil
-    srv = assert(http.serve({
-      max_body = 4 * MiB,
-      handler = function(req, res)
-        local before = 0
-        for _, s in ipairs(seen) do
-          if s.port == req.remote_port then
-            before = before + 1
-          end
+  local seen, server = {}, nil
+  return helpers.serving({
+    max_body = 4 * MiB,
+    handler = function(req, res)
+      local before = 0
+      for _, s in ipairs(seen) do
+        if s.port == req.remote_port then
+          before = before + 1
         end
-        seen[#seen + 1] = {
-          method = req.method,
-          path = req.path,
-          port = req.remote_port,
-          size = #req.body,
-          accepted = srv:stats().accepted,
-        }
-        if before == 1 or req.path:find("^/lose%-now") then
-          res:abort() -- does not return
-        end
-        return 200, {}, "done " .. req.path
-      end,
-    }))
-    local ok, err = pcall(fn, srv, seen)
-    srv:close()
-    if not ok then
-      error(err, 0)
-    end
+      end
+      seen[#seen + 1] = {
+        method = req.method,
+        path = req.path,
+        port = req.remote_port,
+        size = #req.body,
+        accepted = server:stats().accepted,
+      }
+      if before == 1 or req.path:find("^/lose%-now") then
+        res:abort() -- does not return
+      end
+      return 200, {}, "done " .. req.path
+    end,
+  }, function(srv)
+    server = srv -- before any request can come
+    return fn(srv, seen)
   end)
 end
 
@@ -517,9 +484,10 @@ describe("host.http client, a request whose answer is lost", function()
   it("does not re-send a POST on a reused connection, and says so", function()
     with_lossy_server(function(srv, seen)
       local url = srv.url .. "/create"
-      local res, err, code = lose_on_reused(srv, seen, http.request, { url = url, body = "vm-1" })
-      assert.is_nil(res)
-      assert.equal("closed", code)
+      local err = fails_with("closed", lose_on_reused(srv, seen, http.request, {
+        url = url,
+        body = "vm-1",
+      }))
       assert.equal("http: POST " .. url .. LOST, err)
       assert.equal(1, #seen_at(seen, "/create"))
       assert.equal(2, srv:stats().requests)
@@ -535,9 +503,7 @@ describe("host.http client, a request whose answer is lost", function()
       with_lossy_server(function(srv, seen)
         local url = srv.url .. "/thing"
         local opts = { url = url, method = case.method, body = case.body }
-        local res, err, code = lose_on_reused(srv, seen, http.request, opts)
-        assert.is_nil(res, case.method)
-        assert.equal("closed", code)
+        local err = fails_with("closed", lose_on_reused(srv, seen, http.request, opts))
         assert.equal("http: " .. case.method .. " " .. url .. LOST, err)
         assert.equal(1, #seen_at(seen, "/thing"), case.method)
       end)
@@ -548,9 +514,7 @@ describe("host.http client, a request whose answer is lost", function()
     with_lossy_server(function(srv, seen)
       local body = string.rep("x", MiB)
       local opts = { url = srv.url .. "/upload", body = body }
-      local res, _, code = lose_on_reused(srv, seen, http.request, opts)
-      assert.is_nil(res)
-      assert.equal("closed", code)
+      fails_with("closed", lose_on_reused(srv, seen, http.request, opts))
       local got = seen_at(seen, "/upload")
       assert.equal(1, #got)
       assert.equal(MiB, got[1].size)
@@ -560,9 +524,10 @@ describe("host.http client, a request whose answer is lost", function()
   it("does not re-send a POST opened as a stream", function()
     with_lossy_server(function(srv, seen)
       local url = srv.url .. "/run"
-      local stream, err, code = lose_on_reused(srv, seen, http.open, { url = url, body = "cmd" })
-      assert.is_nil(stream)
-      assert.equal("closed", code)
+      local err = fails_with("closed", lose_on_reused(srv, seen, http.open, {
+        url = url,
+        body = "cmd",
+      }))
       assert.equal("http: POST " .. url .. LOST, err)
       assert.equal(1, #seen_at(seen, "/run"))
     end)
@@ -571,9 +536,7 @@ describe("host.http client, a request whose answer is lost", function()
   it("says the same when the connection was fresh (libcurl would not retry anyway)", function()
     with_lossy_server(function(srv, seen)
       local url = srv.url .. "/lose-now"
-      local res, err, code = http.request({ url = url, body = "vm-1" })
-      assert.is_nil(res)
-      assert.equal("closed", code)
+      local err = fails_with("closed", http.request({ url = url, body = "vm-1" }))
       assert.equal("http: POST " .. url .. LOST, err)
       assert.equal(1, #seen)
     end)
@@ -609,12 +572,10 @@ describe("host.http client, a request whose answer is lost", function()
   it("does not retry a GET marked idempotent = false", function()
     with_lossy_server(function(srv, seen)
       local url = srv.url .. "/thing"
-      local res, err, code = lose_on_reused(srv, seen, http.request, {
+      local err = fails_with("closed", lose_on_reused(srv, seen, http.request, {
         url = url,
         idempotent = false,
-      })
-      assert.is_nil(res)
-      assert.equal("closed", code)
+      }))
       assert.equal("http: GET " .. url .. LOST, err)
       assert.equal(1, #seen_at(seen, "/thing"))
     end)

@@ -10,22 +10,13 @@ local T = 5 -- every receive in this file waits at most this long
 
 -- Runs fn(server, state) in a task with a server on an ephemeral port; closes it afterwards.
 local function with_server(handler, fn, opts)
-  return helpers.run(function()
-    local state = {}
-    local o = { handler = function(req, res)
-      return handler(req, res, state)
-    end }
-    for k, v in pairs(opts or {}) do
-      o[k] = v
-    end
-    local srv = assert(http.serve(o))
-    local ok, err = pcall(fn, srv, state)
-    srv:close()
-    if not ok then
-      error(err, 0)
-    end
-  end)
+  local state = {}
+  return helpers.serving(helpers.merged({ handler = function(req, res)
+    return handler(req, res, state)
+  end }, opts), fn, state)
 end
+
+local fails_with = helpers.fails_with
 
 local function connect(srv)
   return assert(raw_connect("127.0.0.1", srv.port, T))
@@ -413,9 +404,7 @@ describe("host.http server", function()
       assert.equal("", buf)
       assert.is_true(closed)
       assert.is_nil(state.went_on)
-      local res, err, code = http.request({ url = srv.url .. "/lose", body = "x" })
-      assert.is_nil(res)
-      assert.equal("closed", code)
+      local err = fails_with("closed", http.request({ url = srv.url .. "/lose", body = "x" }))
       assert.matches("may have processed it", err)
       assert.equal("fine", assert(http.request({ url = srv.url .. "/ok" })).body)
     end)
@@ -436,9 +425,7 @@ describe("host.http server", function()
         assert.is_true(closed)
         assert.matches("^HTTP/1%.1 200 OK\r\n", buf)
         assert.equal(body, buf:match("\r\n\r\n(.*)$"))
-        local res, err, code = http.request({ url = srv.url .. path })
-        assert.is_nil(res)
-        assert.equal("closed", code, err)
+        fails_with("closed", http.request({ url = srv.url .. path }))
       end
     end)
   end)
@@ -480,9 +467,7 @@ describe("host.http server", function()
       end):wait(T)
       state.write = table.pack(res:write("more"))
     end, function(srv, state)
-      local res, _, code = http.request({ url = srv.url .. "/" })
-      assert.is_nil(res)
-      assert.equal("closed", code)
+      fails_with("closed", http.request({ url = srv.url .. "/" }))
       assert.is_true(state.abort_returned)
       assert.same({ nil, "http: the response was aborted", "closed", n = 3 }, state.write)
     end)
@@ -504,9 +489,7 @@ describe("host.http server", function()
       end)
       task.sleep(0.2)
       srv:close()
-      local res, _, code = t:wait(T)
-      assert.is_nil(res)
-      assert.equal("closed", code)
+      fails_with("closed", t:wait(T))
       task.sleep(0.05)
       assert.equal("canceled", outcome)
       local _, _, ccode = raw_connect("127.0.0.1", port, T)
@@ -516,9 +499,7 @@ describe("host.http server", function()
 
   it("fails with io when the port is taken", function()
     with_server(hello, function(srv)
-      local other, err, code = http.serve({ port = srv.port, handler = hello })
-      assert.is_nil(other)
-      assert.equal("io", code)
+      local err = fails_with("io", http.serve({ port = srv.port, handler = hello }))
       assert.matches("cannot listen on 127%.0%.0%.1:%d+", err)
     end)
   end)

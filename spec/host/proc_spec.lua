@@ -130,11 +130,7 @@ for _, mode in ipairs({ "posix_spawn", "uv_spawn" }) do
     end)
 
     it("keeps every byte value of binary output", function()
-      local bytes = {}
-      for i = 0, 255 do
-        bytes[#bytes + 1] = string.char(i)
-      end
-      local input = table.concat(bytes):rep(1000)
+      local input = helpers.all_bytes():rep(1000)
       local res = helpers.run(proc.run, { argv = { "cat" }, stdin = input, timeout = T })
       assert.is_true(input == res.stdout)
     end)
@@ -195,16 +191,13 @@ for _, mode in ipairs({ "posix_spawn", "uv_spawn" }) do
     end)
 
     it("streams chunks in order to on_stdout and on_stderr", function()
-      local out, err = {}, {}
+      local out, on_stdout = helpers.collector()
+      local err, on_stderr = helpers.collector()
       local script = "for i in 1 2 3 4 5; do echo line$i; echo e$i >&2; sleep 0.02; done"
       local res = helpers.run(proc.shell, script, {
         timeout = T,
-        on_stdout = function(chunk)
-          out[#out + 1] = chunk
-        end,
-        on_stderr = function(chunk)
-          err[#err + 1] = chunk
-        end,
+        on_stdout = on_stdout,
+        on_stderr = on_stderr,
       })
       assert.is_true(#out >= 2)
       assert.equal(res.stdout, table.concat(out))
@@ -381,13 +374,11 @@ for _, mode in ipairs({ "posix_spawn", "uv_spawn" }) do
 
     it("keeps a dropped Process running until it exits, through garbage collection", function()
       local got = helpers.run(function()
-        local chunks = {}
+        local chunks, on_stdout = helpers.collector()
         proc.spawn({
           argv = { "/bin/sh", "-c", "sleep 0.2; echo late" },
           timeout = T,
-          on_stdout = function(chunk)
-            chunks[#chunks + 1] = chunk
-          end,
+          on_stdout = on_stdout,
         })
         collectgarbage()
         collectgarbage()

@@ -8,6 +8,7 @@ local task = require("host.task")
 local util = require("host.util")
 
 local run = helpers.run
+local fails_with = helpers.fails_with
 
 describe("host.ssh #ssh", function()
   local server, keys, tmp, dir
@@ -15,7 +16,7 @@ describe("host.ssh #ssh", function()
   -- Options for server as its user with key (default: the ed25519 key), plus extra.
   local function opts(extra, srv, key)
     srv = srv or server
-    local o = {
+    return helpers.merged({
       host = srv.host,
       port = srv.port,
       user = srv.user,
@@ -23,11 +24,7 @@ describe("host.ssh #ssh", function()
       known_hosts = dir .. "/known_hosts",
       timeout = 20,
       connect_timeout = 10,
-    }
-    for k, v in pairs(extra or {}) do
-      o[k] = v
-    end
-    return o
+    }, extra)
   end
 
   local function exec(extra, srv, key)
@@ -47,7 +44,33 @@ describe("host.ssh #ssh", function()
     return srv
   end
 
+  -- known_server([opts]) -> a private_server(opts) that accepts the default (ed25519) key.
+  local function known_server(sopts)
+    local srv = private_server(sopts)
+    srv:authorize(keys.ed25519.public)
+    return srv
+  end
+
   local eventually = helpers.eventually
+
+  -- start_long([extra, srv]) -> the task running "echo started; sleep 30" (exec with extra
+  -- options on srv), returned once the command's first output arrived: it is running.
+  local function start_long(extra, srv)
+    local started = false
+    local o = helpers.merged({
+      cmd = "echo started; sleep 30",
+      on_stdout = function()
+        started = true
+      end,
+    }, extra)
+    local t = task.spawn(function()
+      return exec(o, srv)
+    end)
+    eventually(function()
+      return started
+    end, "the command started")
+    return t
+  end
 
   setup(function()
     run(function()
@@ -142,26 +165,19 @@ describe("host.ssh #ssh", function()
     end)
 
     it("returns binary output byte for byte", function()
-      local bytes = {}
-      for i = 0, 255 do
-        bytes[#bytes + 1] = string.char(i)
-      end
-      local data = table.concat(bytes):rep(64) .. util.random(200000)
+      local data = helpers.all_bytes():rep(64) .. util.random(200000)
       local res = assert(run(exec, { cmd = "cat; cat >&2 </dev/null", stdin = data }))
       assert.equal(#data, #res.stdout)
       assert.is_true(res.stdout == data)
     end)
 
     it("streams chunks in order, adding up to the final output", function()
-      local out, err = {}, {}
+      local out, on_stdout = helpers.collector()
+      local err, on_stderr = helpers.collector()
       local res = assert(run(exec, {
         cmd = "for i in 1 2 3 4 5; do echo out$i; echo err$i >&2; sleep 0.05; done",
-        on_stdout = function(chunk)
-          out[#out + 1] = chunk
-        end,
-        on_stderr = function(chunk)
-          err[#err + 1] = chunk
-        end,
+        on_stdout = on_stdout,
+        on_stderr = on_stderr,
       }))
       assert.is_true(#out >= 2) -- arrived in pieces, as they were written
       assert.equal(res.stdout, table.concat(out))
@@ -190,9 +206,7 @@ describe("host.ssh #ssh", function()
       local res =
         assert(run(exec, { cmd = "printf %s \"$PH_GREETING\"", env = { PH_GREETING = "hi" } }))
       assert.equal("hi", res.stdout)
-      local ok, err, code = run(exec, { cmd = "true", env = { OTHER_NAME = "x" } })
-      assert.is_nil(ok)
-      assert.equal("protocol", code)
+      local err = fails_with("protocol", run(exec, { cmd = "true", env = { OTHER_NAME = "x" } }))
       assert.matches("OTHER_NAME", err)
     end)
   end)
@@ -227,8 +241,7 @@ describe("host.ssh #ssh", function()
 
     it("queues commands beyond the server's channel limit (MaxSessions)", function()
       run(function()
-        local srv = private_server({ max_sessions = 2 })
-        srv:authorize(keys.ed25519.public)
+        local srv = known_server({ max_sessions = 2 })
         local before = ssh.stats().connects
         local fns = {}
         for i = 1, 12 do
@@ -246,8 +259,7 @@ describe("host.ssh #ssh", function()
 
     it("retries once on a fresh connection when the pooled one died unnoticed", function()
       run(function()
-        local srv = private_server()
-        srv:authorize(keys.ed25519.public)
+        local srv = known_server()
         assert(exec({ cmd = "true" }, srv))
         local before = ssh.stats().connects
         srv:pause() -- the pooled connection stops answering...
@@ -318,9 +330,7 @@ describe("host.ssh #ssh", function()
       run(function()
         local before = ssh.stats().connects
         for _, k in ipairs({ keys.encrypted, keys.encrypted_pem }) do
-          local ok, err, code = exec({ cmd = "true" }, nil, k)
-          assert.is_nil(ok)
-          assert.equal("auth", code)
+          local err = fails_with("auth", exec({ cmd = "true" }, nil, k))
           assert.equal("ssh: private key is encrypted; give a passphrase", err)
         end
         assert.equal(before, ssh.stats().connects)
@@ -340,9 +350,7 @@ describe("host.ssh #ssh", function()
           "-----BEGIN OPENSSH PRIVATE KEY-----\n-----END OPENSSH PRIVATE KEY-----\n",
         }
         for _, text in ipairs(bad) do
-          local ok, err, code = exec({ cmd = "true", key = text })
-          assert.is_nil(ok)
-          assert.equal("auth", code)
+          local err = fails_with("auth", exec({ cmd = "true", key = text }))
           assert.matches("^ssh: private key is not a valid OpenSSH or PEM key", err)
         end
         assert.equal(before, ssh.stats().connects)
@@ -350,17 +358,14 @@ describe("host.ssh #ssh", function()
     end)
 
     it("fails with auth for a key the server does not know, naming user and host", function()
-      local ok, err, code = run(exec, { cmd = "true" }, nil, keys.stranger)
-      assert.is_nil(ok)
-      assert.equal("auth", code)
+      local err = fails_with("auth", run(exec, { cmd = "true" }, nil, keys.stranger))
       assert.matches(server.user .. "@127.0.0.1:" .. server.port, err, 1, true)
       assert.matches("refused the key", err, 1, true)
     end)
 
     it("fails with auth for a wrong passphrase", function()
-      local ok, err, code = run(exec, { cmd = "true", passphrase = "wrong" }, nil, keys.encrypted)
-      assert.is_nil(ok)
-      assert.equal("auth", code)
+      local err =
+        fails_with("auth", run(exec, { cmd = "true", passphrase = "wrong" }, nil, keys.encrypted))
       assert.matches("passphrase", err)
     end)
 
@@ -368,9 +373,7 @@ describe("host.ssh #ssh", function()
       run(function()
         local plain = private_server()
         plain:authorize(keys.rsa.public)
-        local ok, err, code = exec({ cmd = "true" }, plain, keys.rsa)
-        assert.is_nil(ok)
-        assert.equal("auth", code)
+        local err = fails_with("auth", exec({ cmd = "true" }, plain, keys.rsa))
         assert.matches("ssh-rsa (SHA-1)", err, 1, true)
       end)
     end)
@@ -379,8 +382,7 @@ describe("host.ssh #ssh", function()
   describe("host keys", function()
     it("accept-new records a new host in known_hosts and refuses a changed key", function()
       run(function()
-        local srv = private_server()
-        srv:authorize(keys.ed25519.public)
+        local srv = known_server()
         local kh = dir .. "/known_hosts_accept_new"
         assert(exec({ cmd = "true", known_hosts = kh }, srv))
         local text = assert(fs.read(kh))
@@ -394,13 +396,12 @@ describe("host.ssh #ssh", function()
         assert.equal(0, check.exit_code)
 
         ssh.close_all()
-        assert(exec({ cmd = "true", known_hosts = kh, host_key_policy = "yes" }, srv))
+        local strict = { cmd = "true", known_hosts = kh, host_key_policy = "yes" }
+        assert(exec(strict, srv))
 
         srv:restart_with_new_host_key()
         ssh.close_all()
-        local ok, err, code = exec({ cmd = "true", known_hosts = kh }, srv)
-        assert.is_nil(ok)
-        assert.equal("protocol", code)
+        local err = fails_with("protocol", exec({ cmd = "true", known_hosts = kh }, srv))
         local fp = srv:fingerprint()
         assert.equal(
           "ssh: host key for 127.0.0.1:" .. srv.port .. " changed (fingerprint " .. fp .. ")",
@@ -408,9 +409,7 @@ describe("host.ssh #ssh", function()
             + #fp + 1)
         )
         assert.equal(text, fs.read(kh)) -- never silently replaced
-        ok, err, code = exec({ cmd = "true", known_hosts = kh, host_key_policy = "yes" }, srv)
-        assert.is_nil(ok)
-        assert.equal("protocol", code)
+        err = fails_with("protocol", exec(strict, srv))
         assert.matches("changed", err)
       end)
     end)
@@ -418,9 +417,8 @@ describe("host.ssh #ssh", function()
     it("policy yes refuses a host that is not in known_hosts", function()
       run(function()
         local kh = dir .. "/known_hosts_empty"
-        local ok, err, code = exec({ cmd = "true", known_hosts = kh, host_key_policy = "yes" })
-        assert.is_nil(ok)
-        assert.equal("protocol", code)
+        local err =
+          fails_with("protocol", exec({ cmd = "true", known_hosts = kh, host_key_policy = "yes" }))
         assert.matches(server:fingerprint(), err, 1, true)
         assert.is_nil(fs.stat(kh)) -- nothing written
       end)
@@ -474,25 +472,11 @@ describe("host.ssh #ssh", function()
 
     it("fails with closed within a deadline when sshd dies mid-command", function()
       run(function()
-        local srv = private_server()
-        srv:authorize(keys.ed25519.public)
-        local started = false
-        local t = task.spawn(function()
-          return exec({
-            cmd = "echo started; sleep 30",
-            on_stdout = function()
-              started = true
-            end,
-          }, srv)
-        end)
-        eventually(function()
-          return started
-        end, "the command started")
+        local srv = known_server()
+        local t = start_long(nil, srv)
         srv:kill()
         -- the kill ended it: at most half way through the command's own 30 s
-        local ok, err, code = t:wait(15)
-        assert.is_nil(ok)
-        assert.equal("closed", code, err)
+        fails_with("closed", t:wait(15))
       end)
     end)
 
@@ -501,48 +485,28 @@ describe("host.ssh #ssh", function()
         local srv = private_server()
         srv:pause()
         local t0 = task.now()
-        local ok, err, code = exec({ cmd = "true", timeout = 1 }, srv)
-        assert.is_nil(ok)
-        assert.equal("timeout", code)
+        local err = fails_with("timeout", exec({ cmd = "true", timeout = 1 }, srv))
         assert.matches("while connecting", err)
         -- the 1 s timeout, before the 10 s connect_timeout of opts() could end it
         assert.is_true(task.now() - t0 < 10)
-        ok, err, code = exec({ cmd = "true", connect_timeout = 0.5 }, srv)
-        assert.is_nil(ok)
-        assert.equal("timeout", code)
+        err = fails_with("timeout", exec({ cmd = "true", connect_timeout = 0.5 }, srv))
         assert.matches("connecting to", err)
       end)
     end)
 
     it("marks a stalled session dead after unanswered keepalives", function()
       run(function()
-        local srv = private_server()
-        srv:authorize(keys.ed25519.public)
-        local started = false
-        local t = task.spawn(function()
-          return exec({
-            cmd = "echo started; sleep 30",
-            keepalive = 0.2,
-            on_stdout = function()
-              started = true
-            end,
-          }, srv)
-        end)
-        eventually(function()
-          return started
-        end, "the command started")
+        local srv = known_server()
+        local t = start_long({ keepalive = 0.2 }, srv)
         srv:pause()
-        local ok, err, code = t:wait(10)
-        assert.is_nil(ok)
-        assert.equal("closed", code)
+        local err = fails_with("closed", t:wait(10))
         assert.matches("keepalive", err)
       end)
     end)
 
     it("reconnects after sshd restarts", function()
       run(function()
-        local srv = private_server()
-        srv:authorize(keys.ed25519.public)
+        local srv = known_server()
         assert(exec({ cmd = "true" }, srv))
         local before = ssh.stats().connects
         srv:restart()
@@ -557,35 +521,18 @@ describe("host.ssh #ssh", function()
         local srv = sshd.start()
         local port = srv.port
         srv:close()
-        local ok, err, code = exec({ cmd = "true", port = port })
-        assert.is_nil(ok)
-        assert.equal("connect", code)
+        local err = fails_with("connect", exec({ cmd = "true", port = port }))
         assert.matches("refused", err)
-        ok, err, code = exec({ cmd = "true", host = "no-such-host.invalid" })
-        assert.is_nil(ok)
-        assert.equal("dns", code)
+        err = fails_with("dns", exec({ cmd = "true", host = "no-such-host.invalid" }))
         assert.matches("no%-such%-host%.invalid", err)
       end)
     end)
 
     it("cancel closes the channel and returns canceled", function()
       run(function()
-        local started = false
-        local t = task.spawn(function()
-          return exec({
-            cmd = "echo started; sleep 30",
-            on_stdout = function()
-              started = true
-            end,
-          })
-        end)
-        eventually(function()
-          return started
-        end, "the command started")
+        local t = start_long()
         t:cancel()
-        local ok, err, code = t:wait(15) -- the cancel, not the command's own 30 s, ends it
-        assert.is_nil(ok)
-        assert.equal("canceled", code, err)
+        fails_with("canceled", t:wait(15)) -- the cancel, not the command's own 30 s, ends it
         eventually(function()
           return ssh.stats().channels == 0
         end, "every channel closed")
@@ -613,11 +560,9 @@ describe("host.ssh #ssh", function()
     end)
 
     it("fails with io when the remote path cannot be written", function()
-      local ok, err, code = run(function()
+      local err = fails_with("io", run(function()
         return ssh.upload(opts({ path = dir .. "/missing/dir/file", data = "x" }))
-      end)
-      assert.is_nil(ok)
-      assert.equal("io", code)
+      end))
       assert.matches("missing/dir/file", err, 1, true)
     end)
   end)

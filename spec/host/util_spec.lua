@@ -65,6 +65,19 @@ local function random_utf8ish(n)
   return table.concat(out, "", 1, n)
 end
 
+-- random_texts(seed, count, max_len): iterates over count random_utf8ish strings of 0 to
+-- max_len bytes, seeding the generator first (the same strings every run).
+local function random_texts(seed, count, max_len)
+  math.randomseed(seed)
+  local i = 0
+  return function()
+    i = i + 1
+    if i <= count then
+      return random_utf8ish(math.random(0, max_len))
+    end
+  end
+end
+
 -- Clean s cut at the given sorted positions, carrying rest forward; final on the last chunk.
 local function clean_in_chunks(s, cuts)
   local pieces, rest, prev = {}, "", 0
@@ -322,9 +335,7 @@ describe("host.util", function()
     end)
 
     it("gives the same text whatever the chunking (two chunks, every cut)", function()
-      math.randomseed(20240601)
-      for _ = 1, 400 do
-        local s = random_utf8ish(math.random(0, 40))
+      for s in random_texts(20240601, 400, 40) do
         local whole = util.utf8_clean(s, true)
         assert.is_true(util.utf8_valid(whole))
         for k = 0, #s do
@@ -334,9 +345,7 @@ describe("host.util", function()
     end)
 
     it("gives the same text whatever the chunking (random many-way cuts)", function()
-      math.randomseed(7)
-      for _ = 1, 400 do
-        local s = random_utf8ish(math.random(0, 60))
+      for s in random_texts(7, 400, 60) do
         local whole = util.utf8_clean(s, true)
         for _ = 1, 5 do
           local cuts = {}
@@ -365,9 +374,7 @@ describe("host.util", function()
 
   describe("utf8_stream", function()
     it("cleans chunk by chunk to the same text as the whole", function()
-      math.randomseed(99)
-      for _ = 1, 200 do
-        local s = random_utf8ish(math.random(0, 60))
+      for s in random_texts(99, 200, 60) do
         local stream, pieces, prev = util.utf8_stream(), {}, 0
         while prev < #s do
           local stop = math.min(#s, prev + math.random(0, 5))
@@ -404,10 +411,9 @@ describe("host.util", function()
     end
 
     it("sizes the cleaned text exactly as cjson encodes it", function()
-      math.randomseed(7)
       local escaped = { '"', "\\", "/", "\b", "\t", "\n", "\f", "\r", "\0", "\31", "\127" }
-      for _ = 1, 300 do
-        local s = random_utf8ish(math.random(0, 60)):gsub(".", function(c)
+      for raw in random_texts(7, 300, 60) do
+        local s = raw:gsub(".", function(c)
           return math.random(4) == 1 and escaped[math.random(#escaped)] or c
         end)
         local text, used, size, cut = util.json_clip(s, math.maxinteger)
@@ -442,9 +448,7 @@ describe("host.util", function()
     end)
 
     it("clips chunk by chunk exactly as the whole", function()
-      math.randomseed(11)
-      for _ = 1, 200 do
-        local s = random_utf8ish(math.random(0, 60))
+      for s in random_texts(11, 200, 60) do
         local budget = math.random(0, 200)
         local whole, _, _, whole_cut = util.json_clip(s, budget)
         local pieces, rest, left, prev = {}, "", budget, 0
@@ -481,9 +485,8 @@ describe("host.util", function()
     local cjson = require("cjson")
 
     it("gives cjson's encoding in parts of at most the given size", function()
-      math.randomseed(13)
-      for _ = 1, 200 do
-        local s = util.utf8_clean(random_utf8ish(math.random(0, 80)))
+      for raw in random_texts(13, 200, 80) do
+        local s = util.utf8_clean(raw)
         local piece = math.random(8, 20)
         local parts = util.json_quote(s, piece)
         for _, p in ipairs(parts) do

@@ -9,6 +9,14 @@ local function joined(problems)
   return table.concat(problems, "\n")
 end
 
+-- refusal(name) -> the problems loading the broken fixture `name` reports, as one text; and
+-- their list. Asserts that it did not load.
+local function refusal(name)
+  local p, problems = providers.load(BROKEN .. "/" .. name .. ".lua")
+  assert.is_nil(p)
+  return joined(problems), problems
+end
+
 describe("host.providers", function()
   it("loads the built-in local provider by name", function()
     local p = assert(providers.load("local"))
@@ -33,14 +41,11 @@ describe("host.providers", function()
   end)
 
   it("reports a syntax error with file and line", function()
-    local p, problems = providers.load(BROKEN .. "/syntax.lua")
-    assert.is_nil(p)
-    assert.matches("syntax%.lua:4:", joined(problems))
+    assert.matches("syntax%.lua:4:", (refusal("syntax")))
   end)
 
   it("reports every contract problem at once", function()
-    local _, problems = providers.load(BROKEN .. "/shape.lua")
-    local text = joined(problems)
+    local text, problems = refusal("shape")
     assert.matches('driver_key must equal the provider\'s name "shape"', text)
     assert.matches("version must be a semver", text)
     assert.matches('unknown hook "exec"', text)
@@ -51,15 +56,13 @@ describe("host.providers", function()
   end)
 
   it("keeps providers away from host.core modules", function()
-    local _, problems = providers.load(BROKEN .. "/core.lua")
-    local text = joined(problems)
+    local text = refusal("core")
     assert.matches("core%.lua:2:", text)
     assert.matches("cannot use host%.core%.proc", text)
   end)
 
   it("locks globals", function()
-    local _, problems = providers.load(BROKEN .. "/global.lua")
-    assert.matches('global "helper"', joined(problems))
+    assert.matches('global "helper"', (refusal("global")))
   end)
 
   it("raises when a hook reads an undeclared global", function()

@@ -31,16 +31,18 @@ end
 -- then sleeps: the secret's name is on its command line, never its value.
 M.SCRIPT = 'printf "%s" "$PH_SECRET" | sha256sum | cut -c1-64; echo started; sleep 4'
 
---- check(start, marker) -> the result of start(on_chunk), asserting meanwhile that no command
--- line held marker while the command slept. start(on_chunk) runs the execute (M.SCRIPT with
--- env PH_SECRET = marker, chunks passed to on_chunk) and returns its result.
-function M.check(start, marker)
+--- check(start) -> the result of start(on_log, params), asserting meanwhile that no command
+-- line held a fresh marker while the command slept. start runs environmentExecute with params
+-- (sh -c M.SCRIPT with env PH_SECRET = the marker; start may add fields) on a session whose
+-- on_log is on_log, and returns its result.
+function M.check(start)
   local assert = require("luassert")
+  local marker = M.marker()
   local started = false
   local t = task.spawn(function()
-    return start(function(chunk)
+    return start(function(_stream, chunk)
       started = started or chunk:find("started", 1, true) ~= nil
-    end)
+    end, { command = "sh", args = { "-c", M.SCRIPT }, env = { PH_SECRET = marker } })
   end)
   require("spec.helpers").eventually(function()
     return started

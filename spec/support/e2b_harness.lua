@@ -21,10 +21,7 @@ local M = {}
 M.KEY = "e2b_test_key"
 
 -- api.settings as loaded: every spec starts from them.
-local DEFAULTS = {}
-for k, v in pairs(api.settings) do
-  DEFAULTS[k] = v
-end
+local DEFAULTS = helpers.merged(api.settings)
 
 -- What the commands leave in this machine's /tmp (the fake shares it with its sandboxes): the
 -- spec removes whatever appeared while it ran.
@@ -90,18 +87,16 @@ function M.new(opts)
       api.forget_all()
       h.logs = {}
       log.set_sink(sink(h.logs))
-      local ok, err = pcall(fn)
-      leftover = fake:running()
-      log.set_sink(nil)
-      fake:stop()
-      for name in pairs(tmp_entries()) do
-        if not tmp_before[name] then
-          fs.remove_tree("/tmp/" .. name)
+      helpers.with_cleanup(fn, function()
+        leftover = fake:running()
+        log.set_sink(nil)
+        fake:stop()
+        for name in pairs(tmp_entries()) do
+          if not tmp_before[name] then
+            fs.remove_tree("/tmp/" .. name)
+          end
         end
-      end
-      if not ok then
-        error(err, 0)
-      end
+      end)
     end)
   end
 
@@ -120,11 +115,7 @@ end
 
 --- config(extra) -> { apiKey = KEY } with extra's fields added.
 function M.config(extra)
-  local c = { apiKey = M.KEY }
-  for k, v in pairs(extra or {}) do
-    c[k] = v
-  end
-  return c
+  return helpers.merged({ apiKey = M.KEY }, extra)
 end
 
 --- acquire(s, cfg) -> lease, the lease as execute takes it ({providerLeaseId, metadata}).

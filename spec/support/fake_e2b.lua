@@ -32,7 +32,10 @@ local http = require("host.http")
 local json = require("host.json")
 local lost_answer = require("spec.support.lost_answer")
 local proc = require("host.proc")
+local helpers = require("spec.helpers")
+local sorted_keys = helpers.sorted_keys
 local sys = require("host.core.sys")
+local take_fault = require("spec.support.take_fault")
 local task = require("host.task")
 local util = require("host.util")
 
@@ -112,11 +115,7 @@ local function encode(v)
 end
 
 local function json_reply(status, value, headers)
-  local h = { ["content-type"] = JSON_TYPE }
-  for k, v in pairs(headers or {}) do
-    h[k] = v
-  end
-  return status, h, encode(value)
+  return status, helpers.merged({ ["content-type"] = JSON_TYPE }, headers), encode(value)
 end
 
 -- A control-plane error: {code: <int>, message}. The SDK needs the numeric code (404, 409).
@@ -166,13 +165,7 @@ local function is_string_map(t)
   return true
 end
 
-local function copy(t)
-  local out = {}
-  for k, v in pairs(t or {}) do
-    out[k] = v
-  end
-  return out
-end
+local copy = helpers.merged -- copy(t) -> a shallow copy of t ({} for nil)
 
 -- Signal: one task waits (bounded) until another party, task or callback, notifies it.
 local Signal = {}
@@ -412,24 +405,13 @@ function Fake:fail(spec)
 end
 
 --- fake:running() -> sorted ids of the sandboxes in state "running"
--- The keys of t in order, so listings come out the same every time.
-local function sorted_keys(t)
-  local keys = {}
-  for k in pairs(t) do
-    keys[#keys + 1] = k
-  end
-  table.sort(keys)
-  return keys
-end
-
 function Fake:running()
   local ids = {}
-  for id, sb in pairs(self.sandboxes) do
-    if sb.state == "running" then
+  for _, id in ipairs(sorted_keys(self.sandboxes)) do
+    if self.sandboxes[id].state == "running" then
       ids[#ids + 1] = id
     end
   end
-  table.sort(ids)
   return ids
 end
 
@@ -582,16 +564,10 @@ end
 -- Request plumbing ------------------------------------------------------------------------------
 
 function Fake:_take_fault(kind, req)
-  for i, f in ipairs(self.faults) do
-    if (f.kind == nil or f.kind == kind) and (f.method == nil or f.method == req.method)
-      and (f.path == nil or req.path:find(f.path)) then
-      f.times = f.times - 1
-      if f.times <= 0 then
-        table.remove(self.faults, i)
-      end
-      return f
-    end
-  end
+  return take_fault(self.faults, function(f)
+    return (f.kind == nil or f.kind == kind) and (f.method == nil or f.method == req.method)
+      and (f.path == nil or req.path:find(f.path))
+  end)
 end
 
 -- Answer a fault that replaces the response; returns nothing when the request goes on.
@@ -1224,16 +1200,24 @@ local function selector_text(selector)
     tostring(type(selector) == "table" and selector.pid or 0))
 end
 
+-- on_process(handler) -> an RPC handler that answers not_found unless body.process selects a
+-- process of the sandbox, and otherwise handler(p, body).
+local function on_process(handler)
+  return function(_self, sb, body)
+    local p = select_process(sb, body.process)
+    if not p then
+      return rpc_error("not_found", selector_text(body.process))
+    end
+    return handler(p, body)
+  end
+end
+
 local function config_json(p)
   return { cmd = p.cmd, args = json.array(copy(p.args)), envs = p.envs, cwd = p.cwd }
 end
 
 Fake.rpc_process = {
-  SendInput = function(_self, sb, body)
-    local p = select_process(sb, body.process)
-    if not p then
-      return rpc_error("not_found", selector_text(body.process))
-    end
+  SendInput = on_process(function(p, body)
     local input = type(body.input) == "table" and body.input or {}
     local b64 = input.stdin or input.pty
     if input.pty ~= nil or not p.stdin_open then
@@ -1248,30 +1232,22 @@ Fake.rpc_process = {
       return rpc_error("internal", "error writing to stdin: " .. tostring(err))
     end
     return json_reply(200, {})
-  end,
-  CloseStdin = function(_self, sb, body)
-    local p = select_process(sb, body.process)
-    if not p then
-      return rpc_error("not_found", selector_text(body.process))
-    end
+  end),
+  CloseStdin = on_process(function(p)
     if p.stdin_open then
       p.stdin_open = false
       p.proc:close_stdin()
     end
     return json_reply(200, {})
-  end,
-  SendSignal = function(_self, sb, body)
-    local p = select_process(sb, body.process)
-    if not p then
-      return rpc_error("not_found", selector_text(body.process))
-    end
+  end),
+  SendSignal = on_process(function(p, body)
     local sig = RPC_SIGNALS[body.signal]
     if not sig then
       return rpc_error("invalid_argument", "invalid signal: " .. tostring(body.signal))
     end
     p.proc:kill(sig) -- the whole group; an exited leader is no error
     return json_reply(200, {})
-  end,
+  end),
   List = function(_self, sb)
     local list = json.array()
     for _, pid in ipairs(sorted_keys(sb.processes)) do
@@ -1280,13 +1256,9 @@ Fake.rpc_process = {
     end
     return json_reply(200, { processes = list })
   end,
-  Update = function(_self, sb, body)
-    local p = select_process(sb, body.process)
-    if not p then
-      return rpc_error("not_found", selector_text(body.process))
-    end
+  Update = on_process(function()
     return rpc_error("failed_precondition", "process has no pty")
-  end,
+  end),
 }
 
 Fake.rpc_filesystem = {
@@ -1442,12 +1414,7 @@ function Fake:_start_process(sb, msg, req, deadline_ms)
     E2B_TEAM_ID = self.team_id,
     E2B_TEMPLATE_ID = sb.template,
   }
-  for k, v in pairs(sb.env_vars) do
-    env[k] = v
-  end
-  for k, v in pairs(cfg.envs or {}) do
-    env[k] = v
-  end
+  env = helpers.merged(env, sb.env_vars, cfg.envs)
   env.E2B_SANDBOX_ID = sb.id
   local argv = { cfg.cmd }
   for _, a in ipairs(args) do

@@ -30,11 +30,13 @@
 -- Methods: fail(fault), create_vm(name, opts), vm(name), running(), count(cmd), commands(),
 -- stop().
 local fs = require("host.fs")
+local helpers = require("spec.helpers")
 local http = require("host.http")
 local json = require("host.json")
 local lost_answer = require("spec.support.lost_answer")
 local proc = require("host.proc")
 local sshd = require("spec.support.sshd")
+local take_fault = require("spec.support.take_fault")
 local task = require("host.task")
 local util = require("host.util")
 
@@ -185,13 +187,7 @@ end
 -- onboarding, sshd options). Used by `new` and `cp`, and by specs to seed a source VM.
 function Fake:create_vm(name, opts)
   opts = opts or {}
-  local vm_opts = {}
-  for k, v in pairs(self.vm_options or {}) do
-    vm_opts[k] = v
-  end
-  for k, v in pairs(opts) do
-    vm_opts[k] = v
-  end
+  local vm_opts = helpers.merged(self.vm_options, opts)
   local dir = assert(util.mkdtemp("ph-exedev-vm-"))
   local home = dir .. "/home"
   assert(fs.mkdir(home, tonumber("755", 8)))
@@ -297,17 +293,11 @@ function Fake:cmd_rm(_flags, _argv, positional)
   return json_reply(200, { deleted = json.array(positional) })
 end
 
--- The next fault matching this request, consumed.
-local function take_fault(self, cmd)
-  for i, f in ipairs(self.faults) do
-    if f.command == nil or f.command == cmd then
-      f.times = (f.times or 1) - 1
-      if f.times <= 0 then
-        table.remove(self.faults, i)
-      end
-      return f
-    end
-  end
+-- The next fault for a request running cmd, consumed.
+local function next_fault(self, cmd)
+  return take_fault(self.faults, function(f)
+    return f.command == nil or f.command == cmd
+  end)
 end
 
 local function handle(self, req, res)
@@ -329,7 +319,7 @@ local function handle(self, req, res)
   end
   local argv, lex_err = M.lex(req.body or "")
   entry.argv = argv
-  local fault = take_fault(self, argv and argv[1])
+  local fault = next_fault(self, argv and argv[1])
   if fault and not fault.after then
     entry.fault = fault
     if fault.delay then
@@ -391,8 +381,8 @@ function M.start(opts)
     authorized = opts.authorized,
     vm_options = opts.vm_options or {},
   }, Fake)
-  self.dir = assert(util.mkdtemp("ph-exedev-"))
-  self.key = opts.key or sshd.keygen(self.dir, "id_client", "ed25519")
+  self.tmp = helpers.tempdir("ph-exedev-") -- the client key's
+  self.key = opts.key or sshd.keygen(self.tmp.path, "id_client", "ed25519")
   self.server = assert(http.serve({
     host = "127.0.0.1",
     port = 0,
@@ -424,12 +414,7 @@ end
 
 --- fake:running() -> sorted names of the VMs still running.
 function Fake:running()
-  local out = {}
-  for name in pairs(self.vms) do
-    out[#out + 1] = name
-  end
-  table.sort(out)
-  return out
+  return helpers.sorted_keys(self.vms)
 end
 
 --- fake:commands() -> the request bodies, in order (authenticated POSTs to /exec only).
@@ -457,14 +442,6 @@ end
 ------------------------------------------------------------------------------------------------
 -- The harness the exe-dev and ssh provider specs share
 
-local function copy(t)
-  local out = {}
-  for k, v in pairs(t) do
-    out[k] = v
-  end
-  return out
-end
-
 local function restore(t, saved)
   for k in pairs(t) do
     t[k] = nil
@@ -484,10 +461,10 @@ end
 -- needs a real sshd; without one it FAILS with a clear message (it never passes silently).
 function M.harness(opts)
   opts = opts or {}
-  local helpers = require("spec.helpers")
   local log = require("host.log")
   local remote = require("host.remote")
   local ssh = require("host.ssh")
+  local luassert = require("luassert")
   local h = {}
 
   function h.run(fn)
@@ -497,7 +474,9 @@ function M.harness(opts)
           .. "openssh-server, as .ci/run does", 0)
       end
       local api = require("providers.exe-dev.api")
-      local saved_api, saved_remote = copy(api.settings), copy(remote.settings)
+      -- copies of the settings, put back afterwards
+      local saved_api, saved_remote = helpers.merged(api.settings),
+        helpers.merged(remote.settings)
       h.dir = assert(util.mkdtemp("ph-exedev-spec-"))
       -- h.dir plays the account's home: its .ssh/known_hosts, never the real one; no agent
       remote.settings.account = { name = sshd.user(), home = h.dir }
@@ -512,27 +491,21 @@ function M.harness(opts)
         h.logs[#h.logs + 1] = level .. ": " .. message
       end)
       h.fake = M.start(opts.fake)
-      local ok, err = pcall(fn, h)
-      log.set_sink(nil)
-      ssh.close_all()
-      h.fake:stop()
-      restore(api.settings, saved_api)
-      restore(remote.settings, saved_remote)
-      util.remove_tree(h.dir)
-      if not ok then
-        error(err, 0)
-      end
+      helpers.with_cleanup(fn, function()
+        log.set_sink(nil)
+        ssh.close_all()
+        h.fake:stop()
+        restore(api.settings, saved_api)
+        restore(remote.settings, saved_remote)
+        util.remove_tree(h.dir)
+      end, h)
     end)
   end
 
   --- h.config(extra) -> an exe-dev config for the fake (API key, URL, the VMs' client key).
   function h.config(extra)
-    local c = { apiKey = h.fake.token, apiUrl = h.fake.base_url,
-      sshPrivateKey = h.fake.key.private, timeoutMs = 30000 }
-    for k, v in pairs(extra or {}) do
-      c[k] = v
-    end
-    return c
+    return helpers.merged({ apiKey = h.fake.token, apiUrl = h.fake.base_url,
+      sshPrivateKey = h.fake.key.private, timeoutMs = 30000 }, extra)
   end
 
   --- h.session([opts]) -> a client session on the exe-dev provider (host.client).
@@ -540,13 +513,43 @@ function M.harness(opts)
     return require("host.client").session({ (require("providers.exe-dev")) }, sopts)
   end
 
+  --- h.validate(config) -> environmentValidateConfig's answer for config (a new session).
+  function h.validate(config)
+    return h.session():call("environmentValidateConfig", { config = config })
+  end
+
+  --- h.acquire_params(cfg [, extra]) -> environmentAcquireLease's params as upstream's tests
+  -- give them (environmentId env-1, runId run-1: VM paperclip-env1-run1), plus extra's fields.
+  function h.acquire_params(cfg, extra)
+    return helpers.merged({ config = cfg, environmentId = "env-1", runId = "run-1" }, extra)
+  end
+
+  --- h.acquire([cfg [, extra [, s]]]) -> environmentAcquireLease's answer for
+  -- h.acquire_params(cfg (default h.config()), extra), on session s (default: a new one).
+  function h.acquire(cfg, extra, s)
+    return (s or h.session()):call("environmentAcquireLease",
+      h.acquire_params(cfg or h.config(), extra))
+  end
+
+  --- h.execute(vm, params [, s]) -> environmentExecute's answer for params (command, args...)
+  -- on vm, with config h.config() and lease h.lease(vm) unless params gives them, on session s
+  -- (default: a new one).
+  function h.execute(vm, params, s)
+    return (s or h.session()):call("environmentExecute",
+      helpers.merged({ config = h.config(), lease = h.lease(vm) }, params))
+  end
+
+  --- h.failed(ok, err) -> err.message: asserts that a call answered an error, not a result.
+  function h.failed(ok, err)
+    luassert.is_nil(ok)
+    luassert.is_table(err, "no error reply: " .. tostring(err))
+    return err.message
+  end
+
   --- h.lease(vm [, meta]) -> {providerLeaseId, metadata} for a VM of the fake.
   function h.lease(vm, meta)
-    local m = { sshDest = "127.0.0.1", vmSshPort = vm.server.port }
-    for k, v in pairs(meta or {}) do
-      m[k] = v
-    end
-    return { providerLeaseId = vm.name, metadata = m }
+    return { providerLeaseId = vm.name,
+      metadata = helpers.merged({ sshDest = "127.0.0.1", vmSshPort = vm.server.port }, meta) }
   end
 
   --- h.logged(text) -> true when some log line contains text.
@@ -577,10 +580,7 @@ function Fake:stop()
     end
   end
   self.vms = {}
-  if self.dir then
-    util.remove_tree(self.dir)
-    self.dir = nil
-  end
+  self.tmp:remove()
 end
 
 return M

@@ -57,11 +57,8 @@ end
 
 --- request(id, method, params, extra) sends a request (extra fields merged at top level).
 function Worker:request(id, method, params, extra)
-  local msg = { jsonrpc = "2.0", id = id, method = method, params = params or {} }
-  for k, v in pairs(extra or {}) do
-    msg[k] = v
-  end
-  self:send(msg)
+  self:send(helpers.merged({ jsonrpc = "2.0", id = id, method = method, params = params or {} },
+    extra))
 end
 
 --- recv_line([timeout]) -> the next raw stdout line | nil, "timeout"

@@ -43,9 +43,9 @@ local function with_budget(seconds, fn)
   worker.budget = function()
     return seconds
   end
-  local ok, err = pcall(fn)
-  worker.budget = saved
-  assert(ok, err)
+  helpers.with_cleanup(fn, function()
+    worker.budget = saved
+  end)
 end
 
 describe("host.worker cleanup", function()

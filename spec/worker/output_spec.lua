@@ -80,14 +80,7 @@ local function execute(command, fn)
     local ok, err = pcall(function()
       local base = { driverKey = "local", companyId = "c1", environmentId = "e1" }
       local function params(extra)
-        local p = { config = { root = root.path } }
-        for k, v in pairs(base) do
-          p[k] = v
-        end
-        for k, v in pairs(extra) do
-          p[k] = v
-        end
-        return p
+        return helpers.merged({ config = { root = root.path } }, base, extra)
       end
       local function send(msg)
         assert(w.process:write(assert(json.encode(msg)) .. "\n"))

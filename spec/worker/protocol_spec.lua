@@ -12,23 +12,15 @@ local FIXTURES = helpers.root .. "/spec/fixtures/providers"
 local function with_worker(fn, args, opts)
   return helpers.run(function()
     local tmp <close> = helpers.tempdir("ph-worker-spec-")
-    local o = {}
-    for k, v in pairs(opts or {}) do
-      o[k] = v
-    end
-    o.env = { PATH = os.getenv("PATH"), TMPDIR = tmp.path }
-    for k, v in pairs(opts and opts.env or {}) do
-      o.env[k] = v
-    end
+    local o = helpers.merged(opts)
+    o.env = helpers.merged({ PATH = os.getenv("PATH"), TMPDIR = tmp.path }, o.env)
     local w = wp.start(args, o)
-    local ok, err = pcall(fn, w)
-    if not w.process:done() then
-      w:kill("SIGKILL")
-      w:wait(5)
-    end
-    if not ok then
-      error(err, 0)
-    end
+    helpers.with_cleanup(fn, function()
+      if not w.process:done() then
+        w:kill("SIGKILL")
+        w:wait(5)
+      end
+    end, w)
   end)
 end
 
@@ -40,11 +32,8 @@ end
 
 -- The params of a call on the local provider as Paperclip sends them, with extra's fields.
 local function local_params(extra)
-  local params = { driverKey = "local", companyId = "c1", environmentId = "e1", config = {} }
-  for k, v in pairs(extra or {}) do
-    params[k] = v
-  end
-  return params
+  return helpers.merged({ driverKey = "local", companyId = "c1", environmentId = "e1",
+    config = {} }, extra)
 end
 
 local function lease_for(w, id)
@@ -55,10 +44,8 @@ end
 
 -- Sends (without waiting for the reply) an execute of `bash -c command` on the lease.
 local function execute(w, id, lease, command, extra, invocation)
-  local params = local_params({ lease = lease, command = "bash", args = { "-c", command } })
-  for k, v in pairs(extra or {}) do
-    params[k] = v
-  end
+  local params = local_params(helpers.merged({ lease = lease, command = "bash",
+    args = { "-c", command } }, extra))
   w:request(id, "environmentExecute", params, invocation and {
     paperclipInvocation = { id = invocation, scope = { companyId = "c1" } },
   } or nil)

@@ -37,18 +37,25 @@ local function staged_paths()
   return out
 end
 
--- A command whose shell and child (a sleep 30 it waits for) write their pids to `file`; and
--- group_pids(file) -> both pids, once written (so a spec can watch the whole process group).
-local function group_script(file)
-  return "echo $$ > " .. file .. "; sleep 30 & echo $! >> " .. file .. "; wait"
-end
-
-local function group_pids(file)
-  local pids = {}
-  for pid in (helpers.read_file(file) or ""):gmatch("%d+") do
-    pids[#pids + 1] = tonumber(pid)
-  end
-  return #pids == 2 and pids
+-- start_group(s, lease, lp, id) -> task, pids: runs, as execution id in the lease's sandbox, a
+-- command whose shell and child (a sleep 30 it waits for) write their pids to a file; returns
+-- once both are written (so a spec can watch the whole process group). The task ends with
+-- true, then execute's answer.
+local function start_group(s, lease, lp, id)
+  local file = h.fake.sandboxes[lease.providerLeaseId].home .. "/pids"
+  local t = task.spawn(function()
+    return true, exec(s, lp, {
+      args = { "-c", "echo $$ > " .. file .. "; sleep 30 & echo $! >> " .. file .. "; wait" },
+      executionId = id,
+    })
+  end)
+  return t, eventually(function()
+    local pids = {}
+    for pid in (helpers.read_file(file) or ""):gmatch("%d+") do
+      pids[#pids + 1] = tonumber(pid)
+    end
+    return #pids == 2 and pids
+  end, "the command's pids")
 end
 
 -- Fails unless every pid stops running (soon: nothing else would stop a sleep 30).
@@ -402,12 +409,13 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local t0 = task.now()
-        local r = assert(exec(s, lp, {
-          args = { "-c", "echo partial stdout; echo partial stderr >&2; sleep 60" },
-          timeoutMs = 500,
-        }))
-        assert.is_true(task.now() - t0 < 30, "the timeout, not the command, ended it")
+        local took, r = helpers.timed(function()
+          return assert(exec(s, lp, {
+            args = { "-c", "echo partial stdout; echo partial stderr >&2; sleep 60" },
+            timeoutMs = 500,
+          }))
+        end)
+        assert.is_true(took < 30, "the timeout, not the command, ended it")
         assert.same({
           exitCode = json.null,
           timedOut = true,
@@ -445,14 +453,8 @@ describe("providers.e2b conformance", function()
     it("returns a non-zero exit as a result and streams output live", function()
       run(function()
         -- the command goes on past its first line only once the spec has received that line
-        local gate <close> = helpers.gate()
-        local chunks = {}
-        local s = session({
-          on_log = function(stream, chunk)
-            chunks[#chunks + 1] = { stream, chunk }
-            gate:open()
-          end,
-        })
+        local gate <close>, log, on_log = helpers.log_gate()
+        local s = session({ on_log = on_log })
         local _, lp = acquire(s)
         local r = assert(exec(s, lp, {
           args = { "-c", "echo first; " .. gate.sh .. "; echo second; echo oops >&2; exit 42" },
@@ -461,15 +463,9 @@ describe("providers.e2b conformance", function()
           { exitCode = 42, timedOut = false, stdout = "first\nsecond\n", stderr = "oops\n" },
           r
         )
-        assert.equal("stdout", chunks[1][1])
-        assert.equal("first\n", chunks[1][2])
-        local out = {}
-        for _, c in ipairs(chunks) do
-          if c[1] == "stdout" then
-            out[#out + 1] = c[2]
-          end
-        end
-        assert.equal(r.stdout, table.concat(out))
+        assert.equal("stdout", log[1][1])
+        assert.equal("first\n", log[1][2])
+        assert.equal(r.stdout, helpers.logged(log, "stdout"))
         r = assert(exec(s, lp, { command = "definitely-not-a-command-xyz" }))
         assert.equal(127, r.exitCode)
         destroy(s, lp.providerLeaseId)
@@ -686,15 +682,11 @@ describe("providers.e2b conformance", function()
 
     it("N1b. never shows an env value in any process's command line", function()
       run(function()
-        local marker = require("spec.support.cmdline").marker()
         local _, lp = acquire(session())
-        require("spec.support.cmdline").check(function(on_chunk)
-          local s = session({ on_log = function(_, chunk)
-            on_chunk(chunk)
-          end })
-          return exec(s, lp, { args = { "-c", require("spec.support.cmdline").SCRIPT },
-            env = { PH_SECRET = marker }, executionId = "secret-1" })
-        end, marker)
+        require("spec.support.cmdline").check(function(on_log, params)
+          params.executionId = "secret-1"
+          return exec(session({ on_log = on_log }), lp, params)
+        end)
         destroy(session(), lp.providerLeaseId)
       end)
     end)
@@ -728,18 +720,7 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local pidfile = h.fake.sandboxes[lease.providerLeaseId].home .. "/pids"
-        local done
-        local t = task.spawn(function()
-          done = table.pack(exec(s, lp, {
-            args = { "-c", group_script(pidfile) },
-            executionId = "exec-cancel",
-          }))
-          return true
-        end)
-        local group = eventually(function()
-          return group_pids(pidfile)
-        end, "the command's pids")
+        local t, group = start_group(s, lease, lp, "exec-cancel")
         local r = assert(s:call("environmentCancelExecution", {
           config = config(),
           lease = lp,
@@ -747,9 +728,9 @@ describe("providers.e2b conformance", function()
           reason = "user",
         }))
         assert.same({ executionId = "exec-cancel", cancelled = true }, r)
-        assert(t:wait(15), "the cancel, not the command's own 30 s, ended it")
-        local res = assert(done[1])
-        assert.is_false(res.timedOut)
+        local ended, res = t:wait(15)
+        assert(ended, "the cancel, not the command's own 30 s, ended it")
+        assert.is_false(assert(res).timedOut)
         assert.is_true(res.exitCode ~= 0)
         assert_stopped(group)
         -- before launch: the cancel lands while stdin is being staged (the upload is held
@@ -759,6 +740,7 @@ describe("providers.e2b conformance", function()
           return cancel_answered
         end })
         local starts = h.fake:count("/process%.Process/Start$")
+        local done
         t = task.spawn(function()
           done = table.pack(exec(s, lp, {
             args = { "-c", "echo should-not-run" },
@@ -787,18 +769,7 @@ describe("providers.e2b conformance", function()
       run(function()
         local s = session()
         local lease, lp = acquire(s)
-        local pidfile = h.fake.sandboxes[lease.providerLeaseId].home .. "/pids"
-        local done
-        local t = task.spawn(function()
-          done = table.pack(exec(s, lp, {
-            args = { "-c", group_script(pidfile) },
-            executionId = "exec-other-worker",
-          }))
-          return true
-        end)
-        local group = eventually(function()
-          return group_pids(pidfile)
-        end, "the command's pids")
+        local t, group = start_group(s, lease, lp, "exec-other-worker")
         -- another worker (a restart): nothing tracked there, and no cached credentials
         api.forget_all()
         local other = session()
@@ -817,8 +788,9 @@ describe("providers.e2b conformance", function()
         assert.equal(script.cancel("exec-other-worker"), record.args[3])
         assert.equal("/", record.cwd)
         assert.equal(5000, record.timeout_ms)
-        assert(t:wait(15), "the cancel, not the command's own 30 s, ended it")
-        assert.is_true(done[1].exitCode ~= 0)
+        local ended, res = t:wait(15)
+        assert(ended, "the cancel, not the command's own 30 s, ended it")
+        assert.is_true(res.exitCode ~= 0)
         assert_stopped(group)
         -- min(timeoutMs, 10000)
         other:call("environmentCancelExecution", {

@@ -5,7 +5,7 @@ local api = require("providers.e2b.api")
 local harness = require("spec.support.e2b_harness")
 local http = require("host.http")
 local json = require("host.json")
-local task = require("host.task")
+local timed = require("spec.helpers").timed
 
 local KEY = harness.KEY
 local session, config, acquire, destroy, exec, eventually = harness.session, harness.config,
@@ -16,12 +16,6 @@ local h = harness.new({ logs = "all" })
 local run = h.run
 after_each(h.assert_none_running)
 
--- timed(fn) -> the seconds fn took, fn's results
-local function timed(fn)
-  local t0 = task.now()
-  local res = table.pack(fn())
-  return task.now() - t0, table.unpack(res, 1, res.n)
-end
 
 describe("providers.e2b faults", function()
   it("401: names the API key problem, never the key", function()

@@ -4,6 +4,7 @@
 -- configured by the SDK's environment variables.
 local api = require("providers.e2b.api")
 local harness = require("spec.support.e2b_harness")
+local helpers = require("spec.helpers")
 local json = require("host.json")
 local task = require("host.task")
 local worker_process = require("spec.support.worker_process")
@@ -129,14 +130,8 @@ describe("providers.e2b round trips", function()
       assert.is_true(init.result.ok)
       local base = { driverKey = "e2b", companyId = "c", environmentId = "e", config = {} }
       local function call(id, method, extra)
-        local p = {}
-        for k, v in pairs(base) do
-          p[k] = v
-        end
-        for k, v in pairs(extra or {}) do
-          p[k] = v
-        end
-        w:request(id, method, p, { paperclipInvocation = { id = "inv-" .. id } })
+        w:request(id, method, helpers.merged(base, extra),
+          { paperclipInvocation = { id = "inv-" .. id } })
         return assert(w:reply_to(id, 20))
       end
       local lease = call(1, "environmentAcquireLease", { runId = "r" }).result

@@ -17,10 +17,8 @@ local MODE_600, MODE_700 = tonumber("600", 8), tonumber("700", 8)
 local function start_worker(dir, name, home, extra_env)
   local passwd = dir .. "/passwd-" .. name
   assert(fs.write(passwd, ("%s:x:0:0:spec account:%s:/bin/sh\n"):format(name, home)))
-  local env = { PATH = os.getenv("PATH"), PAPERCLIP_PLUGIN_ID = "spec-plugin" }
-  for k, v in pairs(extra_env or {}) do
-    env[k] = v
-  end
+  local env = helpers.merged({ PATH = os.getenv("PATH"), PAPERCLIP_PLUGIN_ID = "spec-plugin" },
+    extra_env)
   local w = worker_process.start({ "-Urm", "sh", "-c",
     'mount --bind "$1" /etc/passwd && shift && exec "$@"', "sh", passwd, helpers.binary(),
     "worker", "--provider", "exe-dev" }, { binary = "unshare", env = env })

@@ -40,14 +40,6 @@ local VALID_RSA_PEM = table.concat({
 }, "\n")
 local PUBLIC = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE+gT9 user@host"
 
--- The acquire params upstream's tests use.
-local function acquire_params(cfg, extra)
-  local p = { config = cfg, environmentId = "env-1", runId = "run-1" }
-  for k, v in pairs(extra or {}) do
-    p[k] = v
-  end
-  return p
-end
 
 describe("providers.exe-dev conformance", function()
   describe("health and validateConfig", function()
@@ -74,21 +66,19 @@ describe("providers.exe-dev conformance", function()
     it("2. normalizes config exactly as upstream and warns about SSH access and reuse", function()
       h.run(function()
         h.env.EXE_API_KEY = "host-key"
-        local r = assert(h.session():call("environmentValidateConfig", {
-          config = {
-            apiUrl = "https://exe.dev",
-            namePrefix = " Paperclip Sandbox ",
-            image = " ubuntu:22.04 ",
-            cpu = "4.8",
-            memory = " 8GB ",
-            disk = " 50GB ",
-            env = { FOO = " bar " },
-            integrations = { " github " },
-            tags = "prod, sandbox",
-            timeoutMs = "450000.9",
-            reuseLease = true,
-            sshPort = "2222",
-          },
+        local r = assert(h.validate({
+          apiUrl = "https://exe.dev",
+          namePrefix = " Paperclip Sandbox ",
+          image = " ubuntu:22.04 ",
+          cpu = "4.8",
+          memory = " 8GB ",
+          disk = " 50GB ",
+          env = { FOO = " bar " },
+          integrations = { " github " },
+          tags = "prod, sandbox",
+          timeoutMs = "450000.9",
+          reuseLease = true,
+          sshPort = "2222",
         }))
         assert.same({
           ok = true,
@@ -124,9 +114,7 @@ describe("providers.exe-dev conformance", function()
     it("3. normalizes a trailing /exec/ without duplicating it", function()
       h.run(function()
         h.env.EXE_API_KEY = "host-key"
-        local r = assert(h.session():call("environmentValidateConfig", {
-          config = { apiUrl = "https://exe.dev/exec/" },
-        }))
+        local r = assert(h.validate({ apiUrl = "https://exe.dev/exec/" }))
         assert.is_true(r.ok)
         assert.equal("https://exe.dev/exec", r.normalizedConfig.apiUrl)
         for input, want in pairs({
@@ -142,15 +130,13 @@ describe("providers.exe-dev conformance", function()
 
     it("4. rejects an invalid config with upstream's errors, in upstream's order", function()
       h.run(function()
-        local r = assert(h.session():call("environmentValidateConfig", {
-          config = {
-            apiUrl = "not-a-url",
-            cpu = 0,
-            env = { ["BAD-KEY"] = "value" },
-            sshPort = 70000,
-            strictHostKeyChecking = "",
-            timeoutMs = 0,
-          },
+        local r = assert(h.validate({
+          apiUrl = "not-a-url",
+          cpu = 0,
+          env = { ["BAD-KEY"] = "value" },
+          sshPort = 70000,
+          strictHostKeyChecking = "",
+          timeoutMs = 0,
         }))
         assert.same({
           ok = false,
@@ -170,14 +156,10 @@ describe("providers.exe-dev conformance", function()
 
     it("refuses a host key policy OpenSSH would refuse (beyond upstream)", function()
       h.run(function()
-        local r = assert(h.session():call("environmentValidateConfig", {
-          config = { apiKey = "k", strictHostKeyChecking = "maybe" },
-        }))
+        local r = assert(h.validate({ apiKey = "k", strictHostKeyChecking = "maybe" }))
         assert.is_false(r.ok)
         assert.matches("strictHostKeyChecking must be accept%-new, yes or no", r.errors[1])
-        r = assert(h.session():call("environmentValidateConfig", {
-          config = { apiKey = "k", strictHostKeyChecking = "off" },
-        }))
+        r = assert(h.validate({ apiKey = "k", strictHostKeyChecking = "off" }))
         assert.is_true(r.ok)
       end)
     end)
@@ -185,13 +167,11 @@ describe("providers.exe-dev conformance", function()
     it("17. warns that sourceVm ignores the settings `cp` does not take", function()
       h.run(function()
         h.env.EXE_API_KEY = "host-key"
-        local r = assert(h.session():call("environmentValidateConfig", {
-          config = {
-            sourceVm = "golden-vm",
-            image = "ubuntu:22.04",
-            env = { FOO = "bar" },
-            setupScript = "echo custom",
-          },
+        local r = assert(h.validate({
+          sourceVm = "golden-vm",
+          image = "ubuntu:22.04",
+          env = { FOO = "bar" },
+          setupScript = "echo custom",
         }))
         assert.is_true(r.ok)
         assert.same({
@@ -218,9 +198,7 @@ describe("providers.exe-dev conformance", function()
       h.run(function()
         h.env.EXE_API_KEY = "host-key"
         local uuid = "11111111-1111-4111-8111-111111111111"
-        local r = assert(h.session():call("environmentValidateConfig", {
-          config = { apiKey = "api-key", sshPrivateKey = uuid },
-        }))
+        local r = assert(h.validate({ apiKey = "api-key", sshPrivateKey = uuid }))
         assert.is_true(r.ok)
         assert.equal(uuid, r.normalizedConfig.sshPrivateKey)
         assert.is_nil(r.errors)
@@ -272,9 +250,7 @@ describe("providers.exe-dev conformance", function()
     it("14. validateConfig returns the sshPrivateKey error on save", function()
       h.run(function()
         h.env.EXE_API_KEY = "host-key"
-        local r = assert(h.session():call("environmentValidateConfig", {
-          config = { sshPrivateKey = PUBLIC },
-        }))
+        local r = assert(h.validate({ sshPrivateKey = PUBLIC }))
         assert.is_false(r.ok)
         assert.matches("sshPrivateKey looks like a PUBLIC key", r.errors[1])
       end)
@@ -333,9 +309,8 @@ describe("providers.exe-dev conformance", function()
       h.run(function()
         local before = ssh.stats().connects
         local cwd = h.dir .. "/workspace/custom"
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config({ namePrefix = "paperclip", image = "ubuntu:22.04",
-            timeoutMs = 300000 }), { requestedCwd = cwd })))
+        local lease = assert(h.acquire(h.config({ namePrefix = "paperclip", image = "ubuntu:22.04",
+          timeoutMs = 300000 }), { requestedCwd = cwd }))
         local commands = h.fake:commands()
         assert.equal(1, #commands)
         assert.matches("^new %-%-json %-%-no%-email ", commands[1])
@@ -360,8 +335,7 @@ describe("providers.exe-dev conformance", function()
 
     it("defaults the workspace to $HOME/paperclip-workspace on the VM", function()
       h.run(function()
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config())))
+        local lease = assert(h.acquire())
         local vm = h.fake:vm(lease.providerLeaseId)
         assert.equal(vm.home .. "/paperclip-workspace", lease.metadata.remoteCwd)
         assert.equal("directory", fs.stat(vm.home .. "/paperclip-workspace").type)
@@ -372,14 +346,14 @@ describe("providers.exe-dev conformance", function()
       h.run(function()
         h.fake:create_vm("golden-vm", { home_files = { ["toolchain.txt"] = "node 24\n" } })
         local s = h.session()
-        local lease = assert(s:call("environmentAcquireLease", acquire_params(h.config({
+        local lease = assert(h.acquire(h.config({
           sourceVm = " golden-vm ",
           image = "ubuntu:22.04",
           env = { FOO = "bar" },
           cpu = 4,
           memory = "8GB",
           disk = "40GB",
-        }), { environmentId = "env1", runId = "run1" })))
+        }), { environmentId = "env1", runId = "run1" }, s))
         assert.equal("cp 'golden-vm' 'paperclip-env1-run1' --json --cpu='4' --memory='8GB' "
           .. "--disk='40GB'", h.fake:commands()[1])
         assert.equal("paperclip-env1-run1", lease.providerLeaseId)
@@ -405,8 +379,7 @@ describe("providers.exe-dev conformance", function()
           return n
         end
         local dirs = key_dirs()
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config())))
+        local lease = assert(h.acquire())
         local vm = h.fake:vm(lease.providerLeaseId)
         assert.equal(1, vm.server:count("Accepted publickey"))
         assert.equal(dirs, key_dirs()) -- upstream wrote it to a temp file per call
@@ -415,8 +388,7 @@ describe("providers.exe-dev conformance", function()
 
     it("19. supplies the default Node >= 24.11 setup script", function()
       h.run(function()
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config())))
+        local lease = assert(h.acquire())
         local body = h.fake:commands()[1]
         assert.truthy(body:find("--setup-script=", 1, true))
         assert.truthy(body:find("process.versions.node", 1, true))
@@ -431,8 +403,7 @@ describe("providers.exe-dev conformance", function()
 
     it("20. passes an operator's setup script instead of the default", function()
       h.run(function()
-        assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config({ setupScript = "echo custom" }))))
+        assert(h.acquire(h.config({ setupScript = "echo custom" })))
         local body = h.fake:commands()[1]
         assert.truthy(body:find("--setup-script='echo custom'", 1, true))
         assert.is_nil(body:find("nodesource.com", 1, true))
@@ -443,12 +414,11 @@ describe("providers.exe-dev conformance", function()
       h.run(function()
         -- every `new` (a 5xx is reconciled: looked up, then sent once more)
         h.fake:fail({ command = "new", status = 500, body = "upstream boom", times = math.huge })
-        local ok, err = h.session():call("environmentAcquireLease", acquire_params(h.config()))
-        assert.is_nil(ok)
-        assert.matches("^exe.dev API command failed %(500%) for: new %-%-json", err.message)
-        assert.truthy(err.message:find("nodesource.com/setup_24.x", 1, true))
-        assert.is_nil(err.message:find("[REDACTED]", 1, true))
-        assert.truthy(err.message:find("upstream boom", 1, true))
+        local msg = h.failed(h.acquire())
+        assert.matches("^exe.dev API command failed %(500%) for: new %-%-json", msg)
+        assert.truthy(msg:find("nodesource.com/setup_24.x", 1, true))
+        assert.is_nil(msg:find("[REDACTED]", 1, true))
+        assert.truthy(msg:find("upstream boom", 1, true))
         assert.same({}, h.fake:running())
       end)
     end)
@@ -456,12 +426,10 @@ describe("providers.exe-dev conformance", function()
     it("22. explains exe.dev's SSH onboarding and deletes the VM", function()
       h.run(function()
         h.fake.vm_options.onboarding = true
-        local ok, err = h.session():call("environmentAcquireLease",
-          acquire_params(h.config({ timeoutMs = 300000 })))
-        assert.is_nil(ok)
-        assert.truthy(err.message:find("Failed to inspect exe.dev VM paperclip-env1-run1: the "
+        local msg = h.failed(h.acquire(h.config({ timeoutMs = 300000 })))
+        assert.truthy(msg:find("Failed to inspect exe.dev VM paperclip-env1-run1: the "
           .. "Paperclip host SSH key is not registered with exe.dev.", 1, true))
-        assert.truthy(err.message:find("`ssh exe.dev`", 1, true))
+        assert.truthy(msg:find("`ssh exe.dev`", 1, true))
         assert.equal("rm --json 'paperclip-env1-run1'", h.fake:commands()[2])
         assert.same({}, h.fake:running())
       end)
@@ -469,8 +437,8 @@ describe("providers.exe-dev conformance", function()
 
     it("23. explains a key that is not an OpenSSH private key and deletes the VM", function()
       h.run(function()
-        local ok, err = h.session():call("environmentAcquireLease", acquire_params(h.config({
-          sshPrivateKey = "not-actually-a-key", timeoutMs = 300000 })))
+        local ok, err =
+          h.acquire(h.config({ sshPrivateKey = "not-actually-a-key", timeoutMs = 300000 }))
         assert.is_nil(ok)
         assert.truthy(err.message:find("the configured SSH private key isn't an OpenSSH-format "
           .. "private key", 1, true))
@@ -482,13 +450,11 @@ describe("providers.exe-dev conformance", function()
     it("24. redacts env values, the prompt and a custom setup script from API errors", function()
       h.run(function()
         h.fake:fail({ command = "new", status = 500, body = "upstream boom", times = math.huge })
-        local ok, err = h.session():call("environmentAcquireLease", acquire_params(h.config({
+        local msg = h.failed(h.acquire(h.config({
           env = { SECRET = "super-secret" },
           prompt = "build me a secret app",
           setupScript = "export TOKEN=super-secret",
         })))
-        assert.is_nil(ok)
-        local msg = err.message
         assert.truthy(msg:find("(500)", 1, true))
         assert.truthy(msg:find("upstream boom", 1, true))
         assert.truthy(msg:find("--env='SECRET=[REDACTED]'", 1, true))
@@ -503,8 +469,7 @@ describe("providers.exe-dev conformance", function()
 
     it("names a VM for a numeric runId so that it does not end in -<digits>", function()
       h.run(function()
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config(), { runId = "12345" })))
+        local lease = assert(h.acquire(nil, { runId = "12345" }))
         assert.equal("paperclip-env1-r12345", lease.providerLeaseId)
         assert.is_nil(lease.providerLeaseId:find("%-%d+$"))
         for _ = 1, 20 do
@@ -519,11 +484,10 @@ describe("providers.exe-dev conformance", function()
     it("detects an error inside a 200 answer instead of asking for VM metadata", function()
       h.run(function()
         h.fake:fail({ command = "new", error = "quota exceeded: 5 VMs" })
-        local ok, err = h.session():call("environmentAcquireLease", acquire_params(h.config()))
-        assert.is_nil(ok)
-        assert.matches("^exe.dev API command failed for: new ", err.message)
-        assert.truthy(err.message:find(": quota exceeded: 5 VMs", 1, true))
-        assert.is_nil(err.message:find("did not return VM metadata", 1, true))
+        local msg = h.failed(h.acquire())
+        assert.matches("^exe.dev API command failed for: new ", msg)
+        assert.truthy(msg:find(": quota exceeded: 5 VMs", 1, true))
+        assert.is_nil(msg:find("did not return VM metadata", 1, true))
         assert.equal(1, #h.fake:commands()) -- no `ls`, no `rm`
       end)
     end)
@@ -532,15 +496,12 @@ describe("providers.exe-dev conformance", function()
       h.run(function()
         h.fake:create_vm("paperclip-env1-run1")
         h.fake:fail({ command = "new", status = 200, body = "" })
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config())))
+        local lease = assert(h.acquire())
         assert.equal("paperclip-env1-run1", lease.providerLeaseId)
         assert.equal("ls --json 'paperclip-env1-run1'", h.fake:commands()[2])
         h.fake:fail({ command = "new", status = 200, body = "created" })
-        local ok, err = h.session():call("environmentAcquireLease",
-          acquire_params(h.config(), { runId = "run-2" }))
-        assert.is_nil(ok)
-        assert.equal("exe.dev did not return VM metadata for paperclip-env1-run2.", err.message)
+        local msg = h.failed(h.acquire(nil, { runId = "run-2" }))
+        assert.equal("exe.dev did not return VM metadata for paperclip-env1-run2.", msg)
       end)
     end)
 
@@ -549,14 +510,12 @@ describe("providers.exe-dev conformance", function()
         h.env.EXE_API_KEY = "  " .. h.fake.token .. "  "
         local cfg = h.config()
         cfg.apiKey = nil
-        assert(h.session():call("environmentAcquireLease", acquire_params(cfg)))
+        assert(h.acquire(cfg))
         assert.equal("Bearer " .. h.fake.token, h.fake.requests[1].headers.authorization)
         assert.equal("text/plain; charset=utf-8", h.fake.requests[1].headers["content-type"])
         h.env.EXE_API_KEY = nil
-        local ok, err = h.session():call("environmentAcquireLease", acquire_params(cfg))
-        assert.is_nil(ok)
-        assert.equal("exe.dev environments require an API key in config or EXE_API_KEY.",
-          err.message)
+        local msg = h.failed(h.acquire(cfg))
+        assert.equal("exe.dev environments require an API key in config or EXE_API_KEY.", msg)
       end)
     end)
 
@@ -564,33 +523,28 @@ describe("providers.exe-dev conformance", function()
       h.run(function()
         local cfg = h.config({ sshIdentityFile = h.fake.key.path })
         cfg.sshPrivateKey = nil
-        assert(h.session():call("environmentAcquireLease", acquire_params(cfg)))
+        assert(h.acquire(cfg))
         -- neither: no agent here and nothing in ~/.ssh (h.dir is the account's home)
         cfg.sshIdentityFile = nil
-        local ok, err = h.session():call("environmentAcquireLease",
-          acquire_params(cfg, { runId = "run-2" }))
-        assert.is_nil(ok)
-        assert.matches("^exe%.dev: no SSH identity to reach the VM", err.message)
+        local msg = h.failed(h.acquire(cfg, { runId = "run-2" }))
+        assert.matches("^exe%.dev: no SSH identity to reach the VM", msg)
         local ssh_dir = h.dir .. "/.ssh"
         for _, name in ipairs({ "id_rsa", "id_ecdsa", "id_ed25519" }) do
-          assert.truthy(err.message:find(ssh_dir .. "/" .. name .. ": missing", 1, true))
+          assert.truthy(msg:find(ssh_dir .. "/" .. name .. ": missing", 1, true))
         end
         assert.equal(1, h.fake:count("new")) -- no VM was made that nobody could reach
         -- the VMs' key as ~/.ssh/id_ed25519 (0600), as `ssh` would find it
         assert(fs.mkdir(ssh_dir, tonumber("700", 8)))
         assert(fs.write(ssh_dir .. "/id_ed25519", h.fake.key.private, tonumber("600", 8)))
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(cfg, { runId = "run-3" })))
+        local lease = assert(h.acquire(cfg, { runId = "run-3" }))
         local r = assert(h.session():call("environmentExecute", { config = cfg,
           lease = { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata },
           command = "echo", args = { "by default key" } }))
         assert.equal("by default key\n", r.stdout)
         -- a key others could read is ignored, as ssh ignores it
         assert(fs.chmod(ssh_dir .. "/id_ed25519", tonumber("644", 8)))
-        ok, err = h.session():call("environmentAcquireLease",
-          acquire_params(cfg, { runId = "run-4" }))
-        assert.is_nil(ok)
-        assert.truthy(err.message:find("id_ed25519: permissions 0644 are too open", 1, true))
+        msg = h.failed(h.acquire(cfg, { runId = "run-4" }))
+        assert.truthy(msg:find("id_ed25519: permissions 0644 are too open", 1, true))
       end)
     end)
 
@@ -604,8 +558,7 @@ describe("providers.exe-dev conformance", function()
         end
         h.fake.vm_options.config = { "ForceCommand PATH=" .. bin
           .. ' exec /bin/dash -c "$SSH_ORIGINAL_COMMAND"' }
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config(), { requestedCwd = h.dir .. "/ws" })))
+        local lease = assert(h.acquire(nil, { requestedCwd = h.dir .. "/ws" }))
         assert.equal("sh", lease.metadata.shellCommand)
       end)
     end)
@@ -630,7 +583,7 @@ describe("providers.exe-dev conformance", function()
       h.run(function()
         local s = h.session()
         local cfg = h.config({ reuseLease = true })
-        local lease = assert(s:call("environmentAcquireLease", acquire_params(cfg)))
+        local lease = assert(h.acquire(cfg, nil, s))
         assert.equal(json.null, s:call("environmentReleaseLease",
           { config = cfg, providerLeaseId = lease.providerLeaseId }))
         local r = assert(s:call("environmentResumeLease", {
@@ -660,9 +613,8 @@ describe("providers.exe-dev conformance", function()
         local cwd = vm.home .. "/workspace"
         assert(fs.mkdir(cwd))
         local before = ssh.stats().connects
-        local r = assert(h.session():call("environmentExecute", {
+        local r = assert(h.execute(vm, {
           config = h.config({ timeoutMs = 300000 }),
-          lease = h.lease(vm),
           command = "sh",
           args = { "-c", 'pwd; printf "%s|%s|%s|%s\\n" "$FOO" "$PROFILE_MARKER$BASHRC_MARKER" '
             .. '"$NVM_MARKER$NVM_DIR" "$HOME"; cat; echo; echo eof' },
@@ -682,9 +634,8 @@ describe("providers.exe-dev conformance", function()
     it("27. answers a result with onboarding guidance when exe.dev wants registration", function()
       h.run(function()
         local vm = h.fake:create_vm("vm-1", { onboarding = true })
-        local r = assert(h.session():call("environmentExecute", {
+        local r = assert(h.execute(vm, {
           config = h.config({ timeoutMs = 300000 }),
-          lease = h.lease(vm),
           command = "node",
           args = { "-v" },
         }))
@@ -698,17 +649,14 @@ describe("providers.exe-dev conformance", function()
     it("keeps an ordinary failing command's stderr as it is (no upstream prefix)", function()
       h.run(function()
         local vm = h.fake:create_vm("vm-1")
-        local r = assert(h.session():call("environmentExecute", {
-          config = h.config(),
-          lease = h.lease(vm),
+        local r = assert(h.execute(vm, {
           command = "sh",
           args = { "-c", "echo out; echo oops >&2; exit 3" },
         }))
         assert.equal(3, r.exitCode)
         assert.equal("out\n", r.stdout)
         assert.equal("oops\n", r.stderr)
-        r = assert(h.session():call("environmentExecute", {
-          config = h.config(), lease = h.lease(vm), command = "no-such-command-here" }))
+        r = assert(h.execute(vm, { command = "no-such-command-here" }))
         assert.equal(127, r.exitCode)
       end)
     end)
@@ -728,14 +676,11 @@ describe("providers.exe-dev conformance", function()
     it("refuses a bad env key with upstream's message", function()
       h.run(function()
         local vm = h.fake:create_vm("vm-1")
-        local ok, err = h.session():call("environmentExecute", {
-          config = h.config(),
-          lease = h.lease(vm),
+        local msg = h.failed(h.execute(vm, {
           command = "true",
           env = { ["BAD-KEY"] = "x" },
-        })
-        assert.is_nil(ok)
-        assert.equal("Invalid exe.dev environment variable key: BAD-KEY", err.message)
+        }))
+        assert.equal("Invalid exe.dev environment variable key: BAD-KEY", msg)
       end)
     end)
 
@@ -744,9 +689,7 @@ describe("providers.exe-dev conformance", function()
         local vm = h.fake:create_vm("vm-1")
         local pidfile = vm.home .. "/pids"
         local t0 = task.now()
-        local r = assert(h.session():call("environmentExecute", {
-          config = h.config(),
-          lease = h.lease(vm),
+        local r = assert(h.execute(vm, {
           command = "sh",
           args = { "-c", "sleep 60 & echo $! > " .. pidfile .. "; echo $$ >> " .. pidfile
             .. "; echo started; while :; do sleep 1; done" },
@@ -769,37 +712,22 @@ describe("providers.exe-dev conformance", function()
       h.run(function()
         local vm = h.fake:create_vm("vm-1")
         -- the command goes on past "one" only once the spec has received it
-        local gate <close> = helpers.gate()
-        local chunks = {}
-        local s = h.session({ on_log = function(stream, chunk)
-          chunks[#chunks + 1] = stream .. ":" .. chunk
-          gate:open()
-        end })
-        local r = assert(s:call("environmentExecute", {
-          config = h.config(),
-          lease = h.lease(vm),
+        local gate <close>, log, on_log = helpers.log_gate()
+        local r = assert(h.execute(vm, {
           command = "sh",
           args = { "-c", "echo one; " .. gate.sh .. "; echo two >&2; echo three" },
-        }))
-        assert.equal("stdout:one\n", chunks[1])
+        }, h.session({ on_log = on_log })))
+        assert.same({ "stdout", "one\n" }, log[1])
         assert.equal("one\nthree\n", r.stdout)
         assert.equal("two\n", r.stderr)
-        local out = {}
-        for _, c in ipairs(chunks) do
-          if c:find("^stdout:") then
-            out[#out + 1] = c:sub(8)
-          end
-        end
-        assert.equal(r.stdout, table.concat(out))
+        assert.equal(r.stdout, helpers.logged(log, "stdout"))
       end)
     end)
 
     it("drains 8 MiB of stdout and 1 MiB of stderr in full", function()
       h.run(function()
         local vm = h.fake:create_vm("vm-1")
-        local r = assert(h.session():call("environmentExecute", {
-          config = h.config(),
-          lease = h.lease(vm),
+        local r = assert(h.execute(vm, {
           command = "sh",
           args = { "-c", "head -c 8388608 /dev/zero | tr '\\0' a & "
             .. "head -c 1048576 /dev/zero | tr '\\0' b >&2; wait; exit 5" },
@@ -813,9 +741,7 @@ describe("providers.exe-dev conformance", function()
     it("returns once the command exits, while a child still holds stdout", function()
       h.run(function()
         local vm = h.fake:create_vm("vm-1")
-        local r = assert(h.session():call("environmentExecute", {
-          config = h.config(),
-          lease = h.lease(vm),
+        local r = assert(h.execute(vm, {
           command = "sh",
           args = { "-c", "sleep 30 & echo $! > " .. vm.home .. "/bg; echo done" },
         }))
@@ -835,8 +761,8 @@ describe("providers.exe-dev conformance", function()
         local fns = {}
         for i = 1, 20 do
           fns[i] = function()
-            return s:call("environmentExecute", { config = h.config(), lease = h.lease(vm),
-              command = "sh", args = { "-c", "echo " .. i }, stdin = tostring(i) })
+            return h.execute(vm, { command = "sh", args = { "-c", "echo " .. i },
+              stdin = tostring(i) }, s)
           end
         end
         for i, res in ipairs(task.all(fns)) do
@@ -852,13 +778,11 @@ describe("providers.exe-dev conformance", function()
 
     local function start(s, vm, id, marker)
       return task.spawn(function()
-        return s:call("environmentExecute", {
-          config = h.config(),
-          lease = h.lease(vm),
+        return h.execute(vm, {
           executionId = id,
           command = "sh",
           args = { "-c", "echo $$ > " .. marker .. "; echo go; sleep 60" },
-        })
+        }, s)
       end)
     end
 

@@ -11,43 +11,40 @@ local task = require("host.task")
 
 local null = json.null
 
-local function acquire_params(cfg, extra)
-  local p = { config = cfg, environmentId = "env-1", runId = "run-1" }
-  for k, v in pairs(extra or {}) do
-    p[k] = v
-  end
-  return p
-end
 
 -- What an SSH failure noticed late would wait for: connecting and authenticating (15 s). The
 -- specs below assert order against it, never an absolute time.
 local CONNECT_TIMEOUT = remote.settings.connect_timeout
 
--- Runs fn and returns its results and the seconds it took.
-local function timed(fn, ...)
-  local t0 = task.now()
-  local res = table.pack(fn(...))
-  return task.now() - t0, table.unpack(res, 1, res.n)
-end
+local helpers = require("spec.helpers")
+local timed = helpers.timed
 
 describe("providers.exe-dev faults #ssh", function()
   local h = fake_exedev.harness({ ssh = true })
+
+  -- start_long(vm [, extra]) -> a task running "echo started; sleep 60" on vm (environmentExecute
+  -- plus extra params), returned once "started" came back: the command runs.
+  local function start_long(vm, extra)
+    local started = false
+    local s = h.session({ on_log = function()
+      started = true
+    end })
+    local params = helpers.merged({ command = "sh", args = { "-c", "echo started; sleep 60" } },
+      extra)
+    local t = task.spawn(function()
+      return h.execute(vm, params, s)
+    end)
+    h.eventually(function()
+      return started
+    end, "the command started", 10)
+    return t
+  end
 
   describe("SSH", function()
     it("sshd killed mid-command: a clear error within seconds", function()
       h.run(function()
         local vm = h.fake:create_vm("vm-1")
-        local started = false
-        local s = h.session({ on_log = function()
-          started = true
-        end })
-        local t = task.spawn(function()
-          return s:call("environmentExecute", { config = h.config(), lease = h.lease(vm),
-            command = "sh", args = { "-c", "echo started; sleep 60" } })
-        end)
-        h.eventually(function()
-          return started
-        end, "the command started", 10)
+        local t = start_long(vm)
         vm.server:kill()
         -- the error comes from the kill: at most half way through the command's own 60 s
         local ok, err = t:wait(30)
@@ -60,8 +57,7 @@ describe("providers.exe-dev faults #ssh", function()
     it("a key the VM does not accept: the acquire fails clearly and deletes the VM", function()
       h.run(function()
         local stranger = sshd.keygen(h.dir, "id_stranger", "ed25519")
-        local secs, ok, err = timed(h.session().call, h.session(), "environmentAcquireLease",
-          acquire_params(h.config({ sshPrivateKey = stranger.private })))
+        local secs, ok, err = timed(h.acquire, h.config({ sshPrivateKey = stranger.private }))
         assert.is_true(secs < CONNECT_TIMEOUT, secs) -- on the refusal, not by timing out
         assert.is_nil(ok)
         assert.matches("^Failed to inspect exe.dev VM paperclip%-env1%-run1: ", err.message)
@@ -74,7 +70,7 @@ describe("providers.exe-dev faults #ssh", function()
     it("a changed host key is refused, never silently accepted", function()
       h.run(function()
         local s = h.session()
-        local lease = assert(s:call("environmentAcquireLease", acquire_params(h.config())))
+        local lease = assert(h.acquire(nil, nil, s))
         local vm = h.fake:vm(lease.providerLeaseId)
         vm.server:restart_with_new_host_key()
         require("host.ssh").close_all()
@@ -97,11 +93,9 @@ describe("providers.exe-dev faults #ssh", function()
       h.run(function()
         local vm = h.fake:create_vm("vm-1")
         local cfg = h.config({ strictHostKeyChecking = "yes" })
-        local ok, err = h.session():call("environmentExecute",
-          { config = cfg, lease = h.lease(vm), command = "true" })
-        assert.is_nil(ok)
-        assert.matches("^Failed to execute commands on exe.dev VM vm%-1: ", err.message)
-        assert.truthy(err.message:find(vm.server:fingerprint(), 1, true))
+        local msg = h.failed(h.execute(vm, { config = cfg, command = "true" }))
+        assert.matches("^Failed to execute commands on exe.dev VM vm%-1: ", msg)
+        assert.truthy(msg:find(vm.server:fingerprint(), 1, true))
         local lines = {}
         for _, t in ipairs({ "ecdsa", "ed25519" }) do
           local pub = assert(require("host.fs").read(vm.server.dir .. "/host_" .. t .. ".pub"))
@@ -111,8 +105,7 @@ describe("providers.exe-dev faults #ssh", function()
         assert(require("host.fs").mkdir(h.dir .. "/.ssh", tonumber("700", 8)))
         assert(require("host.fs").write(h.dir .. "/.ssh/known_hosts",
           table.concat(lines, "\n") .. "\n"))
-        local r = assert(h.session():call("environmentExecute",
-          { config = cfg, lease = h.lease(vm), command = "true" }))
+        local r = assert(h.execute(vm, { config = cfg, command = "true" }))
         assert.equal(0, r.exitCode)
       end)
     end)
@@ -137,23 +130,12 @@ describe("providers.exe-dev faults #ssh", function()
       h.run(function()
         remote.settings.reap_wait = 1
         local vm = h.fake:create_vm("vm-1")
-        local started = false
-        local s = h.session({ on_log = function()
-          started = true
-        end })
-        local t = task.spawn(function()
-          return timed(s.call, s, "environmentExecute", { config = h.config(),
-            lease = h.lease(vm), command = "sh", args = { "-c", "echo started; sleep 60" },
-            timeoutMs = 1500 })
-        end)
-        h.eventually(function()
-          return started
-        end, "the command started", 10)
+        local t = start_long(vm, { timeoutMs = 1500 })
         vm.server:pause()
-        local secs, r = t:wait(30)
+        local r, err = t:wait(30)
         vm.server:resume()
         -- bounded by the timeout: half way through the command's own 60 s at most
-        assert(secs, "no result in time: " .. tostring(r))
+        assert(r, "no result in time: " .. tostring(type(err) == "table" and err.message or err))
         assert.is_true(r.timedOut)
         assert.equal(null, r.exitCode)
         assert.equal("started\n", r.stdout)
@@ -163,7 +145,7 @@ describe("providers.exe-dev faults #ssh", function()
     it("a VM that vanished: execute fails clearly, resume expires, destroy succeeds", function()
       h.run(function()
         local s = h.session()
-        local lease = assert(s:call("environmentAcquireLease", acquire_params(h.config())))
+        local lease = assert(h.acquire(nil, nil, s))
         assert(require("host.http").request({ method = "POST", url = h.fake.url,
           headers = { Authorization = "Bearer " .. h.fake.token },
           body = "rm --json " .. lease.providerLeaseId }))
@@ -189,8 +171,7 @@ describe("providers.exe-dev faults #ssh", function()
         local default = api.settings.request_cap
         api.settings.request_cap = 1
         h.fake:fail({ command = "new", stall = true, times = math.huge })
-        local secs, ok, err = timed(h.session().call, h.session(), "environmentAcquireLease",
-          acquire_params(h.config()))
+        local secs, ok, err = timed(h.acquire)
         -- it waited for the cap (1 s), and gave up long before the default cap (29 s)
         assert.is_true(secs >= 0.9 and secs < default / 2, secs)
         assert.is_nil(ok)
@@ -201,9 +182,8 @@ describe("providers.exe-dev faults #ssh", function()
     it("a dropped connection before `new` ran is an error, never a made-up VM", function()
       h.run(function()
         h.fake:fail({ drop = true, times = math.huge, command = "new" })
-        local ok, err = h.session():call("environmentAcquireLease", acquire_params(h.config()))
-        assert.is_nil(ok)
-        assert.matches("^exe.dev API request failed for: new ", err.message)
+        local msg = h.failed(h.acquire())
+        assert.matches("^exe.dev API request failed for: new ", msg)
         -- looked up, created again (the name makes that safe), and deleted by name at the end
         assert.same({}, h.fake:running())
         assert.equal("rm --json 'paperclip-env1-run1'", h.fake:commands()[#h.fake:commands()])
@@ -220,8 +200,7 @@ describe("providers.exe-dev faults #ssh", function()
             fault.command, fault.after, fault.times = "new", true, math.huge
             h.fake:fail(fault)
             local news = h.fake:count("new")
-            local lease = assert(s:call("environmentAcquireLease",
-              acquire_params(h.config(), { runId = "run" .. i })))
+            local lease = assert(h.acquire(nil, { runId = "run" .. i }, s))
             assert.equal(news + 1, h.fake:count("new")) -- never sent twice
             assert.same({ lease.providerLeaseId }, h.fake:running())
             local r = assert(s:call("environmentExecute", { config = h.config(),
@@ -246,17 +225,14 @@ describe("providers.exe-dev faults #ssh", function()
         h.fake:fail({ command = "ls", error = "no such VM" })
         h.fake:fail({ command = "new", status = 409, content_type = "application/json",
           body = '{"error":"VM name \\"paperclip-env1-run1\\" is already taken"}' })
-        local lease = assert(h.session():call("environmentAcquireLease",
-          acquire_params(h.config())))
+        local lease = assert(h.acquire())
         assert.equal("paperclip-env1-run1", lease.providerLeaseId)
         assert.equal(2, h.fake:count("new"))
         assert.same({ "paperclip-env1-run1" }, h.fake:running())
         -- a taken name without a lost answer first is someone else's VM: an error
         h.fake:create_vm("paperclip-env1-run2")
-        local ok, err = h.session():call("environmentAcquireLease",
-          acquire_params(h.config(), { runId = "run-2" }))
-        assert.is_nil(ok)
-        assert.matches("already taken", err.message)
+        local msg = h.failed(h.acquire(nil, { runId = "run-2" }))
+        assert.matches("already taken", msg)
         assert.is_not_nil(h.fake:vm("paperclip-env1-run2")) -- not ours to delete
       end)
     end)
@@ -274,8 +250,7 @@ describe("providers.exe-dev faults #ssh", function()
           vm.server:pause()
           return vm
         end
-        local secs, ok, err = timed(h.session().call, h.session(), "environmentAcquireLease",
-          acquire_params(h.config()))
+        local secs, ok, err = timed(h.acquire)
         worker.budget = budget
         assert.same({}, h.fake:running()) -- deleted within the reserve
         assert.equal("rm --json 'paperclip-env1-run1'", h.fake:commands()[2])
@@ -290,23 +265,17 @@ describe("providers.exe-dev faults #ssh", function()
 
     it("a refused token, a token without `cp` and a body over 64 KiB are clear", function()
       h.run(function()
-        local ok, err = h.session():call("environmentAcquireLease",
-          acquire_params(h.config({ apiKey = "exe1.wrong" })))
-        assert.is_nil(ok)
-        assert.matches("^exe.dev API command failed %(401%) for: new ", err.message)
-        assert.truthy(err.message:find("API key was refused", 1, true))
-        assert.is_nil(err.message:find("exe1.wrong", 1, true))
+        local msg = h.failed(h.acquire(h.config({ apiKey = "exe1.wrong" })))
+        assert.matches("^exe.dev API command failed %(401%) for: new ", msg)
+        assert.truthy(msg:find("API key was refused", 1, true))
+        assert.is_nil(msg:find("exe1.wrong", 1, true))
         h.fake.cmds = { "new", "ls", "rm" }
         h.fake:create_vm("golden-vm")
-        ok, err = h.session():call("environmentAcquireLease",
-          acquire_params(h.config({ sourceVm = "golden-vm" })))
-        assert.is_nil(ok)
-        assert.matches("^exe.dev API command failed %(403%) for: cp 'golden%-vm'", err.message)
-        assert.truthy(err.message:find("does not allow this command", 1, true))
-        ok, err = h.session():call("environmentAcquireLease",
-          acquire_params(h.config({ comment = string.rep("x", 70000) })))
-        assert.is_nil(ok)
-        assert.matches("^exe.dev API command failed %(413%)", err.message)
+        msg = h.failed(h.acquire(h.config({ sourceVm = "golden-vm" })))
+        assert.matches("^exe.dev API command failed %(403%) for: cp 'golden%-vm'", msg)
+        assert.truthy(msg:find("does not allow this command", 1, true))
+        msg = h.failed(h.acquire(h.config({ comment = string.rep("x", 70000) })))
+        assert.matches("^exe.dev API command failed %(413%)", msg)
       end)
     end)
 
@@ -320,18 +289,15 @@ describe("providers.exe-dev faults #ssh", function()
         assert.same({}, h.fake:running())
         h.fake:create_vm("vm-1")
         h.fake:fail({ command = "rm", status = 502, body = "bad gateway", times = 2 })
-        local ok, err = h.session():call("environmentDestroyLease",
-          { config = h.config(), providerLeaseId = "vm-1" })
-        assert.is_nil(ok)
-        assert.equal("exe.dev API command failed (502) for: rm --json 'vm-1': bad gateway",
-          err.message)
+        local msg = h.failed(h.session():call("environmentDestroyLease",
+          { config = h.config(), providerLeaseId = "vm-1" }))
+        assert.equal("exe.dev API command failed (502) for: rm --json 'vm-1': bad gateway", msg)
         assert.equal(4, h.fake:count("rm"))
         -- an `rm` exe.dev refuses (not "not found") is not retried: an error reply
         h.fake:fail({ command = "rm", error = "VM is locked" })
-        ok, err = h.session():call("environmentReleaseLease",
-          { config = h.config(), providerLeaseId = "vm-1" })
-        assert.is_nil(ok)
-        assert.matches("VM is locked", err.message)
+        msg = h.failed(h.session():call("environmentReleaseLease",
+          { config = h.config(), providerLeaseId = "vm-1" }))
+        assert.matches("VM is locked", msg)
         assert.equal(5, h.fake:count("rm"))
         -- a VM already gone counts as deleted
         assert.equal(null, h.session():call("environmentDestroyLease",
@@ -343,27 +309,19 @@ describe("providers.exe-dev faults #ssh", function()
         h.env.EXE_API_KEY = nil
         local cfg = h.config()
         cfg.apiKey = nil
-        ok, err = h.session():call("environmentDestroyLease",
-          { config = cfg, providerLeaseId = "vm-1" })
-        assert.is_nil(ok)
-        assert.equal("exe.dev environments require an API key in config or EXE_API_KEY.",
-          err.message)
+        msg = h.failed(h.session():call("environmentDestroyLease",
+          { config = cfg, providerLeaseId = "vm-1" }))
+        assert.equal("exe.dev environments require an API key in config or EXE_API_KEY.", msg)
       end)
     end)
   end)
 
   it("never shows an env value in any process's command line on the VM", function()
     h.run(function()
-      local cmdline = require("spec.support.cmdline")
-      local marker = cmdline.marker()
       local vm = h.fake:create_vm("vm-1")
-      cmdline.check(function(on_chunk)
-        local s = h.session({ on_log = function(_, chunk)
-          on_chunk(chunk)
-        end })
-        return s:call("environmentExecute", { config = h.config(), lease = h.lease(vm),
-          command = "sh", args = { "-c", cmdline.SCRIPT }, env = { PH_SECRET = marker } })
-      end, marker)
+      require("spec.support.cmdline").check(function(on_log, params)
+        return h.execute(vm, params, h.session({ on_log = on_log }))
+      end)
     end)
   end)
 
@@ -382,11 +340,11 @@ describe("providers.exe-dev faults #ssh", function()
         seen[#seen + 1] = json.encode(r or err)
         return r, err
       end
-      local lease = assert(call("environmentAcquireLease", acquire_params(cfg)))
+      local lease = assert(call("environmentAcquireLease", h.acquire_params(cfg)))
       call("environmentExecute", { config = cfg, lease = lease, command = "sh",
         args = { "-c", "echo hello; exit 4" } })
       h.fake:fail({ status = 500, body = "echo: " .. secrets[2] .. " " .. h.fake.token })
-      call("environmentAcquireLease", acquire_params(cfg, { runId = "run-2" }))
+      call("environmentAcquireLease", h.acquire_params(cfg, { runId = "run-2" }))
       h.fake:fail({ command = "rm", error = "cannot delete: " .. secrets[3] })
       call("environmentDestroyLease", { config = cfg, providerLeaseId = lease.providerLeaseId })
       call("environmentProbe", { config = h.config({ env = { TOKEN = secrets[2] },

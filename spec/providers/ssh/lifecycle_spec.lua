@@ -22,12 +22,8 @@ describe("providers.ssh #ssh", function()
   end
 
   local function config(extra)
-    local c = { host = "127.0.0.1", port = box.server.port, user = box.server.user,
-      privateKey = h.fake.key.private, timeoutMs = 30000 }
-    for k, v in pairs(extra or {}) do
-      c[k] = v
-    end
-    return c
+    return helpers.merged({ host = "127.0.0.1", port = box.server.port, user = box.server.user,
+      privateKey = h.fake.key.private, timeoutMs = 30000 }, extra)
   end
 
   -- h.run with a machine in `box`.
@@ -279,16 +275,11 @@ describe("providers.ssh #ssh", function()
 
   it("never shows an env value in any process's command line on the machine", function()
     run(function()
-      local cmdline = require("spec.support.cmdline")
-      local marker = cmdline.marker()
       local _, lp = acquire(session())
-      cmdline.check(function(on_chunk)
-        local s = session({ on_log = function(_, chunk)
-          on_chunk(chunk)
-        end })
-        return s:call("environmentExecute", { config = config(), lease = lp, command = "sh",
-          args = { "-c", cmdline.SCRIPT }, env = { PH_SECRET = marker } })
-      end, marker)
+      require("spec.support.cmdline").check(function(on_log, params)
+        params.config, params.lease = config(), lp
+        return session({ on_log = on_log }):call("environmentExecute", params)
+      end)
     end)
   end)
 
