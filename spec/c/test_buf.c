@@ -1,6 +1,7 @@
 /* test_buf.c - unit test of host/ph_buf.c: the growable byte buffer (reserve, append, consume,
  * free; growth; a model-checked random walk) and malloc'd printf. Prints "N passed, M failed";
  * exits 1 on a failure. */
+#include "check.h"
 #include "ph_buf.h"
 
 #include <stdarg.h>
@@ -8,34 +9,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static int passed, failed;
-
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        passed++;
-        return;
-    }
-    failed++;
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FAIL: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-/* A deterministic generator (xorshift64*), so a failure can be reproduced. */
-static uint64_t rng_state = 0x2545f4914f6cdd1du;
-
-static uint32_t rnd(uint32_t bound)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t)((rng_state * UINT64_C(2685821657736338717)) >> 32) % bound;
-}
 
 static void test_empty(void)
 {
@@ -148,6 +121,5 @@ int main(void)
     test_append_consume();
     test_model();
     test_printf();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed == 0 ? 0 : 1;
+    return check_report();
 }

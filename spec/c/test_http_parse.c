@@ -1,4 +1,5 @@
 /* test_http_parse.c - tests of host/net/ph_http_parse.c: every rule, incremental feeds, fuzzing. */
+#include "check.h"
 #include "ph_http_parse.h"
 
 #include <limits.h>
@@ -24,8 +25,6 @@
 #define POISON(p, n)   ((void)(p), (void)(n))
 #define UNPOISON(p, n) ((void)(p), (void)(n))
 #endif
-
-static int passed, failed;
 
 #define CHECK(cond)                                                                                \
     do {                                                                                           \
@@ -254,22 +253,6 @@ static int accepted_ok(const PhHttpRequest *r, const char *base, int rc, size_t 
     if (!cls && r->content_length != -1)
         return 0;
     return 1;
-}
-
-/* Deterministic xorshift64* so a failure can be replayed. */
-static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
-
-static uint64_t rng(void)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return rng_state * 0x2545f4914f6cdd1dull;
-}
-
-static size_t rnd(size_t n)
-{
-    return n ? (size_t)(rng() % n) : 0;
 }
 
 static void dump(const char *what, const char *s, size_t n)
@@ -1390,6 +1373,5 @@ int main(void)
     test_chunked();
     test_fuzz_chunked();
     free(R_buf);
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed ? 1 : 0;
+    return check_report();
 }

@@ -2,6 +2,7 @@
  * UTF-8 cleaning (fixed cases, a reference decoder, the chunk-split property), JSON string
  * sizes and escapes (against cjson's table; clipping at once and chunk by chunk), random, uuid,
  * private temp dirs and tree removal. Prints "N passed, M failed"; exits 1 on a failure. */
+#include "check.h"
 #include "ph_util.h"
 
 #include <errno.h>
@@ -12,34 +13,6 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-static int passed, failed;
-
-static void check(int ok, const char *fmt, ...)
-{
-    if (ok) {
-        passed++;
-        return;
-    }
-    failed++;
-    va_list ap;
-    va_start(ap, fmt);
-    fputs("FAIL: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
-    va_end(ap);
-}
-
-/* A deterministic generator (xorshift64*), so a failure can be reproduced. */
-static uint64_t rng_state = 0x9e3779b97f4a7c15u;
-
-static uint32_t rnd(uint32_t bound)
-{
-    rng_state ^= rng_state >> 12;
-    rng_state ^= rng_state << 25;
-    rng_state ^= rng_state >> 27;
-    return (uint32_t)((rng_state * UINT64_C(2685821657736338717)) >> 32) % bound;
-}
 
 /* ---- SHA-256 ---------------------------------------------------------------------------- */
 
@@ -1073,6 +1046,5 @@ int main(void)
     test_random_uuid();
     test_paths();
     test_tempdir_tree();
-    printf("%d passed, %d failed\n", passed, failed);
-    return failed == 0 ? 0 : 1;
+    return check_report();
 }
