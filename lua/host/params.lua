@@ -10,12 +10,13 @@ local M = {}
 
 local null = json.null
 
--- Objects lose their null fields, recursively; arrays keep their elements.
+-- Objects lose their null fields, recursively; arrays keep their elements. json.decode does
+-- not mark the arrays it makes, but only they have number keys (an object's are strings).
 local function strip(v)
   if type(v) ~= "table" then
     return v
   end
-  local array = json.is_array(v)
+  local array = json.is_array(v) or type(next(v)) == "number"
   for k, x in pairs(v) do
     if x == null and not array then
       v[k] = nil -- assigning nil to an existing field is allowed during traversal
