@@ -33,6 +33,7 @@ static const luaL_Reg preload[] = {
     { "host.core.ssh", ph_open_net_module },
     { "host.core.util", luaopen_host_core_util },
     { "host.core.rawtcp", luaopen_host_core_rawtcp }, /* specs only */
+    { "host.core.frame", luaopen_host_core_frame },   /* the bridge's frame codec */
     { "cjson", luaopen_cjson },
     { "cjson.safe", luaopen_cjson_safe },
     { NULL, NULL },

@@ -18,6 +18,12 @@ function M.binary()
   return os.getenv("PROVIDER_HOST_BIN") or exe
 end
 
+--- The ph-sandbox-helper binary built beside the binary under test ($PH_SANDBOX_HELPER wins).
+function M.sandbox_helper()
+  local dir = M.binary():match("^(.*)/[^/]*$") or "."
+  return os.getenv("PH_SANDBOX_HELPER") or dir .. "/ph-sandbox-helper"
+end
+
 --- run(fn, ...) -> fn's results. Runs fn as a task and drives the loop. Errors (failed
 -- assertions) propagate unchanged; a spec still running after `M.deadline` seconds is
 -- canceled and fails instead of hanging the suite.

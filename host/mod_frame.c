@@ -1,0 +1,132 @@
+/* mod_frame.c - host.core.frame: the bridge's frame codec (bridge/frame.h) for the host side of
+ * the bridge and for specs. Internal: providers never load it. */
+#include "frame.h"
+#include "ph.h"
+
+#include <string.h>
+
+#define DECODER_MT "host.frame.Decoder"
+
+/* frame.encode(type_name, stream, payload) -> string. payload defaults to "". A frame the
+ * format refuses is a bug in the caller, so it raises with the codec's reason. */
+static int frame_encode(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    lua_Integer stream = luaL_checkinteger(L, 2);
+    size_t len;
+    const char *payload = luaL_optlstring(L, 3, "", &len);
+    unsigned type = ph_frame_type_of(name);
+    if (type == 0)
+        return luaL_argerror(L, 1, "HELLO, OPEN, DATA, FIN, RESET, CREDIT or GOAWAY expected");
+    luaL_argcheck(L, stream >= 0 && stream <= (lua_Integer)UINT32_MAX, 2,
+                  "stream out of range [0, 2^32-1]");
+    luaL_argcheck(L, len <= PH_FRAME_MAX_PAYLOAD, 3, "payload longer than MAX_PAYLOAD");
+    char err[PH_FRAME_ERROR_MAX];
+    if (ph_frame_check(type, (uint32_t)stream, (uint32_t)len, (const unsigned char *)payload,
+                       err) != 0)
+        return luaL_error(L, "%s", err);
+    luaL_Buffer b;
+    unsigned char *p = (unsigned char *)luaL_buffinitsize(L, &b, PH_FRAME_HEADER + len);
+    ph_frame_put_header(p, type, (uint32_t)stream, (uint32_t)len);
+    memcpy(p + PH_FRAME_HEADER, payload, len);
+    luaL_pushresultsize(&b, PH_FRAME_HEADER + len);
+    return 1;
+}
+
+/* frame.decoder() -> Decoder. It owns no resource (a fixed buffer inside the userdata), so it
+ * needs no close. */
+static int frame_decoder(lua_State *L)
+{
+    PhFrameDecoder *d = lua_newuserdatauv(L, sizeof *d, 0);
+    memset(d, 0, sizeof *d);
+    luaL_setmetatable(L, DECODER_MT);
+    return 1;
+}
+
+/* {type=, stream=, payload=}, plus credit= for CREDIT and port= for HELLO. */
+static void push_frame(lua_State *L, const PhFrame *f)
+{
+    lua_createtable(L, 0, 4);
+    lua_pushstring(L, ph_frame_type_name(f->type));
+    lua_setfield(L, -2, "type");
+    lua_pushinteger(L, f->stream);
+    lua_setfield(L, -2, "stream");
+    lua_pushlstring(L, (const char *)f->payload, f->length);
+    lua_setfield(L, -2, "payload");
+    if (f->type == PH_FRAME_CREDIT) {
+        lua_pushinteger(L, ph_frame_get_u32(f->payload));
+        lua_setfield(L, -2, "credit");
+    } else if (f->type == PH_FRAME_HELLO) {
+        lua_pushinteger(L,
+                        f->payload[PH_FRAME_MAGIC_LEN] << 8 | f->payload[PH_FRAME_MAGIC_LEN + 1]);
+        lua_setfield(L, -2, "port");
+    }
+}
+
+/* Decoder:feed(bytes) -> list of frames (maybe empty) | nil, message, "protocol". Bytes may
+ * split frames anywhere; once it failed, a decoder fails every feed with the same message. */
+static int decoder_feed(lua_State *L)
+{
+    PhFrameDecoder *d = luaL_checkudata(L, 1, DECODER_MT);
+    size_t len, pos = 0;
+    const char *in = luaL_checklstring(L, 2, &len);
+    lua_newtable(L);
+    for (lua_Integer n = 1;; n++) {
+        PhFrame f;
+        size_t used;
+        int r = ph_frame_decode(d, in + pos, len - pos, &used, &f);
+        pos += used;
+        if (r < 0)
+            return ph_fail(L, "protocol", "%s", d->error);
+        if (r == 0)
+            return 1;
+        push_frame(L, &f);
+        lua_rawseti(L, -2, n);
+    }
+}
+
+/* Decoder:buffered() -> bytes of an unfinished frame held (0 between frames), so that an
+ * end of input inside a frame can be told apart. */
+static int decoder_buffered(lua_State *L)
+{
+    PhFrameDecoder *d = luaL_checkudata(L, 1, DECODER_MT);
+    lua_pushinteger(L, (lua_Integer)d->have);
+    return 1;
+}
+
+static const luaL_Reg decoder_methods[] = {
+    { "feed", decoder_feed },
+    { "buffered", decoder_buffered },
+    { NULL, NULL },
+};
+
+static const luaL_Reg frame_funcs[] = {
+    { "encode", frame_encode },
+    { "decoder", frame_decoder },
+    { NULL, NULL },
+};
+
+int luaopen_host_core_frame(lua_State *L)
+{
+    if (luaL_newmetatable(L, DECODER_MT)) { /* busted re-requires modules per spec file */
+        luaL_newlib(L, decoder_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
+    luaL_newlib(L, frame_funcs);
+    lua_pushinteger(L, PH_FRAME_WINDOW);
+    lua_setfield(L, -2, "WINDOW");
+    lua_pushinteger(L, PH_FRAME_MAX_PAYLOAD);
+    lua_setfield(L, -2, "MAX_PAYLOAD");
+    lua_pushinteger(L, PH_FRAME_HEADER);
+    lua_setfield(L, -2, "HEADER_SIZE");
+    lua_pushliteral(L, PH_FRAME_MAGIC);
+    lua_setfield(L, -2, "MAGIC");
+    lua_createtable(L, 0, 7); /* TYPES: name -> the type's byte */
+    for (unsigned t = 1; ph_frame_type_name(t) != NULL; t++) {
+        lua_pushinteger(L, t);
+        lua_setfield(L, -2, ph_frame_type_name(t));
+    }
+    lua_setfield(L, -2, "TYPES");
+    return 1;
+}
