@@ -169,7 +169,8 @@ int luaopen_host_core_proc(lua_State *L);
 int luaopen_host_core_http(lua_State *L); /* in provider-host-net.so */
 int luaopen_host_core_ssh(lua_State *L);  /* in provider-host-net.so */
 int luaopen_host_core_util(lua_State *L);
-int luaopen_host_core_rawtcp(lua_State *L); /* spec-only: a raw TCP client */
-int luaopen_host_core_frame(lua_State *L);  /* the bridge's frame codec (bridge/frame.h) */
+int luaopen_host_core_rawtcp(lua_State *L);     /* spec-only: a raw TCP client */
+int luaopen_host_core_frame(lua_State *L);      /* the bridge's frame codec (bridge/frame.h) */
+int luaopen_host_core_http_parse(lua_State *L); /* the server's request parser, for streams */
 
 #endif

@@ -32,8 +32,9 @@ static const luaL_Reg preload[] = {
     { "host.core.http", ph_open_net_module },
     { "host.core.ssh", ph_open_net_module },
     { "host.core.util", luaopen_host_core_util },
-    { "host.core.rawtcp", luaopen_host_core_rawtcp }, /* specs only */
-    { "host.core.frame", luaopen_host_core_frame },   /* the bridge's frame codec */
+    { "host.core.rawtcp", luaopen_host_core_rawtcp },         /* specs only */
+    { "host.core.frame", luaopen_host_core_frame },           /* the bridge's frame codec */
+    { "host.core.http_parse", luaopen_host_core_http_parse }, /* for the bridge's streams */
     { "cjson", luaopen_cjson },
     { "cjson.safe", luaopen_cjson_safe },
     { NULL, NULL },

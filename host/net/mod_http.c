@@ -827,6 +827,7 @@ typedef struct {
     double timeout, connect_timeout, stall;
     lua_Integer max_body;
     int follow;
+    int path_as_is; /* send the URL's path exactly as given (no dot-segment squashing) */
     int idempotent; /* -1: not given, from the method; 0 or 1: as given */
 } Conf;
 
@@ -903,6 +904,9 @@ static void read_conf(lua_State *L, const char *fname, int stream, Conf *c)
     }
     if (ph_opt_field_in(L, fname, "follow_redirects", LUA_TBOOLEAN))
         c->follow = lua_toboolean(L, -1);
+    lua_pop(L, 1);
+    if (ph_opt_field_in(L, fname, "path_as_is", LUA_TBOOLEAN))
+        c->path_as_is = lua_toboolean(L, -1);
     lua_pop(L, 1);
     c->idempotent = -1;
     if (ph_opt_field_in(L, fname, "idempotent", LUA_TBOOLEAN))
@@ -1026,6 +1030,9 @@ static void setup_easy(HttpOp *op, const Conf *c)
         curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
         curl_easy_setopt(e, CURLOPT_MAXREDIRS, (long)MAX_REDIRECTS);
     }
+    /* A proxy (the bridge) that checked a path must send that path, not libcurl's rewrite. */
+    if (c->path_as_is)
+        curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
     if (c->stall > 0) {
         curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
         curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, xferinfo_cb);
@@ -1094,7 +1101,7 @@ static int http_start(lua_State *L, const char *fname, int stream)
 }
 
 /* http.request{url=, method=, headers=, body=, timeout=, connect_timeout=, stall_timeout=,
- *              max_body=, on_chunk=, follow_redirects=}
+ *              max_body=, on_chunk=, follow_redirects=, path_as_is=, idempotent=}
  *   -> {status=, headers=, body=, url=} | nil, msg, code */
 static int http_request(lua_State *L)
 {

@@ -87,9 +87,8 @@ struct Conn {
     PhHttpRequest req;
     int req_ref; /* the request table, between its head and its body */
     int keep_alive, minor, is_head, close_after;
-    int chunked, expect, sent_continue;
-    PhChunked ch;
-    size_t need; /* Content-Length */
+    int expect, sent_continue;
+    PhHttpBody framing; /* the body being read: Content-Length or chunked */
     PhBuf body;
     ph_task *task; /* the running handler */
     Response *res;
@@ -433,16 +432,12 @@ static int head_complete(Conn *c, int rc)
     c->close_after = 0;
     c->expect = r->expect_continue;
     c->sent_continue = 0;
-    c->chunked = r->chunked;
-    c->need = 0;
     c->body.len = 0;
-    if (c->chunked) {
-        ph_chunked_init(&c->ch, c->srv->max_body, c->srv->max_head);
-    } else if (r->content_length > 0) {
-        c->need = (size_t)r->content_length; /* the parser checked it against max_body */
-        if (ph_buf_reserve(&c->body, c->need) != 0)
-            return -500;
-    }
+    ph_http_body_init(&c->framing, r, c->srv->max_body, c->srv->max_head);
+    /* the parser held a Content-Length to max_body: take its memory at once */
+    if (!r->chunked && r->content_length > 0 &&
+        ph_buf_reserve(&c->body, (size_t)r->content_length) != 0)
+        return -500;
     ph_buf_consume(&c->in, (size_t)rc);
     return 0;
 }
@@ -450,26 +445,12 @@ static int head_complete(Conn *c, int rc)
 /* Move body bytes from the input: 1 complete, 0 more needed, < 0 minus a status. */
 static int body_feed(Conn *c)
 {
-    if (c->chunked) {
-        while (c->in.len > 0) {
-            size_t used = 0, made = 0;
-            int rc = ph_chunked_feed(&c->ch, c->in.p, c->in.len, c->in.p, &used, &made);
-            if (made > 0 && ph_buf_append(&c->body, c->in.p, made) != 0)
-                return -500;
-            ph_buf_consume(&c->in, used);
-            if (rc != 0)
-                return rc;
-            if (used == 0)
-                break;
-        }
-        return 0;
-    }
-    size_t take = c->need - c->body.len;
-    if (take > c->in.len)
-        take = c->in.len;
-    ph_buf_append(&c->body, c->in.p, take); /* reserved in head_complete */
-    ph_buf_consume(&c->in, take);
-    return c->body.len == c->need ? 1 : 0;
+    size_t used = 0, made = 0;
+    int rc = ph_http_body_feed(&c->framing, c->in.p, c->in.len, &used, &made);
+    if (made > 0 && ph_buf_append(&c->body, c->in.p, made) != 0)
+        return -500;
+    ph_buf_consume(&c->in, used);
+    return rc;
 }
 
 static int handler_trampoline(lua_State *L);

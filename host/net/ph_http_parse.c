@@ -615,3 +615,27 @@ int ph_chunked_feed(PhChunked *c, const char *in, size_t in_len, char *out, size
     *produced = o;
     return c->status;
 }
+
+/* ---- request bodies ----------------------------------------------------------------------- */
+
+void ph_http_body_init(PhHttpBody *b, const PhHttpRequest *req, size_t max_body, size_t max_trailer)
+{
+    memset(b, 0, sizeof *b);
+    b->chunked = req->chunked;
+    if (b->chunked)
+        ph_chunked_init(&b->ch, max_body, max_trailer);
+    else if (req->content_length > 0)
+        b->left = (unsigned long long)req->content_length;
+}
+
+int ph_http_body_feed(PhHttpBody *b, char *in, size_t len, size_t *consumed, size_t *produced)
+{
+    if (b->chunked)
+        return ph_chunked_feed(&b->ch, in, len, in, consumed, produced);
+    size_t take = len;
+    if ((unsigned long long)take > b->left)
+        take = (size_t)b->left;
+    b->left -= take;
+    *consumed = *produced = take;
+    return b->left == 0 ? 1 : 0;
+}

@@ -135,4 +135,26 @@ void ph_chunked_init(PhChunked *c, size_t max_body, size_t max_trailer);
 int ph_chunked_feed(PhChunked *c, const char *in, size_t in_len, char *out, size_t *consumed,
                     size_t *produced);
 
+/* The body of a request whose head was parsed: Content-Length or chunked framing, one reader
+ * for both, so that every user of the parser frames bodies the same way. Fields are read-only
+ * for the caller. */
+typedef struct {
+    int chunked;
+    unsigned long long left; /* Content-Length bytes still to come */
+    PhChunked ch;
+} PhHttpBody;
+
+/* Set up for the body of req, after ph_http_parse_head returned > 0. max_body bounds a chunked
+ * body (the head parser already held a Content-Length to req->max_body) and max_trailer its
+ * trailer section; 0 means the defaults of ph_chunked_init. A request with neither header has
+ * an empty body. */
+void ph_http_body_init(PhHttpBody *b, const PhHttpRequest *req, size_t max_body,
+                       size_t max_trailer);
+
+/* Take body bytes from in[0..len): *consumed input bytes were used, and in[0..*produced) are
+ * body bytes (chunked data is decoded in place, so in is written to). Returns 1: the body is
+ * complete (bytes after *consumed belong to the next request); 0: all input used, more is
+ * needed; < 0: minus an HTTP status, as ph_chunked_feed. */
+int ph_http_body_feed(PhHttpBody *b, char *in, size_t len, size_t *consumed, size_t *produced);
+
 #endif

@@ -83,6 +83,9 @@ end
 --                     network events, never inside libcurl: it cannot yield, and if it raises
 --                     the transfer is aborted and request returns nil, msg, "internal"
 --   follow_redirects  default false
+--   path_as_is        default false: libcurl removes dot segments ("/a/../b" goes out as
+--                     "/b"); true sends the URL's path exactly as given (CURLOPT_PATH_AS_IS),
+--                     for a proxy that checked that very path (the bridge)
 --   idempotent        may the request be sent again when its connection dies? Default: yes
 --                     for GET, HEAD, DELETE and OPTIONS without a body, and for PUT; no for
 --                     POST, PATCH, any other method, and a GET/DELETE/OPTIONS with a body.

@@ -1294,6 +1294,46 @@ static void test_chunked(void)
     }
 }
 
+/* The body reader frames both ways: Content-Length (bytes passed as they are) and chunked
+ * (decoded in place), and stops exactly where the next request starts. */
+static void test_body(void)
+{
+    PhHttpRequest req;
+    PhHttpBody b;
+    size_t used, made;
+    char buf[64];
+
+    req_init(&req, NULL);
+    ph_http_request_reset(&req); /* no body: complete at once, nothing taken */
+    ph_http_body_init(&b, &req, 0, 0);
+    CHECK(ph_http_body_feed(&b, buf, 0, &used, &made) == 1 && used == 0 && made == 0);
+    memcpy(buf, "GET", 3);
+    CHECK(ph_http_body_feed(&b, buf, 3, &used, &made) == 1 && used == 0 && made == 0);
+
+    req.content_length = 5; /* in pieces, then the next request's bytes are left */
+    ph_http_body_init(&b, &req, 0, 0);
+    memcpy(buf, "hel", 3);
+    CHECK(ph_http_body_feed(&b, buf, 3, &used, &made) == 0 && used == 3 && made == 3);
+    CHECK(b.left == 2);
+    memcpy(buf, "loGET", 5);
+    CHECK(ph_http_body_feed(&b, buf, 5, &used, &made) == 1 && used == 2 && made == 2);
+    CHECK(memcmp(buf, "lo", 2) == 0);
+
+    req.content_length = 0;
+    ph_http_body_init(&b, &req, 0, 0);
+    CHECK(ph_http_body_feed(&b, buf, 5, &used, &made) == 1 && used == 0);
+
+    req.content_length = -1;
+    req.chunked = 1;
+    ph_http_body_init(&b, &req, 4, 0);
+    memcpy(buf, "3\r\nabc\r\n0\r\n\r\nGET", 16);
+    CHECK(ph_http_body_feed(&b, buf, 16, &used, &made) == 1 && used == 13 && made == 3);
+    CHECK(memcmp(buf, "abc", 3) == 0);
+    ph_http_body_init(&b, &req, 4, 0); /* max_body bounds a chunked body */
+    memcpy(buf, "5\r\nabcde\r\n", 10);
+    CHECK(ph_http_body_feed(&b, buf, 10, &used, &made) == -413);
+}
+
 static const char *valid_chunked[] = {
     "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
     "1;a=b\r\nx\r\n10\r\n0123456789abcdef\r\n0\r\nTrailer: yes\r\nOther:  v \r\n\r\n",
@@ -1371,6 +1411,7 @@ int main(void)
     test_pipelined();
     test_fuzz_head();
     test_chunked();
+    test_body();
     test_fuzz_chunked();
     free(R_buf);
     return check_report();

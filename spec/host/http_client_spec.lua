@@ -205,6 +205,21 @@ describe("host.http client", function()
     end)
   end)
 
+  it("sends a path with dot segments as it is only with path_as_is", function()
+    local targets = {}
+    local function record(req)
+      targets[#targets + 1] = req.target
+      return 200, {}, req.target
+    end
+    with_server(function(srv)
+      local res = assert(http.request({ url = srv.url .. "/a/../b?x=/../y", path_as_is = true }))
+      assert.equal("/a/../b?x=/../y", res.body)
+      res = assert(http.request({ url = srv.url .. "/a/../b?x=/../y" }))
+      assert.equal("/b?x=/../y", res.body) -- libcurl's default: dot segments removed
+      assert.same({ "/a/../b?x=/../y", "/b?x=/../y" }, targets)
+    end, { ["/a/../b"] = record, ["/b"] = record })
+  end)
+
   it("hands body chunks to on_chunk in order and keeps no body", function()
     with_server(function(srv)
       local chunks, on_chunk = helpers.collector()
@@ -410,6 +425,7 @@ describe("host.http client", function()
       misuse({ url = "http://x/", timeout = -1 }, "timeout")
       misuse({ url = "http://x/", method = "GE T" }, "method")
       misuse({ url = "http://x/", idempotent = "yes" }, "field 'idempotent' must be a boolean")
+      misuse({ url = "http://x/", path_as_is = 1 }, "field 'path_as_is' must be a boolean")
     end)
     local ok, err = pcall(http.request, { url = "http://127.0.0.1:1/" })
     assert.is_false(ok)
