@@ -69,6 +69,7 @@ struct Proc {
     double started, ended;
     double timeout, grace, linger; /* seconds; timeout < 0: none */
     size_t max_output;
+    int stream_only;  /* keep_output = false: chunks go to the callbacks, nothing is kept */
     Waiter *waiters;  /* parked for the result */
     Waiter *reapwait; /* canceled: resumed with "canceled" once the leader is reaped */
 };
@@ -305,6 +306,16 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     size_t n = (size_t)nread, keep = n;
+    if (p->stream_only) { /* a duplex stream: it may carry gigabytes, none of them kept */
+        if (s->has_callback && n > 0) {
+            Chunk c = { p, which, buf->base, n };
+            ph_protect(deliver_chunk, &c,
+                       which == OUT ? "proc on_stdout callback failed"
+                                    : "proc on_stderr callback failed",
+                       NULL);
+        }
+        return;
+    }
     if (s->kept.len + keep > p->max_output) {
         keep = p->max_output - s->kept.len;
         p->truncated = 1; /* the rest is dropped; the process keeps running */
@@ -590,6 +601,7 @@ typedef struct {
     int cb_idx[2];                 /* stack indexes of on_stdout and on_stderr (nil when absent) */
     double timeout, grace, linger; /* timeout < 0: none */
     lua_Integer max_output;
+    int stream_only; /* keep_output = false */
 } SpawnConf;
 
 /* stdin: a string, true, or nil; "" and nil mean /dev/null. Left on the stack. */
@@ -634,6 +646,9 @@ static void read_spawn_conf(lua_State *L, SpawnConf *c)
     c->linger = ph_opt_seconds(L, 1, "linger", DEFAULT_LINGER, 1);
     c->max_output = ph_opt_integer(L, 1, "max_output", DEFAULT_MAX);
     luaL_argcheck(L, c->max_output >= 0, 1, "field 'max_output' must not be negative");
+    if (ph_opt_field(L, 1, "keep_output", LUA_TBOOLEAN, 0))
+        c->stream_only = !lua_toboolean(L, -1);
+    lua_pop(L, 1);
 }
 
 /* Closed first: a zeroed Process with its metatable and user values, anchored, before any
@@ -663,6 +678,7 @@ static Proc *new_proc(lua_State *L, const SpawnConf *c)
     p->grace = c->grace;
     p->linger = c->linger;
     p->max_output = (size_t)c->max_output;
+    p->stream_only = c->stream_only;
     return p;
 }
 

@@ -171,18 +171,121 @@ static int task_run(lua_State *L)
     return ph_task_push_results(L, t);
 }
 
-static const luaL_Reg task_funcs[] = {
-    { "spawn", task_spawn },
-    { "wait", task_wait },
-    { "cancel", task_cancel },
-    { "done", task_done },
-    { "current", task_current },
-    { "sleep", task_sleep },
-    { "yield", task_yield },
-    { "now", task_now },
-    { "running", task_running },
-    { "run", task_run },
+/* ---- signals ------------------------------------------------------------------------------ */
+
+#define SIGNAL_MT "host.task.Signal"
+
+/* A condition tasks wait on until someone notifies it: what turns callbacks that cannot yield
+ * (process output, stream frames) into a task that blocks until there is work. Level-free:
+ * notify wakes the tasks waiting now, so waiters re-check their condition in a loop. */
+typedef struct SignalWaiter SignalWaiter;
+typedef struct {
+    SignalWaiter *waiters;
+} Signal;
+
+struct SignalWaiter {
+    ph_op op;
+    Signal *sig;
+    SignalWaiter *next;
+    uv_timer_t *timer; /* NULL without a deadline */
+};
+
+static void signal_detach(SignalWaiter *w)
+{
+    SignalWaiter **pp = &w->sig->waiters;
+    while (*pp != NULL && *pp != w)
+        pp = &(*pp)->next;
+    if (*pp == w)
+        *pp = w->next;
+    ph_timer_free(&w->timer);
+}
+
+static void signal_wait_cancel(ph_op *op)
+{
+    SignalWaiter *w = (SignalWaiter *)op;
+    ph_task *t = op->task;
+    signal_detach(w);
+    free(w);
+    ph_task_wake(t, ph_fail(ph_task_thread(t), "canceled", "wait canceled"));
+}
+
+static void signal_wait_timeout(uv_timer_t *timer)
+{
+    SignalWaiter *w = timer->data;
+    ph_task *t = w->op.task;
+    signal_detach(w);
+    free(w);
+    ph_task_resume(t, ph_fail(ph_task_thread(t), "timeout", "wait timed out"));
+}
+
+/* task.signal() -> Signal */
+static int task_signal(lua_State *L)
+{
+    Signal *s = lua_newuserdatauv(L, sizeof *s, 0);
+    s->waiters = NULL;
+    luaL_setmetatable(L, SIGNAL_MT);
+    return 1;
+}
+
+/* Signal:wait([timeout]) -> true | nil, msg, "timeout"|"canceled" */
+static int signal_wait(lua_State *L)
+{
+    Signal *s = luaL_checkudata(L, 1, SIGNAL_MT);
+    double timeout = lua_isnoneornil(L, 2) ? -1 : check_seconds(L, 2, -1);
+    if (!lua_isnoneornil(L, 2))
+        luaL_argcheck(L, timeout >= 0, 2, "timeout must not be negative");
+    ph_task *t = ph_task_current(L);
+    if (ph_task_is_canceled(t))
+        return ph_fail(L, "canceled", "wait canceled");
+    SignalWaiter *w = calloc(1, sizeof *w);
+    if (w == NULL)
+        return ph_fail(L, "internal", "out of memory");
+    if (timeout >= 0 && (w->timer = ph_timer_new(w)) == NULL) {
+        free(w);
+        return ph_fail(L, "internal", "out of memory");
+    }
+    w->op.cancel = signal_wait_cancel;
+    w->sig = s;
+    w->next = s->waiters;
+    s->waiters = w;
+    if (w->timer != NULL)
+        ph_timer_start(w->timer, signal_wait_timeout, timeout);
+    lua_settop(L, 1); /* the Signal stays on the parked thread's stack: it outlives its waiters */
+    return ph_task_park(L, t, &w->op);
+}
+
+/* Signal:notify() -> number of tasks woken. Safe from callbacks that run outside tasks. */
+static int signal_notify(lua_State *L)
+{
+    Signal *s = luaL_checkudata(L, 1, SIGNAL_MT);
+    SignalWaiter *w = s->waiters;
+    s->waiters = NULL;
+    lua_Integer n = 0;
+    while (w != NULL) {
+        SignalWaiter *next = w->next;
+        ph_task *t = w->op.task;
+        ph_timer_free(&w->timer);
+        free(w);
+        lua_pushboolean(ph_task_thread(t), 1);
+        ph_task_wake(t, 1);
+        n++;
+        w = next;
+    }
+    lua_pushinteger(L, n);
+    return 1;
+}
+
+static const luaL_Reg signal_methods[] = {
+    { "wait", signal_wait },
+    { "notify", signal_notify },
     { NULL, NULL },
+};
+
+static const luaL_Reg task_funcs[] = {
+    { "spawn", task_spawn }, { "wait", task_wait },       { "cancel", task_cancel },
+    { "done", task_done },   { "current", task_current }, { "sleep", task_sleep },
+    { "yield", task_yield }, { "now", task_now },         { "running", task_running },
+    { "run", task_run },     { "signal", task_signal },   { NULL, NULL },
 };
 
 static const luaL_Reg task_methods[] = {
@@ -201,6 +304,11 @@ int luaopen_host_core_task(lua_State *L)
         lua_setfield(L, -3, "__index");
     }
     lua_pop(L, 2);
+    if (luaL_newmetatable(L, SIGNAL_MT)) { /* busted re-requires modules per spec file */
+        luaL_newlib(L, signal_methods);
+        lua_setfield(L, -2, "__index");
+    }
+    lua_pop(L, 1);
     luaL_newlib(L, task_funcs);
     return 1;
 }

@@ -53,6 +53,8 @@ end
 --   kill_grace  seconds between SIGTERM and SIGKILL (default 2)
 --   max_output  bytes kept per stream (default 16 MiB); the rest is dropped and
 --               result.truncated is true
+--   keep_output default true; false keeps nothing (result.stdout and .stderr are ""): every
+--               chunk goes to on_stdout / on_stderr only, for a long-lived stream (a duplex)
 --   on_stdout, on_stderr  fn(chunk) called with each chunk as it arrives (the kept bytes,
 --               in order). They run outside any task: they cannot yield, and an error in
 --               one is logged, not raised

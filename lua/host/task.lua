@@ -13,6 +13,10 @@ local M = {
   current = core.current,
   running = core.running,
   run = core.run, -- run(fn, ...) -> fn's results, driving the loop (script mode only)
+  -- signal() -> Signal: Signal:wait([timeout]) -> true | nil, msg, "timeout"|"canceled" parks
+  -- the task until Signal:notify() (callable from callbacks outside tasks) wakes the waiters of
+  -- that moment; waiters re-check their condition in a loop
+  signal = core.signal,
 }
 
 --- all(fns) -> array of each function's first-result tables {ok, ...}.

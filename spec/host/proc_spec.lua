@@ -446,6 +446,24 @@ for _, mode in ipairs({ "posix_spawn", "uv_spawn" }) do
       end
     end)
 
+    it("with keep_output = false hands every chunk to on_stdout and keeps none", function()
+      helpers.run(function()
+        local seen = {}
+        local p = assert(proc.spawn({ argv = { "cat" }, stdin = true, timeout = 10,
+          max_output = 10, keep_output = false,
+          on_stdout = function(chunk) seen[#seen + 1] = chunk end }))
+        assert.is_true(p:write("first"))
+        helpers.eventually(function() return #seen > 0 end, "the first chunk")
+        assert.equal("first", table.concat(seen)) -- before stdin closes: a stream
+        assert.is_true(p:write(("y"):rep(100000)))
+        assert.is_true(p:close_stdin())
+        local r = assert(p:wait(10))
+        assert.equal("first" .. ("y"):rep(100000), table.concat(seen))
+        assert.equal("", r.stdout)
+        assert.is_false(r.truncated)
+      end)
+    end)
+
     it("keeps a stdin pipe open for pieces written over time", function()
       helpers.run(function()
         local p = assert(proc.spawn({ argv = { "cat" }, stdin = true, timeout = 10 }))
