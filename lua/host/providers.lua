@@ -22,6 +22,13 @@ for _, pair in ipairs(M.HOOKS) do
   M.METHOD_OF[pair[1]], M.HOOK_OF[pair[2]] = pair[2], pair[1]
 end
 
+--- EXTENSION_HOOKS: hooks that are not protocol methods but our extensions (README, "Duplex
+--- execution"): what lets a provider carry the bridge.
+M.EXTENSION_HOOKS = {
+  duplex = true, -- duplex(ctx, {lease, command, args, env, cwd, on_stdout, on_stderr})
+  sandbox_helper = true, -- sandbox_helper(ctx, {lease}) -> ph-sandbox-helper's path there
+}
+
 local CAPABILITIES = {
   reusableLeases = true,
   nativeSyncIn = true,
@@ -291,11 +298,13 @@ local function check_hooks(hooks, problem)
     return
   end
   for k, fn in pairs(hooks) do
-    if not M.METHOD_OF[k] then
+    if not M.METHOD_OF[k] and not M.EXTENSION_HOOKS[k] then
       local names = {}
       for _, pair in ipairs(M.HOOKS) do
         names[#names + 1] = pair[1]
       end
+      names[#names + 1] = "duplex"
+      names[#names + 1] = "sandbox_helper"
       problem(("unknown hook %q (known: %s)"):format(tostring(k), table.concat(names, ", ")),
         type(fn) == "function" and line_of(fn) or nil)
     elseif type(fn) ~= "function" then
