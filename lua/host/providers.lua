@@ -57,7 +57,7 @@ local MANIFEST_KEYS = {
 -- The host modules a provider may require, in the order an error lists them.
 local FACADE_LIST = { "host.http", "host.ssh", "host.remote", "host.proc", "host.json",
   "host.log", "host.task", "host.schema", "host.shell", "host.util", "host.fs", "host.errors",
-  "host.params" }
+  "host.params", "host.duplex", "host.sandbox_helper" }
 local FACADES = {}
 for _, name in ipairs(FACADE_LIST) do
   FACADES[name] = true

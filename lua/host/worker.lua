@@ -1,6 +1,7 @@
 --- host.worker: the Paperclip plugin-worker protocol (JSON-RPC 2.0, NDJSON on stdio).
 -- See ../shared/reference/worker-protocol.md. Every request runs as its own task and
 -- replies leave in completion order, one whole line at a time.
+local bridge_execute = require("host.bridge_execute")
 local error_codes = require("host.errors")
 local json = require("host.json")
 local log = require("host.log")
@@ -489,6 +490,25 @@ local function cancel_tracked(entry, params)
   return { executionId = params.executionId, cancelled = true }
 end
 
+-- Runs an execute hook, tracked by its executionId (when it has one) so that a cancel finds
+-- it. -> the packed xpcall results | nil, message (the same id is running already).
+function Worker:execute_tracked(ctx, hook, params)
+  if params.executionId == nil then
+    return table.pack(xpcall(hook, capture, ctx, params))
+  end
+  local key = execution_key(params)
+  if self.executions[key] then
+    return nil, ('Environment execution "%s" is already active.'):format(params.executionId)
+  end
+  local entry = {}
+  self.executions[key] = entry
+  ctx.execution = entry
+  local res = table.pack(xpcall(hook, capture, ctx, params))
+  self.executions[key] = nil
+  entry.cancel = nil -- its closure may hold the command's whole output until the reply
+  return res
+end
+
 -- Runs the hook; `holder.ctx` gets its ctx (the caller waits for the cleanups it started).
 function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder)
   local hook_name = providers.HOOK_OF[method]
@@ -507,17 +527,13 @@ function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder
   elseif method ~= "environmentValidateConfig" and #ctx.errors > 0 then
     return nil, "invalid " .. p.driver_key .. " config: " .. table.concat(ctx.errors, "; ")
   end
-  if method == "environmentExecute" and params.executionId ~= nil then
-    local key = execution_key(params)
-    if self.executions[key] then
-      return nil, ('Environment execution "%s" is already active.'):format(params.executionId)
+  if method == "environmentExecute" then
+    local res, err = bridge_execute.run(ctx, p, params, function()
+      return self:execute_tracked(ctx, hook, params)
+    end)
+    if not res then
+      return nil, err
     end
-    local entry = {}
-    self.executions[key] = entry
-    ctx.execution = entry
-    local res = table.pack(xpcall(hook, capture, ctx, params))
-    self.executions[key] = nil
-    entry.cancel = nil -- its closure may hold the command's whole output until the reply
     return finish_hook(method, res)
   end
   if method == "environmentCancelExecution" then

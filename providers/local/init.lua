@@ -1,8 +1,10 @@
 -- providers/local: sandboxes as private directories on this machine (the demo and test default).
 -- Not a security boundary unless isolateNetwork is on, and even then only for the network.
+local duplex = require("host.duplex")
 local json = require("host.json")
 local host_params = require("host.params")
 local proc = require("host.proc")
+local sandbox_helper = require("host.sandbox_helper")
 local task = require("host.task")
 local util = require("host.util")
 local workspace = require("providers.local.workspace")
@@ -19,13 +21,17 @@ local M = {
 
 local hooks = M.hooks
 
--- The argv a command runs with: behind unshare when the network is isolated.
+-- The argv a command runs with: behind unshare when the network is isolated. A command that
+-- has a bridge joins the namespaces of its relay (started by hooks.duplex below), so that the
+-- relay's 127.0.0.1 is the command's, and nothing else is reachable.
 local function isolated(ctx, argv)
   if not ctx.config.isolateNetwork then
     return argv
   end
-  local out = { "unshare", "--net", "--map-root-user", "--" }
-  table.move(argv, 1, #argv, 5, out)
+  local relay = ctx.bridge and ctx.bridge.duplex.pid
+  local out = relay and { "nsenter", "--target", tostring(relay), "--user", "--net", "--" }
+    or { "unshare", "--net", "--map-root-user", "--" }
+  table.move(argv, 1, #argv, #out + 1, out)
   return out
 end
 
@@ -188,6 +194,32 @@ function hooks.execute(ctx, params)
       truncated = r.truncated or nil,
     },
   }
+end
+
+--- duplex (extension): a long-lived command with its stdin and stdout as pipes, in the lease's
+-- workspace, with the same env rules as execute (README, "Duplex execution").
+function hooks.duplex(ctx, params)
+  local dir = workspace.check(params.lease.providerLeaseId)
+  if not dir then
+    return nil, ("local sandbox %s no longer exists"):format(tostring(params.lease.providerLeaseId))
+  end
+  local env = workspace.base_env(dir)
+  for k, v in pairs(params.env or {}) do
+    env[k] = v
+  end
+  return duplex.process({
+    argv = isolated(ctx, { params.command, table.unpack(params.args or {}) }),
+    env = env,
+    cwd = params.cwd or workspace.cwd(dir),
+    on_stdout = params.on_stdout,
+    on_stderr = params.on_stderr,
+    timeout = params.timeout,
+  })
+end
+
+--- sandbox_helper (extension): the sandbox is this machine, so the host's own helper.
+function hooks.sandbox_helper(_ctx, _params)
+  return sandbox_helper.path()
 end
 
 --- environmentCancelExecution: the worker stops the commands it runs itself (through
