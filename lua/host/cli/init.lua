@@ -16,6 +16,10 @@ commands:
   worker --provider NAME [--provider NAME]...  serve Paperclip's plugin-worker protocol on stdio
   demo                                 a whole lease lifecycle on the local provider, explained
   call NAME METHOD [JSON|-]            send one request as Paperclip would; print the result
+  run NAME [--config JSON] [--bridge URL --bridge-key-env VAR] -- CMD [ARGS...]
+                                       acquire a lease, run CMD with live output (with a
+                                       bridge to the Paperclip API at URL, its key read from
+                                       $VAR), release; exit with CMD's status
   list                                 providers on the search path, and where they are
   check FILE|NAME                      load a provider and report every problem (file:line)
   manifest NAME                        print the Paperclip manifest generated from its schema
@@ -300,6 +304,33 @@ commands.call = command({
   return M.EXIT.ok
 end)
 
+-- run: options before "--", the command after it (its own options are not ours).
+function commands.run(argv)
+  local cut = #argv + 1
+  for i, a in ipairs(argv) do
+    if a == "--" then
+      cut = i
+      break
+    end
+  end
+  local run = require("host.cli.run")
+  local mine = table.move(argv, 1, cut - 1, 1, {})
+  local cmd = table.move(argv, cut + 1, #argv, 1, {})
+  return command({
+    usage = run.USAGE,
+    words = 1,
+    provider = true,
+    options = { config = "value", bridge = "value", ["bridge-key-env"] = "value",
+      ["run-id"] = "value", timeout = "value" },
+  }, function(opts, _words, p)
+    if #cmd == 0 then
+      err("usage: provider-host ", run.USAGE, "\n")
+      return M.EXIT.usage
+    end
+    return run.main(p, opts, cmd)
+  end)(mine)
+end
+
 commands.demo = command({}, function(opts)
   return require("host.cli.demo").run(providers.search_path(opts.providers))
 end)
@@ -322,6 +353,9 @@ function M.main(argv)
   end
   local rest = table.move(argv, 2, #argv, 1, {})
   for _, a in ipairs(rest) do
+    if a == "--" then
+      break -- what follows is a command's own (run)
+    end
     if a == "-h" or a == "--help" then
       out(USAGE)
       return M.EXIT.ok
