@@ -100,6 +100,60 @@ local EXECS = {
   },
 }
 
+-- The agent in the sandbox: plain bash (/dev/tcp, no curl needed) calling the API at
+-- $PAPERCLIP_API_URL with $PAPERCLIP_API_KEY, once on an allowed route, once on a forbidden one.
+local AGENT = [[
+call() {
+  exec 3<>"/dev/tcp/127.0.0.1/${PAPERCLIP_API_URL##*:}" || return
+  printf '%s %s HTTP/1.1\r\nHost: paperclip\r\nConnection: close\r\n' "$1" "$2" >&3
+  printf 'Authorization: Bearer %s\r\n\r\n' "$PAPERCLIP_API_KEY" >&3
+  tr -d '\r' <&3 | sed -n '1p;$p'
+  echo
+  exec 3<&-
+}
+echo "PAPERCLIP_API_URL=$PAPERCLIP_API_URL (the relay in the sandbox)"
+call GET /api/agents/me
+call DELETE /api/agents/me
+]]
+
+-- A stand-in for the Paperclip API on this machine: it answers only the real key.
+local function fake_api(key)
+  return require("host.http").serve({
+    handler = function(req)
+      if req.headers.authorization ~= "Bearer " .. key then
+        return 401, { ["content-type"] = "application/json" }, '{"error":"Unauthorized"}'
+      end
+      return 200, { ["content-type"] = "application/json", ["set-cookie"] = "s=secret" },
+        json.encode({ id = "agent-demo", name = "Demo agent", runId =
+          req.headers["x-paperclip-run-id"] })
+    end,
+  })
+end
+
+-- The bridge step: a sandboxed command calls the fake API through the relay, with a per-run
+-- key; the real key stays on the host.
+function Demo:bridge()
+  local key = require("host.util").hex(require("host.util").random(16))
+  local api, err = fake_api(key)
+  if not api then
+    say("\n-> (bridge step skipped: cannot start the stand-in API: %s)", tostring(err))
+    return
+  end
+  self:exec({
+    title = "an agent calls the Paperclip API through the bridge (real key stays on the host)",
+    params = { command = "bash", args = { "-c", AGENT },
+      bridge = { apiUrl = api.url, apiKey = key, runId = "demo-run" } },
+    check = function(r)
+      local ok = r.exitCode == 0 and r.stdout:find("HTTP/1.1 200", 1, true)
+        and r.stdout:find('"runId":"demo-run"', 1, true)
+        and r.stdout:find("HTTP/1.1 403", 1, true) and not r.stdout:find(key, 1, true)
+      return ok ~= nil and ok ~= false, "GET answered with the run id; DELETE refused by the "
+        .. "bridge's route table"
+    end,
+  })
+  api:close()
+end
+
 -- Validate, acquire and realize; returns the lease, or nil when it could not be had.
 function Demo:open_lease()
   local config = self.config
@@ -157,6 +211,7 @@ function M.run(dirs)
   for _, e in ipairs(EXECS) do
     demo:exec(e)
   end
+  demo:bridge()
   demo:release(lease)
   if demo.failures > 0 then
     say("\ndemo finished with %d unexpected result(s)", demo.failures)
