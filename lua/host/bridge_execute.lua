@@ -64,8 +64,7 @@ local function open(ctx, provider, params, opts)
   end
   local ok, b, oerr, ocode = pcall(bridge.open, opts)
   if not ok then -- a bad route rule, named by the policy
-    return nil, "environmentExecute: bridge: " .. tostring(b):gsub("^[^\n]-%.lua:%d+: ", ""),
-      "invalid"
+    return nil, "environmentExecute: bridge: " .. tostring(b):gsub("^[^\n]-%.lua:%d+: ", "")
   end
   if not b then
     return nil, "environmentExecute: " .. tostring(oerr), ocode

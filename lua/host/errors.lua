@@ -25,6 +25,8 @@ M.CODES = {
   not_found = "the resource does not exist (any more): a sandbox, a VM, a lease",
   conflict = "the resource exists already or is in a conflicting state (a name taken)",
   unavailable = "the resource cannot be reached now (a paused sandbox): reconnect or retry",
+  unsupported = "the sandbox or provider cannot do this at all (no duplex execution, a "
+    .. "helper binary that cannot run there): fall back or give up, never retry",
 }
 
 --- is_code(v) -> true when v is a code of the list.
