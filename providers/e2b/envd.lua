@@ -134,10 +134,11 @@ local function url_encode(s)
   end))
 end
 
---- upload(conn, sbx, path, data) -> true | nil, message, kind
--- POST /files?path=... with one multipart/form-data file, as the SDK writes a string.
-function M.upload(conn, sbx, path, data)
-  local what = "stage stdin"
+--- upload(conn, sbx, path, data [, what]) -> true | nil, message, kind
+-- POST /files?path=... with one multipart/form-data file, as the SDK writes a string. what
+-- words messages (default "stage stdin").
+function M.upload(conn, sbx, path, data, what)
+  what = what or "stage stdin"
   local boundary
   repeat
     boundary = "paperclip-" .. util.hex(assert(util.random(12)))
@@ -212,8 +213,9 @@ local function opener(opts)
   end
 end
 
--- The Process/Start request as (body, headers): `/bin/bash -l -c <script>` without stdin, in
--- one Connect envelope, with the command's deadline and envd's keepalive interval.
+-- The Process/Start request as (body, headers): `/bin/bash -l -c <script>` in one Connect
+-- envelope, without stdin unless opts.stdin (then envd keeps a pipe open for SendInput), with
+-- the command's deadline (none when opts.timeout_ms is nil or 0) and envd's keepalive interval.
 local function start_request(sbx, opts)
   local process = { cmd = "/bin/bash", args = json.array({ "-l", "-c", opts.script }) }
   if opts.cwd ~= nil then
@@ -222,13 +224,15 @@ local function start_request(sbx, opts)
   if opts.envs ~= nil and next(opts.envs) ~= nil then
     process.envs = opts.envs
   end
-  local payload = assert(json.encode({ process = process, stdin = false }))
+  local payload = assert(json.encode({ process = process, stdin = opts.stdin == true }))
   local extra = {
     ["Content-Type"] = STREAM_TYPE,
     ["Connect-Protocol-Version"] = "1",
-    ["Connect-Timeout-Ms"] = tostring(math.floor(opts.timeout_ms)),
     ["Keepalive-Ping-Interval"] = tostring(api.settings.keepalive),
   }
+  if opts.timeout_ms and opts.timeout_ms > 0 then
+    extra["Connect-Timeout-Ms"] = tostring(math.floor(opts.timeout_ms))
+  end
   if old_envd(sbx) then
     extra.Authorization = "Basic " .. util.base64_encode("user:")
   end
@@ -516,6 +520,22 @@ local function outcome(run)
       result
   end
   return result
+end
+
+--- open(conn, sbx, opts) -> stream, deadline | nil, message, kind
+-- Starts `/bin/bash -l -c <opts.script>` with process.Process/Start (opts as for run, plus
+-- stdin = true to keep its stdin open for SendInput) and returns the Connect stream once envd
+-- answered 200, for the caller to read and decode (a duplex); deadline is when the client
+-- gives up on it (task.now() seconds).
+function M.open(conn, sbx, opts)
+  local body, hdrs = start_request(sbx, opts)
+  local deadline = client_deadline(conn, opts.timeout_ms)
+  local stream, err, kind = open_stream(conn, sbx, opts.what or "run a command", body, hdrs,
+    deadline)
+  if not stream then
+    return nil, err, kind
+  end
+  return stream, deadline
 end
 
 --- run(conn, sbx, opts) -> result | nil, message, kind

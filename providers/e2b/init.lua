@@ -2,7 +2,9 @@
 -- (paperclip.e2b-sandbox-provider) that speaks E2B's REST API and envd's Connect-RPC directly.
 -- See README.md in this folder for behaviour, settings and every deviation from upstream.
 local api = require("providers.e2b.api")
+local duplex = require("providers.e2b.duplex")
 local envd = require("providers.e2b.envd")
+local helper = require("providers.e2b.helper")
 local json = require("host.json")
 local host_params = require("host.params")
 local log = require("host.log")
@@ -758,6 +760,122 @@ function hooks.cancel_execution(ctx, params)
       ("E2B exact command cancellation failed with exit code %s."):format(tostring(res.exit_code))
   end
   return { executionId = exec_id, cancelled = true }
+end
+
+------------------------------------------------------------------------------------------------
+-- The bridge's hooks (the duplex contract of issue 9; not protocol methods)
+
+-- The sandbox id of params.lease, or nil, message, "not_found".
+local function lease_sandbox(params, what)
+  local lease = type(params) == "table" and params.lease
+  local id = type(lease) == "table" and lease.providerLeaseId or nil
+  if not api.valid_id(id) then
+    return nil, ("E2B %s needs a lease with a sandbox"):format(what), "not_found"
+  end
+  return id
+end
+
+--- sandbox_helper(ctx, {lease}) -> the path of a runnable ph-sandbox-helper in the lease's
+-- sandbox | nil, message, code ("unsupported" when it cannot run there). Uploaded once per
+-- lease (see helper.lua); later calls on this worker make no request at all.
+function hooks.sandbox_helper(ctx, params)
+  local id, err, code = lease_sandbox(params, "ph-sandbox-helper")
+  if not id then
+    return nil, err, code
+  end
+  local bin
+  bin, err, code = helper.host_binary()
+  if not bin then
+    return nil, err, code
+  end
+  local conn
+  conn, err, code = api.connection(ctx)
+  if not conn then
+    return nil, err, code
+  end
+  local path, kind
+  path, err, kind = with_sandbox(ctx, conn, id, function(sbx)
+    return helper.ensure(conn, sbx, bin)
+  end)
+  if not path then
+    if kind == "not_found" or kind == "unavailable" then
+      api.forget(conn, id)
+    end
+    return nil, err, kind
+  end
+  return path
+end
+
+local function string_list(v)
+  if v == nil then
+    return {}
+  elseif type(v) ~= "table" then
+    return nil
+  end
+  for i, a in ipairs(v) do
+    if type(a) ~= "string" then
+      return nil, i
+    end
+  end
+  return v
+end
+
+--- duplex(ctx, {lease, command, args, env, cwd, on_stdout, on_stderr, timeout}) -> Duplex |
+-- nil, message, code: a long-lived command whose stdin is written at any time and whose output
+-- streams to on_stdout / on_stderr (see duplex.lua). It runs with the minimal environment of
+-- execute, the caller's env never on a command line (script.duplex). envd kills it at the end
+-- of its life: params.timeout seconds, and never later than the hook's deadline.
+function hooks.duplex(ctx, params)
+  local id, err, code = lease_sandbox(params, "duplex execution")
+  if not id then
+    return nil, err, code
+  end
+  local args = string_list(params.args)
+  if type(params.command) ~= "string" or params.command == "" or not args
+    or (params.env ~= nil and type(params.env) ~= "table")
+    or (params.cwd ~= nil and type(params.cwd) ~= "string") then
+    return nil, "E2B duplex execution: command must be a non-empty string, args strings, env "
+      .. "a table and cwd a string", "internal"
+  end
+  local text, prefix
+  text, prefix, code = script.duplex(params.command, args, params.env or {})
+  if not text then
+    return nil, prefix, code
+  end
+  local conn
+  conn, err, code = api.connection(ctx)
+  if not conn then
+    return nil, err, code
+  end
+  -- envd kills it at the end of its life: params.timeout, never past the hook's deadline
+  local life = math.min(type(params.timeout) == "number" and params.timeout or math.huge,
+    ctx.deadline and ctx.deadline - task.now() or math.huge)
+  if life == math.huge then
+    life = ctx.config.timeoutMs / 1000
+  end
+  if life <= 0 then
+    return nil, "no time left to start the duplex execution", "timeout"
+  end
+  local d, kind
+  d, err, kind = with_sandbox(ctx, conn, id, function(sbx)
+    refresh(ctx, conn, sbx)
+    return duplex.open(conn, sbx, {
+      script = text,
+      stdin_prefix = prefix,
+      cwd = params.cwd,
+      life = life,
+      on_stdout = params.on_stdout,
+      on_stderr = params.on_stderr,
+      what = "start the duplex command",
+    })
+  end)
+  if not d then
+    if kind == "not_found" or kind == "unavailable" then
+      api.forget(conn, id)
+    end
+    return nil, err, kind
+  end
+  return d
 end
 
 return M

@@ -5,6 +5,8 @@
 --   cancel(): the exact-cancellation script for one execution (TERM, grace, KILL)
 --   reap(): cancel() plus removal of the control dir, for a command whose wrapper was killed
 --   workspace(): pwd + mkdir -p <pwd>/paperclip-workspace in one command
+--   duplex(): a duplex execution's command: the same clean environment, exec'd all the way down
+--   helper_probe(), helper_install(): find or install ph-sandbox-helper in the sandbox
 -- Every script is plain POSIX sh run by `bash -l -c`, as upstream's SDK runs commands.
 local shell = require("host.shell")
 local util = require("host.util")
@@ -172,6 +174,92 @@ end
 --- mkdir(path) -> upstream's ensureSandboxWorkspace: mkdir -p '<path>'
 function M.mkdir(path)
   return "mkdir -p " .. quote(path)
+end
+
+--- duplex(cmd, args, env) -> script, stdin_prefix | nil, message, "internal"
+-- A duplex execution's command, with command()'s clean environment: /etc/profile read quietly,
+-- then `env -i` with only PATH, HOME/USERPROFILE and the caller's env. Unlike command(), every
+-- step execs the next, so the process envd started IS the command (SendSignal reaches it, and
+-- no shell stays behind): HOME is therefore the sandbox user's home unless env gives one (a
+-- private HOME would need a shell left to remove it). The caller's env is never on a command
+-- line nor in a file: it is stdin_prefix, the first bytes the duplex writes to the command's
+-- stdin, which a shell reads line by line and evaluates before it execs the command
+-- (host.shell's read_then_exec; the rest of stdin is the command's). No env: no prefix.
+function M.duplex(cmd, args, env)
+  local words = { quote(cmd) }
+  for _, a in ipairs(args) do
+    words[#words + 1] = quote(a)
+  end
+  local vars = {}
+  for k, v in pairs(env) do
+    vars[k] = v
+  end
+  local home = util.nonblank(vars.HOME) or util.nonblank(vars.USERPROFILE)
+  if home then
+    vars.HOME = vars.HOME or home
+    vars.USERPROFILE = vars.USERPROFILE or home
+  end
+  local base = 'exec env -i PATH="$PATH"' .. (home and "" or ' HOME="$HOME" USERPROFILE="$HOME"')
+  local command = table.concat(words, " ")
+  if next(vars) == nil then
+    return M.PROFILE .. " && " .. base .. " sh -c 'unset PWD OLDPWD; exec \"$@\"' sh " .. command
+  end
+  local exports, err = shell.export_script(vars, "sandbox")
+  if not exports then
+    return nil, err, "internal"
+  end
+  return M.PROFILE .. " && " .. base .. " " .. shell.read_then_exec(command),
+    shell.stdin_env(exports)
+end
+
+--- HELPER_DIR: where ph-sandbox-helper is installed, under the sandbox user's home.
+M.HELPER_DIR = ".paperclip"
+
+local function helper_vars(name)
+  return 'paperclip_dir="$HOME/' .. M.HELPER_DIR .. '"; paperclip_helper="$paperclip_dir/'
+    .. name .. '"'
+end
+
+-- A shell condition: the file named by shell variable var has this sha256 (or the sandbox has
+-- no sha256sum to tell).
+local function sha_check(var, sha)
+  return '{ ! command -v sha256sum >/dev/null 2>&1 || [ "$(sha256sum < "$' .. var
+    .. '" | cut -d " " -f 1)" = ' .. quote(sha) .. " ]; }"
+end
+
+--- helper_probe(name, sha) -> a script printing "ready <path>" then the helper's --version
+-- line when ~/.paperclip/<name> is already there, with that sha256 and runnable (made 0755 on
+-- the way); otherwise "absent".
+function M.helper_probe(name, sha)
+  return table.concat({
+    helper_vars(name),
+    'if [ -f "$paperclip_helper" ] && command -v sha256sum >/dev/null 2>&1 && '
+      .. sha_check("paperclip_helper", sha)
+      .. ' && chmod 0755 "$paperclip_helper" && paperclip_v="$("$paperclip_helper" --version '
+      .. '2>&1)"; then printf \'ready %s\\n%s\\n\' "$paperclip_helper" "$paperclip_v"; '
+      .. "else echo absent; fi",
+  }, "\n")
+end
+
+--- helper_install(upload, name, sha) -> a script installing the file uploaded to
+-- ~/.paperclip/<upload> as ~/.paperclip/<name>: sha256 checked (exit 3), made 0755 and moved
+-- into place in one rename (exit 4), then run with --version (exit 5 when it cannot run here:
+-- another architecture, a noexec mount); prints "ready <path>" then the version line.
+function M.helper_install(upload, name, sha)
+  return table.concat({
+    helper_vars(name),
+    'paperclip_upload="$paperclip_dir/' .. upload .. '"',
+    "if ! " .. sha_check("paperclip_upload", sha) .. "; then",
+    '  rm -f -- "$paperclip_upload"',
+    "  echo 'the uploaded ph-sandbox-helper does not have the expected sha256' >&2",
+    "  exit 3",
+    "fi",
+    'chmod 0755 "$paperclip_upload" && mv -f -- "$paperclip_upload" "$paperclip_helper" || '
+      .. '{ rm -f -- "$paperclip_upload"; exit 4; }',
+    'paperclip_v="$("$paperclip_helper" --version 2>&1)" || { printf \'%s\\n\' "$paperclip_v" >&2; '
+      .. "exit 5; }",
+    "printf 'ready %s\\n%s\\n' \"$paperclip_helper\" \"$paperclip_v\"",
+  }, "\n")
 end
 
 return M

@@ -242,6 +242,59 @@ async function main() {
         /process with pid \d+ not found/, 'stdin after exit')
     })
 
+    // A duplex: output must stream back while stdin stays open, each echo before the next write.
+    await check('stdin duplex: echoes stream back before stdin closes (handle methods)',
+      async () => {
+        const seen = []
+        const h = await sbx.commands.run('cat', { background: true, stdin: true, timeoutMs: 0,
+          onStdout: (d) => seen.push(d) })
+        let expect = ''
+        for (const word of ['ping1\n', 'ping2\n', 'ping3\n']) {
+          await h.sendStdin(word)
+          expect += word
+          await until(() => seen.join('') === expect, 5000, `the echo of ${word.trim()}`)
+        }
+        await h.closeStdin()
+        const r = await h.wait()
+        eq([r.exitCode, r.stdout], [0, 'ping1\nping2\nping3\n'], 'result')
+        const c = (await ctl('commands')).find((x) => x.pid === h.pid)
+        eq([c.stdin, c.timeoutMs ?? null], [true, null], 'stdin open, no deadline (timeoutMs 0)')
+      })
+
+    await check('stdin duplex: binary bytes arrive exact; closeStdin twice is fine', async () => {
+      const seen = []
+      const h = await sbx.commands.run('sha256sum; echo eof; sleep 30', { background: true,
+        stdin: true, onStdout: (d) => seen.push(d) })
+      const data = Buffer.alloc(256 + (1 << 20))
+      for (let i = 0; i < data.length; i++) data[i] = i < 256 ? i : (i * 131 + (i >> 9)) & 255
+      for (const [a, b] of [[0, 256], [256, 70000], [70000, data.length]]) {
+        await sbx.commands.sendStdin(h.pid, new Uint8Array(data.subarray(a, b)))
+      }
+      await sbx.commands.closeStdin(h.pid)
+      await until(() => seen.join('').endsWith('eof\n'), 5000, 'EOF reached the command')
+      await sbx.commands.closeStdin(h.pid) // still running: closing again is no error
+      const { createHash } = await import('node:crypto')
+      eq(seen.join(''), `${createHash('sha256').update(data).digest('hex')}  -\neof\n`,
+        'sha256 of stdin')
+      eq(await h.kill(), true, 'kill')
+    })
+
+    await check('stdin duplex: kill ends a command waiting on stdin; its pid is gone', async () => {
+      const seen = []
+      const h = await sbx.commands.run('cat', { background: true, stdin: true,
+        onStdout: (d) => seen.push(d) })
+      await h.sendStdin('alive\n')
+      await until(() => seen.join('') === 'alive\n', 5000, 'the echo')
+      eq(await h.kill(), true, 'kill')
+      const err = await rejects(h.wait(), CommandExitError, /^signal: killed$/, 'killed wait')
+      eq([err.exitCode, err.stdout], [-1, 'alive\n'], 'result')
+      await until(async () => !(await ctl('sandbox', { sandboxId: id })).processes
+        .includes(h.pid), 5000, 'the killed process is reaped')
+      await rejects(h.sendStdin('late'), NotFoundError, /process with pid \d+ not found/,
+        'stdin after kill')
+      eq(await h.kill(), false, 'kill again')
+    })
+
     await check('stdin: sendStdin without stdin is SandboxError 13', async () => {
       const h = await sbx.commands.run('sleep 5', { background: true })
       await rejects(sbx.commands.sendStdin(h.pid, 'x'), SandboxError,

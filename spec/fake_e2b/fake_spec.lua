@@ -81,10 +81,14 @@ local function start(fake, sb, cmd, o)
 end
 
 -- The same, streamed: an object whose next() returns the next envelope (bounded wait).
+-- o.stdin: true, false (the default) or "absent" (no stdin field in the request).
 local function open_start(fake, sb, cmd, o)
   o = o or {}
   local msg = { process = { cmd = "/bin/bash", args = { "-l", "-c", cmd } },
     stdin = o.stdin or false }
+  if o.stdin == "absent" then
+    msg.stdin = nil
+  end
   local stream = assert(http.open({ method = "POST", url = fake.sandbox_url
     .. "/process.Process/Start", headers = envd_headers(sb, { ["Content-Type"] =
     "application/connect+json", ["Connect-Timeout-Ms"] = o.timeout_ms }), body = envelope(msg),
@@ -640,6 +644,28 @@ describe("fake_e2b", function()
         assert.are.equal("internal", doc.code)
         assert.are.equal(200, (rpc(fake, sb, "process.Process/SendSignal",
           { process = { pid = pid }, signal = "SIGNAL_SIGKILL" })).status)
+      end)
+    end)
+
+    it("stdin: output streams back while stdin is open; no stdin field means open", function()
+      with_fake(function(fake)
+        local sb = create(fake)
+        -- envd keeps a pipe unless stdin is false (older clients send no field)
+        local s = open_start(fake, sb, "cat", { stdin = "absent" })
+        local pid = assert(s.next()).msg.event.start.pid
+        assert.is_true(sb.processes[pid].stdin_open)
+        assert.is_true(fake.commands[#fake.commands].stdin)
+        for _, line in ipairs({ "one\n", "two\n" }) do
+          assert.are.equal(200, (rpc(fake, sb, "process.Process/SendInput", { process = {
+            pid = pid }, input = { stdin = util.base64_encode(line) } })).status)
+          local e = assert(s.next()) -- the echo comes back before stdin is closed
+          assert.are.equal(line, util.base64_decode(e.msg.event.data.stdout))
+        end
+        assert.are.equal(200, (rpc(fake, sb, "process.Process/CloseStdin",
+          { process = { pid = pid } })).status)
+        local e = assert(s.next())
+        assert.are.same({ exited = true, status = "exit status 0" }, e.msg.event["end"])
+        assert.are.same({ flags = 2, msg = {} }, assert(s.next()))
       end)
     end)
 

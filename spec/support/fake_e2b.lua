@@ -1420,8 +1420,10 @@ function Fake:_start_process(sb, msg, req, deadline_ms)
   for _, a in ipairs(args) do
     argv[#argv + 1] = a
   end
+  -- envd keeps a stdin pipe unless stdin is false: absent (old clients) means open, as there
+  local stdin = msg.stdin ~= false
   local p = { sandbox_id = sb.id, cmd = cfg.cmd, args = args, envs = cfg.envs or {},
-    cwd = cfg.cwd, tag = msg.tag, user = user, subs = {}, stdin_open = msg.stdin == true }
+    cwd = cfg.cwd, tag = msg.tag, user = user, subs = {}, stdin_open = stdin }
   local function on_output(stream)
     return function(chunk)
       for i = 1, #chunk, M.DATA_CHUNK do
@@ -1433,9 +1435,9 @@ function Fake:_start_process(sb, msg, req, deadline_ms)
     argv = argv,
     env = env,
     cwd = cwd,
-    stdin = msg.stdin == true or nil,
+    stdin = stdin or nil,
     timeout = M.PROCESS_TIMEOUT,
-    max_output = 64 * 1024 * 1024,
+    keep_output = false, -- envd streams output and keeps none: a duplex may move gigabytes
     on_stdout = on_output("stdout"),
     on_stderr = on_output("stderr"),
   })
@@ -1445,7 +1447,7 @@ function Fake:_start_process(sb, msg, req, deadline_ms)
   p.proc, p.pid = child, child.pid
   sb.processes[p.pid] = p
   local record = { sandbox_id = sb.id, pid = p.pid, cmd = p.cmd, args = args, envs = p.envs,
-    cwd = cfg.cwd, real_cwd = cwd, user = user, stdin = msg.stdin == true, tag = msg.tag,
+    cwd = cfg.cwd, real_cwd = cwd, user = user, stdin = stdin, tag = msg.tag,
     timeout_ms = deadline_ms }
   self.commands[#self.commands + 1] = record
   p.record = record
