@@ -1,5 +1,6 @@
 /* helper.c - ph-sandbox-helper, the static binary the host copies into a sandbox: the command
- * line, which hands each subcommand to its own file. */
+ * line, which hands each subcommand to its own file (relay.c, exec.c). */
+#include "exec.h"
 #include "relay.h"
 
 #include <stdio.h>
@@ -14,13 +15,18 @@
 static void usage(FILE *out)
 {
     fputs("usage: " PROG " relay [--port N] [--max-streams N]\n"
+          "       " PROG " exec --ctl DIR [--timeout SECONDS] -- PROGRAM [ARGS...]\n"
           "       " PROG " --version\n"
           "\n"
           "  relay   listen on 127.0.0.1:N (N = 0 or absent: a free port) and carry each\n"
           "          connection as a stream of frames on stdin/stdout (bridge/frame.h);\n"
-          "          beyond --max-streams (default 1024) connections are closed at once\n",
+          "          beyond --max-streams (default 1024) connections are closed at once\n"
+          "  exec    run PROGRAM in a process group of its own, published as \"group:<pgid>\"\n"
+          "          in DIR/pid for a cancel; a DIR/cancelled file stops it before it starts;\n"
+          "          stdin is the command's, its stdout and stderr are relayed; after\n"
+          "          --timeout the group gets TERM, then KILL 2 s later, and the exit is 124;\n"
+          "          otherwise the exit status is the command's (128 + N for a signal N)\n",
           out);
-    /* exec (run one command: own process group, timeout, output relayed) comes here. */
 }
 
 int main(int argc, char **argv)
@@ -35,7 +41,8 @@ int main(int argc, char **argv)
     }
     if (argc >= 2 && strcmp(argv[1], "relay") == 0)
         return ph_relay_main(PROG " relay", argc - 1, argv + 1);
-    /* Future subcommands (exec) are dispatched here, each in its own file like relay.c. */
+    if (argc >= 2 && strcmp(argv[1], "exec") == 0)
+        return ph_exec_main(PROG " exec", argc - 1, argv + 1);
     usage(stderr);
     return 2;
 }

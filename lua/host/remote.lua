@@ -12,16 +12,21 @@
 --   return remote.execute(ctx, t, params, { cwd = "/work", scope = lease_id })
 --
 -- How a command runs (libssh2 1.10 cannot send a remote signal, and closing the channel kills
--- a command only at its next write): a POSIX sh wrapper starts it with setsid in a process
--- group of its own, in a private control dir (mode 0700) that holds "group:<pgid>". A timeout,
--- a cancel, or a lost connection runs a second command on the pooled session that TERMs the
--- group, waits, then KILLs it. The control dir is named from the lease (scope) and the
--- executionId, so a restarted worker can still cancel an execution it never saw. Output is
--- relayed through two FIFOs, so a background child that keeps stdout open delays the answer
--- by at most 0.5 s after the command exits (host.proc's linger), not until the child ends.
+-- a command only at its next write): a runner starts it with setsid in a process group of its
+-- own, in a private control dir (mode 0700) that holds "group:<pgid>". A timeout, a cancel, or
+-- a lost connection runs a second command on the pooled session that TERMs the group, waits,
+-- then KILLs it. The control dir is named from the lease (scope) and the executionId, so a
+-- restarted worker can still cancel an execution it never saw. A background child that keeps
+-- stdout open delays the answer by at most 0.5 s after the command exits (host.proc's linger),
+-- not until the child ends.
+-- The runner is ph-sandbox-helper's `exec` (bridge/exec.c: one process), uploaded once per
+-- machine into ~/.paperclip/bin under a name taken from its sha256 (install_helper), or, where
+-- it cannot run (another architecture, a noexec home), a POSIX sh wrapper that does the same
+-- with about ten processes (mkdir, two FIFOs and their `cat` relays, setsid, sh).
 local fs = require("host.fs")
 local json = require("host.json")
 local log = require("host.log")
+local sandbox_helper = require("host.sandbox_helper")
 local shell = require("host.shell")
 local ssh = require("host.ssh")
 local sys = require("host.core.sys")
@@ -46,6 +51,11 @@ M.settings = {
   reap_grace = 2, -- the same after a timeout
   reap_wait = 3, -- seconds execute waits for a timed-out command's group to be stopped
   cancel_timeout = 15, -- seconds a cancel or reap command may take
+  -- ph-sandbox-helper: false runs every command through the shell wrapper (never uploads)
+  sandbox_helper = true,
+  helper_dir = '"${HOME:-/tmp}/.paperclip/bin"', -- where it is installed, as a shell word
+  helper_timeout = 120, -- seconds an install may take, the upload (about 1 MB) included
+  helper_margin = 5, -- seconds the helper's own --timeout adds to the command's (a backstop)
 }
 
 local quote = shell.quote
@@ -332,7 +342,8 @@ end
 -- Output goes through two FIFOs relayed by `cat`, so only the relays hold the channel: when
 -- the command has exited but left processes in its group (a background child still holding
 -- stdout), relaying stops 0.5 s later and the call returns, as host.proc's linger does.
-local function wrapper(ctl, script)
+-- The command script is the wrapper's "$1" (command_line), so it is on the line only once.
+local function wrapper(ctl)
   local runner = 'printf "%s:%s\\n" "$1" "$$" > "$2/pid"; '
     .. 'if [ -f "$2/cancelled" ]; then exit 130; fi; exec sh -c "$3"'
   local redirects = ' 0<&3 3<&- >"$paperclip_ctl/out" 2>"$paperclip_ctl/err" &'
@@ -346,12 +357,10 @@ local function wrapper(ctl, script)
     "exec 3<&0",
     "if command -v setsid >/dev/null 2>&1; then",
     "  paperclip_kind=group",
-    "  setsid sh -c " .. quote(runner) .. ' sh group "$paperclip_ctl" ' .. quote(script)
-      .. redirects,
+    "  setsid sh -c " .. quote(runner) .. ' sh group "$paperclip_ctl" "$1"' .. redirects,
     "else",
     "  paperclip_kind=process",
-    "  sh -c " .. quote(runner) .. ' sh process "$paperclip_ctl" ' .. quote(script)
-      .. redirects,
+    "  sh -c " .. quote(runner) .. ' sh process "$paperclip_ctl" "$1"' .. redirects,
     "fi",
     "paperclip_pid=$!",
     "exec 0</dev/null 3<&-",
@@ -426,6 +435,259 @@ local function command_script(params, opts)
 end
 
 ------------------------------------------------------------------------------------------------
+-- ph-sandbox-helper
+
+-- The lines both install scripts start with: where the helper goes, paperclip_verify FILE
+-- (its content is ours: sha256sum when the machine has it, else the size) and
+-- paperclip_report, which runs `--version` and prints "present\n<path>\n<version>" or
+-- "broken\n<path>\n<what it said>" (another architecture, a noexec mount), then exits 0.
+local function helper_prelude(name, sha, size)
+  return {
+    "paperclip_d=" .. M.settings.helper_dir,
+    'paperclip_p="$paperclip_d/' .. name .. '"',
+    "paperclip_verify() {",
+    "  if command -v sha256sum >/dev/null 2>&1; then",
+    '    case "$(sha256sum < "$1" 2>/dev/null)" in ' .. sha .. "*) return 0 ;; *) return 1 ;; esac",
+    "  fi",
+    '  paperclip_n=$(wc -c < "$1" 2>/dev/null) && [ $paperclip_n -eq ' .. size .. " ]",
+    "}",
+    "paperclip_report() {",
+    '  if paperclip_v=$("$paperclip_p" --version 2>&1); then',
+    '    case "$paperclip_v" in "' .. sandbox_helper.NAME .. ' "*)',
+    "      printf 'present\\n%s\\n%s\\n' \"$paperclip_p\" \"$paperclip_v\"; exit 0 ;;",
+    "    esac",
+    "  fi",
+    "  printf 'broken\\n%s\\n%s\\n' \"$paperclip_p\" \"$paperclip_v\"; exit 0",
+    "}",
+  }
+end
+
+-- Is the helper there (and ours)? A file with other content is removed: "missing" then.
+local function helper_check_script(name, sha, size)
+  local lines = helper_prelude(name, sha, size)
+  for _, l in ipairs({
+    'if [ -f "$paperclip_p" ] && paperclip_verify "$paperclip_p"; then',
+    '  [ -x "$paperclip_p" ] || chmod 755 "$paperclip_p" 2>/dev/null',
+    "  paperclip_report",
+    "fi",
+    'rm -f "$paperclip_p" 2>/dev/null',
+    "printf 'missing\\n%s\\n' \"$paperclip_p\"",
+  }) do
+    lines[#lines + 1] = l
+  end
+  return table.concat(lines, "\n")
+end
+
+-- The helper's bytes come on stdin: written to a temp name, checked, made 0755, renamed into
+-- place (a concurrent install or a reader never sees half a file), then run once.
+local function helper_install_script(name, sha, size)
+  local lines = helper_prelude(name, sha, size)
+  for _, l in ipairs({
+    'paperclip_t="$paperclip_p.$$.tmp"',
+    'mkdir -p "$paperclip_d" || exit 3',
+    'if ! cat > "$paperclip_t"; then rm -f "$paperclip_t"; exit 3; fi',
+    'if ! paperclip_verify "$paperclip_t"; then',
+    '  rm -f "$paperclip_t"; echo "the upload arrived damaged (sha256 mismatch)" >&2; exit 4',
+    "fi",
+    'if ! { chmod 755 "$paperclip_t" && mv -f "$paperclip_t" "$paperclip_p"; }; then',
+    '  rm -f "$paperclip_t"; exit 3',
+    "fi",
+    "paperclip_report",
+  }) do
+    lines[#lines + 1] = l
+  end
+  return table.concat(lines, "\n")
+end
+
+-- A check or install answer -> path | false (missing) | nil, message, "unsupported".
+local function helper_answer(res)
+  local state, path, rest = res.stdout:match("^(%a+)\n([^\n]*)\n?(.*)$")
+  if res.timed_out then
+    return nil, "timed out", "timeout"
+  elseif res.exit_code ~= 0 or not state then
+    local why = util.trim(res.stderr)
+    return nil, ("exit %s: %s"):format(tostring(res.exit_code), why ~= "" and why or "no output"),
+      "unsupported"
+  elseif state == "present" then
+    return path
+  elseif state == "missing" then
+    return false
+  end
+  local said = util.trim(rest)
+  return nil, "it does not run there: " .. (said ~= "" and said or "no output"), "unsupported"
+end
+
+-- One install: a check (one round trip); when missing, the upload (a second one).
+local function install(t)
+  local sha, err = sandbox_helper.sha256()
+  if not sha then
+    return nil, err, "unsupported"
+  end
+  local size = assert(sandbox_helper.size())
+  local name = sandbox_helper.NAME .. "-" .. sha:sub(1, 16)
+  local opts = { timeout = M.settings.helper_timeout }
+  local res, code
+  res, err, code = M.run(t, helper_check_script(name, sha, size), opts)
+  if not res then
+    return nil, err, code
+  end
+  local path
+  path, err, code = helper_answer(res)
+  if path ~= false then
+    return path, err, code
+  end
+  local data
+  data, err = sandbox_helper.read()
+  if not data or util.sha256_hex(data) ~= sha then -- gone or rebuilt since we looked
+    return nil, err or "the local helper changed while it was being installed", "unsupported"
+  end
+  opts.stdin = data
+  res, err, code = M.run(t, helper_install_script(name, sha, size), opts)
+  if not res then
+    return nil, err, code
+  end
+  path, err, code = helper_answer(res)
+  if path == false then
+    return nil, "installed, then not found", "unsupported"
+  end
+  if path then
+    log.debug("host.remote: installed %s on %s at %s", sandbox_helper.NAME, t.host, path)
+  end
+  return path, err, code
+end
+
+-- target + scope -> {path=} | {err=, code="unsupported"} | {pending = Signal} while installing.
+local helpers, helper_entries = {}, 0
+local HELPER_ENTRIES_MAX = 4096 -- a worker's leases come and go: forget them all beyond this
+
+local function helper_key(t, scope)
+  return table.concat({ t.host, tostring(t.port), t.user, tostring(scope or "") }, "\0")
+end
+
+--- install_helper(t, opts) -> remote path | nil, message, code
+-- Makes ph-sandbox-helper runnable on target t and gives its absolute path there:
+-- <settings.helper_dir>/ph-sandbox-helper-<first 16 hex of its sha256>, mode 0755. One round
+-- trip when it is already there (checked against the sha256 and run once with --version),
+-- two when it must be uploaded (about 1 MB, through the command's stdin). The answer is kept
+-- per target and opts.scope (the lease), so later calls cost nothing; concurrent calls share
+-- one install. code "unsupported" (kept too): it cannot run there (another architecture, a
+-- noexec mount, a read-only home), it is missing on this host, or settings.sandbox_helper is
+-- false; the caller falls back to the shell wrapper. Transport failures are host.ssh's, not
+-- kept.
+function M.install_helper(t, opts)
+  opts = opts or {}
+  if not M.settings.sandbox_helper then
+    return nil, sandbox_helper.NAME .. " is disabled (host.remote.settings.sandbox_helper)",
+      "unsupported"
+  end
+  local key = helper_key(t, opts.scope)
+  local entry = helpers[key]
+  if entry and entry.pending then -- another task installs it: wait for its answer
+    local deadline = task.now() + M.settings.helper_timeout
+    while entry.pending and task.now() < deadline do
+      local _, err, code = entry.pending:wait(deadline - task.now())
+      if code == "canceled" then
+        return nil, err, code
+      end
+    end
+    if entry.pending then
+      return nil, sandbox_helper.NAME .. ": another install is still running", "timeout"
+    end
+  end
+  if entry and helpers[key] == entry then
+    return entry.path, entry.err, entry.code
+  end
+  if helper_entries >= HELPER_ENTRIES_MAX then
+    helpers, helper_entries = {}, 0
+  end
+  entry = { pending = task.signal() }
+  helpers[key], helper_entries = entry, helper_entries + 1
+  local ok, path, err, code = pcall(install, t)
+  local pending = entry.pending
+  entry.pending = nil
+  if ok and (path or code == "unsupported") then
+    entry.path, entry.err, entry.code = path, err, code
+    if not path then
+      log.info("host.remote: %s cannot be used on %s (%s): commands use the shell wrapper",
+        sandbox_helper.NAME, t.host, err)
+    end
+  elseif helpers[key] == entry then -- a transport failure: try again next time
+    helpers[key], helper_entries = nil, helper_entries - 1
+  end
+  pending:notify()
+  if not ok then
+    error(path, 0)
+  end
+  return path, err, code
+end
+
+--- forget_helper(t, scope): drop what install_helper keeps for that lease (on release); t nil:
+-- on whichever target (a deleted VM's name).
+function M.forget_helper(t, scope)
+  local tail = "\0" .. tostring(scope or "")
+  for key, entry in pairs(helpers) do
+    local match = t and key == helper_key(t, scope) or (not t and key:sub(-#tail) == tail)
+    if match and not entry.pending then
+      helpers[key], helper_entries = nil, helper_entries - 1
+    end
+  end
+end
+
+--- forget_helpers(): drop everything install_helper keeps (specs: machines come and go).
+function M.forget_helpers()
+  helpers, helper_entries = {}, 0
+end
+
+--- RUNNERS: the words providers put in metadata (commandRunner).
+M.RUNNERS = { helper = "ph-sandbox-helper", wrapper = "sh-wrapper" }
+
+--- runner(t, scope) -> M.RUNNERS word | nil, message, code: installs the helper for that lease
+-- (install_helper) and says which runner its commands will use; nil only for a transport
+-- failure.
+function M.runner(t, scope)
+  local path, err, code = M.install_helper(t, { scope = scope })
+  if path then
+    return M.RUNNERS.helper
+  elseif code == "unsupported" then
+    return M.RUNNERS.wrapper
+  end
+  return nil, err, code
+end
+
+-- Failures that mean the machine cannot be reached at all: execute reports them at once
+-- instead of trying again with the wrapper.
+local UNREACHABLE = { dns = true, connect = true, auth = true, protocol = true, canceled = true }
+
+-- The helper path for this execute, or nil for the wrapper; nil, message, code when the
+-- machine cannot be reached.
+local function helper_for(t, opts)
+  if opts.helper == false or not M.settings.sandbox_helper then
+    return nil
+  elseif type(opts.helper) == "string" then
+    return opts.helper
+  end
+  local path, err, code = M.install_helper(t, { scope = opts.scope })
+  if not path and UNREACHABLE[code] then
+    return nil, err, code
+  end
+  return path
+end
+
+-- The command line: `sh -c BODY sh SCRIPT`, the command script as "$1" (once, whichever
+-- runner). With a helper: its exec when it is still there (else the wrapper: a helper removed
+-- since it was installed costs nothing but speed), with its own --timeout a little after ours
+-- as a backstop for a host that went silent without closing the channel.
+local function command_line(helper, ctl, script, timeout_ms)
+  local body = wrapper(ctl)
+  if helper then
+    local limit = math.ceil(timeout_ms / 1000) + M.settings.helper_margin
+    body = ('if [ -x %s ]; then exec %s exec --ctl %s --timeout %d -- sh -c "$1"; fi\n'):format(
+      quote(helper), quote(helper), ctl, limit) .. body
+  end
+  return "sh -c " .. quote(body) .. " sh " .. quote(script)
+end
+
+------------------------------------------------------------------------------------------------
 -- Execute
 
 -- The execute params as this module uses them: the worker checked them (host.params); the
@@ -472,12 +734,19 @@ end
 --   control_base the remote directory holding control dirs (nil: $HOME/.paperclip-executions)
 --   timeout_ms   the default timeout (nil: ctx.config.timeoutMs)
 --   metadata     the result's metadata
+--   helper       ph-sandbox-helper's remote path, or false for the shell wrapper; nil:
+--                install_helper(t, {scope = scope}) decides (kept per lease: free after once)
 -- A transport failure (cannot connect, key refused, connection lost) gives host.ssh's nil,
 -- message, code for the provider to word. Registers ctx.execution.cancel when the request has
--- an executionId.
+-- an executionId (a cancel that comes while the helper is being installed leaves the
+-- "cancelled" marker: the command then never starts).
 function M.execute(ctx, t, params, opts)
   opts = opts or {}
   local p = execute_params(ctx, params, opts)
+  local helper, herr, hcode = helper_for(t, opts)
+  if herr then
+    return nil, herr, hcode
+  end
   local exec_id = params.executionId
   local ctl = M.control_dir(opts.control_base, opts.scope, exec_id)
   if ctx.execution then
@@ -491,9 +760,9 @@ function M.execute(ctx, t, params, opts)
     end
   end
   -- nothing yields between registering the cancel and starting the command: a cancel that
-  -- comes before the wrapper runs leaves the "cancelled" marker, and the wrapper exits 130
+  -- comes before the runner runs leaves the "cancelled" marker, and the runner exits 130
   local res, err, code = ssh.exec(ssh_opts(t, {
-    cmd = "sh -c " .. quote(wrapper(ctl, command_script(p, opts))),
+    cmd = command_line(helper, ctl, command_script(p, opts), p.timeout_ms),
     stdin = shell.stdin_env(assert(shell.export_script(p.env))) .. (p.stdin or ""),
     timeout = p.timeout_ms / 1000,
     max_output = ctx.max_output,

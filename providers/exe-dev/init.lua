@@ -139,10 +139,14 @@ end
 
 local LEASE_KEYS = {
   "provider", "vmName", "sshDest", "httpsUrl", "region", "regionDisplay", "shellCommand",
-  "remoteCwd", "timeoutMs", "reuseLease", "resumedLease", "vmSshPort",
+  "remoteCwd", "timeoutMs", "reuseLease", "resumedLease", "vmSshPort", "commandRunner",
 }
 
-local function build_lease(ctx, c, vm, requested, resumed)
+-- build_lease(ctx, c, vm, requested, resumed [, runner]): runner (acquire, resume) also
+-- installs ph-sandbox-helper on the VM (host.remote.runner: one SSH round trip when it is
+-- there, the upload otherwise) and says in commandRunner which runner commands will use; a
+-- probe, whose VM is deleted at once, skips it.
+local function build_lease(ctx, c, vm, requested, resumed, runner)
   local t, err = target(c, vm)
   if not t then
     return nil, err
@@ -185,6 +189,7 @@ local function build_lease(ctx, c, vm, requested, resumed)
       reuseLease = c.reuseLease,
       resumedLease = resumed,
       vmSshPort = vm.sshPort, -- only when the VM record names a port
+      commandRunner = runner and (remote.runner(t, vm.name) or remote.RUNNERS.wrapper) or nil,
     }, LEASE_KEYS),
   }
 end
@@ -197,11 +202,15 @@ local function ambiguous(kind, status)
 end
 
 --- delete_vm(ctx, config, name) -> true | nil, message: `rm`, once more after a transport
--- failure or a 5xx; a VM that is already gone counts as deleted (api.delete).
+-- failure or a 5xx; a VM that is already gone counts as deleted (api.delete). What
+-- host.remote keeps about the VM's ph-sandbox-helper goes with it.
 local function delete_vm(ctx, c, name)
   local ok, err, kind, status = api.delete(ctx, c, name)
   if not ok and ambiguous(kind, status) and kind ~= "canceled" then
     ok, err = api.delete(ctx, c, name)
+  end
+  if ok then
+    remote.forget_helper(nil, name)
   end
   return ok, err
 end
@@ -322,7 +331,7 @@ function hooks.acquire_lease(ctx, params)
     return nil, err
   end
   local lease
-  lease, err = build_lease(ctx, c, vm, params.requestedCwd, false)
+  lease, err = build_lease(ctx, c, vm, params.requestedCwd, false, true)
   if not lease then
     return nil, err .. cleanup(ctx, c, vm.name, "cleanup of a failed acquire")
   end
@@ -344,7 +353,7 @@ function hooks.resume_lease(ctx, params)
   if not vm then
     return { providerLeaseId = json.null, metadata = { expired = true } }
   end
-  return build_lease(ctx, c, vm, util.nonblank(params.leaseMetadata.remoteCwd), true)
+  return build_lease(ctx, c, vm, util.nonblank(params.leaseMetadata.remoteCwd), true, true)
 end
 
 --- environmentReleaseLease: keep the VM with reuseLease, else delete it. A VM already gone is
@@ -432,6 +441,26 @@ function hooks.execute(ctx, params)
     end
   end
   return res
+end
+
+--- sandbox_helper (our extension): the path of ph-sandbox-helper on the VM, installed once
+-- (host.remote.install_helper, kept per lease); "unsupported" where it cannot run.
+function hooks.sandbox_helper(ctx, params)
+  local vm = api.from_lease(params.lease.providerLeaseId, params.lease.metadata)
+  if not vm then
+    return nil, "exe.dev: no VM to install ph-sandbox-helper on", "unsupported"
+  end
+  local t, err = target(config_of(ctx), vm)
+  if not t then
+    return nil, err, "config"
+  end
+  local path, code
+  path, err, code = remote.install_helper(t, { scope = vm.name })
+  if not path then
+    return nil, ("exe.dev: ph-sandbox-helper cannot be used on VM %s: %s"):format(vm.name, err),
+      code
+  end
+  return path
 end
 
 --- environmentCancelExecution: exactly that command's process group, for an execution this

@@ -3,7 +3,9 @@
 -- cwd) and home/ (their HOME); it is removed on release unless the lease is reused.
 -- Commands run through host.remote: one pooled SSH connection per machine, the caller's env
 -- over a minimal base, stdin in full, live output, timeouts and cancels that stop exactly the
--- command's process group. Copy this file to write your own SSH-based provider.
+-- command's process group; ph-sandbox-helper runs them where it can (installed at acquire and
+-- resume, said in the lease's commandRunner). Copy this file to write your own SSH-based
+-- provider.
 local json = require("host.json")
 local host_params = require("host.params")
 local remote = require("host.remote")
@@ -69,12 +71,23 @@ local function lease_dir(id)
   return id
 end
 
+-- Which runner the lease's commands use: ph-sandbox-helper, installed now (one round trip
+-- when the machine has it already, the upload otherwise), or the shell wrapper.
+local function command_runner(ctx, dir)
+  if not ctx.config.useSandboxHelper then
+    return remote.RUNNERS.wrapper
+  end
+  local t = target(ctx)
+  return t and remote.runner(t, dir) or remote.RUNNERS.wrapper
+end
+
 local function lease(ctx, dir, shell_name, resumed)
   return {
     providerLeaseId = dir,
     metadata = { provider = "ssh", shellCommand = shell_name, remoteCwd = dir .. "/workspace",
       remoteHome = dir .. "/home", timeoutMs = ctx.config.timeoutMs,
-      reuseLease = ctx.config.reuseLease, resumedLease = resumed },
+      reuseLease = ctx.config.reuseLease, resumedLease = resumed,
+      commandRunner = command_runner(ctx, dir) },
   }
 end
 
@@ -139,6 +152,10 @@ local function remove(ctx, id)
     return true -- not one of ours (or null): nothing to remove
   end
   local ok, err = run(ctx, "remove the workspace", "rm -rf -- " .. shell.quote(dir))
+  local t = target(ctx)
+  if ok and t then
+    remote.forget_helper(t, dir) -- the helper stays on the machine for its next leases
+  end
   return ok and true, err
 end
 
@@ -178,17 +195,45 @@ function hooks.execute(ctx, params)
     return nil, err
   end
   local meta = params.lease.metadata
+  local helper -- nil: host.remote installs ph-sandbox-helper once per lease, or falls back
+  if not ctx.config.useSandboxHelper then
+    helper = false
+  end
   local res
   res, err = remote.execute(ctx, t, params, {
     cwd = type(meta.remoteCwd) == "string" and meta.remoteCwd or dir .. "/workspace",
     home = dir .. "/home",
     scope = dir,
     metadata = { provider = "ssh", host = ctx.config.host },
+    helper = helper,
   })
   if not res then
     return nil, ("ssh: cannot run the command on %s: %s"):format(ctx.config.host, err)
   end
   return res
+end
+
+--- sandbox_helper (our extension): the path of ph-sandbox-helper on the machine, installed
+-- once (host.remote.install_helper, kept per lease); "unsupported" where it cannot run or
+-- useSandboxHelper is false.
+function hooks.sandbox_helper(ctx, params)
+  local dir = lease_dir(params.lease.providerLeaseId)
+  if not dir then
+    return nil, "ssh: no lease to install ph-sandbox-helper for", "unsupported"
+  elseif not ctx.config.useSandboxHelper then
+    return nil, "ssh: ph-sandbox-helper is disabled (useSandboxHelper is false)", "unsupported"
+  end
+  local t, err = target(ctx)
+  if not t then
+    return nil, err, "config"
+  end
+  local path, code
+  path, err, code = remote.install_helper(t, { scope = dir })
+  if not path then
+    return nil, ("ssh: ph-sandbox-helper cannot be used on %s: %s"):format(ctx.config.host, err),
+      code
+  end
+  return path
 end
 
 --- environmentCancelExecution: an execution this worker does not track (the worker cancels

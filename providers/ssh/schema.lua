@@ -30,4 +30,8 @@ return schema.new({
     description = "Default command timeout in milliseconds." },
   { "reuseLease", "boolean", default = false,
     description = "Keep the workspace on release so a later run can resume it." },
+  { "useSandboxHelper", "boolean", default = true,
+    description = "Run commands through ph-sandbox-helper (a static binary copied once into "
+      .. "~/.paperclip/bin on the machine): one process per command instead of a shell "
+      .. "wrapper's ten. Where it cannot run, commands use the shell wrapper anyway." },
 })

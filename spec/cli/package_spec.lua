@@ -106,6 +106,9 @@ describe("provider-host package", function()
     assert.equal("file", fs.stat(pkg .. "/bin/provider-host").type)
     assert.equal(tonumber("755", 8), fs.stat(pkg .. "/bin/provider-host").mode)
     assert.equal("file", fs.stat(pkg .. "/bin/provider-host-net.so").type)
+    -- the sandbox helper beside the worker, where host.sandbox_helper looks first
+    assert.equal(tonumber("755", 8), fs.stat(pkg .. "/bin/ph-sandbox-helper").mode)
+    assert.is_true(fs.read(pkg .. "/bin/ph-sandbox-helper") == fs.read(helpers.sandbox_helper()))
     assert.equal("file", fs.stat(pkg .. "/lib/libcurl.so.4").type)
     assert.equal("file", fs.stat(pkg .. "/share/provider-host/lua/host/worker.lua").type)
     assert.equal("file", fs.stat(pkg .. "/share/provider-host/providers/local/init.lua").type)
@@ -181,6 +184,17 @@ console.log(JSON.stringify(out));
         'local h = require("host.core.http"); print(type(h.request))',
       }, 30, { PATH = os.getenv("PATH"), LD_LIBRARY_PATH = pkg .. "/lib" })
       assert.equal("function\n", r.stdout)
+    end)
+  end)
+
+  it("finds its ph-sandbox-helper in the package", function()
+    helpers.run(function()
+      local r = succeeds({
+        pkg .. "/bin/provider-host",
+        "-e",
+        'print((assert(require("host.sandbox_helper").path())))',
+      }, 30, { PATH = os.getenv("PATH"), LD_LIBRARY_PATH = pkg .. "/lib" })
+      assert.equal(assert(fs.realpath(pkg .. "/bin")) .. "/ph-sandbox-helper\n", r.stdout)
     end)
   end)
 

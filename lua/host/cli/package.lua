@@ -2,12 +2,14 @@
 -- package.
 -- Layout: package.json, dist/manifest.js, dist/worker.js (the shim Paperclip forks),
 -- bin/provider-host and bin/provider-host-net.so (the network module it loads on first use),
--- lib/ (shared libraries both need beyond glibc, and execve.node, the shim's addon, when the
--- build has it), share/provider-host/{lua,providers/NAME}.
+-- bin/ph-sandbox-helper (the static binary copied into sandboxes, found beside the worker by
+-- host.sandbox_helper), lib/ (shared libraries both need beyond glibc, and execve.node, the
+-- shim's addon, when the build has it), share/provider-host/{lua,providers/NAME}.
 local fs = require("host.fs")
 local json = require("host.json")
 local manifest = require("host.cli.manifest")
 local proc = require("host.proc")
+local sandbox_helper = require("host.sandbox_helper")
 local sys = require("host.core.sys")
 
 local M = {}
@@ -175,14 +177,16 @@ local function package_json(p, m, name)
   }, { "name", "version", "description", "type", "files", "os", "paperclipPlugin" })
 end
 
--- The binaries: provider-host, its network module, the shim's addon when built, and the
--- shared libraries they link (all but glibc's), so the package runs where they are missing.
-local function copy_binaries(out, exe, net)
+-- The binaries: provider-host, its network module, ph-sandbox-helper (static: no libraries),
+-- the shim's addon when built, and the shared libraries they link (all but glibc's), so the
+-- package runs where they are missing.
+local function copy_binaries(out, exe, net, helper)
   local libs, err = bundled_libs({ exe, net })
   if not libs then
     return nil, err
   end
-  local copies = { { exe, "bin/provider-host", "755" }, { net, "bin/provider-host-net.so", "755" } }
+  local copies = { { exe, "bin/provider-host", "755" }, { net, "bin/provider-host-net.so", "755" },
+    { helper, "bin/" .. sandbox_helper.NAME, "755" } }
   local addon = execve_addon(net)
   if addon then
     copies[#copies + 1] = { addon, "lib/execve.node", "644" }
@@ -221,6 +225,10 @@ function M.write(p, out)
   if not net then
     return nil, nerr
   end
+  local helper, herr = sandbox_helper.path()
+  if not helper then
+    return nil, herr
+  end
   local steps = {
     function()
       for _, d in ipairs({ "/dist", "/bin", "/lib", "/share/provider-host/providers" }) do
@@ -242,7 +250,7 @@ function M.write(p, out)
       return fs.write(out .. "/dist/worker.js", SHIM:format(json.encode(p.driver_key)))
     end,
     function()
-      return copy_binaries(out, exe, net)
+      return copy_binaries(out, exe, net, helper)
     end,
     function()
       return copy_lua(out, p)

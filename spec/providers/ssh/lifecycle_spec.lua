@@ -7,11 +7,27 @@ local helpers = require("spec.helpers")
 local json = require("host.json")
 local provider = require("providers.ssh")
 local remote = require("host.remote")
+local sandbox_helper = require("host.sandbox_helper")
 local ssh = require("host.ssh")
 local sshd = require("spec.support.sshd")
 local task = require("host.task")
 
 local null = json.null
+
+-- Processes whose command line contains text (zombies have none).
+local function processes_with(text)
+  local found = {}
+  for _, name in ipairs(fs.list("/proc") or {}) do
+    local cmdline = name:find("^%d+$") and helpers.read_file("/proc/" .. name .. "/cmdline")
+    if cmdline and cmdline:find(text, 1, true) then
+      found[#found + 1] = tonumber(name)
+    end
+  end
+  return found
+end
+
+-- The command that prints the command line of its parent: the runner that started it.
+local PARENT = { command = "sh", args = { "-c", 'tr "\\0" " " < /proc/$PPID/cmdline' } }
 
 describe("providers.ssh #ssh", function()
   local h = fake_exedev.harness({ ssh = true })
@@ -39,6 +55,49 @@ describe("providers.ssh #ssh", function()
       runId = "r" }))
     return lease, { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata }
   end
+
+  -- Where the helper goes on the machine.
+  local function helper_path()
+    local sha = assert(sandbox_helper.sha256())
+    return box.home .. "/.paperclip/bin/ph-sandbox-helper-" .. sha:sub(1, 16)
+  end
+
+  -- fn() with every host.ssh exec counted that checks for ph-sandbox-helper or uploads it.
+  local function counting(fn)
+    local real, n = ssh.exec, { checks = 0, uploads = 0 }
+    ssh.exec = function(o)
+      if o.cmd:find("paperclip_verify", 1, true) then
+        local kind = (o.stdin or "") == "" and "checks" or "uploads"
+        n[kind] = n[kind] + 1
+      end
+      return real(o)
+    end
+    helpers.with_cleanup(fn, function()
+      ssh.exec = real
+    end)
+    return n
+  end
+
+  -- Nothing of the lease's commands is left on the machine: no process, no control dir.
+  local function nothing_left()
+    h.eventually(function()
+      return #processes_with(box.home) == 0
+        and #(fs.list(box.home .. "/.paperclip-executions") or {}) == 0
+    end, "no process or control dir left")
+  end
+
+  -- The ctx an execute on lease lp has: what the bridge hooks get.
+  local function hook_ctx(s, cfg, lp)
+    return s.worker:context(provider, "environmentExecute", { config = cfg, lease = lp }, nil, 120)
+  end
+
+  before_each(function()
+    remote.forget_helpers() -- machines of earlier specs are gone; their ports come back
+  end)
+
+  after_each(function()
+    sandbox_helper.override = nil
+  end)
 
   it("validates its config: the root must be absolute or under $HOME", function()
     run(function()
@@ -79,7 +138,7 @@ describe("providers.ssh #ssh", function()
       assert.equal("directory", fs.stat(dir .. "/workspace").type)
       assert.same({ provider = "ssh", shellCommand = "bash", remoteCwd = dir .. "/workspace",
         remoteHome = dir .. "/home", timeoutMs = 30000, reuseLease = false,
-        resumedLease = false }, lease.metadata)
+        resumedLease = false, commandRunner = "ph-sandbox-helper" }, lease.metadata)
       local r = assert(s:call("environmentExecute", { config = config(), lease = lp,
         command = "sh", args = { "-c", 'pwd; echo "$HOME|$GREETING"; cat' },
         env = { GREETING = "hi there" }, stdin = "from stdin" }))
@@ -139,46 +198,143 @@ describe("providers.ssh #ssh", function()
     end)
   end)
 
-  it("times out with partial output and kills the command's process group", function()
+  for _, runner in ipairs({ "ph-sandbox-helper", "sh-wrapper" }) do
+    local cfg = function()
+      return config({ useSandboxHelper = runner == "ph-sandbox-helper" })
+    end
+
+    it("times out with partial output and kills the command's process group (" .. runner .. ")",
+      function()
+        run(function()
+          local s = session()
+          local lease, lp = acquire(s, cfg())
+          assert.equal(runner, lease.metadata.commandRunner)
+          local pidfile = h.dir .. "/pid"
+          local r = assert(s:call("environmentExecute", { config = cfg(), lease = lp,
+            command = "sh", args = { "-c", "sleep 60 & echo $! > " .. pidfile .. "; echo $$ >> "
+              .. pidfile .. "; echo tick; sleep 60" }, timeoutMs = 500 }))
+          assert.is_true(r.timedOut)
+          assert.equal(null, r.exitCode)
+          assert.equal("tick\n", r.stdout)
+          for pid in assert(fs.read(pidfile)):gmatch("%d+") do -- the silent child too
+            h.eventually(function()
+              return not helpers.alive(pid)
+            end, "process " .. pid .. " stopped")
+          end
+          nothing_left()
+        end)
+      end)
+
+    it("cancels exactly one execution (" .. runner .. ")", function()
+      run(function()
+        local s = session()
+        local _, lp = acquire(s, cfg())
+        local function start(id)
+          return task.spawn(function()
+            return s:call("environmentExecute", { config = cfg(), lease = lp, executionId = id,
+              command = "sh", args = { "-c", "touch " .. h.dir .. "/" .. id .. "; sleep 60" } })
+          end)
+        end
+        local a, b = start("one"), start("two")
+        h.eventually(function()
+          return fs.stat(h.dir .. "/one") and fs.stat(h.dir .. "/two") and true
+        end, "both commands started")
+        assert.same({ executionId = "one", cancelled = true }, assert(s:call(
+          "environmentCancelExecution", { config = cfg(), lease = lp, executionId = "one" })))
+        assert.equal(143, assert(a:wait(10)).exitCode)
+        assert.is_false(b:done())
+        -- a worker that does not track it (restarted) cancels through the remote script
+        remote.forget_helpers()
+        assert(session():call("environmentCancelExecution",
+          { config = cfg(), lease = lp, executionId = "two" }))
+        assert.equal(143, assert(b:wait(10)).exitCode)
+        nothing_left()
+      end)
+    end)
+  end
+
+  it("installs ph-sandbox-helper once per lease and runs every command with it", function()
     run(function()
       local s = session()
-      local _, lp = acquire(s)
-      local pidfile = h.dir .. "/pid"
-      local r = assert(s:call("environmentExecute", { config = config(), lease = lp,
-        command = "sh", args = { "-c", "echo $$ > " .. pidfile .. "; echo tick; sleep 60" },
-        timeoutMs = 500 }))
-      assert.is_true(r.timedOut)
-      assert.equal(null, r.exitCode)
-      assert.equal("tick\n", r.stdout)
-      local pid = assert(fs.read(pidfile)):match("%d+")
-      h.eventually(function()
-        return not helpers.alive(pid)
-      end, "the command's process stopped")
+      local path, lp
+      local n = counting(function()
+        local lease
+        lease, lp = acquire(s)
+        assert.equal("ph-sandbox-helper", lease.metadata.commandRunner)
+        path = helper_path()
+        assert.equal(tonumber("755", 8), fs.stat(path).mode & tonumber("777", 8))
+        assert.is_true(helpers.read_file(path) == helpers.read_file(helpers.sandbox_helper()))
+        for _ = 1, 2 do
+          local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
+            { config = config(), lease = lp })))
+          assert.equal(0, r.exitCode, r.stderr)
+          -- the command's parent is the helper, named after its sha256
+          assert.equal(path .. " exec --ctl ", r.stdout:sub(1, #path + 12))
+        end
+        -- the bridge's hook gives the same path, at no cost
+        assert.equal(path, provider.hooks.sandbox_helper(hook_ctx(s, config(), lp), { lease = lp }))
+      end)
+      assert.same({ checks = 1, uploads = 1 }, n)
+      -- another lease on the machine, and a restarted worker: the file is found, not sent
+      n = counting(function()
+        local other = acquire(s)
+        assert.equal("ph-sandbox-helper", other.metadata.commandRunner)
+        remote.forget_helpers()
+        local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
+          { config = config(), lease = lp })))
+        assert.equal(path .. " exec --ctl ", r.stdout:sub(1, #path + 12))
+      end)
+      assert.same({ checks = 2, uploads = 0 }, n)
+      nothing_left()
     end)
   end)
 
-  it("cancels exactly one execution", function()
+  it("falls back to the shell wrapper where the helper does not run", function()
+    run(function()
+      local dir <close> = helpers.tempdir("ssh-helper-")
+      -- what a binary for another architecture does: it cannot even say its version
+      local bogus = dir.path .. "/ph-sandbox-helper"
+      helpers.write_file(bogus, "#!/bin/sh\necho 'cannot execute binary file' >&2\nexit 126\n",
+        "755")
+      sandbox_helper.override = bogus
+      local s = session()
+      local n = counting(function()
+        local lease, lp = acquire(s)
+        assert.equal("sh-wrapper", lease.metadata.commandRunner)
+        for _ = 1, 2 do
+          local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
+            { config = config(), lease = lp })))
+          assert.equal(0, r.exitCode, r.stderr)
+          assert.matches("^sh %-c paperclip_ctl=", r.stdout) -- the wrapper started it
+        end
+        local path, err, code = provider.hooks.sandbox_helper(hook_ctx(s, config(), lp),
+          { lease = lp })
+        assert.is_nil(path)
+        assert.equal("unsupported", code)
+        assert.matches("cannot be used on 127%.0%.0%.1: it does not run there: cannot execute", err)
+      end)
+      assert.same({ checks = 1, uploads = 1 }, n) -- and then never tried again for the lease
+      nothing_left()
+    end)
+  end)
+
+  it("never installs the helper with useSandboxHelper = false", function()
     run(function()
       local s = session()
-      local _, lp = acquire(s)
-      local function start(id)
-        return task.spawn(function()
-          return s:call("environmentExecute", { config = config(), lease = lp, executionId = id,
-            command = "sh", args = { "-c", "touch " .. h.dir .. "/" .. id .. "; sleep 60" } })
-        end)
-      end
-      local a, b = start("one"), start("two")
-      h.eventually(function()
-        return fs.stat(h.dir .. "/one") and fs.stat(h.dir .. "/two") and true
-      end, "both commands started")
-      assert.same({ executionId = "one", cancelled = true }, assert(s:call(
-        "environmentCancelExecution", { config = config(), lease = lp, executionId = "one" })))
-      assert.equal(143, assert(a:wait(10)).exitCode)
-      assert.is_false(b:done())
-      -- a worker that does not track it (restarted) cancels through the remote script
-      assert(session():call("environmentCancelExecution",
-        { config = config(), lease = lp, executionId = "two" }))
-      assert.equal(143, assert(b:wait(10)).exitCode)
+      local cfg = config({ useSandboxHelper = false })
+      local n = counting(function()
+        local lease, lp = acquire(s, cfg)
+        assert.equal("sh-wrapper", lease.metadata.commandRunner)
+        local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
+          { config = cfg, lease = lp })))
+        assert.matches("^sh %-c paperclip_ctl=", r.stdout)
+        local path, err, code = provider.hooks.sandbox_helper(hook_ctx(s, cfg, lp), { lease = lp })
+        assert.is_nil(path)
+        assert.equal("unsupported", code)
+        assert.matches("useSandboxHelper is false", err)
+      end)
+      assert.same({ checks = 0, uploads = 0 }, n)
+      assert.is_nil(fs.stat(box.home .. "/.paperclip"))
     end)
   end)
 
