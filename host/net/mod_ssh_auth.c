@@ -44,6 +44,8 @@ static LIBSSH2_RECV_FUNC(session_recv)
         if (agent && !agent_ready(s, socket, POLLIN))
             return -ETIMEDOUT;
         ssize_t n = recv(socket, buffer, length, flags | MSG_DONTWAIT);
+        if (n > 0 && !agent)
+            s->rx_reads++; /* packets came in: ph_ssh_step_jobs steps every job again */
         if (n >= 0)
             return n;
         if (errno == EINTR || (agent && (errno == EAGAIN || errno == EWOULDBLOCK)))

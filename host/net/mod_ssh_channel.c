@@ -1,6 +1,8 @@
 /* mod_ssh_channel.c - host.core.ssh: the per-job state machines on a pooled session: open a
  * channel, set the environment, exec, then stream stdin out and stdout/stderr in until the
- * exit status; uploads speak scp's sink protocol on such a channel. Each step runs only as far
+ * exit status; uploads speak scp's sink protocol on such a channel. A duplex (ssh.open) is a
+ * command whose stdin comes from a queue of writes and whose output goes to its callbacks,
+ * read only while the dispatcher keeps up (PH_SSH_HIGH_WATER). Each step runs only as far
  * as libssh2 goes without blocking (LIBSSH2_ERROR_EAGAIN); mod_ssh_session.c calls
  * ph_ssh_step_jobs whenever the session's socket is ready. See that file for the libssh2 1.10
  * rules these steps obey (send_owner, one opener, no signals). */
@@ -33,16 +35,13 @@ void ph_ssh_job_finish(SshJob *j)
         ph_ssh_dispatch_add(j);
 }
 
-/* The channel is gone (or never existed): leave the session; free once answered. */
+/* The channel is gone (or never existed): leave the session; free once answered. Never freed
+ * here, pumps included: the callers up the stack (step_job, ph_ssh_step_jobs) still hold j. */
 void ph_ssh_job_release(SshJob *j)
 {
     j->state = J_DONE;
     j->ch = NULL;
     ph_ssh_job_detach(j);
-    if (j->kind == JOB_PUMP) {
-        ph_ssh_job_free(j);
-        return;
-    }
     j->freed_pending = 1;
     ph_ssh_dispatch_add(j); /* frees it once its task was answered */
 }
@@ -124,8 +123,27 @@ static int job_error(SshSession *s, SshJob *j, int rc, const char *code, const c
 
 /* ---- output ------------------------------------------------------------------------------ */
 
+/* A duplex keeps output only until the dispatcher hands it to the callback; without one, or
+ * once closing, the bytes are dropped (read all the same, so the window stays open). */
+static void keep_duplex_output(SshJob *j, int which, const char *p, size_t n)
+{
+    if (j->finished || j->closing || !j->has_cb[which])
+        return;
+    if (ph_buf_append(&j->out[which], p, n) != 0) {
+        ph_ssh_job_fail(j, "internal", "ssh: %s:%d: out of memory for the output", j->t.host,
+                        j->t.port);
+        ph_ssh_job_finish(j); /* the channel is torn down: never a silent gap in a stream */
+        return;
+    }
+    ph_ssh_dispatch_add(j);
+}
+
 static void keep_output(SshJob *j, int which, const char *p, size_t n)
 {
+    if (j->kind == JOB_DUPLEX) {
+        keep_duplex_output(j, which, p, n);
+        return;
+    }
     if (j->finished)
         return; /* answered already (timeout, cancel): nobody will read it */
     PhBuf *b = &j->out[which];
@@ -166,6 +184,13 @@ static void exit_status(SshJob *j)
  * the write completes. */
 static int write_source(SshJob *j, const char **p, size_t *len, size_t **off)
 {
+    if (j->kind == JOB_DUPLEX) {
+        SshWrite *w = j->wq; /* the head, until every byte of it went */
+        if (w == NULL)
+            return 0;
+        *p = w->p, *len = w->len, *off = &w->off;
+        return 1;
+    }
     if (j->kind == JOB_UPLOAD && j->scp_stage == 1) {
         *p = j->hdr, *len = j->hdr_len, *off = &j->hdr_off;
         return 1;
@@ -174,6 +199,24 @@ static int write_source(SshJob *j, const char **p, size_t *len, size_t **off)
         return 0;
     *p = j->in, *len = j->in_len, *off = &j->in_off;
     return 1;
+}
+
+int ph_ssh_write_started(SshJob *j, SshWrite *w)
+{
+    return w == j->wq && (w->off > 0 || j->pending_op == OP_WRITE);
+}
+
+/* The head write is done (code NULL: every byte went): to the dispatcher, which answers it. */
+static void duplex_write_done(SshJob *j, const char *code)
+{
+    SshWrite *w = j->wq, **tail = &j->wdone;
+    j->wq = w->next;
+    w->next = NULL;
+    w->code = code;
+    while (*tail != NULL)
+        tail = &(*tail)->next;
+    *tail = w;
+    ph_ssh_dispatch_add(j);
 }
 
 static int write_pending(SshJob *j)
@@ -189,6 +232,11 @@ static int write_pending(SshJob *j)
 /* Read stdout (OP_READ_OUT) or stderr (OP_READ_ERR) into the job's buffers. */
 static int io_read(SshSession *s, SshJob *j, int op)
 {
+    if (j->kind == JOB_DUPLEX &&
+        j->out[op == OP_READ_OUT ? SSH_OUT : SSH_ERR].len >= PH_SSH_HIGH_WATER) {
+        j->rpaused = 1; /* the dispatcher drives the session again once it delivered them */
+        return 0;
+    }
     ssize_t n = libssh2_channel_read_ex(j->ch, op == OP_READ_OUT ? 0 : SSH_EXTENDED_DATA_STDERR,
                                         rbuf, sizeof rbuf);
     if (n > 0) {
@@ -211,14 +259,22 @@ static int io_write(SshSession *s, SshJob *j, const char *p, size_t len, size_t 
                                          len - *off > WRITE_CHUNK ? WRITE_CHUNK : len - *off);
     if (n > 0) {
         *off += (size_t)n;
+        if (j->kind == JOB_DUPLEX && *off >= len)
+            duplex_write_done(j, NULL);
         return 1;
     }
-    if (n == LIBSSH2_ERROR_EAGAIN)
-        return 0;
+    if (n == LIBSSH2_ERROR_EAGAIN || n == 0)
+        return 0; /* 0: the window is full and nothing came in to open it */
     if (ph_ssh_is_session_error((int)n) || j->kind == JOB_UPLOAD) {
         job_error(s, j, (int)n, j->kind == JOB_UPLOAD ? "io" : "closed",
                   j->kind == JOB_UPLOAD ? "writing the upload" : "writing stdin");
         return -1;
+    }
+    if (j->kind == JOB_DUPLEX) { /* the server takes no more stdin: every write fails */
+        j->stdin_dead = 1;
+        while (j->wq != NULL)
+            duplex_write_done(j, "closed");
+        return 1;
     }
     *off = len; /* the command closed its stdin: drop the rest */
     return 1;
@@ -324,7 +380,8 @@ static int step_io(SshSession *s, SshJob *j)
                 return s->send_owner == j ? progress : 1;
             moved |= r;
         }
-        int may_eof = j->kind == JOB_EXEC || j->scp_stage == 5;
+        int may_eof =
+            j->kind == JOB_DUPLEX ? j->want_eof : j->kind == JOB_EXEC || j->scp_stage == 5;
         if (!j->eof_sent && may_eof && !write_pending(j)) {
             if ((r = io_op(s, j, OP_EOF)) < 0)
                 return s->send_owner == j ? progress : 1;
@@ -448,6 +505,8 @@ static int step_open(SshSession *s, SshJob *j)
     if (j->ch != NULL) {
         s->open_refusals = 0;
         j->state = j->kind == JOB_PUMP ? J_FREE : j->env != NULL ? J_ENV : J_EXEC;
+        if (j->finished)
+            j->state = J_FREE; /* canceled while opening */
         return 1;
     }
     int rc = libssh2_session_last_errno(s->ssh);
@@ -522,6 +581,10 @@ static int step_exec(SshSession *s, SshJob *j)
     if (rc != 0)
         return job_error(s, j, rc, "protocol", "starting the command");
     j->state = J_IO;
+    if (j->kind == JOB_DUPLEX && !j->finished) {
+        ph_ssh_job_opened(j);
+        ph_ssh_dispatch_add(j); /* ssh.open returns the Channel */
+    }
     return 1;
 }
 
@@ -557,9 +620,7 @@ static int step_free(SshSession *s, SshJob *j)
         if (!ph_ssh_blocked_out(s) && s->send_owner == NULL && ph_now() - s->last_rx > 0.1) {
             /* waiting for any packet on a quiet session: ask the server for one (quiet,
              * so the socket buffer is empty and the keepalive goes out whole) */
-            libssh2_keepalive_config(s->ssh, 1, 1);
-            int next = 0;
-            libssh2_keepalive_send(s->ssh, &next);
+            ph_ssh_keepalive(s, 1);
         }
         ph_ssh_redrive(s, 0.2); /* provoke later if the server stays quiet */
         return would_block(s, j);
@@ -593,10 +654,7 @@ static int step_job(SshSession *s, SshJob *j)
         j->state = J_OPEN;
         /* fall through */
     case J_OPEN:
-        rc = step_open(s, j);
-        if (j->sess == s && j->ch != NULL && j->finished && j->state != J_FREE)
-            j->state = J_FREE; /* canceled while opening */
-        return rc;
+        return step_open(s, j); /* j may be gone now (a pump, or the session failed) */
     case J_ENV:
         if ((rc = step_env(s, j)) != STEP_ON)
             return rc;
@@ -619,6 +677,8 @@ static int step_job(SshSession *s, SshJob *j)
 /* 1 when a finished job still holds a channel that should go (its task was answered). */
 static int job_abort_pending(SshJob *j)
 {
+    if (j->kind == JOB_DUPLEX) /* its task was answered at open: it runs on without one */
+        return j->ch != NULL && (j->closing || j->timed_out || j->code != NULL);
     return j->ch != NULL && (j->op.task == NULL || j->timed_out || j->code != NULL);
 }
 
@@ -659,6 +719,12 @@ static int pass_over(SshSession *s, int io, int *progress)
 void ph_ssh_step_jobs(SshSession *s)
 {
     for (int pass = 0; pass < MAX_PASSES; pass++) {
+        /* Any libssh2 call that reads takes every packet off the socket and queues those of
+         * other channels (or of this channel's other stream: reading stderr queues stdout). A
+         * job stepped before that finds its data queued with no socket event to announce it:
+         * so a pass that read anything from the socket counts as progress, and the jobs are
+         * stepped again until a pass reads nothing. */
+        unsigned long rx = s->rx_reads;
         int progress = 0;
         if (s->send_owner != NULL) { /* it alone may send until its call completes */
             SshJob *o = s->send_owner;
@@ -673,7 +739,7 @@ void ph_ssh_step_jobs(SshSession *s)
          * starve them (libssh2 fails a request still unanswered after 60 s). */
         if (pass_over(s, 0, &progress) || pass_over(s, 1, &progress))
             return;
-        if (!progress)
+        if (!progress && s->rx_reads == rx)
             return;
     }
     s->again = 1; /* still busy: continue after the loop polled I/O */

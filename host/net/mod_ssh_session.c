@@ -34,10 +34,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #define DEFAULT_MAX_CHANNELS 10 /* OpenSSH's MaxSessions default */
 #define KEEPALIVE_MISSES     3
+#define KEEPALIVE_SPACING    2 /* seconds: libssh2 1.10 makes an interval of 1 into 2 */
 
 unsigned long ph_ssh_connects;
 
@@ -87,6 +89,11 @@ static void kick(SshSession *s)
     if (kick_timer == NULL && (kick_timer = ph_timer_new(NULL)) == NULL)
         return;
     ph_timer_start(kick_timer, on_kick, 0);
+}
+
+void ph_ssh_kick(SshSession *s)
+{
+    kick(s);
 }
 
 /* ---- jobs on a session ------------------------------------------------------------------- */
@@ -446,6 +453,19 @@ static void on_poll(uv_poll_t *h, int status, int events)
 
 /* ---- timers: connect deadline, keepalive, idle close ------------------------------------ */
 
+int ph_ssh_keepalive(SshSession *s, int want_reply)
+{
+    time_t now = time(NULL);
+    if (s->keepalive_sent != 0 && now < s->keepalive_sent + KEEPALIVE_SPACING)
+        return 0; /* libssh2 would not send it */
+    libssh2_keepalive_config(s->ssh, want_reply, 1);
+    int next = 0;
+    if (libssh2_keepalive_send(s->ssh, &next) != 0)
+        return 0;
+    s->keepalive_sent = now;
+    return 1;
+}
+
 static void on_retry_timer(uv_timer_t *tm)
 {
     SshSession *s = tm->data;
@@ -490,11 +510,8 @@ static void on_session_timer(uv_timer_t *tm)
                                                     s->t.host, s->t.port, KEEPALIVE_MISSES));
             } else if (s->send_owner == NULL && !ph_ssh_blocked_out(s)) {
                 /* want_reply only while channels run: their reads consume the reply */
-                libssh2_keepalive_config(s->ssh, active, 1);
-                int next = 0;
-                libssh2_keepalive_send(s->ssh, &next);
-                if (active)
-                    s->keepalive_wait++;
+                if (ph_ssh_keepalive(s, active) && active)
+                    s->keepalive_wait++; /* only one that went out can go unanswered */
             }
         }
         if (!s->doomed) {
@@ -592,8 +609,10 @@ static void fail_jobs(SshSession *s, const char *code, const char *msg)
         int retry = !closing_all && may_retry(s, j, code);
         j->ch = NULL; /* libssh2_session_free frees the channels */
         ph_ssh_job_detach(j);
-        if (j->kind == JOB_PUMP) {
-            ph_ssh_job_free(j);
+        if (j->kind == JOB_PUMP) { /* freed by the dispatcher: a step may still hold it */
+            j->state = J_DONE;
+            j->freed_pending = 1;
+            ph_ssh_dispatch_add(j);
             continue;
         }
         if (retry) {
@@ -677,12 +696,31 @@ static void session_destroy(SshSession *s)
 
 /* ---- entry points --------------------------------------------------------------------------- */
 
+/* Seconds from j->started to the job's deadline, or < 0 for none. A duplex has no deadline of
+ * its own unless asked (timeout < 0), but opening it is bounded: open_timeout until opened. */
+static double job_deadline(SshJob *j)
+{
+    if (j->kind != JOB_DUPLEX || j->opened)
+        return j->timeout;
+    if (j->timeout >= 0 && j->timeout < j->open_timeout)
+        return j->timeout;
+    return j->open_timeout;
+}
+
+static void arm_job_timer(SshJob *j);
+
 static void on_job_timer(uv_timer_t *tm)
 {
     SshJob *j = tm->data;
     SshSession *s = j->sess;
     const char *host = j->t.host;
-    if (j->kind == JOB_EXEC && j->cmd_started) {
+    if (j->kind == JOB_DUPLEX && j->opened) {
+        j->timed_out = 1; /* wait() gets {timed_out = true}; the channel is torn down */
+    } else if (j->kind == JOB_DUPLEX) {
+        ph_ssh_job_fail(j, "timeout", "ssh: %s:%d: opening a channel timed out after %gs%s", host,
+                        j->t.port, job_deadline(j),
+                        s != NULL && s->state < S_READY ? " while connecting" : "");
+    } else if (j->kind == JOB_EXEC && j->cmd_started) {
         j->timed_out = 1; /* a result with what arrived so far; the channel is torn down */
     } else if (j->cmd_started) {
         ph_ssh_job_fail(j, "timeout", "ssh: upload to %s:%d:%s timed out after %gs", host,
@@ -705,6 +743,27 @@ static void on_job_timer(uv_timer_t *tm)
     after_event();
 }
 
+static void arm_job_timer(SshJob *j)
+{
+    double deadline = job_deadline(j);
+    if (deadline < 0) {
+        ph_timer_free(&j->timer);
+        return;
+    }
+    if (j->timer == NULL && (j->timer = ph_timer_new(j)) == NULL)
+        return;
+    double left = deadline - (ph_now() - j->started);
+    ph_timer_start(j->timer, on_job_timer, left < 0.001 ? 0.001 : left);
+}
+
+void ph_ssh_job_opened(SshJob *j)
+{
+    j->opened = 1;
+    ph_ssh_target_free_ids(&j->t); /* never retried from here on: the keys can go */
+    if (!j->finished)
+        arm_job_timer(j);
+}
+
 int ph_ssh_job_start(SshJob *j)
 {
     SshSession *s = NULL;
@@ -716,10 +775,8 @@ int ph_ssh_job_start(SshJob *j)
         s = session_new(&j->t, j->kind == JOB_FINGERPRINT);
     if (s == NULL)
         return -1;
-    if (j->timer == NULL && !j->finished && (j->timer = ph_timer_new(j)) != NULL) {
-        double left = j->timeout - (ph_now() - j->started);
-        ph_timer_start(j->timer, on_job_timer, left < 0.001 ? 0.001 : left);
-    }
+    if (j->timer == NULL && !j->finished)
+        arm_job_timer(j);
     attach(s, j);
     if (s->state == S_READY)
         kick(s);

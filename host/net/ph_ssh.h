@@ -1,6 +1,7 @@
-/* ph_ssh.h - host.core.ssh internals shared by mod_ssh.c (Lua binding), mod_ssh_session.c
- * (pooled libssh2 sessions and channel state machines on the loop) and mod_ssh_key.c (key
- * checks, fingerprints, known_hosts). Nothing here is Lua-visible. */
+/* ph_ssh.h - host.core.ssh internals shared by mod_ssh.c (Lua binding, duplex channels),
+ * mod_ssh_session.c (pooled libssh2 sessions on the loop), mod_ssh_channel.c (the per-job
+ * channel state machines) and mod_ssh_key.c (key checks, fingerprints, known_hosts). Nothing
+ * here is Lua-visible. */
 #ifndef PH_SSH_H
 #define PH_SSH_H
 
@@ -8,6 +9,7 @@
 
 #include <libssh2.h>
 #include <netdb.h>
+#include <time.h>
 
 enum { SSH_POLICY_ACCEPT_NEW, SSH_POLICY_YES, SSH_POLICY_NO };
 enum { S_RESOLVE, S_CONNECT, S_HANDSHAKE, S_AUTH, S_READY, S_DEAD };
@@ -21,8 +23,15 @@ enum {
     J_FREE,      /* libssh2_channel_free (sends our CLOSE) */
     J_DONE,      /* no channel any more */
 };
-enum { JOB_EXEC, JOB_UPLOAD, JOB_FINGERPRINT, JOB_PUMP };
+/* JOB_DUPLEX: ssh.open's long-lived command; its task is answered once the exec request was
+ * accepted, then Lua writes stdin piece by piece (SshWrite) and waits for the end (SshWaiter)
+ * through the host.ssh.Channel userdata (job->chan). */
+enum { JOB_EXEC, JOB_UPLOAD, JOB_FINGERPRINT, JOB_PUMP, JOB_DUPLEX };
 enum { SSH_OUT, SSH_ERR };
+
+/* Bytes of one stream a duplex keeps for its callback before it stops reading (back-pressure
+ * through the SSH window until the dispatcher delivered them). */
+#define PH_SSH_HIGH_WATER (256 * 1024)
 
 /* What a private key looked like before connecting (mod_ssh_key.c). */
 typedef struct {
@@ -58,6 +67,30 @@ typedef struct {
 
 typedef struct SshSession SshSession;
 typedef struct SshJob SshJob;
+typedef struct SshChan SshChan; /* the host.ssh.Channel userdata (mod_ssh.c) */
+
+/* One Channel:write: the bytes are the caller's Lua string, anchored (ref) while libssh2 may
+ * read them; the task waits until libssh2 took them all (op.task NULL once answered). */
+typedef struct SshWrite SshWrite;
+struct SshWrite {
+    ph_op op; /* first */
+    SshJob *job;
+    const char *p;
+    size_t len, off;
+    int ref;          /* registry ref to the string */
+    const char *code; /* done: NULL when every byte went, else why not ("closed") */
+    SshWrite *next;
+};
+
+/* One Channel:wait, parked until the command ends (or its own timeout). */
+typedef struct SshWaiter SshWaiter;
+struct SshWaiter {
+    ph_op op; /* first */
+    SshJob *job;
+    uv_timer_t *timer; /* NULL without a timeout */
+    double timeout;
+    SshWaiter *next;
+};
 
 /* One exec, upload or fingerprint (or an internal pump): a channel on a pooled session. */
 struct SshJob {
@@ -107,6 +140,19 @@ struct SshJob {
     int dispatch; /* in the dispatch list */
     SshJob *dnext;
     int freed_pending; /* free once dispatched */
+    /* JOB_DUPLEX */
+    SshChan *chan;       /* the Channel while it runs (anchored by chan_ref); NULL after */
+    int chan_ref;        /* registry ref anchoring the Channel userdata, or LUA_NOREF */
+    int has_cb[2];       /* on_stdout / on_stderr given (user values of the Channel) */
+    int opened;          /* the exec request was accepted: ssh.open can return */
+    double open_timeout; /* seconds until opened (the whole call's timeout may be shorter) */
+    int want_eof;        /* close_stdin: EOF once the writes queued before it are out */
+    int stdin_dead;      /* the server refused more stdin: writes fail with "closed" */
+    int closing;         /* Channel:close() (or its end): tear the channel down */
+    int rpaused;         /* a stream's undelivered bytes reached the high-water mark */
+    SshWrite *wq;        /* writes in call order; the head is the one being written */
+    SshWrite *wdone;     /* writes done (or failed), to be answered by the dispatcher */
+    SshWaiter *waiters;
 };
 
 struct SshSession {
@@ -133,7 +179,9 @@ struct SshSession {
     SshJob *opener;     /* the one job opening a channel (libssh2 keeps that state per session) */
     SshJob *requester;  /* the one job waiting for a channel request's reply (setenv, exec) */
     double last_rx, last_used, connect_deadline;
-    int keepalive_wait; /* want_reply keepalives sent without any byte received since */
+    int keepalive_wait;     /* want_reply keepalives sent without any byte received since */
+    time_t keepalive_sent;  /* when the last keepalive went out (time(): libssh2's clock) */
+    unsigned long rx_reads; /* reads of the socket that got bytes (counted by mod_ssh_auth.c) */
     char fingerprint[64];
     /* authentication (mod_ssh_auth.c): the agent's keys, then t.ids[auth_next...] */
     LIBSSH2_AGENT *agent;
@@ -180,6 +228,10 @@ int ph_ssh_job_start(SshJob *job);
  * down in the background. */
 void ph_ssh_job_cancel(ph_op *op);
 void ph_ssh_close_all(void);
+/* Drive the session again soon, from the loop (safe from Lua and from the dispatcher). */
+void ph_ssh_kick(SshSession *s);
+/* A duplex job's exec request was accepted: its deadline becomes the whole call's. */
+void ph_ssh_job_opened(SshJob *j);
 void ph_ssh_stats(int *sessions, int *channels, int *queued);
 extern unsigned long ph_ssh_connects; /* TCP connections made since start */
 
@@ -192,6 +244,10 @@ void ph_ssh_job_detach(SshJob *j);
 void ph_ssh_open_backoff(SshSession *s, double seconds);
 /* Drive the session again within seconds (a wait no socket event would end). */
 void ph_ssh_redrive(SshSession *s, double seconds);
+/* Send a keepalive if libssh2 1.10 will: it sends one only when its clock (time(), whole
+ * seconds) says 2 s passed since the last, whatever interval is asked. 1 when one went out:
+ * only those can go unanswered. */
+int ph_ssh_keepalive(SshSession *s, int want_reply);
 
 /* ---- mod_ssh_channel.c ------------------------------------------------------------------ */
 
@@ -202,7 +258,10 @@ void ph_ssh_job_finish(SshJob *j);
 /* Its channel is gone: leave the session, free once answered. */
 void ph_ssh_job_release(SshJob *j);
 int ph_ssh_blocked_out(SshSession *s); /* a packet is half written */
-int ph_ssh_is_session_error(int rc);   /* rc kills the whole session, not just a channel */
+/* 1 when w (a duplex write) went partly to libssh2, which may need the same bytes again: it
+ * must be finished, never dropped, while the channel lives. */
+int ph_ssh_write_started(SshJob *j, SshWrite *w);
+int ph_ssh_is_session_error(int rc); /* rc kills the whole session, not just a channel */
 const char *ph_ssh_last_error(SshSession *s);
 char *ph_ssh_lost_message(SshSession *s, const char *what);
 

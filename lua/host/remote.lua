@@ -51,6 +51,7 @@ M.settings = {
   reap_grace = 2, -- the same after a timeout
   reap_wait = 3, -- seconds execute waits for a timed-out command's group to be stopped
   cancel_timeout = 15, -- seconds a cancel or reap command may take
+  duplex_lifetime = 7 * 24 * 3600, -- seconds a duplex command may run when params give none
   -- ph-sandbox-helper: false runs every command through the shell wrapper (never uploads)
   sandbox_helper = true,
   helper_dir = '"${HOME:-/tmp}/.paperclip/bin"', -- where it is installed, as a shell word
@@ -799,6 +800,70 @@ function M.execute(ctx, t, params, opts)
   end
   return out
 end
+
+------------------------------------------------------------------------------------------------
+-- Duplex
+
+local Duplex = { __name = "host.remote.Duplex" }
+Duplex.__index = Duplex
+
+--- duplex(t, params, opts) -> Duplex | nil, message, code
+-- The provider contract's duplex execution over one SSH channel of the pooled session: a
+-- long-lived command whose stdin the host writes at any time and whose stdout it reads as a
+-- stream (host.ssh.open). params: command, args, env, cwd, on_stdout, on_stderr (nothing is
+-- kept), timeout (seconds; nil: until closed). The command runs as execute runs one
+-- (/etc/profile, `env -i` over the minimal base, the caller's env read from the head of its
+-- stdin: never on a command line). opts: cwd and home as for execute. Duplex: write(data),
+-- close_stdin(), wait([timeout]) -> {exit_code, signal}, close(). Closing ends the channel:
+-- sshd closes the command's stdin and output (the relay exits at its stdin's end).
+function M.duplex(t, params, opts)
+  opts = opts or {}
+  local p = { command = params.command, args = params.args or {}, env = params.env or {},
+    cwd = params.cwd or opts.cwd }
+  local env_block, err = shell.export_script(p.env)
+  if not env_block then
+    return nil, err, "internal"
+  end
+  local o = ssh_opts(t, { cmd = "sh -c " .. quote(command_script(p, opts)),
+    on_stdout = params.on_stdout, on_stderr = params.on_stderr,
+    timeout = params.timeout or M.settings.duplex_lifetime })
+  local ch, code
+  ch, err, code = ssh.open(o)
+  if not ch then
+    return nil, err, code
+  end
+  local ok
+  ok, err, code = ch:write(shell.stdin_env(env_block))
+  if not ok then
+    ch:close()
+    return nil, err, code
+  end
+  return setmetatable({ channel = ch }, Duplex)
+end
+
+function Duplex:write(data)
+  return self.channel:write(data)
+end
+
+function Duplex:close_stdin()
+  self.channel:close_stdin()
+end
+
+function Duplex:wait(timeout)
+  local r, err, code = self.channel:wait(timeout)
+  if not r then
+    return nil, err, code
+  end
+  if r.timed_out then
+    return nil, "the duplex command reached its time limit", "timeout"
+  end
+  return { exit_code = r.exit_code, signal = r.signal and ("SIG" .. r.signal) or nil }
+end
+
+function Duplex:close()
+  self.channel:close()
+end
+Duplex.__close = Duplex.close
 
 --- cancel(t, opts) -> true | nil, message, code: the cancel script for an execution this
 -- worker does not track (e.g. after a restart). opts: execution_id (required), scope,

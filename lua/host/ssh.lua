@@ -1,8 +1,9 @@
---- host.ssh: commands and file uploads over SSH for providers (exe.dev VMs and the like).
--- Built on libssh2 sessions driven by the host's loop: calls yield the calling task and the
--- host never blocks. Sessions are pooled per (host, port, user, key, host_key_policy,
--- known_hosts) and shared by concurrent calls, one channel each, so a burst of commands to one
--- VM uses one TCP connection. A non-zero exit is a result, not a failure.
+--- host.ssh: commands, duplex channels and file uploads over SSH for providers (exe.dev VMs
+-- and the like). Built on libssh2 sessions driven by the host's loop: calls yield the calling
+-- task and the host never blocks. Sessions are pooled per (host, port, user, key,
+-- host_key_policy, known_hosts) and shared by concurrent calls, one channel each, so a burst of
+-- commands to one VM, and the long-lived duplex commands of open(), use one TCP connection. A
+-- non-zero exit is a result, not a failure.
 -- Failures return nil, message, code with code one of: "dns", "connect", "auth" (refused keys,
 -- wrong passphrase, or a key that is encrypted without a passphrase or malformed: these two
 -- are reported before connecting), "protocol" (host key changed or unknown under "yes",
@@ -28,6 +29,7 @@ M.default_timeout = 3600 -- seconds for a whole exec or upload, connecting inclu
 M.default_connect_timeout = 15 -- seconds for DNS + TCP + handshake + authentication
 M.default_keepalive = 15 -- seconds between keepalives on a session (0: none)
 M.default_idle_timeout = 60 -- seconds an unused pooled session stays open
+M.default_open_timeout = 60 -- seconds for open() until its command runs (connecting included)
 
 core.set_warn(function(message)
   log.warn("%s", message)
@@ -39,7 +41,8 @@ local function fail_arg(name, msg)
   error(("bad argument #1 to '%s' (%s)"):format(name, msg), 4)
 end
 
--- A copy of opts with the defaults filled in; checks what C cannot word as well.
+-- A copy of opts with the defaults filled in; checks what C cannot word as well. open() has no
+-- default timeout: a duplex lives as long as its user wants.
 local function prepare(opts, name)
   if type(opts) ~= "table" then
     fail_arg(name, "table expected, got " .. type(opts))
@@ -53,8 +56,11 @@ local function prepare(opts, name)
   if not POLICIES[o.host_key_policy] then
     fail_arg(name, "field 'host_key_policy' must be \"accept-new\", \"yes\" or \"no\"")
   end
-  if o.timeout == nil then
+  if o.timeout == nil and name ~= "open" then
     o.timeout = M.default_timeout
+  end
+  if name == "open" and o.open_timeout == nil then
+    o.open_timeout = M.default_open_timeout
   end
   if o.connect_timeout == nil then
     o.connect_timeout = M.default_connect_timeout
@@ -92,6 +98,7 @@ end
 --   connect_timeout                  seconds to connect and authenticate (default 15)
 --   keepalive                        seconds between keepalives (default 15; 0: none); 3
 --                                    unanswered while commands run mark the session dead
+--                                    (libssh2 1.10 sends at most one every 2 s)
 --   idle_timeout                     seconds a pooled session stays open unused (default 60)
 --   (connect_timeout, keepalive and idle_timeout of the call that opens a session apply to it)
 -- opts, command:
@@ -117,6 +124,62 @@ end
 function M.exec(opts)
   local o = prepare(opts, "exec")
   local res = util.call_as("exec", core.exec, o)
+  return table.unpack(res, 2, res.n)
+end
+
+--- open(opts) -> Channel | nil, message, code
+-- A duplex command: starts opts.cmd as exec does, on a pooled session shared with exec calls
+-- (one channel of the same TCP connection), and returns once the server accepted the command.
+-- Its stdin is written piece by piece with Channel:write at any time; its output goes to the
+-- callbacks as it arrives and is never kept: a channel may carry gigabytes. Failures to
+-- connect or start return nil, message, code as exec's do.
+-- opts: the connection options of exec (host, port, user, key/keys/agent, passphrase,
+-- host_key_policy, known_hosts, connect_timeout, keepalive, idle_timeout), and:
+--   cmd                              the command string (required)
+--   env                              as for exec
+--   on_stdout, on_stderr             fn(chunk) with every byte, in order, as it arrives. They
+--                                    run on the main thread between network events, outside
+--                                    any task: they cannot yield, and an error in one is
+--                                    logged, not raised. Without on_stdout (on_stderr), that
+--                                    stream is read and dropped. Output is read only as fast
+--                                    as they return: a slow callback slows the command down
+--                                    (SSH flow control), it never piles up in memory
+--   timeout                          seconds for the whole command, from the call on (default:
+--                                    none, the channel lives until it ends or is closed). When
+--                                    it passes, the channel is closed and wait() returns
+--                                    { timed_out = true }
+--   open_timeout                     seconds until the command runs: connecting, a free channel
+--                                    slot (sshd allows 10 per connection), the exec request
+--                                    (default M.default_open_timeout, 60)
+-- Channel methods (write and wait yield, so they run inside a task):
+--   :write(data) -> true | nil, message, code
+--       Waits until libssh2 took every byte of data (a string). The SSH window is the
+--       back-pressure: a command that does not read stalls its writers, and nothing is
+--       buffered beyond the caller's string. Writes from several tasks go out in call order,
+--       each whole. "closed": the channel ended, was closed, stdin was closed (close_stdin) or
+--       the connection was lost; "canceled": the calling task was canceled (its bytes are
+--       dropped if none had gone yet, else sent whole, so the stream never carries half a
+--       write).
+--   :close_stdin() -> true
+--       EOF to the command, after the writes queued before it. Idempotent.
+--   :wait([timeout]) -> { exit_code, signal, timed_out } | nil, message, code
+--       Until the command ends: exit_code (integer; nil when killed by a signal or timed out),
+--       signal ("TERM"... or nil), timed_out (opts.timeout passed). Failures: "timeout" (this
+--       wait's own limit passed: the command runs on), "closed" (the channel was closed, or
+--       the connection lost), "canceled". Once the command ended, wait returns at once.
+--   :close()
+--       Closes the channel and frees everything; pending writes and waits fail with
+--       "closed" and no callback runs after it. Idempotent; also __close and __gc, so
+--       `local ch <close> = ssh.open(...)` works. libssh2 1.10 has no signal request: sshd
+--       closes the command's stdin, stdout and stderr, so a command reading stdin (cat) sees
+--       EOF, one writing output dies of SIGPIPE at its next write, and a silent command that
+--       ignores stdin runs on until it ends by itself (wrap it in timeout(1)).
+-- A running channel is kept alive by the host, callbacks included, until it ends or is
+-- closed: close every channel you open. A connection lost mid-command ends pending writes and
+-- waits with "closed" (keepalives notice a silent peer), and nothing is called after that.
+function M.open(opts)
+  local o = prepare(opts, "open")
+  local res = util.call_as("open", core.open, o)
   return table.unpack(res, 2, res.n)
 end
 

@@ -463,6 +463,25 @@ function hooks.sandbox_helper(ctx, params)
   return path
 end
 
+--- duplex (our extension): a long-lived command on one SSH channel of the VM's pooled session
+-- (host.remote.duplex), run as execute runs one; the bridge's relay rides on it.
+function hooks.duplex(ctx, params)
+  local vm = api.from_lease(params.lease.providerLeaseId, params.lease.metadata)
+  if not vm then
+    return nil, "exe.dev: no VM to run a duplex command on", "not_found"
+  end
+  local t, err = target(config_of(ctx), vm)
+  if not t then
+    return nil, err, "config"
+  end
+  local d, code
+  d, err, code = remote.duplex(t, params, { cwd = util.nonblank(params.lease.metadata.remoteCwd) })
+  if not d then
+    return nil, transport_failure("start a command on", vm.name, err, code), code
+  end
+  return d
+end
+
 --- environmentCancelExecution: exactly that command's process group, for an execution this
 -- worker does not track (the worker cancels its own through execute): the remote cancel
 -- script, which finds the group by the lease and the executionId, also after a restart.

@@ -236,6 +236,29 @@ function hooks.sandbox_helper(ctx, params)
   return path
 end
 
+--- duplex (our extension): a long-lived command on one SSH channel of the pooled session,
+-- run as execute runs one (host.remote.duplex); the bridge's relay rides on it.
+function hooks.duplex(ctx, params)
+  local dir = lease_dir(params.lease.providerLeaseId)
+  if not dir then
+    return nil, "ssh: no lease to run a duplex command in", "not_found"
+  end
+  local t, err = target(ctx)
+  if not t then
+    return nil, err, "config"
+  end
+  local meta = params.lease.metadata
+  local d, code
+  d, err, code = remote.duplex(t, params, {
+    cwd = type(meta.remoteCwd) == "string" and meta.remoteCwd or dir .. "/workspace",
+    home = dir .. "/home",
+  })
+  if not d then
+    return nil, ("ssh: cannot start the command on %s: %s"):format(ctx.config.host, err), code
+  end
+  return d
+end
+
 --- environmentCancelExecution: an execution this worker does not track (the worker cancels
 -- its own): the remote cancel script finds its process group by lease and executionId.
 function hooks.cancel_execution(ctx, params)
