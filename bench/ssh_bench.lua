@@ -587,6 +587,7 @@ local function setup()
     cwd = tmp .. "/workspace",
     control_base = tmp .. "/control",
     emit = function() end, -- as a worker's ctx without an invocation id: nothing to stream
+    emitter = function() end, -- so no on_stdout callback either
     output = function(_, raw)
       return worker.output(raw)
     end,

@@ -110,12 +110,16 @@ local function config(self)
     "MaxStartups 100:30:200",
     "Subsystem sftp internal-sftp",
   }
+  -- Commands get a HOME of the server's own (removed with it): what they write there
+  -- (ph-sandbox-helper, control dirs) never lands in the real user's home.
+  local setenv = { "HOME=" .. self.home }
   if self.opts.rc ~= true then
     -- Debian's bash sources ~/.bashrc for every command run by sshd (SSH_CLIENT is set and
     -- SHLVL is below 2); a heavy one (pyenv, nvm) costs 100 ms per command and would be all
     -- the specs measure. SHLVL=1 makes bash skip it; opts.rc = true keeps the real behaviour.
-    lines[#lines + 1] = "SetEnv SHLVL=1"
+    setenv[#setenv + 1] = "SHLVL=1"
   end
+  lines[#lines + 1] = "SetEnv " .. table.concat(setenv, " ")
   if self.opts.allow_rsa then -- libssh2 1.10 signs RSA keys with ssh-rsa (SHA-1) only
     lines[#lines + 1] = "PubkeyAcceptedAlgorithms +ssh-rsa"
   end
@@ -171,7 +175,7 @@ end
 --- start([opts]) -> Server on 127.0.0.1 at a free port.
 -- opts: allow_rsa (PubkeyAcceptedAlgorithms +ssh-rsa), accept_env ("PH_*"), max_sessions,
 -- rc (true: let bash read ~/.bashrc as usual), config (extra sshd_config lines).
--- Server: host, port, user, dir, pid.
+-- Server: host, port, user, dir, pid, home (the HOME its commands get: a private dir).
 function M.start(opts)
   -- As root, sshd insists on its privilege separation directory (Debian makes it at boot).
   if M.user() == "root" and not fs.stat("/run/sshd") then
@@ -185,6 +189,8 @@ function M.start(opts)
     user = M.user(),
     log_all = {},
   }, Server)
+  self.home = dir .. "/home"
+  assert(fs.mkdir(self.home, tonumber("700", 8)))
   write(dir .. "/authorized_keys", "")
   host_keys(self)
   for attempt = 1, 5 do
