@@ -1,11 +1,15 @@
-/* frame.c - the bridge's frame codec: header checks, an incremental decoder, the encoder. */
+/* frame.c - ph-sandbox-helper's frame codec (relay and serve): header checks, an incremental
+ * decoder, the encoder. */
 #include "frame.h"
 
 #include <stdio.h>
 #include <string.h>
 
-static const char *const type_names[] = {
-    NULL, "HELLO", "OPEN", "DATA", "FIN", "RESET", "CREDIT", "GOAWAY",
+static const char *const type_names[PH_FRAME_TYPE_MAX + 1] = {
+    [PH_FRAME_HELLO] = "HELLO",   [PH_FRAME_OPEN] = "OPEN",     [PH_FRAME_DATA] = "DATA",
+    [PH_FRAME_FIN] = "FIN",       [PH_FRAME_RESET] = "RESET",   [PH_FRAME_CREDIT] = "CREDIT",
+    [PH_FRAME_GOAWAY] = "GOAWAY", [PH_FRAME_EXEC] = "EXEC",     [PH_FRAME_STDERR] = "STDERR",
+    [PH_FRAME_EXIT] = "EXIT",     [PH_FRAME_SIGNAL] = "SIGNAL",
 };
 #define TYPE_COUNT (sizeof type_names / sizeof type_names[0])
 
@@ -17,7 +21,7 @@ const char *ph_frame_type_name(unsigned type)
 unsigned ph_frame_type_of(const char *name)
 {
     for (unsigned t = 1; t < TYPE_COUNT; t++)
-        if (strcmp(name, type_names[t]) == 0)
+        if (type_names[t] != NULL && strcmp(name, type_names[t]) == 0)
             return t;
     return 0;
 }
@@ -52,24 +56,52 @@ int ph_frame_check(unsigned type, uint32_t stream, uint32_t length, const unsign
                           (unsigned long)length);
         break;
     case PH_FRAME_DATA:
+    case PH_FRAME_STDERR:
+    case PH_FRAME_EXEC:
         if (length == 0)
-            return REFUSE("empty DATA on stream %lu", (unsigned long)stream);
+            return REFUSE("empty %s on stream %lu", name, (unsigned long)stream);
         break;
     case PH_FRAME_CREDIT:
         if (length != 4)
             return REFUSE("CREDIT of %lu bytes (must be 4)", (unsigned long)length);
         break;
+    case PH_FRAME_EXIT:
+        if (length != PH_FRAME_EXIT_LEN)
+            return REFUSE("EXIT of %lu bytes (must be %d)", (unsigned long)length,
+                          PH_FRAME_EXIT_LEN);
+        break;
+    case PH_FRAME_SIGNAL:
+        if (length != PH_FRAME_SIGNAL_LEN)
+            return REFUSE("SIGNAL of %lu bytes (must be %d)", (unsigned long)length,
+                          PH_FRAME_SIGNAL_LEN);
+        break;
     }
     if (payload == NULL)
         return 0;
     if (type == PH_FRAME_HELLO) {
-        if (memcmp(payload, PH_FRAME_MAGIC, PH_FRAME_MAGIC_LEN) != 0)
-            return REFUSE("HELLO without the magic " PH_FRAME_MAGIC);
-        if (payload[8] == 0 && payload[9] == 0)
+        int relay = memcmp(payload, PH_FRAME_MAGIC, PH_FRAME_MAGIC_LEN) == 0;
+        if (!relay && memcmp(payload, PH_FRAME_SERVE_MAGIC, PH_FRAME_MAGIC_LEN) != 0)
+            return REFUSE("HELLO without the magic " PH_FRAME_MAGIC " or " PH_FRAME_SERVE_MAGIC);
+        if (payload[8] == 0 && payload[9] == 0 && relay)
             return REFUSE("HELLO with port 0");
+        if (payload[8] == 0 && payload[9] == 0)
+            return REFUSE("HELLO with 0 commands");
     }
     if (type == PH_FRAME_CREDIT && ph_frame_get_u32(payload) == 0)
         return REFUSE("CREDIT of 0 bytes on stream %lu", (unsigned long)stream);
+    if (type == PH_FRAME_EXIT) {
+        if (payload[0] > 1)
+            return REFUSE("EXIT of an unknown kind %u on stream %lu", payload[0],
+                          (unsigned long)stream);
+        if (payload[0] == 1 && payload[1] == 0)
+            return REFUSE("EXIT by signal 0 on stream %lu", (unsigned long)stream);
+        if (payload[2] & ~PH_EXIT_TIMED_OUT)
+            return REFUSE("EXIT with unknown flags 0x%02x on stream %lu", payload[2],
+                          (unsigned long)stream);
+    }
+    if (type == PH_FRAME_SIGNAL && (payload[0] == 0 || payload[0] > 64))
+        return REFUSE("SIGNAL of signal %u on stream %lu (must be 1..64)", payload[0],
+                      (unsigned long)stream);
     return 0;
 }
 

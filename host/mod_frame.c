@@ -1,5 +1,6 @@
-/* mod_frame.c - host.core.frame: the bridge's frame codec (bridge/frame.h) for the host side of
- * the bridge and for specs. Internal: providers never load it. */
+/* mod_frame.c - host.core.frame: ph-sandbox-helper's frame codec (bridge/frame.h) for the host
+ * side of the bridge (relay) and of host.remote's command server (serve), and for specs.
+ * Internal: providers never load it. */
 #include "frame.h"
 #include "ph.h"
 
@@ -17,7 +18,9 @@ static int frame_encode(lua_State *L)
     const char *payload = luaL_optlstring(L, 3, "", &len);
     unsigned type = ph_frame_type_of(name);
     if (type == 0)
-        return luaL_argerror(L, 1, "HELLO, OPEN, DATA, FIN, RESET, CREDIT or GOAWAY expected");
+        return luaL_argerror(L, 1,
+                             "HELLO, OPEN, DATA, FIN, RESET, CREDIT, GOAWAY, EXEC, STDERR, EXIT "
+                             "or SIGNAL expected");
     luaL_argcheck(L, stream >= 0 && stream <= (lua_Integer)UINT32_MAX, 2,
                   "stream out of range [0, 2^32-1]");
     luaL_argcheck(L, len <= PH_FRAME_MAX_PAYLOAD, 3, "payload longer than MAX_PAYLOAD");
@@ -43,7 +46,9 @@ static int frame_decoder(lua_State *L)
     return 1;
 }
 
-/* {type=, stream=, payload=}, plus credit= for CREDIT and port= for HELLO. */
+/* {type=, stream=, payload=}, plus credit= for CREDIT; magic= and port= (the relay's) or
+ * max_commands= (the server's) for HELLO; exit_code= or signal= (a number), and timed_out=
+ * for EXIT; signal= and kill_after_ms= for SIGNAL. */
 static void push_frame(lua_State *L, const PhFrame *f)
 {
     lua_createtable(L, 0, 4);
@@ -57,9 +62,22 @@ static void push_frame(lua_State *L, const PhFrame *f)
         lua_pushinteger(L, ph_frame_get_u32(f->payload));
         lua_setfield(L, -2, "credit");
     } else if (f->type == PH_FRAME_HELLO) {
+        int relay = memcmp(f->payload, PH_FRAME_MAGIC, PH_FRAME_MAGIC_LEN) == 0;
+        lua_pushlstring(L, (const char *)f->payload, PH_FRAME_MAGIC_LEN);
+        lua_setfield(L, -2, "magic");
         lua_pushinteger(L,
                         f->payload[PH_FRAME_MAGIC_LEN] << 8 | f->payload[PH_FRAME_MAGIC_LEN + 1]);
-        lua_setfield(L, -2, "port");
+        lua_setfield(L, -2, relay ? "port" : "max_commands");
+    } else if (f->type == PH_FRAME_EXIT) {
+        lua_pushinteger(L, f->payload[1]);
+        lua_setfield(L, -2, f->payload[0] == 0 ? "exit_code" : "signal");
+        lua_pushboolean(L, f->payload[2] & PH_EXIT_TIMED_OUT);
+        lua_setfield(L, -2, "timed_out");
+    } else if (f->type == PH_FRAME_SIGNAL) {
+        lua_pushinteger(L, f->payload[0]);
+        lua_setfield(L, -2, "signal");
+        lua_pushinteger(L, ph_frame_get_u32(f->payload + 1));
+        lua_setfield(L, -2, "kill_after_ms");
     }
 }
 
@@ -122,8 +140,14 @@ int luaopen_host_core_frame(lua_State *L)
     lua_setfield(L, -2, "HEADER_SIZE");
     lua_pushliteral(L, PH_FRAME_MAGIC);
     lua_setfield(L, -2, "MAGIC");
-    lua_createtable(L, 0, 7); /* TYPES: name -> the type's byte */
-    for (unsigned t = 1; ph_frame_type_name(t) != NULL; t++) {
+    lua_pushliteral(L, PH_FRAME_SERVE_MAGIC);
+    lua_setfield(L, -2, "SERVE_MAGIC");
+    lua_pushinteger(L, PH_SERVE_REQUEST_MAX);
+    lua_setfield(L, -2, "REQUEST_MAX");
+    lua_createtable(L, 0, 11); /* TYPES: name -> the type's byte */
+    for (unsigned t = 1; t <= PH_FRAME_TYPE_MAX; t++) {
+        if (ph_frame_type_name(t) == NULL)
+            continue;
         lua_pushinteger(L, t);
         lua_setfield(L, -2, ph_frame_type_name(t));
     }

@@ -13,16 +13,30 @@
 --
 -- How a command runs (libssh2 1.10 cannot send a remote signal, and closing the channel kills
 -- a command only at its next write): a runner starts it with setsid in a process group of its
--- own, in a private control dir (mode 0700) that holds "group:<pgid>". A timeout, a cancel, or
--- a lost connection runs a second command on the pooled session that TERMs the group, waits,
--- then KILLs it. The control dir is named from the lease (scope) and the executionId, so a
--- restarted worker can still cancel an execution it never saw. A background child that keeps
--- stdout open delays the answer by at most 0.5 s after the command exits (host.proc's linger),
--- not until the child ends.
--- The runner is ph-sandbox-helper's `exec` (bridge/exec.c: one process), uploaded once per
--- machine into ~/.paperclip/bin under a name taken from its sha256 (install_helper), or, where
--- it cannot run (another architecture, a noexec home), a POSIX sh wrapper that does the same
--- with about ten processes (mkdir, two FIFOs and their `cat` relays, setsid, sh).
+-- own, in a private control dir (mode 0700) that holds "group:<pgid>". With the exec and
+-- wrapper runners, a timeout, a cancel, or a lost connection runs a second command on the
+-- pooled session that TERMs the group, waits, then KILLs it (the server does it itself on a
+-- SIGNAL frame). The control dir is named from the lease (scope) and the executionId, so a
+-- restarted worker can still cancel an execution it never saw (the cancel script, any
+-- runner). A background child that keeps stdout open delays the answer by at most 0.5 s after
+-- the command exits (host.proc's linger), not until the child ends.
+-- The runner (settings.runner) is, by default, ph-sandbox-helper's `serve` (bridge/serve.c):
+-- ONE long-lived process per lease, started on the lease's first execute as a duplex over one
+-- SSH channel of the pooled session (M.duplex, so /etc/profile is read once per lease, when it
+-- starts, not per command) and shared by the lease's concurrent executes. Each execute is then
+-- one stream of frames on it (bridge/frame.h: EXEC, stdin as DATA and FIN; DATA, STDERR and
+-- EXIT back), one network round trip, no new SSH channel, no shell: the server forks the
+-- command into its own process group, published in the same control dir, so a cancel and a
+-- timeout are a SIGNAL frame, and host.remote's cancel script still works from any worker.
+-- close_server ends it (providers call it at release and destroy); when the worker exits, the
+-- SSH connection closes, and the server stops every command of its own when its stdin ends.
+-- Otherwise (runner "exec", or when the server cannot start) the runner is the helper's `exec`
+-- (bridge/exec.c: one process per command, on an SSH channel of its own). The helper is
+-- uploaded once per machine into ~/.paperclip/bin under a name taken from its sha256
+-- (install_helper). Where it cannot run (another architecture, a noexec home), or with runner
+-- "wrapper", a POSIX sh wrapper does the same with about ten processes (mkdir, two FIFOs and
+-- their `cat` relays, setsid, sh).
+local frame = require("host.core.frame")
 local fs = require("host.fs")
 local json = require("host.json")
 local log = require("host.log")
@@ -57,6 +71,12 @@ M.settings = {
   helper_dir = '"${HOME:-/tmp}/.paperclip/bin"', -- where it is installed, as a shell word
   helper_timeout = 120, -- seconds an install may take, the upload (about 1 MB) included
   helper_margin = 5, -- seconds the helper's own --timeout adds to the command's (a backstop)
+  -- How commands run where the helper runs: "serve" (one ph-sandbox-helper serve per lease),
+  -- "exec" (ph-sandbox-helper exec per command) or "wrapper" (the sh wrapper: never uploads)
+  runner = "serve",
+  server_commands = 256, -- commands sent to a server at once until its HELLO says its limit
+  close_wait = 3, -- seconds close_server waits for a server to stop its commands and exit
+  default_max_output = 16 * 1024 * 1024, -- bytes kept per stream when ctx.max_output is nil
 }
 
 local quote = shell.quote
@@ -328,13 +348,20 @@ local DEFAULT_CONTROL = '"${HOME:-/tmp}/.paperclip-executions"'
 -- directory (nil: $HOME/.paperclip-executions); scope: the lease id. Without an executionId
 -- the name is random (such a command cannot be canceled by a restarted worker).
 function M.control_dir(base, scope, execution_id)
-  local name
+  return M.control_base(base) .. "/" .. M.control_name(scope, execution_id)
+end
+
+--- control_base(base) -> the directory of control dirs, as a shell word (nil: the default).
+function M.control_base(base)
+  return base and quote(base) or DEFAULT_CONTROL
+end
+
+--- control_name(scope, execution_id) -> a control dir's name: 32 hex digits (control_dir).
+function M.control_name(scope, execution_id)
   if execution_id then
-    name = util.sha256_hex(tostring(scope or "") .. "\0" .. execution_id):sub(1, 32)
-  else
-    name = util.hex(assert(util.random(16)))
+    return util.sha256_hex(tostring(scope or "") .. "\0" .. execution_id):sub(1, 32)
   end
-  return (base and quote(base) or DEFAULT_CONTROL) .. "/" .. name
+  return util.hex(assert(util.random(16)))
 end
 
 -- The wrapper: a control dir, the command in its own process group (setsid when there is
@@ -420,6 +447,9 @@ local function command_script(params, opts)
   local words = { quote(params.command) }
   for _, a in ipairs(params.args or {}) do
     words[#words + 1] = quote(a)
+  end
+  for _, w in ipairs(params.words or {}) do -- ours only: shell words expanded there ($HOME)
+    words[#words + 1] = w
   end
   local base = table.concat({
     'PATH="$PATH"',
@@ -640,15 +670,31 @@ function M.forget_helpers()
 end
 
 --- RUNNERS: the words providers put in metadata (commandRunner).
-M.RUNNERS = { helper = "ph-sandbox-helper", wrapper = "sh-wrapper" }
+M.RUNNERS = { serve = "ph-sandbox-helper serve", helper = "ph-sandbox-helper",
+  wrapper = "sh-wrapper" }
+
+local RUNNER_SETTINGS = { serve = true, exec = true, wrapper = true }
+
+local function runner_setting()
+  local r = M.settings.runner
+  if not RUNNER_SETTINGS[r] then
+    error(("host.remote.settings.runner must be \"serve\", \"exec\" or \"wrapper\", got %s")
+      :format(tostring(r)), 3)
+  end
+  return r
+end
 
 --- runner(t, scope) -> M.RUNNERS word | nil, message, code: installs the helper for that lease
--- (install_helper) and says which runner its commands will use; nil only for a transport
--- failure.
+-- (install_helper) and says which runner its commands will use (settings.runner: serve, exec,
+-- or the wrapper; serve starts on the first execute); nil only for a transport failure.
 function M.runner(t, scope)
+  local setting = runner_setting()
+  if setting == "wrapper" then
+    return M.RUNNERS.wrapper
+  end
   local path, err, code = M.install_helper(t, { scope = scope })
   if path then
-    return M.RUNNERS.helper
+    return setting == "serve" and M.RUNNERS.serve or M.RUNNERS.helper
   elseif code == "unsupported" then
     return M.RUNNERS.wrapper
   end
@@ -662,7 +708,7 @@ local UNREACHABLE = { dns = true, connect = true, auth = true, protocol = true, 
 -- The helper path for this execute, or nil for the wrapper; nil, message, code when the
 -- machine cannot be reached.
 local function helper_for(t, opts)
-  if opts.helper == false or not M.settings.sandbox_helper then
+  if opts.helper == false or not M.settings.sandbox_helper or runner_setting() == "wrapper" then
     return nil
   elseif type(opts.helper) == "string" then
     return opts.helper
@@ -727,41 +773,501 @@ local function with_message(stderr, message)
   return stderr .. message .. "\n"
 end
 
---- execute(ctx, t, params, opts) -> environmentExecute result | nil, message, code
--- params: the request's (command, args, env, stdin, cwd, timeoutMs, executionId). opts:
---   cwd          the working directory when params.cwd is absent (nil: the login directory)
---   home         HOME for the command (nil: the login user's $HOME)
---   scope        names the control dir with the executionId: the lease id
---   control_base the remote directory holding control dirs (nil: $HOME/.paperclip-executions)
---   timeout_ms   the default timeout (nil: ctx.config.timeoutMs)
---   metadata     the result's metadata
---   helper       ph-sandbox-helper's remote path, or false for the shell wrapper; nil:
---                install_helper(t, {scope = scope}) decides (kept per lease: free after once)
--- A transport failure (cannot connect, key refused, connection lost) gives host.ssh's nil,
--- message, code for the provider to word. Registers ctx.execution.cancel when the request has
--- an executionId (a cancel that comes while the helper is being installed leaves the
--- "cancelled" marker: the command then never starts).
-function M.execute(ctx, t, params, opts)
-  opts = opts or {}
-  local p = execute_params(ctx, params, opts)
-  local helper, herr, hcode = helper_for(t, opts)
-  if herr then
-    return nil, herr, hcode
+-- The result of a command that ran: exit_code (or nil), signal ("TERM"... or nil), stdout,
+-- stderr, timed_out, truncated.
+local function execute_result(ctx, p, opts, r)
+  local out = {
+    exitCode = r.exit_code or json.null,
+    signal = r.signal and ("SIG" .. r.signal) or json.null,
+    timedOut = false,
+    stdout = ctx:output(r.stdout),
+    stderr = ctx:output(r.stderr),
+    metadata = opts.metadata,
+  }
+  if r.timed_out then
+    out.exitCode, out.signal, out.timedOut = json.null, json.null, true
+    out.stderr = with_message(out.stderr, ("Command timed out after %dms"):format(p.timeout_ms))
   end
-  local exec_id = params.executionId
-  local ctl = M.control_dir(opts.control_base, opts.scope, exec_id)
-  if ctx.execution then
-    ctx.execution.cancel = function()
-      local res, cerr = M.run(t, M.cancel_script(ctl, M.settings.cancel_grace),
-        { timeout = M.settings.cancel_timeout })
-      if not res then
-        error("could not cancel the command: " .. tostring(cerr), 0)
+  if r.truncated then
+    local meta = {}
+    for k, v in pairs(opts.metadata or {}) do
+      meta[k] = v
+    end
+    meta.truncated = true
+    out.metadata = meta
+  end
+  return out
+end
+
+-- The cancel of a command that no server runs (yet, or any more): the cancel script, which
+-- leaves the "cancelled" marker (a command not started yet never starts) and stops the group.
+local function cancel_by_script(t, ctl)
+  local res, cerr = M.run(t, M.cancel_script(ctl, M.settings.cancel_grace),
+    { timeout = M.settings.cancel_timeout })
+  if not res then
+    error("could not cancel the command: " .. tostring(cerr), 0)
+  end
+  return true
+end
+
+------------------------------------------------------------------------------------------------
+-- The command server: ph-sandbox-helper serve, one per lease (bridge/serve.c, bridge/frame.h)
+
+local WINDOW, MAX_PAYLOAD = frame.WINDOW, frame.MAX_PAYLOAD
+local GRANT_AT = WINDOW // 4 -- output credit goes back in pieces of at least this much
+
+local Server = { __name = "host.remote.Server" }
+Server.__index = Server
+
+-- server_key(t, scope) -> Server (running or starting), or {unsupported = why} once serve
+-- could not start for that lease (its executes use exec then)
+local servers = {}
+
+local open_duplex -- (t, p, opts, params) -> Duplex: M.duplex with p.words (below)
+
+-- The request of bridge/frame.h: the control dir's name, cwd, argv, env (sorted), timeout.
+local function request_bytes(name, p, timeout_ms)
+  local parts = { string.pack(">I4s4s4I4", timeout_ms, name, p.cwd or "", 1 + #p.args),
+    string.pack(">s4", p.command) }
+  for _, a in ipairs(p.args) do
+    parts[#parts + 1] = string.pack(">s4", a)
+  end
+  local names = {}
+  for k in pairs(p.env) do
+    names[#names + 1] = k
+  end
+  table.sort(names)
+  parts[#parts + 1] = string.pack(">I4", #names)
+  for _, k in ipairs(names) do
+    parts[#parts + 1] = string.pack(">s4s4", k, p.env[k])
+  end
+  local body = table.concat(parts)
+  return string.pack(">I4", 4 + #body) .. body
+end
+
+function Server:send(type_name, id, payload)
+  if self.dead then
+    return
+  end
+  self.out[#self.out + 1] = frame.encode(type_name, id, payload)
+  self.out_signal:notify()
+end
+
+-- Frames out, in order, in as few writes as the channel allows; once closing, and everything
+-- is written, its stdin's end.
+function Server:writer()
+  while true do
+    if #self.out > 0 then
+      local data = table.concat(self.out)
+      self.out = {}
+      local ok, err, code = self.duplex:write(data)
+      if not ok then
+        return self:lost("could not write to it: " .. tostring(err), code)
       end
+    elseif self.dead then
+      return
+    elseif self.closing then
+      self.duplex:close_stdin()
+      return
+    else
+      self.out_signal:wait()
+    end
+  end
+end
+
+-- The server is gone or unusable: every call in flight fails, the channel is closed in the
+-- background (this may run in a callback), and the next execute starts a new server. Before
+-- its HELLO nothing ran: an exit then means serve cannot run there ("unsupported").
+function Server:lost(reason, code)
+  if self.dead then
+    return
+  end
+  local unstarted = not self.max_commands
+  self.dead = ("the command server on %s %s"):format(self.host, reason)
+  self.dead_code = unstarted and code ~= "closed" and "unsupported" or "closed"
+  if servers[self.key] == self then
+    if self.dead_code == "unsupported" and not self.closing then -- exec from now on, for the lease
+      servers[self.key] = { unsupported = self.dead, scope = self.scope, target = self.target }
+      log.info("host.remote: %s: commands use ph-sandbox-helper exec", self.dead)
+    else
+      servers[self.key] = nil
+    end
+  end
+  if not self.closing then
+    log.debug("host.remote: %s", self.dead)
+  end
+  for _, call in pairs(self.calls) do
+    call.signal:notify()
+  end
+  self.calls = {}
+  self.out_signal:notify()
+  self.slot_signal:notify()
+  task.spawn(function()
+    self.duplex:close()
+  end)
+end
+
+-- A call's output: kept up to max_output (the rest dropped: truncated), streamed as it comes;
+-- after a timeout, or once its execute gave it up, only its credit goes back.
+local function keep_output(call, which, payload)
+  call.owed = call.owed + #payload
+  if call.done then
+    return
+  end
+  local kept = call[which]
+  local room = call.max_output - kept.size
+  if #payload > room then
+    call.truncated = true
+    payload = room > 0 and payload:sub(1, room) or ""
+  end
+  if payload ~= "" then
+    kept[#kept + 1] = payload
+    kept.size = kept.size + #payload
+    local emit = call.emit[which]
+    if emit then
+      emit(payload)
+    end
+  end
+end
+
+-- One frame from the server; nil, why for a protocol error.
+function Server:on_frame(f, touched)
+  local t = f.type
+  if t == "HELLO" then
+    if self.max_commands or f.magic ~= frame.SERVE_MAGIC then
+      return nil, self.max_commands and "a second HELLO" or "a HELLO that is not a server's"
+    end
+    self.max_commands = f.max_commands
+    self.slot_signal:notify()
+    return true
+  elseif t == "GOAWAY" then
+    return nil, "went away: " .. f.payload
+  elseif t ~= "DATA" and t ~= "STDERR" and t ~= "CREDIT" and t ~= "EXIT" then
+    return nil, t .. " from the server"
+  elseif f.stream > self.last_id then
+    return nil, ("%s on stream %d, which was never opened"):format(t, f.stream)
+  end
+  local call = self.calls[f.stream]
+  if not call then
+    return true -- one we already forgot (its RESET crossed this frame)
+  end
+  if t == "EXIT" then
+    self.calls[f.stream] = nil
+    self.running = self.running - 1
+    call.exit = f
+    self.slot_signal:notify()
+  elseif t == "CREDIT" then
+    call.credit = call.credit + f.credit
+  else
+    keep_output(call, t == "DATA" and "stdout" or "stderr", f.payload)
+    touched[call] = true
+  end
+  call.signal:notify()
+  return true
+end
+
+-- The channel's stdout: decode, dispatch, give credit back. Runs outside any task.
+function Server:on_stdout(chunk)
+  if self.dead then
+    return
+  end
+  local frames, err = self.decoder:feed(chunk)
+  if not frames then
+    return self:lost("broke the protocol: " .. err, "protocol")
+  end
+  local touched = {}
+  for _, f in ipairs(frames) do
+    local ok, why = self:on_frame(f, touched)
+    if not ok then
+      self:send("GOAWAY", 0, "protocol error")
+      return self:lost(why:find("^went away") and why or ("broke the protocol: " .. why),
+        "protocol")
+    end
+  end
+  for call in pairs(touched) do
+    if call.owed >= GRANT_AT and self.calls[call.id] then
+      self:send("CREDIT", call.id, string.pack(">I4", call.owed))
+      call.owed = 0
+    end
+  end
+end
+
+-- A server is the lease's for one identity, as host.ssh's pooled sessions are: an execute
+-- with another key (or known_hosts, or policy) never rides on a channel it did not open.
+local function server_key(t, scope)
+  local id = { t.key or "", t.agent or "", t.passphrase or "", t.host_key_policy or "",
+    t.known_hosts or "" }
+  for _, k in ipairs(t.keys or {}) do
+    id[#id + 1] = k.key
+  end
+  return helper_key(t, scope) .. "\0" .. util.sha256_hex(table.concat(id, "\0"))
+end
+
+-- The server for the lease of opts.scope on t, started when there is none (or it died):
+-- Server | nil, message, code ("unsupported": serve cannot run there; nothing ran).
+local function server_for(t, opts, helper)
+  local key = server_key(t, opts.scope)
+  local s = servers[key]
+  if s and s.unsupported then
+    return nil, s.unsupported, "unsupported"
+  end
+  if s and s.starting then -- another execute starts it: wait for that
+    local deadline = task.now() + M.settings.connect_timeout + 60
+    while s.starting and task.now() < deadline do
+      local _, err, code = s.start_signal:wait(deadline - task.now())
+      if code == "canceled" then
+        return nil, err, code
+      end
+    end
+    if s.starting then
+      return nil, "the command server did not start in time", "timeout"
+    end
+    return server_for(t, opts, helper)
+  end
+  if s and not s.dead then
+    return s
+  end
+  s = setmetatable({ key = key, scope = tostring(opts.scope or ""),
+    target = helper_key(t, opts.scope), host = t.host, decoder = frame.decoder(), calls = {},
+    last_id = 0, running = 0, out = {}, out_signal = task.signal(), slot_signal = task.signal(),
+    start_signal = task.signal(), starting = true, stderr = {} }, Server)
+  servers[key] = s
+  -- as every duplex (/etc/profile, `env -i` over the minimal base): what its commands inherit;
+  -- --ctl-base is expanded there, so that it is where the cancel script looks
+  local d, err, code = open_duplex(t, { command = helper, args = { "serve" }, env = {},
+    words = { "--ctl-base", M.control_base(opts.control_base) } }, { home = opts.home }, {
+    on_stdout = function(chunk)
+      s:on_stdout(chunk)
+    end,
+    on_stderr = function(chunk) -- what it says before it dies: kept for the message, bounded
+      if #s.stderr < 8 then
+        s.stderr[#s.stderr + 1] = chunk:sub(1, 512)
+      end
+    end,
+  })
+  s.starting = false
+  s.start_signal:notify()
+  if not d then
+    if servers[key] == s then
+      servers[key] = nil
+    end
+    return nil, err, code
+  end
+  s.duplex = d
+  s.writer_task = task.spawn(function()
+    s:writer()
+  end)
+  s.watch_task = task.spawn(function() -- the server ending by itself (or its channel) is lost
+    local r, werr, wcode = d:wait()
+    local said = util.trim(table.concat(s.stderr))
+    said = said ~= "" and (": " .. said) or ""
+    if r then
+      s:lost(("exited (%s)%s"):format(r.signal or ("exit " .. tostring(r.exit_code)), said),
+        r.exit_code and "exit" or "closed")
+    else
+      s:lost("was lost: " .. tostring(werr), wcode == "closed" and "closed" or wcode)
+    end
+  end)
+  return s
+end
+
+--- close_server(t, scope): stop the command server of that lease, if one runs (its commands
+-- are stopped: TERM, KILL 2 s later), waiting up to settings.close_wait seconds for it to exit;
+-- t nil: on whichever target (a deleted VM's name). Providers call it at release and destroy.
+function M.close_server(t, scope)
+  local list = {}
+  for key, s in pairs(servers) do
+    if s.scope == tostring(scope or "") and (not t or s.target == helper_key(t, scope)) then
+      servers[key] = nil
+      if getmetatable(s) == Server then
+        list[#list + 1] = s
+      end
+    end
+  end
+  for _, s in ipairs(list) do
+    s:close()
+  end
+end
+
+--- close_servers(): stop every command server this worker runs (specs, benches).
+function M.close_servers()
+  local list = {}
+  for key, s in pairs(servers) do
+    servers[key] = nil
+    if getmetatable(s) == Server then
+      list[#list + 1] = s
+    end
+  end
+  for _, s in ipairs(list) do
+    s:close()
+  end
+end
+
+--- servers_running() -> how many command servers this worker keeps (specs).
+function M.servers_running()
+  local n = 0
+  for _, s in pairs(servers) do
+    n = n + ((getmetatable(s) == Server and not s.dead) and 1 or 0)
+  end
+  return n
+end
+
+-- Its stdin's end once the writer sent what it holds: the server stops its commands and
+-- exits; then the channel is closed.
+function Server:close()
+  if self.closing then
+    return
+  end
+  self.closing = true
+  local deadline = task.now() + M.settings.close_wait
+  while self.starting and task.now() < deadline do
+    self.start_signal:wait(deadline - task.now())
+  end
+  if self.duplex and not self.dead then
+    self.out_signal:notify()
+    self.writer_task:wait(math.max(0, deadline - task.now()))
+    self.duplex:close_stdin()
+    self.duplex:wait(math.max(0, deadline - task.now()))
+  end
+  if self.duplex then
+    self:lost("was closed", "closed")
+  end
+end
+
+-- A free slot on the server (its HELLO's limit, settings.server_commands before it came).
+local function wait_slot(s, deadline)
+  while not s.dead and s.running >= (s.max_commands or M.settings.server_commands) do
+    local _, err, code = s.slot_signal:wait(math.max(0, deadline - task.now()))
+    if code == "canceled" then
+      return nil, err, code
+    elseif task.now() >= deadline then
+      return nil, "no free slot on the command server before the command's timeout", "timeout"
+    end
+  end
+  return true
+end
+
+-- stdin as DATA frames within the stream's credit, then FIN once it is all sent.
+local function feed_stdin(s, call, stdin)
+  while call.stdin_pos <= #stdin and call.credit > 0 do
+    local n = math.min(call.credit, MAX_PAYLOAD, #stdin - call.stdin_pos + 1)
+    s:send("DATA", call.id, stdin:sub(call.stdin_pos, call.stdin_pos + n - 1))
+    call.credit = call.credit - n
+    call.stdin_pos = call.stdin_pos + n
+  end
+  if call.stdin_pos > #stdin and not call.fin then
+    call.fin = true
+    s:send("FIN", call.id)
+  end
+end
+
+-- The execute through the lease's server: the same result as the other runners give.
+-- nil, message, code: "unsupported" when serve cannot run there (nothing ran: the caller uses
+-- exec), "closed" when the server died with the command (it is stopped in the background).
+local function serve_execute(ctx, t, p, params, opts, helper, ctl)
+  for _, v in ipairs({ p.command, p.cwd or "", table.unpack(p.args) }) do
+    if v:find("\0", 1, true) then
+      return nil, "the command, its arguments and cwd cannot hold a NUL byte", "protocol"
+    end
+  end
+  assert(shell.check_env(p.env))
+  local deadline = task.now() + p.timeout_ms / 1000
+  local s, err, code = server_for(t, opts, helper)
+  if not s then
+    return nil, err, code
+  end
+  local ok
+  ok, err, code = wait_slot(s, deadline)
+  if not ok then
+    return nil, err, code
+  elseif s.dead then
+    return nil, s.dead, s.dead_code
+  elseif task.now() >= deadline then -- as host.ssh's exec: its time passed before it started
+    return nil, ("the command did not start within %dms"):format(p.timeout_ms), "timeout"
+  end
+  s.last_id = s.last_id + 1
+  local call = { id = s.last_id, credit = WINDOW, owed = 0, stdin_pos = 1,
+    signal = task.signal(), stdout = { size = 0 }, stderr = { size = 0 },
+    max_output = ctx.max_output or M.settings.default_max_output,
+    emit = { stdout = ctx:emitter("stdout"), stderr = ctx:emitter("stderr") } }
+  s.calls[call.id], s.running = call, s.running + 1
+  local limit = (math.ceil(p.timeout_ms / 1000) + M.settings.helper_margin) * 1000
+  local req = request_bytes(M.control_name(opts.scope, params.executionId), p,
+    math.min(limit, 0xffffffff))
+  for i = 1, #req, MAX_PAYLOAD do
+    s:send("EXEC", call.id, req:sub(i, i + MAX_PAYLOAD - 1))
+  end
+  call.sent = true
+  local stdin = p.stdin or ""
+  if ctx.execution then -- from now on a cancel is a SIGNAL on the stream
+    ctx.execution.cancel = function()
+      if s.dead or call.exit then
+        return cancel_by_script(t, ctl)
+      end
+      s:send("SIGNAL", call.id, string.pack(">BI4", 15, math.floor(M.settings.cancel_grace
+        * 1000)))
       return true
     end
   end
+  local timed_out = false
+  while not call.exit and not s.dead do
+    feed_stdin(s, call, stdin)
+    if task.now() >= deadline then
+      timed_out = true
+      break
+    end
+    local _, werr, wcode = call.signal:wait(deadline - task.now())
+    if wcode == "canceled" then -- our task was canceled: the server stops the command
+      call.done = true
+      if s.dead then
+        reap(t, ctl, nil)
+      else
+        s:send("RESET", call.id)
+      end
+      return nil, werr, wcode
+    end
+  end
+  if timed_out then -- the output so far is the result; the group is stopped before we answer
+    call.done = true
+    s:send("SIGNAL", call.id, string.pack(">BI4", 15, math.floor(M.settings.reap_grace * 1000)))
+    local until_ = task.now() + M.settings.reap_wait
+    while not call.exit and not s.dead and task.now() < until_ do
+      call.signal:wait(until_ - task.now())
+    end
+    if s.dead and not call.exit then
+      reap(t, ctl, M.settings.reap_wait)
+    end
+  elseif not call.exit then -- the server died with the command: it may run on, stop it
+    call.done = true
+    if s.dead_code ~= "unsupported" then
+      reap(t, ctl, nil)
+    end
+    return nil, s.dead, s.dead_code
+  end
+  local f = call.exit or {}
+  return execute_result(ctx, p, opts, {
+    -- as sh's wait (and the other runners) gives it: 128 + N for a signal N
+    exit_code = f.exit_code or (f.signal and 128 + f.signal),
+    stdout = table.concat(call.stdout),
+    stderr = table.concat(call.stderr),
+    timed_out = timed_out or f.timed_out,
+    truncated = call.truncated,
+  })
+end
+
+------------------------------------------------------------------------------------------------
+-- Execute: the runner
+
+-- The command through ph-sandbox-helper exec (one SSH channel and process per command) or the
+-- shell wrapper (helper nil).
+local function exec_execute(ctx, t, p, opts, helper, ctl)
   -- nothing yields between registering the cancel and starting the command: a cancel that
   -- comes before the runner runs leaves the "cancelled" marker, and the runner exits 130
+  if ctx.execution then
+    ctx.execution.cancel = function()
+      return cancel_by_script(t, ctl)
+    end
+  end
   local res, err, code = ssh.exec(ssh_opts(t, {
     cmd = command_line(helper, ctl, command_script(p, opts), p.timeout_ms),
     stdin = shell.stdin_env(assert(shell.export_script(p.env))) .. (p.stdin or ""),
@@ -776,29 +1282,48 @@ function M.execute(ctx, t, params, opts)
     end
     return nil, err, code
   end
-  local stdout, stderr = ctx:output(res.stdout), ctx:output(res.stderr)
-  local out = {
-    exitCode = res.exit_code or json.null,
-    signal = res.signal and ("SIG" .. res.signal) or json.null,
-    timedOut = false,
-    stdout = stdout,
-    stderr = stderr,
-    metadata = opts.metadata,
-  }
   if res.timed_out then
     reap(t, ctl, M.settings.reap_wait)
-    out.exitCode, out.signal, out.timedOut = json.null, json.null, true
-    out.stderr = with_message(stderr, ("Command timed out after %dms"):format(p.timeout_ms))
   end
-  if res.truncated then
-    local meta = {}
-    for k, v in pairs(opts.metadata or {}) do
-      meta[k] = v
+  return execute_result(ctx, p, opts, res)
+end
+
+--- execute(ctx, t, params, opts) -> environmentExecute result | nil, message, code
+-- params: the request's (command, args, env, stdin, cwd, timeoutMs, executionId). opts:
+--   cwd          the working directory when params.cwd is absent (nil: the login directory)
+--   home         HOME for the command (nil: the login user's $HOME)
+--   scope        names the control dir with the executionId: the lease id (and the server)
+--   control_base the remote directory holding control dirs (nil: $HOME/.paperclip-executions)
+--   timeout_ms   the default timeout (nil: ctx.config.timeoutMs)
+--   metadata     the result's metadata
+--   helper       ph-sandbox-helper's remote path, or false for the shell wrapper; nil:
+--                install_helper(t, {scope = scope}) decides (kept per lease: free after once)
+-- With the helper and settings.runner "serve", the command runs on the lease's command server
+-- (started on the first execute: see close_server); where it cannot start, through `exec`.
+-- A transport failure (cannot connect, key refused, connection lost, the server lost with the
+-- command) gives nil, message, code for the provider to word. Registers ctx.execution.cancel
+-- when the request has an executionId (a cancel that comes while the helper is being
+-- installed or the server started leaves the "cancelled" marker: the command never starts).
+function M.execute(ctx, t, params, opts)
+  opts = opts or {}
+  local p = execute_params(ctx, params, opts)
+  local ctl = M.control_dir(opts.control_base, opts.scope, params.executionId)
+  if ctx.execution then -- until a runner takes over: the cancel script
+    ctx.execution.cancel = function()
+      return cancel_by_script(t, ctl)
     end
-    meta.truncated = true
-    out.metadata = meta
   end
-  return out
+  local helper, herr, hcode = helper_for(t, opts)
+  if herr then
+    return nil, herr, hcode
+  end
+  if helper and runner_setting() == "serve" then
+    local res, err, code = serve_execute(ctx, t, p, params, opts, helper, ctl)
+    if res or code ~= "unsupported" then
+      return res, err, code
+    end
+  end
+  return exec_execute(ctx, t, p, opts, helper, ctl)
 end
 
 ------------------------------------------------------------------------------------------------
@@ -820,6 +1345,11 @@ function M.duplex(t, params, opts)
   opts = opts or {}
   local p = { command = params.command, args = params.args or {}, env = params.env or {},
     cwd = params.cwd or opts.cwd }
+  return open_duplex(t, p, opts, params)
+end
+
+-- M.duplex's work, for p (command, args, env, cwd, and words: shell words of ours, unquoted).
+open_duplex = function(t, p, opts, params)
   local env_block, err = shell.export_script(p.env)
   if not env_block then
     return nil, err, "internal"

@@ -202,9 +202,11 @@ local function ambiguous(kind, status)
 end
 
 --- delete_vm(ctx, config, name) -> true | nil, message: `rm`, once more after a transport
--- failure or a 5xx; a VM that is already gone counts as deleted (api.delete). What
--- host.remote keeps about the VM's ph-sandbox-helper goes with it.
+-- failure or a 5xx; a VM that is already gone counts as deleted (api.delete). The VM's
+-- command server (host.remote) is stopped first; what host.remote keeps about its
+-- ph-sandbox-helper goes with it.
 local function delete_vm(ctx, c, name)
+  remote.close_server(nil, name)
   local ok, err, kind, status = api.delete(ctx, c, name)
   if not ok and ambiguous(kind, status) and kind ~= "canceled" then
     ok, err = api.delete(ctx, c, name)
@@ -366,6 +368,7 @@ function hooks.release_lease(ctx, params)
   end
   local c = config_of(ctx)
   if c.reuseLease then
+    remote.close_server(nil, id) -- the VM stays, its command server ends with the lease's use
     return true
   end
   return delete_vm(ctx, c, id)

@@ -4,8 +4,9 @@
 -- Commands run through host.remote: one pooled SSH connection per machine, the caller's env
 -- over a minimal base, stdin in full, live output, timeouts and cancels that stop exactly the
 -- command's process group; ph-sandbox-helper runs them where it can (installed at acquire and
--- resume, said in the lease's commandRunner). Copy this file to write your own SSH-based
--- provider.
+-- resume, said in the lease's commandRunner): one `ph-sandbox-helper serve` per lease, started
+-- by its first execute and stopped at release and destroy. Copy this file to write your own
+-- SSH-based provider.
 local json = require("host.json")
 local host_params = require("host.params")
 local remote = require("host.remote")
@@ -146,11 +147,21 @@ function hooks.resume_lease(ctx, params)
   return lease(ctx, dir, last_line(res.stdout), true)
 end
 
+-- The lease's command server (host.remote runs its commands there) ends with the lease's use;
+-- its commands are stopped with it.
+local function close_server(id)
+  local dir = lease_dir(id)
+  if dir then
+    remote.close_server(nil, dir)
+  end
+end
+
 local function remove(ctx, id)
   local dir = lease_dir(id)
   if not dir then
     return true -- not one of ours (or null): nothing to remove
   end
+  close_server(dir)
   local ok, err = run(ctx, "remove the workspace", "rm -rf -- " .. shell.quote(dir))
   local t = target(ctx)
   if ok and t then
@@ -161,6 +172,7 @@ end
 
 --- environmentReleaseLease: remove the lease directory unless the lease is reused.
 function hooks.release_lease(ctx, params)
+  close_server(params.providerLeaseId)
   return ctx.config.reuseLease or remove(ctx, params.providerLeaseId)
 end
 

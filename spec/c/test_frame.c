@@ -1,5 +1,6 @@
-/* test_frame.c - unit test of bridge/frame.c, the bridge's frame codec: round trips of every
- * type, every split point, every rejection, and a model-checked random walk. Prints
+/* test_frame.c - unit test of bridge/frame.c, ph-sandbox-helper's frame codec (relay and serve):
+ * round trips of every type, every split point, every rejection, and a model-checked random
+ * walk. Prints
  * "N passed, M failed"; exits 1 on a failure. */
 #include "check.h"
 #include "frame.h"
@@ -34,13 +35,34 @@ static size_t enc_credit(unsigned char *out, uint32_t stream, uint32_t n)
     return enc(out, PH_FRAME_CREDIT, stream, p, 4);
 }
 
-static size_t enc_hello(unsigned char *out, unsigned port)
+static size_t enc_hello_magic(unsigned char *out, const char *magic, unsigned port)
 {
     unsigned char p[PH_FRAME_HELLO_LEN];
-    memcpy(p, PH_FRAME_MAGIC, PH_FRAME_MAGIC_LEN);
+    memcpy(p, magic, PH_FRAME_MAGIC_LEN);
     p[8] = (unsigned char)(port >> 8);
     p[9] = (unsigned char)port;
     return enc(out, PH_FRAME_HELLO, 0, p, sizeof p);
+}
+
+static size_t enc_hello(unsigned char *out, unsigned port)
+{
+    return enc_hello_magic(out, PH_FRAME_MAGIC, port);
+}
+
+static size_t enc_exit(unsigned char *out, uint32_t stream, unsigned how, unsigned code,
+                       unsigned flags)
+{
+    unsigned char p[PH_FRAME_EXIT_LEN] = { (unsigned char)how, (unsigned char)code,
+                                           (unsigned char)flags };
+    return enc(out, PH_FRAME_EXIT, stream, p, sizeof p);
+}
+
+static size_t enc_signal(unsigned char *out, uint32_t stream, unsigned signo, uint32_t after)
+{
+    unsigned char p[PH_FRAME_SIGNAL_LEN];
+    p[0] = (unsigned char)signo;
+    ph_frame_put_u32(p + 1, after);
+    return enc(out, PH_FRAME_SIGNAL, stream, p, sizeof p);
 }
 
 static int same(const PhFrame *f, const Want *w)
@@ -108,8 +130,9 @@ static size_t chunk_split(size_t left)
 }
 
 /* One frame of every type, some with payloads, as one byte string. */
-static Want every[8];
-static unsigned char every_bytes[8 * (PH_FRAME_HEADER + 64)];
+#define EVERY 14
+static Want every[EVERY];
+static unsigned char every_bytes[EVERY * (PH_FRAME_HEADER + 64)];
 static size_t every_len;
 static int every_n;
 
@@ -136,6 +159,14 @@ static void build_every(void)
     add_every(PH_FRAME_FIN, 1, "", 0);
     add_every(PH_FRAME_RESET, 3, "", 0);
     add_every(PH_FRAME_GOAWAY, 0, "bye", 3);
+    /* The server's: its HELLO, a request piece, stderr, an exit by status and by signal. */
+    memcpy(hello, PH_FRAME_SERVE_MAGIC "\x01\x00", sizeof hello); /* 256 commands */
+    add_every(PH_FRAME_HELLO, 0, hello, sizeof hello);
+    add_every(PH_FRAME_EXEC, 2, "\0\0\0\x1e", 4);
+    add_every(PH_FRAME_STDERR, 2, "oops\n", 5);
+    add_every(PH_FRAME_SIGNAL, 2, "\x0f\0\0\x07\xd0", PH_FRAME_SIGNAL_LEN); /* TERM, 2000 */
+    add_every(PH_FRAME_EXIT, 2, "\0\x7f\0", PH_FRAME_EXIT_LEN);             /* exit 127 */
+    add_every(PH_FRAME_EXIT, 4, "\x01\x09\x01", PH_FRAME_EXIT_LEN);         /* KILL, timed out */
 }
 
 static void test_round_trips(void)
@@ -173,6 +204,26 @@ static void test_round_trips(void)
     memcpy(w.payload, PH_FRAME_MAGIC "\xff\xff", PH_FRAME_HELLO_LEN);
     n = enc_hello(buf, 65535);
     check(feed_all(buf, n, chunk_all, &w, 1) == 1, "HELLO with port 65535");
+    memcpy(w.payload, PH_FRAME_SERVE_MAGIC "\0\x01", PH_FRAME_HELLO_LEN);
+    n = enc_hello_magic(buf, PH_FRAME_SERVE_MAGIC, 1);
+    check(feed_all(buf, n, chunk_all, &w, 1) == 1, "the server's HELLO with 1 command");
+    w.type = PH_FRAME_EXIT;
+    w.stream = UINT32_MAX;
+    w.length = PH_FRAME_EXIT_LEN;
+    memcpy(w.payload, "\0\xff\x01", PH_FRAME_EXIT_LEN);
+    n = enc_exit(buf, UINT32_MAX, 0, 255, PH_EXIT_TIMED_OUT);
+    check(feed_all(buf, n, chunk_all, &w, 1) == 1, "EXIT 255, timed out");
+    w.type = PH_FRAME_SIGNAL;
+    w.length = PH_FRAME_SIGNAL_LEN;
+    memcpy(w.payload, "\x40\xff\xff\xff\xff", PH_FRAME_SIGNAL_LEN);
+    n = enc_signal(buf, UINT32_MAX, 64, UINT32_MAX);
+    check(feed_all(buf, n, chunk_all, &w, 1) == 1, "SIGNAL 64, KILL after 2^32-1 ms");
+    w.type = PH_FRAME_EXEC;
+    w.length = PH_FRAME_MAX_PAYLOAD;
+    for (size_t i = 0; i < w.length; i++)
+        w.payload[i] = (unsigned char)rnd(256);
+    n = enc(buf, w.type, w.stream, w.payload, w.length);
+    check(feed_all(buf, n, chunk_random, &w, 1) == 1, "an EXEC of PH_FRAME_MAX_PAYLOAD bytes");
 
     unsigned char hdr[PH_FRAME_HEADER];
     ph_frame_put_header(hdr, PH_FRAME_DATA, 0x01020304, 0x0a0b0c0d);
@@ -187,8 +238,19 @@ static void test_names(void)
         check(strcmp(ph_frame_type_name(t), names[t - 1]) == 0, "name of type %u", t);
         check(ph_frame_type_of(names[t - 1]) == t, "type of %s", names[t - 1]);
     }
+    const char *serve[] = { "EXEC", "STDERR", "EXIT", "SIGNAL" };
+    for (unsigned t = 0x10; t <= 0x13; t++) {
+        check(strcmp(ph_frame_type_name(t), serve[t - 0x10]) == 0, "name of type 0x%02x", t);
+        check(ph_frame_type_of(serve[t - 0x10]) == t, "type of %s", serve[t - 0x10]);
+    }
     check(PH_FRAME_DATA == 3 && PH_FRAME_GOAWAY == 7, "type values as documented");
-    check(ph_frame_type_name(0) == NULL && ph_frame_type_name(8) == NULL, "no name for 0 and 8");
+    check(PH_FRAME_EXEC == 0x10 && PH_FRAME_SIGNAL == 0x13 && PH_FRAME_TYPE_MAX == 0x13,
+          "the server's type values as documented");
+    for (unsigned t = 8; t < 0x10; t++)
+        check(ph_frame_type_name(t) == NULL, "no name for 0x%02x", t);
+    check(ph_frame_type_name(0) == NULL && ph_frame_type_name(0x14) == NULL &&
+              ph_frame_type_name(0xff) == NULL,
+          "no name for 0, 0x14 and 0xff");
     check(ph_frame_type_of("data") == 0 && ph_frame_type_of("") == 0, "names are exact");
 }
 
@@ -247,6 +309,10 @@ static void test_rejections(void)
     refused("type 0", b, PH_FRAME_HEADER, "unknown type 0x00");
     hdr(b, 8, 1, 0);
     refused("type 8", b, PH_FRAME_HEADER, "unknown type 0x08");
+    hdr(b, 0x0f, 1, 0);
+    refused("type 0x0f", b, PH_FRAME_HEADER, "unknown type 0x0f");
+    hdr(b, 0x14, 1, 0);
+    refused("type 0x14", b, PH_FRAME_HEADER, "unknown type 0x14");
     hdr(b, 0xff, 1, 0);
     refused("type 0xff", b, PH_FRAME_HEADER, "unknown type 0xff");
     hdr(b, PH_FRAME_DATA, 1, PH_FRAME_MAX_PAYLOAD + 1);
@@ -259,11 +325,16 @@ static void test_rejections(void)
     refused("HELLO on a stream", b, PH_FRAME_HEADER, "HELLO on stream 1 (must be 0)");
     hdr(b, PH_FRAME_GOAWAY, 5, 0);
     refused("GOAWAY on a stream", b, PH_FRAME_HEADER, "GOAWAY on stream 5 (must be 0)");
-    const unsigned stream_types[] = { PH_FRAME_OPEN, PH_FRAME_DATA, PH_FRAME_FIN, PH_FRAME_RESET,
-                                      PH_FRAME_CREDIT };
+    const unsigned stream_types[] = { PH_FRAME_OPEN,   PH_FRAME_DATA,   PH_FRAME_FIN,
+                                      PH_FRAME_RESET,  PH_FRAME_CREDIT, PH_FRAME_EXEC,
+                                      PH_FRAME_STDERR, PH_FRAME_EXIT,   PH_FRAME_SIGNAL };
     for (size_t i = 0; i < sizeof stream_types / sizeof stream_types[0]; i++) {
         unsigned t = stream_types[i];
-        uint32_t len = t == PH_FRAME_DATA ? 1 : t == PH_FRAME_CREDIT ? 4 : 0;
+        uint32_t len = t == PH_FRAME_CREDIT   ? 4
+                       : t == PH_FRAME_EXIT   ? PH_FRAME_EXIT_LEN
+                       : t == PH_FRAME_SIGNAL ? PH_FRAME_SIGNAL_LEN
+                       : t == PH_FRAME_DATA || t == PH_FRAME_EXEC || t == PH_FRAME_STDERR ? 1
+                                                                                          : 0;
         hdr(b, t, 0, len);
         char label[64], what[64];
         snprintf(label, sizeof label, "%s on stream 0", ph_frame_type_name(t));
@@ -292,6 +363,34 @@ static void test_rejections(void)
     refused("HELLO with a bad magic", b, n, "HELLO without the magic PHRELAY1");
     n = enc_hello(b, 0);
     refused("HELLO with port 0", b, n, "HELLO with port 0");
+    n = enc_hello_magic(b, PH_FRAME_SERVE_MAGIC, 0);
+    refused("the server's HELLO with 0 commands", b, n, "HELLO with 0 commands");
+    n = enc_hello_magic(b, "PHSERVE2", 1);
+    refused("HELLO with another magic", b, n, "without the magic PHRELAY1 or PHSERVE1");
+
+    /* The server's types. */
+    hdr(b, PH_FRAME_EXEC, 1, 0);
+    refused("empty EXEC", b, PH_FRAME_HEADER, "empty EXEC on stream 1");
+    hdr(b, PH_FRAME_STDERR, 2, 0);
+    refused("empty STDERR", b, PH_FRAME_HEADER, "empty STDERR on stream 2");
+    hdr(b, PH_FRAME_EXIT, 1, 2);
+    refused("short EXIT", b, PH_FRAME_HEADER + 2, "EXIT of 2 bytes (must be 3)");
+    hdr(b, PH_FRAME_EXIT, 1, 4);
+    refused("long EXIT", b, PH_FRAME_HEADER, "EXIT of 4 bytes (must be 3)");
+    n = enc_exit(b, 5, 2, 0, 0);
+    refused("EXIT of kind 2", b, n, "EXIT of an unknown kind 2 on stream 5");
+    n = enc_exit(b, 5, 1, 0, 0);
+    refused("EXIT by signal 0", b, n, "EXIT by signal 0 on stream 5");
+    n = enc_exit(b, 5, 0, 0, 2);
+    refused("EXIT with flag 2", b, n, "EXIT with unknown flags 0x02 on stream 5");
+    hdr(b, PH_FRAME_SIGNAL, 1, 4);
+    refused("short SIGNAL", b, PH_FRAME_HEADER + 4, "SIGNAL of 4 bytes (must be 5)");
+    n = enc_signal(b, 3, 0, 0);
+    refused("SIGNAL 0", b, n, "SIGNAL of signal 0 on stream 3 (must be 1..64)");
+    n = enc_signal(b, 3, 65, 0);
+    refused("SIGNAL 65", b, n, "SIGNAL of signal 65 on stream 3");
+    check(ph_frame_check(PH_FRAME_EXIT, 1, 3, NULL, err) == 0,
+          "ph_frame_check of an EXIT header alone passes");
 
     /* A good frame, then a bad one: the good one comes out first. */
     size_t at = enc(b, PH_FRAME_DATA, 1, "ok", 2);
@@ -326,22 +425,39 @@ static void test_rejections(void)
 /* A random valid frame into w. */
 static void random_frame(Want *w)
 {
-    w->type = 1 + (unsigned)rnd(7);
+    static const unsigned types[] = { PH_FRAME_HELLO,  PH_FRAME_OPEN,  PH_FRAME_DATA,
+                                      PH_FRAME_FIN,    PH_FRAME_RESET, PH_FRAME_CREDIT,
+                                      PH_FRAME_GOAWAY, PH_FRAME_EXEC,  PH_FRAME_STDERR,
+                                      PH_FRAME_EXIT,   PH_FRAME_SIGNAL };
+    w->type = types[rnd(sizeof types / sizeof types[0])];
     w->stream = w->type == PH_FRAME_HELLO || w->type == PH_FRAME_GOAWAY
                     ? 0
                     : 1 + (uint32_t)rnd(rnd(2) ? 10 : UINT32_MAX);
     switch (w->type) {
     case PH_FRAME_HELLO:
         w->length = PH_FRAME_HELLO_LEN;
-        memcpy(w->payload, PH_FRAME_MAGIC, PH_FRAME_MAGIC_LEN);
+        memcpy(w->payload, rnd(2) ? PH_FRAME_MAGIC : PH_FRAME_SERVE_MAGIC, PH_FRAME_MAGIC_LEN);
         w->payload[8] = (unsigned char)(1 + rnd(255));
         w->payload[9] = (unsigned char)rnd(256);
+        return;
+    case PH_FRAME_EXIT:
+        w->length = PH_FRAME_EXIT_LEN;
+        w->payload[0] = (unsigned char)rnd(2);
+        w->payload[1] = (unsigned char)(w->payload[0] ? 1 + rnd(64) : rnd(256));
+        w->payload[2] = (unsigned char)rnd(2);
+        return;
+    case PH_FRAME_SIGNAL:
+        w->length = PH_FRAME_SIGNAL_LEN;
+        w->payload[0] = (unsigned char)(1 + rnd(64));
+        ph_frame_put_u32(w->payload + 1, (uint32_t)rnd(UINT32_MAX));
         return;
     case PH_FRAME_CREDIT:
         w->length = 4;
         ph_frame_put_u32(w->payload, 1 + (uint32_t)rnd(UINT32_MAX - 1));
         return;
     case PH_FRAME_DATA:
+    case PH_FRAME_STDERR:
+    case PH_FRAME_EXEC:
         w->length = 1 + (uint32_t)rnd(rnd(4) ? 100 : PH_FRAME_MAX_PAYLOAD);
         break;
     case PH_FRAME_GOAWAY:

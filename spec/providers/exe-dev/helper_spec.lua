@@ -1,8 +1,9 @@
 -- spec/providers/exe-dev/helper_spec.lua: ph-sandbox-helper on exe.dev VMs (issue 9): installed
 -- once per lease (at acquire and resume, or at the first execute), said in the lease's
--- commandRunner, running every command, given to the bridge by hooks.sandbox_helper, and the
--- shell wrapper where it cannot run. The fake's VMs are real sshd processes on loopback with
--- private HOMEs, so what is uploaded really runs. Order is asserted, never time.
+-- commandRunner, running every command (one `serve` per lease, stopped at release and
+-- destroy), given to the bridge by hooks.sandbox_helper, `exec` where serve does not start,
+-- and the shell wrapper where it cannot run. The fake's VMs are real sshd processes on
+-- loopback with private HOMEs, so what is uploaded really runs. Order is asserted, never time.
 local fake_exedev = require("spec.support.fake_exedev")
 local fs = require("host.fs")
 local helpers = require("spec.helpers")
@@ -18,12 +19,16 @@ local null = json.null
 -- The command that prints the command line of its parent: the runner that started it.
 local PARENT = { command = "sh", args = { "-c", 'tr "\\0" " " < /proc/$PPID/cmdline' } }
 
--- Processes whose command line contains text (zombies have none).
-local function processes_with(text)
+local SERVE = "\0serve\0--ctl-base\0" -- in the command line of ph-sandbox-helper serve
+
+-- Processes whose command line contains text (zombies have none); servers = true: only the
+-- command servers, false: everything else.
+local function processes_with(text, servers)
   local found = {}
   for _, name in ipairs(fs.list("/proc") or {}) do
     local cmdline = name:find("^%d+$") and helpers.read_file("/proc/" .. name .. "/cmdline")
-    if cmdline and cmdline:find(text, 1, true) then
+    if cmdline and cmdline:find(text, 1, true)
+      and (servers == nil or (cmdline:find(SERVE, 1, true) ~= nil) == servers) then
       found[#found + 1] = tonumber(name)
     end
   end
@@ -70,9 +75,10 @@ local function helper_path(vm)
   return vm.home .. "/.paperclip/bin/ph-sandbox-helper-" .. sha:sub(1, 16)
 end
 
--- "<path> exec --ctl " at the head of a command's parent's command line: the helper ran it.
+-- "<path> serve --ctl-base " at the head of a command's parent's command line: the helper's
+-- server ran it.
 local function ran_by_helper(vm, stdout)
-  local head = helper_path(vm) .. " exec --ctl "
+  local head = helper_path(vm) .. " serve --ctl-base "
   return stdout:sub(1, #head) == head
 end
 
@@ -89,10 +95,11 @@ describe("providers.exe-dev ph-sandbox-helper #ssh", function()
       nil, 120)
   end
 
-  -- Nothing of the VM's commands is left: no process, no control dir.
+  -- Nothing of the VM's commands is left: no process (but its command server), no control
+  -- dir.
   local function nothing_left(vm)
     h.eventually(function()
-      return #processes_with(vm.home) == 0
+      return #processes_with(vm.home, false) == 0
         and #(fs.list(vm.home .. "/.paperclip-executions") or {}) == 0
     end, "no process or control dir left")
   end
@@ -103,6 +110,7 @@ describe("providers.exe-dev ph-sandbox-helper #ssh", function()
 
   after_each(function()
     sandbox_helper.override = nil
+    helpers.run(remote.close_servers)
   end)
 
   it("installs it at acquire, once, and runs every command of the lease with it", function()
@@ -111,7 +119,7 @@ describe("providers.exe-dev ph-sandbox-helper #ssh", function()
       local lease, lp, vm
       local n = counting(function()
         lease = assert(h.acquire(nil, nil, s))
-        assert.equal("ph-sandbox-helper", lease.metadata.commandRunner)
+        assert.equal("ph-sandbox-helper serve", lease.metadata.commandRunner)
         vm = h.fake:vm(lease.providerLeaseId)
         local path = helper_path(vm)
         assert.equal(tonumber("755", 8), fs.stat(path).mode & tonumber("777", 8))
@@ -133,7 +141,7 @@ describe("providers.exe-dev ph-sandbox-helper #ssh", function()
       n = counting(function()
         local r = assert(s:call("environmentResumeLease", { config = h.config(),
           providerLeaseId = lease.providerLeaseId, leaseMetadata = lease.metadata }))
-        assert.equal("ph-sandbox-helper", r.metadata.commandRunner)
+        assert.equal("ph-sandbox-helper serve", r.metadata.commandRunner)
         assert.is_true(r.metadata.resumedLease)
         r = assert(h.execute(vm, helpers.merged(PARENT, { lease = lp }), s))
         assert.is_true(ran_by_helper(vm, r.stdout), r.stdout)
@@ -197,6 +205,68 @@ describe("providers.exe-dev ph-sandbox-helper #ssh", function()
       assert.equal("Command timed out after 700ms\n", r.stderr)
       assert.is_true(ran_by_helper(vm, assert(fs.read(parent))))
       all_gone(pids_written(pids, 2))
+      nothing_left(vm)
+    end)
+  end)
+
+  it("runs a lease's commands on one server; release and destroy stop it", function()
+    h.run(function()
+      local s = h.session()
+      local cfg = h.config({ reuseLease = true })
+      local lease = assert(h.acquire(cfg, nil, s))
+      local vm, lp = h.fake:vm(lease.providerLeaseId), lease_params(lease)
+      local fns = {}
+      for i = 1, 30 do -- more at once than sshd's 10 sessions per connection
+        fns[i] = function()
+          return h.execute(vm, { config = cfg, lease = lp, command = "sh",
+            args = { "-c", "cat; exit " .. i % 5 }, stdin = "in" .. i }, s)
+        end
+      end
+      for i, res in ipairs(task.all(fns)) do
+        local r = assert(res[1])
+        assert.same({ i % 5, "in" .. i }, { r.exitCode, r.stdout })
+      end
+      local first = processes_with(vm.home, true)
+      assert.equal(1, #first)
+      -- released, kept for reuse: its server stops; the next execute starts another
+      assert.equal(null, s:call("environmentReleaseLease", { config = cfg,
+        providerLeaseId = lease.providerLeaseId }))
+      h.eventually(function()
+        return #processes_with(vm.home, true) == 0
+      end, "the server stopped at release")
+      local r = assert(h.execute(vm, helpers.merged(PARENT, { config = cfg, lease = lp }), s))
+      assert.is_true(ran_by_helper(vm, r.stdout), r.stdout)
+      local second = processes_with(vm.home, true)
+      assert.equal(1, #second)
+      assert.are_not.equal(first[1], second[1])
+      assert.equal(null, s:call("environmentDestroyLease", { config = cfg,
+        providerLeaseId = lease.providerLeaseId }))
+      h.eventually(function()
+        return #processes_with(vm.home, true) == 0 and remote.servers_running() == 0
+      end, "the server stopped at destroy")
+    end)
+  end)
+
+  it("runs commands through exec where the helper's serve does not start", function()
+    h.run(function()
+      local dir <close> = helpers.tempdir("exedev-helper-")
+      -- a helper without serve: it says so and exits 2, as an older one does
+      local old = dir.path .. "/ph-sandbox-helper"
+      helpers.write_file(old, "#!/bin/sh\nif [ \"$1\" = serve ]; then echo 'usage: no serve' >&2; "
+        .. "exit 2; fi\nexec " .. helpers.sandbox_helper() .. ' "$@"\n', "755")
+      sandbox_helper.override = old
+      local vm = h.fake:create_vm("vm-1")
+      local s = h.session()
+      for _ = 1, 2 do
+        local r = assert(h.execute(vm, PARENT, s))
+        assert.equal(0, r.exitCode, r.stderr)
+        -- (the old helper execs the real one: its exec is the command's parent)
+        assert.truthy(r.stdout:find("ph%-sandbox%-helper exec %-%-ctl "), r.stdout)
+      end
+      local r = assert(h.execute(vm, { command = "sh", args = { "-c", "sleep 60" },
+        timeoutMs = 300 }, s))
+      assert.is_true(r.timedOut)
+      assert.equal(0, remote.servers_running())
       nothing_left(vm)
     end)
   end)

@@ -11,15 +11,20 @@ local sandbox_helper = require("host.sandbox_helper")
 local ssh = require("host.ssh")
 local sshd = require("spec.support.sshd")
 local task = require("host.task")
+local worker_process = require("spec.support.worker_process")
 
 local null = json.null
 
--- Processes whose command line contains text (zombies have none).
-local function processes_with(text)
+local SERVE = "\0serve\0--ctl-base\0" -- in the command line of ph-sandbox-helper serve
+
+-- Processes whose command line contains text (zombies have none); servers = true: only the
+-- lease's command servers, false: everything else.
+local function processes_with(text, servers)
   local found = {}
   for _, name in ipairs(fs.list("/proc") or {}) do
     local cmdline = name:find("^%d+$") and helpers.read_file("/proc/" .. name .. "/cmdline")
-    if cmdline and cmdline:find(text, 1, true) then
+    if cmdline and cmdline:find(text, 1, true)
+      and (servers == nil or (cmdline:find(SERVE, 1, true) ~= nil) == servers) then
       found[#found + 1] = tonumber(name)
     end
   end
@@ -78,12 +83,24 @@ describe("providers.ssh #ssh", function()
     return n
   end
 
-  -- Nothing of the lease's commands is left on the machine: no process, no control dir.
+  -- Nothing of the lease's commands is left on the machine: no process (but the lease's
+  -- command server), no control dir.
   local function nothing_left()
     h.eventually(function()
-      return #processes_with(box.home) == 0
+      return #processes_with(box.home, false) == 0
         and #(fs.list(box.home .. "/.paperclip-executions") or {}) == 0
     end, "no process or control dir left")
+  end
+
+  -- The command servers running on the machine.
+  local function servers()
+    return processes_with(box.home, true)
+  end
+
+  local function no_server_left()
+    h.eventually(function()
+      return #servers() == 0 and remote.servers_running() == 0
+    end, "no command server left")
   end
 
   -- The ctx an execute on lease lp has: what the bridge hooks get.
@@ -91,12 +108,17 @@ describe("providers.ssh #ssh", function()
     return s.worker:context(provider, "environmentExecute", { config = cfg, lease = lp }, nil, 120)
   end
 
+  local saved_runner
+
   before_each(function()
     remote.forget_helpers() -- machines of earlier specs are gone; their ports come back
+    saved_runner = remote.settings.runner
   end)
 
   after_each(function()
     sandbox_helper.override = nil
+    remote.settings.runner = saved_runner
+    helpers.run(remote.close_servers)
   end)
 
   it("validates its config: the root must be absolute or under $HOME", function()
@@ -138,7 +160,7 @@ describe("providers.ssh #ssh", function()
       assert.equal("directory", fs.stat(dir .. "/workspace").type)
       assert.same({ provider = "ssh", shellCommand = "bash", remoteCwd = dir .. "/workspace",
         remoteHome = dir .. "/home", timeoutMs = 30000, reuseLease = false,
-        resumedLease = false, commandRunner = "ph-sandbox-helper" }, lease.metadata)
+        resumedLease = false, commandRunner = "ph-sandbox-helper serve" }, lease.metadata)
       local r = assert(s:call("environmentExecute", { config = config(), lease = lp,
         command = "sh", args = { "-c", 'pwd; echo "$HOME|$GREETING"; cat' },
         env = { GREETING = "hi there" }, stdin = "from stdin" }))
@@ -151,6 +173,7 @@ describe("providers.ssh #ssh", function()
       assert.equal(null, s:call("environmentReleaseLease",
         { config = config(), providerLeaseId = dir }))
       assert.is_nil(fs.stat(dir))
+      no_server_left()
       -- two leases never share a directory
       local a, b = acquire(s), acquire(s)
       assert.are_not.equal(a.providerLeaseId, b.providerLeaseId)
@@ -198,9 +221,13 @@ describe("providers.ssh #ssh", function()
     end)
   end)
 
-  for _, runner in ipairs({ "ph-sandbox-helper", "sh-wrapper" }) do
+  -- commandRunner -> host.remote.settings.runner
+  local RUNNER_SETTING = { ["ph-sandbox-helper serve"] = "serve", ["ph-sandbox-helper"] = "exec",
+    ["sh-wrapper"] = "serve" }
+  for _, runner in ipairs({ "ph-sandbox-helper serve", "ph-sandbox-helper", "sh-wrapper" }) do
     local cfg = function()
-      return config({ useSandboxHelper = runner == "ph-sandbox-helper" })
+      remote.settings.runner = RUNNER_SETTING[runner]
+      return config({ useSandboxHelper = runner ~= "sh-wrapper" })
     end
 
     it("times out with partial output and kills the command's process group (" .. runner .. ")",
@@ -260,7 +287,7 @@ describe("providers.ssh #ssh", function()
       local n = counting(function()
         local lease
         lease, lp = acquire(s)
-        assert.equal("ph-sandbox-helper", lease.metadata.commandRunner)
+        assert.equal("ph-sandbox-helper serve", lease.metadata.commandRunner)
         path = helper_path()
         assert.equal(tonumber("755", 8), fs.stat(path).mode & tonumber("777", 8))
         assert.is_true(helpers.read_file(path) == helpers.read_file(helpers.sandbox_helper()))
@@ -268,8 +295,8 @@ describe("providers.ssh #ssh", function()
           local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
             { config = config(), lease = lp })))
           assert.equal(0, r.exitCode, r.stderr)
-          -- the command's parent is the helper, named after its sha256
-          assert.equal(path .. " exec --ctl ", r.stdout:sub(1, #path + 12))
+          -- the command's parent is the helper's server, named after its sha256
+          assert.equal(path .. " serve --ctl-base ", r.stdout:sub(1, #path + 18))
         end
         -- the bridge's hook gives the same path, at no cost
         assert.equal(path, provider.hooks.sandbox_helper(hook_ctx(s, config(), lp), { lease = lp }))
@@ -278,11 +305,11 @@ describe("providers.ssh #ssh", function()
       -- another lease on the machine, and a restarted worker: the file is found, not sent
       n = counting(function()
         local other = acquire(s)
-        assert.equal("ph-sandbox-helper", other.metadata.commandRunner)
+        assert.equal("ph-sandbox-helper serve", other.metadata.commandRunner)
         remote.forget_helpers()
         local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
           { config = config(), lease = lp })))
-        assert.equal(path .. " exec --ctl ", r.stdout:sub(1, #path + 12))
+        assert.equal(path .. " serve --ctl-base ", r.stdout:sub(1, #path + 18))
       end)
       assert.same({ checks = 2, uploads = 0 }, n)
       nothing_left()
@@ -455,6 +482,295 @@ describe("providers.ssh #ssh", function()
         assert.equal(i .. "\n", assert(res[1]).stdout)
       end
       assert.equal(before, ssh.stats().connects)
+    end)
+  end)
+
+  it("runs a lease's commands on ONE ph-sandbox-helper serve, started by its first execute",
+    function()
+      run(function()
+        local s = session()
+        local lease, lp = acquire(s)
+        assert.same({}, servers()) -- not at acquire: lazily
+        local channels = ssh.stats().channels
+        local fns = {}
+        for i = 1, 40 do -- more at once than sshd's 10 sessions per connection
+          fns[i] = function()
+            return s:call("environmentExecute", { config = config(), lease = lp,
+              command = "sh", args = { "-c", "echo " .. i .. "; echo e" .. i .. " >&2; exit "
+                .. i % 7 }, stdin = "in" .. i })
+          end
+        end
+        for i, res in ipairs(task.all(fns)) do
+          local r = assert(res[1])
+          assert.same({ i % 7, i .. "\n", "e" .. i .. "\n" }, { r.exitCode, r.stdout, r.stderr })
+        end
+        for _ = 1, 5 do
+          assert.equal("x\n", assert(s:call("environmentExecute", { config = config(),
+            lease = lp, command = "cat", stdin = "x\n" })).stdout)
+        end
+        local list = servers()
+        assert.equal(1, #list) -- one process for the 45 executes
+        assert.equal(1, remote.servers_running())
+        assert.equal(channels + 1, ssh.stats().channels) -- its one channel stays open
+        -- a second lease has its own
+        local _, lp2 = acquire(s)
+        assert.equal(0, assert(s:call("environmentExecute", { config = config(), lease = lp2,
+          command = "true" })).exitCode)
+        assert.equal(2, #servers())
+        assert.equal(null, s:call("environmentReleaseLease",
+          { config = config(), providerLeaseId = lease.providerLeaseId }))
+        h.eventually(function()
+          return not helpers.alive(list[1])
+        end, "the first lease's server stopped")
+        assert.equal(1, #servers())
+        assert.equal(null, s:call("environmentDestroyLease",
+          { config = config(), providerLeaseId = lp2.providerLeaseId }))
+        no_server_left()
+        nothing_left()
+      end)
+    end)
+
+  it("stops the server when a reused lease is released, and starts one again on resume",
+    function()
+      run(function()
+        local s = session()
+        local cfg = config({ reuseLease = true })
+        local lease, lp = acquire(s, cfg)
+        assert.equal(0, assert(s:call("environmentExecute", { config = cfg, lease = lp,
+          command = "true" })).exitCode)
+        assert.equal(1, #servers())
+        assert.equal(null, s:call("environmentReleaseLease",
+          { config = cfg, providerLeaseId = lease.providerLeaseId }))
+        no_server_left()
+        local r = assert(s:call("environmentResumeLease",
+          { config = cfg, providerLeaseId = lease.providerLeaseId }))
+        assert.equal("ph-sandbox-helper serve", r.metadata.commandRunner)
+        assert.equal("ok\n", assert(s:call("environmentExecute", { config = cfg, lease = lp,
+          command = "echo", args = { "ok" } })).stdout)
+        assert.equal(1, #servers())
+        assert(s:call("environmentDestroyLease",
+          { config = cfg, providerLeaseId = lease.providerLeaseId }))
+        no_server_left()
+      end)
+    end)
+
+  it("reads /etc/profile once per lease: when its server starts", function()
+    h.run(function()
+      box = h.fake:create_vm("box")
+      local dir <close> = helpers.tempdir("ssh-profile-")
+      local profile, count = dir.path .. "/profile", dir.path .. "/count"
+      helpers.write_file(profile, "echo x >> " .. count .. "\n")
+      local saved = remote.system_profile
+      remote.system_profile = profile
+      helpers.with_cleanup(function()
+        local s = session()
+        local _, lp = acquire(s)
+        for _ = 1, 3 do
+          assert.equal(0, assert(s:call("environmentExecute", { config = config(), lease = lp,
+            command = "true" })).exitCode)
+        end
+        assert.equal("x\n", helpers.read_file(count))
+      end, function()
+        remote.system_profile = saved
+      end)
+    end)
+  end)
+
+  it("a server killed mid-command: a clean error, the command stopped, and a new server next",
+    function()
+      run(function()
+        local s = session()
+        local _, lp = acquire(s)
+        local pids = h.dir .. "/pids"
+        local a = task.spawn(function()
+          return s:call("environmentExecute", { config = config(), lease = lp,
+            executionId = "doomed", command = "sh", args = { "-c", "sleep 60 & echo $! > "
+              .. pids .. "; echo $$ >> " .. pids .. "; wait" } })
+        end)
+        local list = h.eventually(function()
+          local l = {}
+          for pid in (fs.read(pids) or ""):gmatch("%d+") do
+            l[#l + 1] = pid
+          end
+          return #l == 2 and l
+        end, "the command started")
+        local server = servers()
+        assert.equal(1, #server)
+        assert(require("host.core.sys").kill(server[1], "SIGKILL"))
+        local ok, err = a:wait(30)
+        assert.is_nil(ok)
+        assert.matches("^ssh: cannot run the command on 127%.0%.0%.1: the command server on "
+          .. "127%.0%.0%.1 ", err.message)
+        for _, pid in ipairs(list) do -- stopped through the cancel script, group and all
+          h.eventually(function()
+            return not helpers.alive(pid)
+          end, "process " .. pid .. " stopped")
+        end
+        local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
+          { config = config(), lease = lp })))
+        assert.equal(0, r.exitCode, r.stderr)
+        assert.truthy(r.stdout:find(" serve --ctl-base ", 1, true))
+        local again = servers()
+        assert.equal(1, #again)
+        assert.are_not.equal(server[1], again[1])
+        nothing_left()
+      end)
+    end)
+
+  it("a worker that dies takes the lease's server and its commands with it", function()
+    run(function()
+      local w = worker_process.start({ "worker", "--provider", "ssh" },
+        { env = { PATH = os.getenv("PATH"), HOME = h.dir } })
+      helpers.with_cleanup(function()
+        assert(w:initialize())
+        local n = 0
+        local function call(method, params)
+          n = n + 1
+          w:request(n, method, helpers.merged({ driverKey = "ssh", companyId = "c1",
+            environmentId = "e1", config = config() }, params),
+            { paperclipInvocation = { id = "inv-" .. n, scope = { companyId = "c1" } } })
+          return n
+        end
+        local lease = assert(assert(w:reply_to(call("environmentAcquireLease",
+          { runId = "r1" }), 60)).result)
+        assert.equal("ph-sandbox-helper serve", lease.metadata.commandRunner)
+        local pids = h.dir .. "/pids"
+        call("environmentExecute", { lease = { providerLeaseId = lease.providerLeaseId,
+          metadata = lease.metadata }, command = "sh", args = { "-c", "echo $$ > " .. pids
+          .. "; sleep 60 & echo $! >> " .. pids .. "; wait" } })
+        local list = h.eventually(function()
+          local l = {}
+          for pid in (fs.read(pids) or ""):gmatch("%d+") do
+            l[#l + 1] = pid
+          end
+          return #l == 2 and l
+        end, "the command started")
+        assert.equal(1, #servers())
+        w:kill("SIGKILL")
+        w:wait(10)
+        -- its connection closed: sshd ended the server's stdin, and the server its commands
+        h.eventually(function()
+          return #servers() == 0
+        end, "the server gone")
+        for _, pid in ipairs(list) do
+          h.eventually(function()
+            return not helpers.alive(pid)
+          end, "process " .. pid .. " stopped")
+        end
+        nothing_left()
+      end, function()
+        w:kill("SIGKILL")
+        w:wait(10)
+      end)
+    end)
+  end)
+
+  it("streams output live through the server: the first chunk comes before the end", function()
+    run(function()
+      local gate <close>, log, on_log = helpers.log_gate()
+      local s = session({ on_log = on_log })
+      local _, lp = acquire(s)
+      local r = assert(s:call("environmentExecute", { config = config(), lease = lp,
+        command = "sh", args = { "-c", "echo first; echo oops >&2; " .. gate.sh
+          .. "; echo second" } }))
+      assert.same({ 0, "first\nsecond\n", "oops\n" }, { r.exitCode, r.stdout, r.stderr })
+      assert.equal("first\n", log[1][2]) -- it opened the gate: the command went on after it
+      assert.equal(r.stdout, helpers.logged(log, "stdout"))
+      assert.equal(1, #servers())
+    end)
+  end)
+
+  it("keeps every runner's output cap, truncated flag, signal exit and NUL refusal", function()
+    run(function()
+      local t = assert(remote.target({ host = "127.0.0.1", port = box.server.port,
+        user = box.server.user, key = h.fake.key.private }))
+      for _, r in ipairs({ "serve", "exec", "wrapper" }) do
+        remote.settings.runner = r
+        local streamed = {}
+        local ctx = { config = {}, max_output = 1000, execution = {},
+          emitter = function(_, stream)
+            return function(chunk)
+              streamed[stream] = (streamed[stream] or "") .. chunk
+            end
+          end,
+          output = function(_, raw)
+            return raw
+          end }
+        local res = assert(remote.execute(ctx, t, { command = "sh", args = { "-c",
+          "head -c 300000 /dev/zero | tr '\\0' a; echo err >&2; exit 4" } },
+          { scope = "cap", metadata = { provider = "ssh" } }))
+        assert.equal(4, res.exitCode, r)
+        assert.equal(("a"):rep(1000), res.stdout, r)
+        assert.equal("err\n", res.stderr, r)
+        assert.same({ provider = "ssh", truncated = true }, res.metadata, r)
+        assert.equal(res.stdout, streamed.stdout, r) -- what is kept is what streamed
+        res = assert(remote.execute(ctx, t, { command = "sh", args = { "-c", "kill -TERM $$" } },
+          { scope = "cap" }))
+        assert.same({ 143, null }, { res.exitCode, res.signal }, r) -- as sh's wait says it
+      end
+      remote.settings.runner = "serve"
+      local ctx = { config = {}, emitter = function() end }
+      local res, err, code = remote.execute(ctx, t, { command = "echo", args = { "a\0b" } },
+        { scope = "cap" })
+      assert.is_nil(res)
+      assert.equal("protocol", code)
+      assert.matches("NUL byte", err)
+    end)
+  end)
+
+  it("falls back to ph-sandbox-helper exec where its serve does not start", function()
+    run(function()
+      local dir <close> = helpers.tempdir("ssh-helper-")
+      -- a helper without serve: it says so and exits 2, as an older one does
+      local old = dir.path .. "/ph-sandbox-helper"
+      helpers.write_file(old, "#!/bin/sh\nif [ \"$1\" = serve ]; then echo 'usage: no serve' >&2; "
+        .. "exit 2; fi\nexec " .. helpers.sandbox_helper() .. ' "$@"\n', "755")
+      sandbox_helper.override = old
+      local s = session()
+      local _, lp = acquire(s)
+      local starts = 0
+      local real = ssh.open
+      ssh.open = function(o)
+        starts = starts + 1
+        return real(o)
+      end
+      helpers.with_cleanup(function()
+        for i = 1, 3 do
+          local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
+            { config = config(), lease = lp, stdin = "in" })))
+          assert.equal(0, r.exitCode, r.stderr)
+          assert.truthy(r.stdout:find(" exec --ctl ", 1, true), "execute " .. i .. ": "
+            .. r.stdout)
+        end
+      end, function()
+        ssh.open = real
+      end)
+      assert.equal(1, starts) -- tried once for the lease, then exec straight away
+      assert.equal(0, remote.servers_running())
+      nothing_left()
+    end)
+  end)
+
+  it("runs commands through exec or the wrapper when settings.runner says so", function()
+    run(function()
+      local s = session()
+      remote.settings.runner = "exec"
+      local lease, lp = acquire(s)
+      assert.equal("ph-sandbox-helper", lease.metadata.commandRunner)
+      local r = assert(s:call("environmentExecute", helpers.merged(PARENT,
+        { config = config(), lease = lp })))
+      assert.equal(helper_path() .. " exec --ctl ", r.stdout:sub(1, #helper_path() + 12))
+      remote.settings.runner = "wrapper"
+      remote.forget_helpers()
+      local n = counting(function()
+        lease, lp = acquire(s)
+        assert.equal("sh-wrapper", lease.metadata.commandRunner)
+        r = assert(s:call("environmentExecute", helpers.merged(PARENT,
+          { config = config(), lease = lp })))
+        assert.matches("^sh %-c paperclip_ctl=", r.stdout)
+      end)
+      assert.same({ checks = 0, uploads = 0 }, n)
+      assert.same({}, servers())
     end)
   end)
 end)
