@@ -432,6 +432,8 @@ function Bridge:on_frame(f)
   if t == "HELLO" then
     if self.port then
       return nil, "a second HELLO"
+    elseif f.magic ~= frame.MAGIC or not f.port then
+      return nil, ("a HELLO of %q, not of a relay"):format(tostring(f.magic))
     end
     self.port = f.port
     self.hello_signal:notify()

@@ -204,6 +204,24 @@ describe("host.bridge on a local relay", function()
     end)
   end)
 
+  it("refuses a helper that answers with something other than a relay's HELLO", function()
+    helpers.run(function()
+      local tmp <close> = helpers.tempdir("ph-bridge-spec-")
+      local b, err, code = bridge.open({ helper = helpers.sandbox_helper(), api_url = "http://x",
+        api_key = KEY, duplex = function(params)
+          params.args = { "serve", "--ctl-base", tmp.path }
+          return local_opener(params)
+        end })
+      assert.is_nil(b)
+      assert.equal("upstream", code)
+      assert.matches('the relay did not start: .*HELLO of "PHSERVE1", not of a relay', err)
+      for _, d in ipairs(opened) do
+        assert.is_false(helpers.alive(d.pid), "the helper is gone")
+      end
+      opened = {}
+    end)
+  end)
+
   it("a relay killed mid-request ends the agent's call with an error, not a hang", function()
     with_bridge(function(b, api)
       local gate = latch()
