@@ -515,7 +515,13 @@ local function helper_install_script(name, sha, size)
   local lines = helper_prelude(name, sha, size)
   for _, l in ipairs({
     'paperclip_t="$paperclip_p.$$.tmp"',
+    -- a cut upload leaves no temp file: removed on every exit a shell can see, and what a
+    -- SIGKILL left behind is swept by the next install once it is clearly abandoned
+    'trap \'rm -f "$paperclip_t"\' EXIT',
+    "trap 'exit 1' HUP INT TERM PIPE",
     'mkdir -p "$paperclip_d" || exit 3',
+    'find "$paperclip_d" -maxdepth 1 -name "' .. sandbox_helper.NAME
+      .. '-*.tmp" -mmin +10 -exec rm -f {} + 2>/dev/null',
     'if ! cat > "$paperclip_t"; then rm -f "$paperclip_t"; exit 3; fi',
     'if ! paperclip_verify "$paperclip_t"; then',
     '  rm -f "$paperclip_t"; echo "the upload arrived damaged (sha256 mismatch)" >&2; exit 4',

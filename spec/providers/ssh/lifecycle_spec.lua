@@ -345,6 +345,27 @@ describe("providers.ssh #ssh", function()
     end)
   end)
 
+  it("an install sweeps the temp files of abandoned uploads, and leaves none of its own",
+    function()
+      run(function()
+        local dir = box.home .. "/.paperclip/bin"
+        assert(fs.mkdirs(dir))
+        local stale = dir .. "/ph-sandbox-helper-0123456789abcdef.4242.tmp"
+        local fresh = dir .. "/ph-sandbox-helper-0123456789abcdef.4343.tmp"
+        helpers.write_file(stale, "half an upload")
+        helpers.write_file(fresh, "an upload in progress")
+        assert(require("host.proc").run({ argv = { "touch", "-d", "1 hour ago", stale },
+          timeout = 10 }))
+        acquire(session())
+        assert.is_nil(fs.stat(stale), "an abandoned upload is swept")
+        assert.is_table(fs.stat(fresh), "one that may be running is left alone")
+        os.remove(fresh)
+        for _, name in ipairs(fs.list(dir)) do
+          assert.not_matches("%.tmp$", name)
+        end
+      end)
+    end)
+
   it("never installs the helper with useSandboxHelper = false", function()
     run(function()
       local s = session()
