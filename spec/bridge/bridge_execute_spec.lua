@@ -6,6 +6,7 @@ local fake_paperclip = require("spec.support.fake_paperclip")
 local helpers = require("spec.helpers")
 local json = require("host.json")
 local providers = require("host.providers")
+local worker_process = require("spec.support.worker_process")
 
 local KEY = "the-real-paperclip-key-0123456789"
 
@@ -115,6 +116,77 @@ describe("an execute with a bridge (local provider)", function()
         timeoutMs = 200 }))
       assert.is_true(r.timedOut)
       assert.equal(1, #relays)
+    end)
+  end)
+
+  describe("in a worker process, as Paperclip runs it (env: PATH and PAPERCLIP_* only)", function()
+    -- A worker, a lease, and an execute with a bridge that waits on a marker: fn(w, marker,
+    -- relay_pid) runs while the command is inside it.
+    local function bridged_in_worker(fn)
+      helpers.run(function()
+        local tmp <close> = helpers.tempdir("ph-bridge-worker-")
+        local api <close> = fake_paperclip.start({ api_key = KEY })
+        local w = worker_process.start(nil, { env = { PATH = os.getenv("PATH"),
+          PAPERCLIP_PLUGIN_ID = "spec" } })
+        helpers.with_cleanup(function()
+          w:initialize()
+          local config = { root = tmp.path }
+          w:request(1, "environmentAcquireLease", { driverKey = "local", config = config,
+            companyId = "c", environmentId = "e", runId = "r" })
+          local lease = assert(w:reply_to(1, 30).result)
+          local marker = tmp.path .. "/inside"
+          w:request(2, "environmentExecute", { driverKey = "local", config = config,
+            companyId = "c", environmentId = "e",
+            lease = { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata },
+            command = "sh", args = { "-c", 'echo "$PAPERCLIP_API_URL" > ' .. marker
+              .. '; while [ -e ' .. marker .. ' ]; do sleep 0.05; done' },
+            bridge = { apiUrl = api.url, apiKey = KEY, runId = "run-w" } })
+          local url = helpers.eventually(function()
+            return (helpers.read_file(marker) or ""):match("^(http://%S+)")
+          end, "the command runs with its bridge")
+          local port = tonumber(url:match(":(%d+)$"))
+          local relay = helpers.eventually(function() -- the worker's child running the relay
+            for _, name in ipairs(require("host.fs").list("/proc") or {}) do
+              local stat = name:find("^%d+$") and helpers.read_file("/proc/" .. name .. "/stat")
+              local ppid = stat and tonumber(stat:match("^%d+ %b() %S+ (%d+)"))
+              local cmdline = ppid == w.pid and helpers.read_file("/proc/" .. name .. "/cmdline")
+              if cmdline and cmdline:find("ph-sandbox-helper\0relay", 1, true) then
+                return tonumber(name)
+              end
+            end
+          end, "the relay runs")
+          fn(w, marker, relay, port)
+        end, function()
+          w:kill("SIGKILL")
+          w:wait(10)
+        end)
+      end)
+    end
+
+    it("the bridge closes with the execution; closing stdin then stops the worker", function()
+      bridged_in_worker(function(w, marker, relay)
+        os.remove(marker) -- the command ends
+        local reply = w:reply_to(2, 30)
+        assert.equal(0, reply.result.exitCode)
+        helpers.eventually(function()
+          return not helpers.alive(relay)
+        end, "the relay is gone with the execution")
+        w:close_stdin()
+        assert.equal(0, w:wait(30).exit_code)
+        assert.not_matches(KEY, table.concat(w.stderr), 1, true)
+      end)
+    end)
+
+    it("a killed worker leaves no relay behind", function()
+      bridged_in_worker(function(w, marker, relay, port)
+        w:kill("SIGKILL")
+        w:wait(10)
+        helpers.eventually(function()
+          return not helpers.alive(relay)
+        end, "the relay ended with its transport")
+        assert.is_nil((require("host.core.rawtcp").connect("127.0.0.1", port, 5)))
+        os.remove(marker)
+      end)
     end)
   end)
 
