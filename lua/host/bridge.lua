@@ -570,23 +570,10 @@ local function merged_opts(opts)
   return o
 end
 
---- open(opts) -> Bridge | nil, message, code
--- Starts the relay through opts.duplex and waits for its HELLO. opts:
---   duplex     fn(params) -> Duplex | nil, msg, code: opens a duplex execution in the sandbox
---              (params: command, args, on_stdout, on_stderr), as a provider's hooks.duplex
---   helper     the path of ph-sandbox-helper in the sandbox (hooks.sandbox_helper)
---   api_url    the Paperclip API base URL (the real one; never shown to the sandbox)
---   api_key    the real credential, injected as Authorization: Bearer on each forward
---   run_id     sent as x-paperclip-run-id on each forward
---   routes     extra route rules (host.bridge_policy.new's routes)
---   port       the loopback port in the sandbox (default: an ephemeral one)
---   max_request_body, max_response_body, request_headers, response_headers: the policy's
---   and any of M.defaults' names.
--- Bridge fields: url, token, port. Misuse raises.
-function M.open(opts)
-  check_opts(opts)
+-- A bridge not started yet: its policy with a fresh token, its queues and signals.
+local function new_bridge(opts)
   local token = assert(policy_mod.new_token())
-  local b = setmetatable({
+  return setmetatable({
     opts = merged_opts(opts),
     policy = policy_mod.new({
       token = token,
@@ -611,14 +598,17 @@ function M.open(opts)
     slot_signal = task.signal(),
     counts = { connections = 0, requests = 0, by_status = {} },
   }, Bridge)
-  local args = { "relay", "--port", tostring(opts.port or 0) }
-  local stderr = {}
+end
+
+-- Start the relay's duplex, its writer and the watch on its end. stderr collects the first
+-- chunks the relay writes there (its reasons when it cannot start).
+function Bridge:start_relay(opts, stderr)
   local duplex, err, code = opts.duplex({
     command = opts.helper,
-    args = args,
-    timeout = b.opts.lifetime,
+    args = { "relay", "--port", tostring(opts.port or 0) },
+    timeout = self.opts.lifetime,
     on_stdout = function(chunk)
-      b:on_output(chunk)
+      self:on_output(chunk)
     end,
     on_stderr = function(chunk)
       if #stderr < 16 then
@@ -629,29 +619,60 @@ function M.open(opts)
   if not duplex then
     return nil, "bridge: could not start the relay: " .. tostring(err), code
   end
-  b.duplex = duplex
-  b.writer_task = task.spawn(function()
-    b:writer()
+  self.duplex = duplex
+  self.writer_task = task.spawn(function()
+    self:writer()
   end)
-  b.watch_task = task.spawn(function() -- the relay ending by itself is a lost transport
+  self.watch_task = task.spawn(function() -- the relay ending by itself is a lost transport
     local r, werr = duplex:wait()
-    b:lost(r and ("the relay exited (%s)"):format(r.signal or r.exit_code) or
+    self:lost(r and ("the relay exited (%s)"):format(r.signal or r.exit_code) or
       ("the relay's execution failed: " .. tostring(werr)))
   end)
-  local deadline = task.now() + b.opts.hello_timeout
-  while not b.port and not b.closed and task.now() < deadline do
-    local ok, _, wcode = b.hello_signal:wait(deadline - task.now())
-    if not ok and wcode == "canceled" then
-      b:close()
+  return true
+end
+
+-- Wait for the relay's HELLO: true, or the bridge closed and nil, message, code.
+function Bridge:await_hello(stderr)
+  local deadline = task.now() + self.opts.hello_timeout
+  while not self.port and not self.closed and task.now() < deadline do
+    local ok, _, code = self.hello_signal:wait(deadline - task.now())
+    if not ok and code == "canceled" then
+      self:close()
       return nil, "bridge: canceled while the relay started", "canceled"
     end
   end
-  if not b.port then
-    local why = b.lost_reason or ("no HELLO within %gs"):format(b.opts.hello_timeout)
-    local said = table.concat(stderr):gsub("%s+$", "")
-    b:close()
-    return nil, ("bridge: the relay did not start: %s%s"):format(why,
-      said ~= "" and (" (" .. said .. ")") or ""), "upstream"
+  if self.port then
+    return true
+  end
+  local why = self.lost_reason or ("no HELLO within %gs"):format(self.opts.hello_timeout)
+  local said = table.concat(stderr):gsub("%s+$", "")
+  self:close()
+  return nil, ("bridge: the relay did not start: %s%s"):format(why,
+    said ~= "" and (" (" .. said .. ")") or ""), "upstream"
+end
+
+--- open(opts) -> Bridge | nil, message, code
+-- Starts the relay through opts.duplex and waits for its HELLO. opts:
+--   duplex     fn(params) -> Duplex | nil, msg, code: opens a duplex execution in the sandbox
+--              (params: command, args, on_stdout, on_stderr), as a provider's hooks.duplex
+--   helper     the path of ph-sandbox-helper in the sandbox (hooks.sandbox_helper)
+--   api_url    the Paperclip API base URL (the real one; never shown to the sandbox)
+--   api_key    the real credential, injected as Authorization: Bearer on each forward
+--   run_id     sent as x-paperclip-run-id on each forward
+--   routes     extra route rules (host.bridge_policy.new's routes)
+--   port       the loopback port in the sandbox (default: an ephemeral one)
+--   max_request_body, max_response_body, request_headers, response_headers: the policy's
+--   and any of M.defaults' names.
+-- Bridge fields: url, token, port. Misuse raises.
+function M.open(opts)
+  check_opts(opts)
+  local b, stderr = new_bridge(opts), {}
+  local ok, err, code = b:start_relay(opts, stderr)
+  if ok then
+    ok, err, code = b:await_hello(stderr)
+  end
+  if not ok then
+    return nil, err, code
   end
   b.url = ("http://127.0.0.1:%d"):format(b.port)
   return b
