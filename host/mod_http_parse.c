@@ -127,6 +127,53 @@ static void fail(Parser *p, int status, int in_body)
     ph_buf_free(&p->in);
 }
 
+/* One pass over the buffered bytes from the parser's state: events appended to the table at
+ * index 3. Leaves in *off the bytes used and in *status / *in_body a refusal; returns the
+ * state to continue from. */
+typedef struct {
+    size_t off;
+    lua_Integer nev;
+    int status, in_body;
+} Pass;
+
+static int parse_pass(lua_State *L, Parser *p, int state, Pass *r)
+{
+    for (;;) {
+        if (state == P_HEAD) {
+            if (r->off == p->in.len)
+                return state;
+            int rc = ph_http_parse_head(&p->req, p->in.p + r->off, p->in.len - r->off);
+            if (rc <= 0) {
+                r->status = -rc;
+                return state;
+            }
+            push_head(L, &p->req); /* its strings point into p->in: push before moving on */
+            lua_rawseti(L, 3, ++r->nev);
+            ph_http_body_init(&p->framing, &p->req, p->max_body, (size_t)p->max_head);
+            r->off += (size_t)rc;
+            state = P_BODY;
+        }
+        size_t used = 0, made = 0;
+        char *at = p->in.p + r->off;
+        int rc = ph_http_body_feed(&p->framing, at, p->in.len - r->off, &used, &made);
+        if (made > 0)
+            push_event(L, &r->nev, "body", at, made);
+        r->off += used;
+        if (rc <= 0) {
+            r->status = -rc;
+            r->in_body = rc < 0;
+            return state;
+        }
+        push_event(L, &r->nev, "end", NULL, 0);
+        if (!p->req.keep_alive) {
+            r->off = p->in.len;
+            return P_DONE;
+        }
+        ph_http_request_reset(&p->req);
+        state = P_HEAD;
+    }
+}
+
 /* Parser:feed(bytes) -> events | nil, status, message
  * Events, in order: a head table (see push_head), then {type="body", data=} pieces, then
  * {type="end"}; then the next request's (keep-alive, pipelining). After a request that does
@@ -155,55 +202,16 @@ static int parser_feed(lua_State *L)
         ph_buf_free(&p->in);
         return push_failure(L, p);
     }
-    lua_Integer nev = 0;
-    size_t off = 0;
-    int status = 0, in_body = 0;
-    for (;;) {
-        if (state == P_HEAD) {
-            if (off == p->in.len)
-                break;
-            int rc = ph_http_parse_head(&p->req, p->in.p + off, p->in.len - off);
-            if (rc == 0)
-                break;
-            if (rc < 0) {
-                status = -rc;
-                break;
-            }
-            push_head(L, &p->req); /* its strings point into p->in: push before moving on */
-            lua_rawseti(L, 3, ++nev);
-            ph_http_body_init(&p->framing, &p->req, p->max_body, (size_t)p->max_head);
-            off += (size_t)rc;
-            state = P_BODY;
-        }
-        size_t used = 0, made = 0;
-        int rc = ph_http_body_feed(&p->framing, p->in.p + off, p->in.len - off, &used, &made);
-        if (made > 0)
-            push_event(L, &nev, "body", p->in.p + off, made);
-        off += used;
-        if (rc < 0) {
-            status = -rc;
-            in_body = 1;
-            break;
-        }
-        if (rc == 0)
-            break;
-        push_event(L, &nev, "end", NULL, 0);
-        if (!p->req.keep_alive) {
-            state = P_DONE;
-            off = p->in.len;
-            break;
-        }
-        ph_http_request_reset(&p->req);
-        state = P_HEAD;
-    }
+    Pass r = { 0, 0, 0, 0 };
+    state = parse_pass(L, p, state, &r);
     /* What is left is the start of the next head: kept at the start of the buffer, so the
      * head parser can resume where it stopped when more arrives. */
-    ph_buf_consume(&p->in, off);
+    ph_buf_consume(&p->in, r.off);
     if (state == P_DONE || p->in.len == 0)
         ph_buf_free(&p->in);
-    if (status != 0) {
-        fail(p, status, in_body);
-        return nev > 0 ? 1 : push_failure(L, p);
+    if (r.status != 0) {
+        fail(p, r.status, r.in_body);
+        return r.nev > 0 ? 1 : push_failure(L, p);
     }
     p->state = state;
     return 1;
