@@ -39,6 +39,7 @@ local client = require("host.client")
 local fs = require("host.fs")
 local http = require("host.http")
 local json = require("host.json")
+local lib = require("bench.lib")
 local local_provider = require("providers.local")
 local proc = require("host.proc")
 local shell = require("host.shell")
@@ -48,6 +49,11 @@ local sshd = require("spec.support.sshd")
 local sys = require("host.core.sys")
 local task = require("host.task")
 local util = require("host.util")
+
+local say, fmt_ms, fmt_ratio, first_line = lib.say, lib.fmt_ms, lib.fmt_ratio, lib.first_line
+local ratio, quantile, now_ms = lib.ratio, lib.quantile, lib.now_ms
+local check_canceled, check_stopping = lib.check_canceled, lib.check_stopping
+local new_series, add = lib.new_series, lib.add
 
 local TARGET_ADDED_MS = 2 -- added per call on loopback: under
 local TARGET_RPS = 1000 -- requests per second through the bridge: at least
@@ -67,41 +73,23 @@ local RUN_ID = "run-bridge-bench"
 
 local PARTS = { "local", "ssh", "queue", "exec" }
 
-local function usage(problem)
-  local text = "usage: provider-host bench/bridge_bench.lua [--quick] [--only=ours|peer] "
-    .. "[--parts=local,ssh,queue,exec] [--call-samples=N] [--requests=N] [--clients=N] "
-    .. "[--idle=S] [--queue-calls=N] [--exec-samples=N] [--ssh-samples=N] [--net-delay=MS] "
-    .. "[--out=FILE]\n"
-  if problem then
-    io.stderr:write("bridge_bench: " .. problem .. "\n" .. text)
-    os.exit(2)
-  end
-  io.stdout:write(text)
-  os.exit(0)
-end
-
 local function parse_args(argv)
-  local o = { quick = false, parts = {} }
-  for _, a in ipairs(argv) do
-    local key, value = a:match("^(%-%-[%w-]+)=(.*)$")
-    key = key or a
-    local function num(min)
-      local v = tonumber(value)
-      if not v or v < (min or 1) or v ~= math.floor(v) then
-        usage(key .. " needs an integer of at least " .. (min or 1))
+  local o = lib.options(argv, {
+    name = "bridge_bench",
+    usage = "usage: provider-host bench/bridge_bench.lua [--quick] [--only=ours|peer] "
+      .. "[--parts=local,ssh,queue,exec] [--call-samples=N] [--requests=N] [--clients=N] "
+      .. "[--idle=S] [--queue-calls=N] [--exec-samples=N] [--ssh-samples=N] [--net-delay=MS] "
+      .. "[--out=FILE]\n",
+    integers = { ["--call-samples"] = { "call_samples" }, ["--requests"] = { "requests" },
+      ["--clients"] = { "clients" }, ["--idle"] = { "idle" },
+      ["--queue-calls"] = { "queue_calls" }, ["--exec-samples"] = { "exec_samples" },
+      ["--ssh-samples"] = { "ssh_samples" }, ["--net-delay"] = { "net_delay", 0 } },
+    integer_problem = "%s needs an integer of at least %d",
+    other = function(key, value, o, usage)
+      if key ~= "--parts" then
+        return false
       end
-      return math.floor(v)
-    end
-    if key == "--quick" then
-      o.quick = true
-    elseif key == "--no-floor" then -- bench/run passes it to every benchmark: no floor here
-      o.no_floor = true
-    elseif key == "--only" then
-      if value ~= "ours" and value ~= "peer" and value ~= "shim" then
-        usage("--only must be ours or peer")
-      end
-      o.only = value
-    elseif key == "--parts" then
+      o.parts = o.parts or {}
       for p in (value or ""):gmatch("[^,]+") do
         local known = false
         for _, k in ipairs(PARTS) do
@@ -112,33 +100,10 @@ local function parse_args(argv)
         end
         o.parts[p] = true
       end
-    elseif key == "--call-samples" then
-      o.call_samples = num()
-    elseif key == "--requests" then
-      o.requests = num()
-    elseif key == "--clients" then
-      o.clients = num()
-    elseif key == "--idle" then
-      o.idle = num()
-    elseif key == "--queue-calls" then
-      o.queue_calls = num()
-    elseif key == "--exec-samples" then
-      o.exec_samples = num()
-    elseif key == "--ssh-samples" then
-      o.ssh_samples = num()
-    elseif key == "--net-delay" then
-      o.net_delay = num(0)
-    elseif key == "--out" then
-      if not value or value == "" then
-        usage("--out needs a file")
-      end
-      o.out = value
-    elseif key == "-h" or key == "--help" then
-      usage()
-    else
-      usage("unknown option " .. a)
-    end
-  end
+      return true
+    end,
+  })
+  o.parts = o.parts or {}
   if next(o.parts) == nil then
     for _, p in ipairs(PARTS) do
       o.parts[p] = true
@@ -157,66 +122,14 @@ local function parse_args(argv)
   o.delay_samples = q and 6 or 15
   o.delay_peer_samples = q and 2 or 3
   o.out = o.out or (root .. "/bench/results/bridge.json")
-  o.ours = o.only ~= "peer"
-  o.peer = o.only ~= "ours"
   return o
 end
 
 ------------------------------------------------------------------------------------------------
 -- small helpers
 
-local function say(fmt, ...)
-  io.stdout:write(select("#", ...) > 0 and fmt:format(...) or fmt, "\n")
-  io.stdout:flush()
-end
-
-local function fmt_ms(ms)
-  if ms == nil then
-    return "-"
-  elseif ms >= 1000 then
-    return ("%.2f s"):format(ms / 1000)
-  elseif ms >= 10 then
-    return ("%.1f ms"):format(ms)
-  end
-  return ("%.2f ms"):format(ms)
-end
-
-local function fmt_ratio(r)
-  if r == nil then
-    return "-"
-  end
-  return r >= 100 and ("%.0fx"):format(r) or r >= 10 and ("%.1fx"):format(r)
-    or ("%.2fx"):format(r)
-end
-
 local function fmt_rps(r)
   return r and ("%.0f/s"):format(r) or "-"
-end
-
-local function ratio(a, b) -- b / a
-  if a == nil or b == nil or a <= 0 then
-    return nil
-  end
-  return b / a
-end
-
--- The same quantile as bench/lib.mjs: sorted[ceil(q * n) - 1].
-local function quantile(values, q)
-  if not values or #values == 0 then
-    return nil
-  end
-  local s = table.move(values, 1, #values, 1, {})
-  table.sort(s)
-  return s[math.min(#s, math.max(1, math.ceil(q * #s)))]
-end
-
-local function first_line(s)
-  s = tostring(s or ""):gsub("^%s+", "")
-  return (s:match("^[^\n]*") or ""):sub(1, 200)
-end
-
-local function now_ms()
-  return task.now() * 1000
 end
 
 local function verdict(ok, text)
@@ -224,40 +137,6 @@ local function verdict(ok, text)
     return "-"
   end
   return (ok and "met" or "MISSED") .. " (" .. text .. ")"
-end
-
--- An operation ended with "canceled": the run is being stopped; unwind.
-local Interrupted = setmetatable({}, { __tostring = function() return "interrupted" end })
-local function check_canceled(code)
-  if code == "canceled" then
-    error(Interrupted, 0)
-  end
-end
--- After a failure: was it because the run is being stopped?
-local function check_stopping()
-  local _, _, code = task.sleep(0)
-  check_canceled(code)
-end
-
-local function cpu_count()
-  local text = fs.read("/proc/cpuinfo") or ""
-  local n = 0
-  for _ in text:gmatch("\nprocessor%s*:") do
-    n = n + 1
-  end
-  if text:find("^processor%s*:") then
-    n = n + 1
-  end
-  return n
-end
-
-local function kernel()
-  return ((fs.read("/proc/sys/kernel/osrelease") or "?"):gsub("%s+$", ""))
-end
-
-local function summary(samples)
-  return { n = #samples, median_ms = quantile(samples, 0.5), p90_ms = quantile(samples, 0.9),
-    min_ms = quantile(samples, 0) }
 end
 
 ------------------------------------------------------------------------------------------------
@@ -379,22 +258,15 @@ local function cleanup()
   state.sessions = {}
   ssh.close_all()
   ssh.exec, ssh.open = real_exec, real_open
-  if state.server then
-    try("stopping sshd", state.server.close, state.server)
-    state.server = nil
-  end
+  lib.stop_sshd(state, notes)
   if state.tmp then
     local left = processes_mentioning(state.tmp)
     if #left > 0 then
       notes[#notes + 1] = ("%d process(es) from %s still running: %s"):format(#left, state.tmp,
         table.concat(left, " "))
     end
-    local ok, err = util.remove_tree(state.tmp)
-    if not ok then
-      notes[#notes + 1] = "removing " .. state.tmp .. ": " .. tostring(err)
-    end
-    state.tmp = nil
   end
+  lib.remove_tmp(state, notes)
   return notes
 end
 
@@ -556,7 +428,7 @@ local function bridge_figures(res)
   for mode, l in pairs(res.latency) do
     f.latency[mode] = {}
     for _, k in ipairs({ "direct", "bridged" }) do
-      local sm = summary(l[k].samples)
+      local sm = lib.summary(l[k].samples)
       sm.failures, sm.reasons = l[k].failures, l[k].reasons
       sm.samples = l[k].samples
       f.latency[mode][k] = sm
@@ -720,69 +592,27 @@ end
 local exec_seq = 0
 local function execute_true(l, cfg)
   exec_seq = exec_seq + 1
-  local t0 = now_ms()
-  local r, err = call(l.session, "environmentExecute", { config = cfg, lease = l.lp,
-    command = "true", args = {}, env = {}, timeoutMs = EXEC_TIMEOUT_MS,
+  local ms, r, err = lib.timed(call, l.session, "environmentExecute", { config = cfg,
+    lease = l.lp, command = "true", args = {}, env = {}, timeoutMs = EXEC_TIMEOUT_MS,
     executionId = ("bench-%d-%d"):format(sys.getpid(), exec_seq) })
-  local ms = now_ms() - t0
   if not r then
     return ms, "error: " .. first_line(err)
-  elseif r.exitCode ~= 0 or r.timedOut or r.stdout ~= "" or r.stderr ~= "" then
-    return ms, ("exitCode %s: %s"):format(tostring(r.exitCode), first_line(r.stderr))
   end
-  return ms
+  return ms, lib.execute_failure(r)
 end
 
 -- The floor: `true` on a channel of the pooled session, nothing around it (host.ssh.exec); or
 -- another command there (the login profile alone).
 local PROFILE = "sh -c 'if [ -f /etc/profile ]; then . /etc/profile >/dev/null 2>&1 || true; fi'"
 local function floor_exec(c, port, cmd)
-  local t0 = now_ms()
-  local res, err, code = ssh.exec({ host = c.server.host, port = port, user = c.server.user,
-    key = c.key.private, host_key_policy = "accept-new", known_hosts = c.known_hosts,
-    timeout = CALL_TIMEOUT, cmd = cmd or "true" })
-  local ms = now_ms() - t0
-  check_canceled(code)
-  if not res then
-    return ms, ("%s: %s"):format(tostring(code), first_line(err))
-  elseif res.exit_code ~= 0 or res.stdout ~= "" then
-    return ms, ("exit %s: %s"):format(tostring(res.exit_code), first_line(res.stderr))
-  end
-  return ms
+  local ms, res, err, code = lib.timed(ssh.exec, { host = c.server.host, port = port,
+    user = c.server.user, key = c.key.private, host_key_policy = "accept-new",
+    known_hosts = c.known_hosts, timeout = CALL_TIMEOUT, cmd = cmd or "true" })
+  return ms, lib.command_failure(res, err, code)
 end
 
 local function peer_exec(argv)
-  local t0 = now_ms()
-  local res, err, code = proc.run({ argv = argv, timeout = CALL_TIMEOUT, kill_grace = 1 })
-  local ms = now_ms() - t0
-  check_canceled(code)
-  if not res then
-    return ms, ("%s: %s"):format(tostring(code), first_line(err))
-  elseif res.exit_code ~= 0 or res.stdout ~= "" then
-    return ms, ("exit %s: %s"):format(tostring(res.exit_code or res.signal), first_line(res.stderr))
-  end
-  return ms
-end
-
-local function new_series()
-  return { samples = {}, failures = 0, reasons = {} }
-end
-
-local function add(series, ms, failure)
-  if failure then
-    series.failures = series.failures + 1
-    series.reasons[failure] = (series.reasons[failure] or 0) + 1
-  else
-    series.samples[#series.samples + 1] = ms
-  end
-end
-
-local function finish(series)
-  local s = summary(series.samples)
-  for k, v in pairs(s) do
-    series[k] = v
-  end
-  return series
+  return lib.run_timed(argv, CALL_TIMEOUT)
 end
 
 -- What upstream exe.dev's execute sends for `true` in cwd (providers.md 3.3, 0.1.2: the login
@@ -805,14 +635,10 @@ end
 -- upstream's runSshCommand argv (as bench/ssh_bench.lua's peer), optionally over an OpenSSH
 -- ControlMaster connection (ControlPersist=60, closed with -O exit at the end).
 local function ssh_argv(c, port, control, remote_command)
-  local argv = { "ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-    "-o", "UserKnownHostsFile=" .. c.tmp .. "/known_hosts_peer", "-o", "ConnectTimeout=15" }
+  local extra
   if control then
     local path = c.tmp .. "/cm-%C"
-    for _, w in ipairs({ "-o", "ControlMaster=auto", "-o", "ControlPath=" .. path, "-o",
-      "ControlPersist=60" }) do
-      argv[#argv + 1] = w
-    end
+    extra = { "-o", "ControlMaster=auto", "-o", "ControlPath=" .. path, "-o", "ControlPersist=60" }
     local known = false
     for _, cm in ipairs(state.control_paths) do
       known = known or cm.port == port
@@ -822,11 +648,9 @@ local function ssh_argv(c, port, control, remote_command)
         dest = c.server.user .. "@" .. c.server.host }
     end
   end
-  for _, w in ipairs({ "-p", tostring(port), "-i", c.key.path, "-o", "IdentitiesOnly=yes",
-    c.server.user .. "@" .. c.server.host, remote_command }) do
-    argv[#argv + 1] = w
-  end
-  return argv
+  return lib.upstream_ssh_argv({ known_hosts = c.tmp .. "/known_hosts_peer", port = port,
+    key = c.key.path, dest = c.server.user .. "@" .. c.server.host, command = remote_command,
+    extra = extra })
 end
 
 -- What runs the command: the parent of `sh -c ...` as the runner started it.
@@ -916,7 +740,7 @@ local function exec_round(o, c, l, port, n)
     end
   end
   for _, cand in ipairs(list) do
-    finish(r[cand.key])
+    lib.summarize(r[cand.key])
   end
   if o.ours then
     r.runner_helper = runner_of(l, cfg_helper)
@@ -1004,11 +828,6 @@ end
 ------------------------------------------------------------------------------------------------
 -- setup
 
-local function version(argv)
-  local res = proc.run({ argv = argv, timeout = 10 })
-  return res and first_line(res.stderr ~= "" and res.stderr or res.stdout) or "?"
-end
-
 local function start_api(c)
   local out = {}
   local p = assert(proc.spawn({ argv = { c.bin, c.root .. "/bench/bridge_api.lua", c.api_key },
@@ -1039,21 +858,19 @@ local function setup(o)
   c.api_key = "real-paperclip-key-" .. util.hex(assert(util.random(12)))
   start_api(c)
   if o.parts.ssh or o.parts.exec or o.parts.queue then
-    if not sshd.available() then
-      return nil, ("%s or ssh-keygen is not installed (openssh-server)"):format(sshd.sshd)
+    local missing = lib.sshd_missing()
+    if missing then
+      return nil, missing
     end
-    c.key = sshd.keygen(tmp, "id_ed25519", "ed25519")
-    assert(fs.chmod(c.key.path, tonumber("600", 8)))
+    c.key = lib.client_key(tmp)
     c.known_hosts = tmp .. "/known_hosts"
     -- The machine's HOME is the temp dir's home/: ph-sandbox-helper goes to home/.paperclip/bin
     -- and host.remote's control dirs to home/.paperclip-executions, never the account's own.
     -- SetEnv sets HOME (after sshd's own) and SHLVL=1 (bash skips ~/.bashrc, as sshd.lua
     -- does by default; only sshd's first SetEnv line counts, hence rc = true and one line).
-    state.server = sshd.start({ rc = true, max_sessions = 50,
+    c.server = lib.start_sshd(state, c.key, { rc = true, max_sessions = 50,
       config = { "SetEnv SHLVL=1 HOME=" .. tmp .. "/home" } })
-    state.server:authorize(c.key.public)
-    c.server = state.server
-    c.ssh_version = version({ "ssh", "-V" })
+    c.ssh_version = lib.version({ "ssh", "-V" })
   end
   return c
 end
@@ -1061,36 +878,9 @@ end
 ------------------------------------------------------------------------------------------------
 -- report
 
+-- The first and last columns left-aligned, the figures between them right-aligned.
 local function print_table(title, heads, rows)
-  local widths = {}
-  for i, h in ipairs(heads) do
-    widths[i] = #h
-  end
-  for _, r in ipairs(rows) do
-    for i = 1, #heads do
-      widths[i] = math.max(widths[i], #(r[i] or ""))
-    end
-  end
-  local function line(vals)
-    local out = {}
-    for i = 1, #heads do
-      local v = vals[i] or ""
-      local pad = (" "):rep(widths[i] - #v)
-      out[i] = (i == 1 or i == #heads) and (v .. pad) or (pad .. v)
-    end
-    return (table.concat(out, "  "):gsub("%s+$", ""))
-  end
-  say("")
-  say(title)
-  say(line(heads))
-  local rules = {}
-  for i = 1, #heads do
-    rules[i] = ("-"):rep(widths[i])
-  end
-  say(table.concat(rules, "  "))
-  for _, r in ipairs(rows) do
-    say(line(r))
-  end
+  lib.print_table(title, heads, rows, { [1] = true, [#heads] = true })
 end
 
 local function bridge_rows(f)
@@ -1262,11 +1052,6 @@ local function bridge_json(f)
   return out
 end
 
-local function series_json(s)
-  return { n = s.n, medianMs = s.median_ms, p90Ms = s.p90_ms, minMs = s.min_ms,
-    failures = s.failures, failureReasons = s.reasons, samplesMs = json.array(s.samples) }
-end
-
 local function exec_json(x)
   if not x then
     return json.null
@@ -1275,21 +1060,11 @@ local function exec_json(x)
     runnerWrapper = x.runner_wrapper, upstreamScript = x.script }
   for _, cand in ipairs(EXEC_CANDIDATES) do
     if x[cand.key] then
-      out[cand.key] = series_json(x[cand.key])
+      out[cand.key] = lib.series_json(x[cand.key])
       out[cand.key].label = cand.label
     end
   end
   return out
-end
-
-local function write_report(path, report)
-  local dir = path:match("^(.*)/[^/]+$")
-  if dir then
-    fs.mkdirs(dir, tonumber("755", 8))
-  end
-  assert(fs.write(path, assert(json.pretty(report)) .. "\n"))
-  local shown = path:sub(1, #root + 1) == root .. "/" and path:sub(#root + 2) or path
-  say("\nresults written to %s", shown)
 end
 
 ------------------------------------------------------------------------------------------------
@@ -1302,7 +1077,7 @@ local function bench(o)
     io.stderr:write("bridge_bench: " .. err .. "\n")
     return 2
   end
-  say("bridge benchmark  provider-host  %d CPU  Linux %s  %s", cpu_count(), kernel(),
+  say("bridge benchmark  provider-host  %d CPU  Linux %s  %s", lib.cpu_count(), lib.kernel(),
     c.ssh_version or "")
   say("fake Paperclip API: bench/bridge_api.lua on %s (a process of its own)", c.api_url)
   if c.server then
@@ -1365,12 +1140,7 @@ local function bench(o)
     end
   end
   say("  run time %.1f s", task.now() - started)
-  if #notes > 0 then
-    say("\nnotes:")
-    for _, n in ipairs(notes) do
-      say("  - %s", n)
-    end
-  end
+  lib.say_notes(notes)
   local queue_json = json.null
   if r.queue then
     queue_json = {}
@@ -1382,10 +1152,10 @@ local function bench(o)
         ratioAddedQueueOverOurs = q.ratio_added }
     end
   end
-  write_report(o.out, {
+  lib.write_report(o.out, {
     benchmark = "bridge",
     date = os.date("!%Y-%m-%dT%H:%M:%SZ"),
-    machine = { cpus = cpu_count(), kernel = kernel(), ssh = c.ssh_version or json.null,
+    machine = { cpus = lib.cpu_count(), kernel = lib.kernel(), ssh = c.ssh_version or json.null,
       node = c.node_version or json.null },
     options = { quick = o.quick, only = o.only or json.null, callSamples = o.call_samples,
       callWarmup = o.call_warmup, requests = o.requests, clients = o.clients, idle = o.idle,
@@ -1402,63 +1172,10 @@ local function bench(o)
       rttMeasuredMs = r.exec.rtt_measured_ms } or json.null,
     runSeconds = task.now() - started,
     notes = json.array(notes),
-  })
+  }, root)
   return 0
 end
 
-local o = parse_args(arg or {})
-if o.only == "shim" then
-  say("bridge benchmark: no shim candidate here (the shim's cost is the same for every "
-    .. "provider: see the worker benchmark); skipped")
-  os.exit(0)
-end
-
-local code, message = task.run(function()
-  sys.parent_death_signal("SIGTERM")
-  local work = task.spawn(function()
-    local ok, res = xpcall(bench, function(e)
-      if e == Interrupted then
-        return e
-      end
-      return debug.traceback(tostring(e), 2)
-    end, o)
-    if ok then
-      return res
-    end
-    return nil, res
-  end)
-  work:cancel_after(RUN_DEADLINE)
-  local signaled
-  local watchers = {}
-  for _, sig in ipairs({ "SIGTERM", "SIGINT", "SIGHUP" }) do
-    watchers[#watchers + 1] = task.spawn(function()
-      if sys.wait_signal(sig) then
-        signaled = sig
-        work:cancel()
-      end
-    end)
-  end
-  local res, err = work:wait()
-  for _, w in ipairs(watchers) do
-    w:cancel()
-  end
-  local notes = cleanup()
-  for _, n in ipairs(notes) do
-    io.stderr:write("bridge_bench: cleanup: " .. n .. "\n")
-  end
-  if res ~= nil then
-    return res
-  end
-  if signaled then
-    return 130, ("interrupted by %s; everything started was stopped and temp files removed")
-      :format(signaled)
-  elseif work:expired() then
-    return 1, ("the run did not finish within %ds; everything started was stopped and temp "
-      .. "files removed"):format(RUN_DEADLINE)
-  end
-  return 1, tostring(err)
-end)
-if message then
-  io.stderr:write("bridge_bench: " .. message .. "\n")
-end
-os.exit(code or 1)
+lib.main("bridge_bench", bench, parse_args(arg or {}), { title = "bridge benchmark",
+  deadline = RUN_DEADLINE, cleanup = cleanup,
+  cleaned = "everything started was stopped and temp files removed" })

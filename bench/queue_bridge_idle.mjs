@@ -5,10 +5,11 @@
 // latency comes from spec/queue_bridge/drive_bridge.mjs.
 //
 // It plays the Paperclip server as drive_bridge.mjs does (same worker start, initialize, config,
-// lease, realize, execution target and runner; see that file for the details): it starts the
-// bridge with upstream's startAdapterExecutionTargetPaperclipBridge, waits --settle seconds,
-// then counts every environmentExecute for --idle seconds, by kind, then stops the bridge,
-// releases the lease and shuts the worker down.
+// lease, realize, execution target and runner; see that file for the details: its Worker and
+// classify are the ones used here): it starts the bridge with upstream's
+// startAdapterExecutionTargetPaperclipBridge, waits --settle seconds, then counts every
+// environmentExecute for --idle seconds, by kind, then stops the bridge, releases the lease and
+// shuts the worker down.
 //
 //   node bench/queue_bridge_idle.mjs --binary PATH --provider local|ssh --config JSON
 //        --api-url URL --api-key KEY [--idle SECONDS] [--settle SECONDS]
@@ -17,7 +18,6 @@
 // Everything it starts is stopped before it exits (a 120 s deadline kills the worker).
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import readline from "node:readline";
 
 const started = Date.now();
 const report = { ok: false, execs: {}, idle: null, failedExecs: [] };
@@ -26,6 +26,8 @@ const MODULE = new URL(
   "../spec/queue_bridge/node_modules/@paperclipai/adapter-utils/dist/execution-target.js",
   import.meta.url,
 );
+// Imported in main, as MODULE is: upstream's package missing is a report, not a crash.
+const DRIVER = new URL("../spec/queue_bridge/drive_bridge.mjs", import.meta.url);
 
 function parseArgs(argv) {
   const o = { idle: 5, settle: 1, config: {} };
@@ -51,97 +53,12 @@ function parseArgs(argv) {
   return o;
 }
 
-// The worker, spoken to as Paperclip's plugin-worker-manager does (NDJSON JSON-RPC 2.0).
-class Worker {
-  constructor(binary, provider) {
-    const env = { PATH: process.env.PATH ?? "", PAPERCLIP_PLUGIN_ID: randomUUID(),
-      PAPERCLIP_DEPLOYMENT_MODE: "authenticated", PAPERCLIP_DEPLOYMENT_EXPOSURE: "" };
-    this.child = spawn(binary, ["worker", "--provider", provider], { stdio: ["pipe", "pipe", "pipe"], env });
-    this.pid = this.child.pid;
-    this.nextId = 1;
-    this.pending = new Map();
-    this.stderr = "";
-    this.exited = new Promise((resolve) => {
-      this.child.on("exit", (code, signal) => {
-        this.exit = { code, signal };
-        for (const { reject } of this.pending.values()) reject(new Error(`worker exited (${code}, ${signal})`));
-        this.pending.clear();
-        resolve(this.exit);
-      });
-    });
-    this.child.stderr.on("data", (d) => (this.stderr = (this.stderr + d).slice(-4000)));
-    readline.createInterface({ input: this.child.stdout }).on("line", (line) => {
-      let msg;
-      try {
-        msg = JSON.parse(line);
-      } catch {
-        return;
-      }
-      if (msg.id === undefined || !("result" in msg || "error" in msg)) return;
-      const p = this.pending.get(msg.id);
-      if (!p) return;
-      this.pending.delete(msg.id);
-      clearTimeout(p.timer);
-      if (msg.error) p.reject(new Error(msg.error.message));
-      else p.resolve(msg.result);
-    });
-  }
-
-  call(method, params, timeoutMs = 30_000) {
-    const id = this.nextId++;
-    const msg = { jsonrpc: "2.0", id, method, params };
-    if (typeof params.companyId === "string") {
-      msg.paperclipInvocation = { id: randomUUID(), scope: { companyId: params.companyId } };
-    }
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new Error(`${method} timed out after ${timeoutMs}ms`));
-      }, timeoutMs);
-      this.pending.set(id, { resolve, reject, timer });
-      this.child.stdin.write(JSON.stringify(msg) + "\n");
-    });
-  }
-
-  async stop() {
-    if (this.exit) return this.exit;
-    const race = (ms) => Promise.race([this.exited, new Promise((r) => setTimeout(r, ms))]);
-    try {
-      await Promise.race([this.call("shutdown", {}, 10_000), this.exited]);
-    } catch { /* then signals */ }
-    await race(500);
-    if (!this.exit) {
-      this.child.kill("SIGTERM");
-      await race(5000);
-    }
-    if (!this.exit) {
-      this.child.kill("SIGKILL");
-      await race(2000);
-    }
-    return this.exit;
-  }
-}
-
-// The kinds of upstream's bridge commands (drive_bridge.mjs's classify).
-function classify(command, args) {
-  const script = args && args[0] === "-c" ? args[1] ?? "" : [command, ...(args ?? [])].join(" ");
-  if (script.includes("paperclip-write.lock")) return "writeResponse";
-  if (script.includes("for file in")) return "list";
-  if (script.startsWith("base64 < ")) return "read";
-  if (script.startsWith("rm -rf ")) return "remove";
-  if (script.includes("sha256sum")) return "syncEntrypoint";
-  if (script.includes("nohup")) return "launch";
-  if (script.includes("Timed out waiting for bridge readiness")) return "readiness";
-  if (script.includes('kill "$pid"')) return "stop";
-  if (script.startsWith("mkdir -p ")) return "mkdir";
-  return "other";
-}
-
 let liveWorker = null;
 
 async function main() {
   const o = parseArgs(process.argv.slice(2));
   const { startAdapterExecutionTargetPaperclipBridge } = await import(MODULE.href);
+  const { Worker, classify } = await import(DRIVER.href);
   report.provider = o.provider;
   const driverKey = o.provider;
   const companyId = "company-1";

@@ -16,6 +16,7 @@ package.path = root .. "/?.lua;" .. package.path
 
 local fs = require("host.fs")
 local json = require("host.json")
+local lib = require("bench.lib")
 local proc = require("host.proc")
 local remote = require("host.remote")
 local ssh = require("host.ssh")
@@ -24,6 +25,10 @@ local sys = require("host.core.sys")
 local task = require("host.task")
 local util = require("host.util")
 local worker = require("host.worker")
+
+local say, fmt_ms, fmt_ratio, first_line = lib.say, lib.fmt_ms, lib.fmt_ratio, lib.first_line
+local new_series, add, summarize = lib.new_series, lib.add, lib.summarize
+local check_canceled, Interrupted = lib.check_canceled, lib.Interrupted
 
 local TARGET = 20 -- peer/ours for the latency of `true`
 local CALL_TIMEOUT = 30 -- seconds for any one command, ours or the peer's
@@ -36,57 +41,15 @@ local HOST_SSH_MAX_CHANNELS = 10 -- DEFAULT_MAX_CHANNELS in host/net/mod_ssh_ses
 ------------------------------------------------------------------------------------------------
 -- options
 
-local function usage(problem)
-  local text = "usage: provider-host bench/ssh_bench.lua [--quick] [--only=ours|peer] "
-    .. "[--samples=N] [--peer-samples=N] [--concurrent=N] [--rounds=N] [--out=FILE]\n"
-  if problem then
-    io.stderr:write("ssh_bench: " .. problem .. "\n" .. text)
-    os.exit(2)
-  end
-  io.stdout:write(text)
-  os.exit(0)
-end
-
 local function parse_args(argv)
-  local o = { quick = false }
-  for _, a in ipairs(argv) do
-    local key, value = a:match("^(%-%-[%w-]+)=(.*)$")
-    key = key or a
-    local function num()
-      local v = tonumber(value)
-      if not v or v < 1 or v ~= math.floor(v) then
-        usage(key .. " needs a positive integer")
-      end
-      return math.floor(v)
-    end
-    if key == "--quick" then
-      o.quick = true
-    elseif key == "--no-floor" then -- bench/run passes it to every benchmark: no floor here
-      o.no_floor = true
-    elseif key == "--only" then
-      if value ~= "ours" and value ~= "peer" and value ~= "shim" then
-        usage("--only must be ours or peer")
-      end
-      o.only = value
-    elseif key == "--samples" then
-      o.samples = num()
-    elseif key == "--peer-samples" then
-      o.peer_samples = num()
-    elseif key == "--concurrent" then
-      o.concurrent = num()
-    elseif key == "--rounds" then
-      o.rounds = num()
-    elseif key == "--out" then
-      if not value or value == "" then
-        usage("--out needs a file")
-      end
-      o.out = value
-    elseif key == "-h" or key == "--help" then
-      usage()
-    else
-      usage("unknown option " .. a)
-    end
-  end
+  local o = lib.options(argv, {
+    name = "ssh_bench",
+    usage = "usage: provider-host bench/ssh_bench.lua [--quick] [--only=ours|peer] "
+      .. "[--samples=N] [--peer-samples=N] [--concurrent=N] [--rounds=N] [--out=FILE]\n",
+    integers = { ["--samples"] = { "samples" }, ["--peer-samples"] = { "peer_samples" },
+      ["--concurrent"] = { "concurrent" }, ["--rounds"] = { "rounds" } },
+    integer_problem = "%s needs a positive integer",
+  })
   o.samples = o.samples or (o.quick and 50 or 200)
   o.peer_samples = o.peer_samples or (o.quick and 15 or 50)
   o.warmup = 10
@@ -94,91 +57,11 @@ local function parse_args(argv)
   o.concurrent = o.concurrent or 100
   o.rounds = o.rounds or (o.quick and 1 or 3)
   o.out = o.out or (root .. "/bench/results/ssh.json")
-  o.ours = o.only ~= "peer"
-  o.peer = o.only ~= "ours"
   return o
 end
 
 ------------------------------------------------------------------------------------------------
 -- small helpers
-
-local function say(fmt, ...)
-  io.stdout:write(select("#", ...) > 0 and fmt:format(...) or fmt, "\n")
-  io.stdout:flush()
-end
-
-local function fmt_ms(ms)
-  if ms == nil then
-    return "-"
-  elseif ms >= 1000 then
-    return ("%.2f s"):format(ms / 1000)
-  elseif ms >= 10 then
-    return ("%.1f ms"):format(ms)
-  end
-  return ("%.2f ms"):format(ms)
-end
-
-local function fmt_ratio(r)
-  if r == nil then
-    return "-"
-  end
-  -- one decimal from 10x to 100x, so a ratio just under the 20x target never prints as 20x
-  return r >= 100 and ("%.0fx"):format(r) or r >= 10 and ("%.1fx"):format(r)
-    or ("%.2fx"):format(r)
-end
-
-local function ratio(ours, peer)
-  if ours == nil or peer == nil or ours <= 0 then
-    return nil
-  end
-  return peer / ours
-end
-
--- The same quantile as bench/lib.mjs: sorted[ceil(q * n) - 1].
-local function quantile(values, q)
-  if #values == 0 then
-    return nil
-  end
-  local s = {}
-  for i, v in ipairs(values) do
-    s[i] = v
-  end
-  table.sort(s)
-  return s[math.min(#s, math.max(1, math.ceil(q * #s)))]
-end
-
-local function first_line(s)
-  s = tostring(s or ""):gsub("^%s+", "")
-  return (s:match("^[^\n]*") or ""):sub(1, 200)
-end
-
-local function now_ms()
-  return task.now() * 1000
-end
-
--- An operation of ours ended with "canceled": the run is being stopped; unwind.
-local Interrupted = setmetatable({}, { __tostring = function() return "interrupted" end })
-local function check_canceled(code)
-  if code == "canceled" then
-    error(Interrupted, 0)
-  end
-end
-
-local function cpu_count()
-  local text = fs.read("/proc/cpuinfo") or ""
-  local n = 0
-  for _ in text:gmatch("\nprocessor%s*:") do
-    n = n + 1
-  end
-  if text:find("^processor%s*:") then
-    n = n + 1
-  end
-  return n
-end
-
-local function kernel()
-  return ((fs.read("/proc/sys/kernel/osrelease") or "?"):gsub("%s+$", ""))
-end
 
 -- Every live descendant of pid (sshd forks a monitor and a session process per connection).
 local function descendants(pid)
@@ -231,20 +114,8 @@ local function cleanup()
   end
   state.live = {}
   ssh.close_all()
-  if state.server then
-    local ok, err = pcall(state.server.close, state.server)
-    if not ok then
-      notes[#notes + 1] = "stopping sshd: " .. tostring(err)
-    end
-    state.server = nil
-  end
-  if state.tmp then
-    local ok, err = util.remove_tree(state.tmp)
-    if not ok then
-      notes[#notes + 1] = "removing " .. state.tmp .. ": " .. tostring(err)
-    end
-    state.tmp = nil
-  end
+  lib.stop_sshd(state, notes)
+  lib.remove_tmp(state, notes)
   return notes
 end
 
@@ -252,26 +123,10 @@ end
 -- the candidates: one call each
 
 local function ours_exec(t)
-  local t0 = now_ms()
-  local res, err, code = ssh.exec({
-    host = t.host,
-    port = t.port,
-    user = t.user,
-    key = t.key,
-    host_key_policy = t.host_key_policy,
-    known_hosts = t.known_hosts,
-    connect_timeout = t.connect_timeout,
-    timeout = CALL_TIMEOUT,
-    cmd = "true",
-  })
-  local ms = now_ms() - t0
-  check_canceled(code)
-  if not res then
-    return ms, ("%s: %s"):format(tostring(code), first_line(err))
-  elseif res.exit_code ~= 0 or res.stdout ~= "" then
-    return ms, ("exit %s: %s"):format(tostring(res.exit_code or res.signal), first_line(res.stderr))
-  end
-  return ms
+  local ms, res, err, code = lib.timed(ssh.exec, { host = t.host, port = t.port, user = t.user,
+    key = t.key, host_key_policy = t.host_key_policy, known_hosts = t.known_hosts,
+    connect_timeout = t.connect_timeout, timeout = CALL_TIMEOUT, cmd = "true" })
+  return ms, lib.command_failure(res, err, code)
 end
 
 local exec_seq = 0
@@ -283,59 +138,25 @@ local function ours_execute(t, ctx_base)
     timeoutMs = EXEC_TIMEOUT_MS,
     executionId = ("bench-%d-%d"):format(sys.getpid(), exec_seq),
   }
-  local t0 = now_ms()
-  local res, err, code = remote.execute(ctx, t, params, {
+  local ms, res, err, code = lib.timed(remote.execute, ctx, t, params, {
     cwd = ctx_base.cwd,
     scope = "bench-lease",
     control_base = ctx_base.control_base,
     env_label = "bench",
   })
-  local ms = now_ms() - t0
   check_canceled(code)
   if not res then
     return ms, ("%s: %s"):format(tostring(code), first_line(err))
-  elseif res.exitCode ~= 0 or res.timedOut or res.stdout ~= "" or res.stderr ~= "" then
-    return ms, ("exitCode %s: %s"):format(tostring(res.exitCode), first_line(res.stderr))
   end
-  return ms
+  return ms, lib.execute_failure(res)
 end
 
 local function peer_exec(argv)
-  local t0 = now_ms()
-  local res, err, code = proc.run({ argv = argv, timeout = CALL_TIMEOUT, kill_grace = 1 })
-  local ms = now_ms() - t0
-  check_canceled(code)
-  if not res then
-    return ms, ("%s: %s"):format(tostring(code), first_line(err))
-  elseif res.exit_code ~= 0 or res.stdout ~= "" then
-    return ms, ("exit %s: %s"):format(tostring(res.exit_code or res.signal), first_line(res.stderr))
-  end
-  return ms
+  return lib.run_timed(argv, CALL_TIMEOUT)
 end
 
 ------------------------------------------------------------------------------------------------
 -- phases
-
-local function new_series()
-  return { samples = {}, failures = 0, reasons = {} }
-end
-
-local function add(series, ms, failure)
-  if failure then
-    series.failures = series.failures + 1
-    series.reasons[failure] = (series.reasons[failure] or 0) + 1
-  else
-    series.samples[#series.samples + 1] = ms
-  end
-end
-
-local function summarize(series)
-  series.median_ms = quantile(series.samples, 0.5)
-  series.p90_ms = quantile(series.samples, 0.9)
-  series.min_ms = quantile(series.samples, 0)
-  series.n = #series.samples
-  return series
-end
 
 -- Wait until sshd has no more processes than `base` (the connections the peer made are gone).
 local function settle(base)
@@ -360,25 +181,21 @@ local function phase_latency(o, c)
     peer = new_series(),
     warmup = { ours = {}, remote = {}, peer = {} },
   }
-  -- warm-up: the first call of ours opens the pooled session (the lease's first command)
-  for i = 1, o.ours and o.warmup or 0 do
-    local ms, fail = ours_exec(c.target)
-    r.warmup.ours[i] = ms
+  -- a warm-up call's time goes into list[i]; its failure stops the run
+  local function warm(list, i, what, ms, fail)
+    list[i] = ms
     if fail then
-      error("ours: the warm-up command failed: " .. fail, 0)
-    end
-    ms, fail = ours_execute(c.target, c.ctx)
-    r.warmup.remote[i] = ms
-    if fail then
-      error("ours (host.remote): the warm-up execute failed: " .. fail, 0)
+      error(what .. " failed: " .. fail, 0)
     end
   end
+  -- warm-up: the first call of ours opens the pooled session (the lease's first command)
+  for i = 1, o.ours and o.warmup or 0 do
+    warm(r.warmup.ours, i, "ours: the warm-up command", ours_exec(c.target))
+    warm(r.warmup.remote, i, "ours (host.remote): the warm-up execute",
+      ours_execute(c.target, c.ctx))
+  end
   for i = 1, o.peer and o.peer_warmup or 0 do
-    local ms, fail = peer_exec(c.peer_argv)
-    r.warmup.peer[i] = ms
-    if fail then
-      error("peer: the warm-up ssh failed: " .. fail, 0)
-    end
+    warm(r.warmup.peer, i, "peer: the warm-up ssh", peer_exec(c.peer_argv))
   end
   r.connects_before = ssh.stats().connects
   local rounds = o.peer and o.peer_samples or o.samples
@@ -425,7 +242,7 @@ local function burst(n, call, ours)
     end
   end)
   local tasks, last = {}, nil
-  local t0 = now_ms()
+  local t0 = lib.now_ms()
   for i = 1, n do
     tasks[i] = track(function()
       local ok, ms, fail = pcall(call)
@@ -436,7 +253,7 @@ local function burst(n, call, ours)
         ms, fail = 0, "error: " .. first_line(ms)
       end
       add(series, ms, fail)
-      last = now_ms()
+      last = lib.now_ms()
       remaining = remaining - 1
       return true
     end)
@@ -544,14 +361,10 @@ local function effective_sshd_limits(server)
   }
 end
 
-local function version(argv)
-  local res = proc.run({ argv = argv, timeout = 10 })
-  return res and first_line(res.stderr ~= "" and res.stderr or res.stdout) or "?"
-end
-
 local function setup()
-  if not sshd.available() then
-    return nil, ("%s or ssh-keygen is not installed (openssh-server)"):format(sshd.sshd)
+  local missing = lib.sshd_missing()
+  if missing then
+    return nil, missing
   end
   local which = proc.run({ argv = { "sh", "-c", "command -v ssh" }, timeout = 10 })
   if not which or which.exit_code ~= 0 then
@@ -560,8 +373,7 @@ local function setup()
   local tmp = assert(util.mkdtemp("ph-ssh-bench-")) -- 0700
   state.tmp = tmp
   -- one ed25519 client key: ours keeps its text in memory, the peer gets the file (0600)
-  local key = sshd.keygen(tmp, "id_ed25519", "ed25519")
-  assert(fs.chmod(key.path, tonumber("600", 8)))
+  local key = lib.client_key(tmp)
   local st = assert(fs.stat(key.path))
   assert(st.mode & tonumber("077", 8) == 0, "the key file is not private")
   assert(fs.mkdir(tmp .. "/workspace", tonumber("700", 8)))
@@ -569,9 +381,7 @@ local function setup()
   -- MaxSessions through sshd.lua's option; MaxStartups as an extra line after sshd.lua's own
   -- "100:30:200" (sshd keeps the last MaxStartups). sshd -T shows what applies; a limit
   -- other than 200 is named in the notes.
-  state.server = sshd.start({ max_sessions = 200, config = { "MaxStartups 200" } })
-  local server = state.server
-  server:authorize(key.public)
+  local server = lib.start_sshd(state, key, { max_sessions = 200, config = { "MaxStartups 200" } })
   local target = assert(remote.target({
     host = server.host,
     port = server.port,
@@ -592,21 +402,16 @@ local function setup()
       return worker.output(raw)
     end,
   }
-  -- upstream's runSshCommand, word for word (providers.md 3.3), with -i and IdentitiesOnly
-  -- because the key is pasted, and a private known_hosts for StrictHostKeyChecking=accept-new
-  local peer_argv = {
-    "ssh", "-T", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new",
-    "-o", "UserKnownHostsFile=" .. tmp .. "/known_hosts_peer", "-o", "ConnectTimeout=15",
-    "-p", tostring(server.port), "-i", key.path, "-o", "IdentitiesOnly=yes",
-    server.user .. "@" .. server.host, "true",
-  }
+  local peer_argv = lib.upstream_ssh_argv({ known_hosts = tmp .. "/known_hosts_peer",
+    port = server.port, key = key.path, dest = server.user .. "@" .. server.host,
+    command = "true" })
   return {
     target = target,
     ctx = ctx,
     peer_argv = peer_argv,
     key_mode = ("%o"):format(st.mode & tonumber("777", 8)),
     limits = effective_sshd_limits(server),
-    ssh_version = version({ "ssh", "-V" }),
+    ssh_version = lib.version({ "ssh", "-V" }),
   }
 end
 
@@ -624,7 +429,7 @@ local function rows_of(o, lat, conc)
       key = key,
       ours = ours,
       peer = peer,
-      ratio = opts.ratio ~= false and ratio(ours, peer) or nil,
+      ratio = opts.ratio ~= false and lib.ratio(ours, peer) or nil,
       target = opts.target,
     }
     r.ours_text = ours == nil and "-" or fmt(ours)
@@ -696,71 +501,25 @@ local function print_table(rows, o)
     cols[#cols + 1] = { head = "peer/ours", key = "ratio_text" }
     cols[#cols + 1] = { head = "target", key = "target_text", left = true }
   end
-  local widths = {}
+  local heads, left, lines = {}, {}, {}
   for i, c in ipairs(cols) do
-    widths[i] = #c.head
-    for _, r in ipairs(rows) do
-      widths[i] = math.max(widths[i], #r[c.key])
-    end
+    heads[i], left[i] = c.head, c.left
   end
-  local function line(vals)
-    local out = {}
-    for i, v in ipairs(vals) do
-      local pad = (" "):rep(widths[i] - #v)
-      out[i] = cols[i].left and (v .. pad) or (pad .. v)
-    end
-    return (table.concat(out, "  "):gsub("%s+$", ""))
-  end
-  local heads, rules = {}, {}
-  for i, c in ipairs(cols) do
-    heads[i], rules[i] = c.head, ("-"):rep(widths[i])
-  end
-  say("")
-  say(line(heads))
-  say(table.concat(rules, "  "))
-  for _, r in ipairs(rows) do
-    local vals = {}
+  for j, r in ipairs(rows) do
+    lines[j] = {}
     for i, c in ipairs(cols) do
-      vals[i] = r[c.key]
+      lines[j][i] = r[c.key]
     end
-    say(line(vals))
   end
-end
-
-local function series_json(s)
-  return {
-    n = s.n,
-    medianMs = s.median_ms,
-    p90Ms = s.p90_ms,
-    minMs = s.min_ms,
-    wallMs = s.wall_ms,
-    failures = s.failures,
-    failureReasons = s.reasons,
-    tcpConnects = s.tcp_connects,
-    sshdConnections = s.sshd_connections,
-    sshdLogins = s.sshd_logins,
-    peak = s.peak,
-    samplesMs = json.array(s.samples),
-  }
+  lib.print_table(nil, heads, lines, left)
 end
 
 local function bursts_json(list)
   local out = json.array()
   for i, b in ipairs(list) do
-    out[i] = series_json(b)
+    out[i] = lib.series_json(b)
   end
   return out
-end
-
-local function write_report(path, report)
-  local dir = path:match("^(.*)/[^/]+$")
-  if dir then
-    fs.mkdir(dir, tonumber("755", 8))
-  end
-  local text = assert(json.pretty(report))
-  assert(fs.write(path, text .. "\n"))
-  local shown = path:sub(1, #root + 1) == root .. "/" and path:sub(#root + 2) or path
-  say("\nresults written to %s", shown)
 end
 
 ------------------------------------------------------------------------------------------------
@@ -773,7 +532,8 @@ local function bench(o)
     return 2
   end
   local server = state.server
-  say("ssh benchmark  provider-host  %d CPU  Linux %s  %s", cpu_count(), kernel(), c.ssh_version)
+  say("ssh benchmark  provider-host  %d CPU  Linux %s  %s", lib.cpu_count(), lib.kernel(),
+    c.ssh_version)
   say("sshd: %s on %s:%d (one for the whole run), user %s, ed25519 client key",
     sshd.sshd, server.host, server.port, server.user)
   local lim = c.limits
@@ -855,22 +615,17 @@ local function bench(o)
       notes[#notes + 1] = ("%s concurrent failures: %d x %s"):format(s[1], n, reason)
     end
   end
-  if #notes > 0 then
-    say("\nnotes:")
-    for _, n in ipairs(notes) do
-      say("  - %s", n)
-    end
-  end
+  lib.say_notes(notes)
 
   local report_rows = json.array()
   for i, r in ipairs(rows) do
     report_rows[i] = { metric = (r.metric:gsub("^%s+", "")), key = r.key, ours = r.ours or nil,
       peer = r.peer or nil, ratio = r.ratio, target = r.target }
   end
-  write_report(o.out, {
+  lib.write_report(o.out, {
     benchmark = "ssh",
     date = os.date("!%Y-%m-%dT%H:%M:%SZ"),
-    machine = { cpus = cpu_count(), kernel = kernel(), ssh = c.ssh_version },
+    machine = { cpus = lib.cpu_count(), kernel = lib.kernel(), ssh = c.ssh_version },
     options = { quick = o.quick, only = o.only or json.null, samples = o.samples,
       peerSamples = o.peer_samples, warmup = o.warmup, peerWarmup = o.peer_warmup,
       concurrent = o.concurrent, rounds = o.rounds },
@@ -878,9 +633,9 @@ local function bench(o)
     peerArgv = json.array(c.peer_argv),
     targetRatio = TARGET,
     latency = {
-      ours = series_json(lat.ours),
-      remote = series_json(lat.remote),
-      peer = series_json(lat.peer),
+      ours = lib.series_json(lat.ours),
+      remote = lib.series_json(lat.remote),
+      peer = lib.series_json(lat.peer),
       warmupMs = { ours = json.array(lat.warmup.ours), remote = json.array(lat.warmup.remote),
         peer = json.array(lat.warmup.peer) },
       oursConnectsDuring = lat.connects_during,
@@ -889,65 +644,18 @@ local function bench(o)
       peer = bursts_json(conc.peer), settled = conc.settled },
     notes = json.array(notes),
     rows = report_rows,
-  })
+  }, root)
   return 0
 end
 
-local o = parse_args(arg or {})
-if o.only == "shim" then
-  say("ssh benchmark: no shim candidate here (the shim's cost is the same for every provider: "
-    .. "see the worker benchmark); skipped")
-  os.exit(0)
-end
-
-local code, message = task.run(function()
-  sys.parent_death_signal("SIGTERM")
-  local work = task.spawn(function()
-    local ok, res = xpcall(bench, function(e)
-      if e == Interrupted then
-        return e
-      end
-      return debug.traceback(tostring(e), 2)
-    end, o)
-    if ok then
-      return res
+lib.main("ssh_bench", bench, parse_args(arg or {}), {
+  title = "ssh benchmark",
+  deadline = RUN_DEADLINE,
+  cleanup = cleanup,
+  cleaned = "sshd stopped and temp files removed",
+  on_signal = function() -- a burst's calls are tasks of their own
+    for t in pairs(state.live) do
+      t:cancel()
     end
-    return nil, res
-  end)
-  work:cancel_after(RUN_DEADLINE)
-  local signaled
-  local watchers = {}
-  for _, sig in ipairs({ "SIGTERM", "SIGINT", "SIGHUP" }) do
-    watchers[#watchers + 1] = task.spawn(function()
-      if sys.wait_signal(sig) then
-        signaled = sig
-        work:cancel()
-        for t in pairs(state.live) do
-          t:cancel()
-        end
-      end
-    end)
-  end
-  local res, err = work:wait()
-  for _, w in ipairs(watchers) do
-    w:cancel()
-  end
-  local notes = cleanup()
-  for _, n in ipairs(notes) do
-    io.stderr:write("ssh_bench: cleanup: " .. n .. "\n")
-  end
-  if res ~= nil then
-    return res
-  end
-  if signaled then
-    return 130, ("interrupted by %s; sshd stopped and temp files removed"):format(signaled)
-  elseif work:expired() then
-    return 1, ("the run did not finish within %ds; sshd stopped and temp files removed")
-      :format(RUN_DEADLINE)
-  end
-  return 1, tostring(err)
-end)
-if message then
-  io.stderr:write("ssh_bench: " .. message .. "\n")
-end
-os.exit(code or 1)
+  end,
+})

@@ -4,13 +4,15 @@
  * timeout, its stdout and stderr relayed as they come, and no hang when a background child
  * keeps the pipes open after the command exited.
  *
- * The control dir DIR holds at most three files, all ours or the cancel script's:
- *   pid        "group:<pgid>\n", written (through pid.tmp and a rename) by the command's own
- *              process after setsid and before it execs the command
- *   pid.tmp    that file while it is written
- *   cancelled  left by the cancel script: a command that has not started yet never starts
- * DIR is removed when the command is done (only those files, then rmdir). */
+ * The control dir DIR holds what ctl.h says (pid, pid.tmp, the cancel script's "cancelled");
+ * it is removed when the command is done (only those files, then rmdir). */
 #include "exec.h"
+
+#include "args.h"
+#include "ctl.h"
+#include "fd.h"
+#include "group.h"
+#include "signals.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -21,11 +23,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/ioctl.h>
-#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 /* After the command exits, what a background child still writes is relayed this long and then
@@ -41,12 +40,7 @@
 #define CHUNK          65536
 #define MAX_TIMEOUT    1e9 /* seconds: about 31 years; anything above is a mistake */
 
-#define EXIT_USAGE    2
-#define EXIT_TIMEOUT  124 /* as timeout(1) */
-#define EXIT_SETUP    125 /* the control dir could not be made or written, as the wrapper */
-#define EXIT_NOEXEC   126 /* as sh: found but not runnable */
-#define EXIT_NOTFOUND 127 /* as sh: no such command */
-#define EXIT_CANCELED 130 /* canceled before it started, as the wrapper */
+#define EXIT_TIMEOUT 124 /* as timeout(1); the others are group.h's, and 2 for a usage error */
 
 /* One relayed stream: the command's pipe to one of our own descriptors. Bytes are read from
  * the pipe only when buf is empty, so a host that reads slowly slows the command down instead
@@ -60,62 +54,31 @@ typedef struct {
     unsigned char buf[CHUNK];
 } Relay;
 
-/* The signals we handle; the command gets their dispositions back (saved[]). */
-static const int SIGNALS[] = { SIGTERM, SIGINT, SIGHUP, SIGCHLD };
-#define NSIGNALS ((int)(sizeof SIGNALS / sizeof SIGNALS[0]))
-
+/* Zero-initialized: its 128 KiB of buffers stay out of the binary (.bss). */
 static struct {
     const char *prog;
-    const char *dir;     /* the control dir */
-    char *const *argv;   /* the command */
-    int64_t timeout_ms;  /* 0: none */
-    pid_t pid;           /* the command, leader of its own process group; 0 before the fork */
-    int reaped, status;  /* status: what we pass on once the command is reaped */
-    int64_t timeout_at;  /* monotonic ms; 0: no timeout */
-    int64_t linger_at;   /* set when the command is reaped */
-    int64_t kill_at;     /* set when stopping starts */
-    int stop_status;     /* non-zero once we stop the group: our exit status then */
-    int killed;          /* KILL sent (or its time passed): nothing left to wait for */
-    int host_gone;       /* our stdout or stderr is closed: output is dropped */
-    Relay io[2];         /* stdout, stderr */
-    sigset_t run_mask;   /* the mask while we wait in ppoll: our signals deliverable */
-    sigset_t start_mask; /* the mask we were started with, given back to the command */
-    struct sigaction saved[NSIGNALS];
-} E; /* zero-initialized: its 128 KiB of buffers stay out of the binary (.bss) */
+    const char *dir;    /* the control dir */
+    char *const *argv;  /* the command */
+    int64_t timeout_ms; /* 0: none */
+    pid_t pid;          /* the command, leader of its own process group; 0 before the fork */
+    int reaped, status; /* status: what we pass on once the command is reaped */
+    int64_t timeout_at; /* monotonic ms; 0: no timeout */
+    int64_t linger_at;  /* set when the command is reaped */
+    int64_t kill_at;    /* set when stopping starts */
+    int stop_status;    /* non-zero once we stop the group: our exit status then */
+    int killed;         /* KILL sent (or its time passed): nothing left to wait for */
+    int host_gone;      /* our stdout or stderr is closed: output is dropped */
+    Relay io[2];        /* stdout, stderr */
+} E;
 
 static volatile sig_atomic_t got_term, got_int, got_hup;
 
 /* ---- small things --------------------------------------------------------------------- */
 
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* path = DIR/name; the length of DIR was checked against PATH_MAX at parse time. */
-static const char *ctl_path(char path[PATH_MAX], const char *name)
-{
-    snprintf(path, PATH_MAX, "%s/%s", E.dir, name);
-    return path;
-}
-
 static int usage_error(const char *problem, const char *arg)
 {
-    fprintf(stderr, "%s: ", E.prog);
-    fprintf(stderr, problem, arg);
-    fprintf(stderr, "\nusage: %s --ctl DIR [--timeout SECONDS] -- PROGRAM [ARGS...]\n", E.prog);
-    return EXIT_USAGE;
-}
-
-/* A descriptor 0, 1 or 2 that we were started without would be taken by our pipes, and the
- * command would get them in its place: give each missing one /dev/null. */
-static void ensure_std_fds(void)
-{
-    for (int fd = 0; fd <= 2; fd++)
-        if (fcntl(fd, F_GETFD) < 0 && errno == EBADF)
-            open("/dev/null", O_RDWR); /* takes the lowest free number: fd */
+    return ph_usage_error(E.prog, "--ctl DIR [--timeout SECONDS] -- PROGRAM [ARGS...]", problem,
+                          arg);
 }
 
 /* ---- signals -------------------------------------------------------------------------- */
@@ -131,176 +94,35 @@ static void on_signal(int sig)
     /* SIGCHLD only has to end ppoll: the loop calls waitpid every turn. */
 }
 
-/* Our signals stay blocked except inside ppoll, so a handler never runs between our checks
- * and the wait (no lost wake-up) and no system call of ours sees EINTR elsewhere. A signal
- * that was ignored when we started stays ignored, as a shell does (nohup). A closed stdout is
- * an EPIPE we handle, not a death. */
-static void signals_setup(void)
-{
-    sigset_t ours;
-    sigemptyset(&ours);
-    for (int i = 0; i < NSIGNALS; i++)
-        sigaddset(&ours, SIGNALS[i]);
-    sigprocmask(SIG_BLOCK, &ours, &E.start_mask);
-    E.run_mask = E.start_mask;
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    for (int i = 0; i < NSIGNALS; i++) {
-        sigaction(SIGNALS[i], &sa, &E.saved[i]);
-        if (SIGNALS[i] != SIGCHLD && E.saved[i].sa_handler == SIG_IGN)
-            sigaction(SIGNALS[i], &E.saved[i], NULL);
-        sigdelset(&E.run_mask, SIGNALS[i]);
-    }
-    signal(SIGPIPE, SIG_IGN);
-}
-
-/* In the command's process: what we were started with, except that SIGPIPE and SIGCHLD are
- * the defaults a program expects (an inherited "ignored" there breaks pipelines and wait). */
-static void signals_restore(void)
-{
-    for (int i = 0; i < NSIGNALS; i++)
-        if (SIGNALS[i] != SIGCHLD)
-            sigaction(SIGNALS[i], &E.saved[i], NULL);
-    signal(SIGCHLD, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
-    sigprocmask(SIG_SETMASK, &E.start_mask, NULL);
-}
-
-/* The command's group. Before the command's setsid (a signal right after the fork) the group
- * does not exist yet: then the process itself. Once the command is reaped the group id names
- * what is left of it (background children) until they are gone. */
+/* The command's group (group.c). */
 static void kill_group(int sig)
 {
-    if (E.pid <= 0)
-        return;
-    if (kill(-E.pid, sig) != 0 && errno == ESRCH && !E.reaped)
-        kill(E.pid, sig);
-}
-
-static int group_empty(void)
-{
-    return kill(-E.pid, 0) != 0 && errno == ESRCH; /* EPERM: someone is there */
-}
-
-/* ---- the control dir ------------------------------------------------------------------ */
-
-/* mkdir -p DIR, DIR itself with mode 0700 when we make it (its parents with the umask's). */
-static int ctl_make(void)
-{
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s", E.dir);
-    for (char *p = path + 1;; p++) {
-        if (*p != '/' && *p != '\0')
-            continue;
-        char c = *p;
-        *p = '\0';
-        int last = c == '\0';
-        if (mkdir(path, last ? 0700 : 0777) == 0) {
-            if (last && chmod(path, 0700) != 0) /* a umask can take owner bits too */
-                return -1;
-        } else if (errno != EEXIST) {
-            return -1;
-        }
-        *p = c;
-        if (last)
-            break;
-    }
-    struct stat st;
-    if (stat(E.dir, &st) != 0)
-        return -1;
-    if (!S_ISDIR(st.st_mode)) {
-        errno = ENOTDIR;
-        return -1;
-    }
-    return 0;
-}
-
-static int ctl_cancelled(void)
-{
-    char path[PATH_MAX];
-    struct stat st;
-    return stat(ctl_path(path, "cancelled"), &st) == 0;
-}
-
-/* Only the files we know of, then the dir: a stranger's file there keeps it. */
-static void ctl_remove(void)
-{
-    static const char *const files[] = { "pid", "pid.tmp", "cancelled" };
-    char path[PATH_MAX];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++)
-        unlink(ctl_path(path, files[i]));
-    rmdir(E.dir);
-}
-
-/* DIR/pid = "<kind>:<id>\n", whole or not at all (the cancel script reads it any time). */
-static int ctl_publish(const char *kind, pid_t id)
-{
-    char tmp[PATH_MAX], path[PATH_MAX], line[64];
-    int n = snprintf(line, sizeof line, "%s:%ld\n", kind, (long)id);
-    int fd = open(ctl_path(tmp, "pid.tmp"), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0)
-        return -1;
-    ssize_t w = write(fd, line, (size_t)n);
-    if (close(fd) != 0 || w != n) {
-        unlink(tmp);
-        return -1;
-    }
-    return rename(tmp, ctl_path(path, "pid"));
+    ph_group_kill(E.pid, E.reaped, sig);
 }
 
 /* ---- the command's process ------------------------------------------------------------ */
 
-/* After the fork: our pipes as stdout and stderr (stdin is ours, untouched: the command reads
- * its env from its head), a session and group of its own, published before anything of the
- * command runs; then the cancel marker once more, since a cancel may have come in between. */
-static _Noreturn void child_run(int out_w, int err_w)
+/* In the command's process (group.c made it the leader of its own group, published, with our
+ * pipes as its stdout and stderr; stdin is ours, untouched: the command reads its env from its
+ * head): the program. */
+static void child_run(void *arg)
 {
-    signals_restore();
-    if (dup2(out_w, STDOUT_FILENO) < 0 || dup2(err_w, STDERR_FILENO) < 0)
-        _exit(EXIT_SETUP);
-    const char *kind = setsid() >= 0 ? "group" : "process";
-    if (ctl_publish(kind, getpid()) != 0) {
-        dprintf(STDERR_FILENO, "%s: cannot write %s/pid: %s\n", E.prog, E.dir, strerror(errno));
-        _exit(EXIT_SETUP);
-    }
-    if (ctl_cancelled())
-        _exit(EXIT_CANCELED);
     execvp(E.argv[0], E.argv);
     int err = errno;
     dprintf(STDERR_FILENO, "%s: cannot run '%s': %s\n", E.prog, E.argv[0], strerror(err));
-    _exit(err == ENOENT ? EXIT_NOTFOUND : EXIT_NOEXEC);
+    _exit(err == ENOENT ? PH_EXIT_NOTFOUND : PH_EXIT_NOEXEC);
 }
 
-/* Pipes for stdout and stderr, then the fork; our ends are non-blocking (we poll them), the
- * command's stay blocking as programs expect. -1 with errno on failure. */
+/* Pipes for stdout and stderr, then the fork. -1 with errno on failure. */
 static int spawn(void)
 {
-    int out[2], err[2];
-    if (pipe2(out, O_CLOEXEC) != 0)
+    int ours[3];
+    pid_t pid = ph_group_spawn(E.prog, E.dir, 1, ours, child_run, NULL);
+    if (pid < 0)
         return -1;
-    if (pipe2(err, O_CLOEXEC) != 0) {
-        close(out[0]);
-        close(out[1]);
-        return -1;
-    }
-    E.pid = fork();
-    if (E.pid == 0)
-        child_run(out[1], err[1]);
-    int fork_errno = errno;
-    close(out[1]);
-    close(err[1]);
-    if (E.pid < 0) {
-        close(out[0]);
-        close(err[0]);
-        errno = fork_errno;
-        return -1;
-    }
-    E.io[0].from = out[0];
-    E.io[1].from = err[0];
-    for (int i = 0; i < 2; i++)
-        fcntl(E.io[i].from, F_SETFL, fcntl(E.io[i].from, F_GETFL) | O_NONBLOCK);
+    E.pid = pid;
+    E.io[0].from = ours[1];
+    E.io[1].from = ours[2];
     return 0;
 }
 
@@ -325,20 +147,13 @@ static void outputs_restore(void)
             fcntl(E.io[i].to, F_SETFL, E.io[i].flags);
 }
 
-static void relay_close(Relay *r)
-{
-    if (r->from >= 0)
-        close(r->from);
-    r->from = -1;
-}
-
 static void start_stop(int status)
 {
     if (E.stop_status != 0)
         return;
     E.stop_status = status;
     kill_group(SIGTERM);
-    E.kill_at = now_ms() + KILL_GRACE_MS;
+    E.kill_at = ph_now_ms() + KILL_GRACE_MS;
 }
 
 /* The host closed the channel (EPIPE, a hangup on our output): nobody will read the output,
@@ -349,7 +164,7 @@ static void host_lost(void)
         return;
     E.host_gone = 1;
     for (int i = 0; i < 2; i++) {
-        relay_close(&E.io[i]);
+        ph_fd_close(&E.io[i].from);
         E.io[i].len = 0;
     }
     start_stop(128 + SIGPIPE);
@@ -377,7 +192,7 @@ static void relay_read(Relay *r)
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) { /* EOF: every writer is gone; an error ends the stream too */
-        relay_close(r);
+        ph_fd_close(&r->from);
         return;
     }
     r->off = 0;
@@ -419,15 +234,12 @@ static void reap(int64_t now)
         return;
     E.reaped = 1;
     if (r < 0) /* cannot happen with our SIGCHLD handler; never wait for what cannot come */
-        E.status = EXIT_SETUP;
+        E.status = PH_EXIT_SETUP;
     else
         E.status = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
     E.linger_at = now + LINGER_MS;
-    for (int i = 0; i < 2; i++) {
-        int n = 0;
-        if (E.io[i].from >= 0 && ioctl(E.io[i].from, FIONREAD, &n) == 0 && n > 0)
-            E.io[i].owed = (size_t)n;
-    }
+    for (int i = 0; i < 2; i++)
+        E.io[i].owed = ph_fd_pending(E.io[i].from);
 }
 
 static void handle_signals(void)
@@ -462,14 +274,14 @@ static void handle_deadlines(int64_t now)
     if (E.reaped && now >= E.linger_at)
         for (int i = 0; i < 2; i++)
             if (E.io[i].owed == 0 && E.io[i].len == 0)
-                relay_close(&E.io[i]);
+                ph_fd_close(&E.io[i].from);
 }
 
 static int finished(void)
 {
     if (!E.reaped)
         return 0;
-    if (E.stop_status != 0 && !E.killed && !group_empty())
+    if (E.stop_status != 0 && !E.killed && !ph_group_gone(E.pid))
         return 0;
     return E.killed || relays_done(); /* once killed, a stalled host gets no more time */
 }
@@ -501,7 +313,7 @@ static void give_up(const char *what)
     E.reaped = 1;
     E.killed = 1;
     if (E.stop_status == 0)
-        E.stop_status = EXIT_SETUP;
+        E.stop_status = PH_EXIT_SETUP;
 }
 
 /* One wait for the pipes, our outputs, a signal or the next deadline. Our outputs are watched
@@ -515,15 +327,7 @@ static void wait_events(int64_t now)
         p[2 * i] = (struct pollfd){ r->len == 0 ? r->from : -1, POLLIN, 0 };
         p[2 * i + 1] = (struct pollfd){ E.host_gone ? -1 : r->to, r->len > 0 ? POLLOUT : 0, 0 };
     }
-    int64_t wake = next_wakeup(now);
-    struct timespec ts, *tsp = NULL;
-    if (wake != INT64_MAX) {
-        int64_t ms = wake > now ? wake - now : 0;
-        ts.tv_sec = (time_t)(ms / 1000);
-        ts.tv_nsec = (long)(ms % 1000) * 1000000;
-        tsp = &ts;
-    }
-    if (ppoll(p, 4, tsp, &E.run_mask) < 0) {
+    if (ph_wait(p, 4, next_wakeup(now), now) < 0) {
         if (errno != EINTR) /* EINTR: a signal, handled next turn */
             give_up("ppoll");
         return;
@@ -543,7 +347,7 @@ static void wait_events(int64_t now)
 static int run_loop(void)
 {
     for (;;) {
-        int64_t now = now_ms();
+        int64_t now = ph_now_ms();
         reap(now);
         handle_signals();
         handle_deadlines(now);
@@ -604,26 +408,26 @@ int ph_exec_main(const char *prog, int argc, char **argv)
     int bad = parse_args(argc, argv);
     if (bad != 0)
         return bad;
-    ensure_std_fds();
-    signals_setup();
-    if (ctl_make() != 0) {
+    ph_fd_std_ensure();
+    ph_signals_setup(on_signal);
+    if (ph_ctl_make(E.dir) != 0) {
         fprintf(stderr, "%s: cannot create the control dir %s: %s\n", prog, E.dir, strerror(errno));
-        return EXIT_SETUP;
+        return PH_EXIT_SETUP;
     }
-    if (ctl_cancelled()) {
-        ctl_remove();
-        return EXIT_CANCELED;
+    if (ph_ctl_cancelled(E.dir)) {
+        ph_ctl_remove(E.dir);
+        return PH_EXIT_CANCELED;
     }
     if (spawn() != 0) {
         fprintf(stderr, "%s: cannot start the command: %s\n", prog, strerror(errno));
-        ctl_remove();
-        return EXIT_SETUP;
+        ph_ctl_remove(E.dir);
+        return PH_EXIT_SETUP;
     }
     if (E.timeout_ms > 0)
-        E.timeout_at = now_ms() + E.timeout_ms;
+        E.timeout_at = ph_now_ms() + E.timeout_ms;
     outputs_nonblocking();
     int status = run_loop();
     outputs_restore();
-    ctl_remove();
+    ph_ctl_remove(E.dir);
     return status;
 }

@@ -4,48 +4,16 @@
 -- closed stdout, signals, usage errors. No process and no control dir is left behind. Then
 -- host.sandbox_helper, which finds the binary for the host.
 local fs = require("host.fs")
+local helper_procs = require("spec.support.helper_procs")
 local helpers = require("spec.helpers")
 local proc = require("host.proc")
-local remote = require("host.remote")
 local shell = require("host.shell")
-local sys = require("host.core.sys")
 
-local T = 30 -- bounds every wait; no spec relies on time passing
+local T = helper_procs.T -- bounds every wait; no spec relies on time passing
 
 local read_file = helpers.read_file
 
--- Processes whose command line contains token (zombies have none, so they do not count).
-local function processes_with(token)
-  local found = {}
-  for _, name in ipairs(fs.list("/proc") or {}) do
-    if name:find("^%d+$") and tonumber(name) ~= sys.getpid() then
-      local cmdline = read_file("/proc/" .. name .. "/cmdline")
-      if cmdline and cmdline:find(token, 1, true) then
-        found[#found + 1] = tonumber(name)
-      end
-    end
-  end
-  return found
-end
-
--- The pids (one per line, or space separated) a command wrote into path, once there are n.
-local function pids_in(path, n)
-  return helpers.eventually(function()
-    local list = {}
-    for pid in (read_file(path) or ""):gmatch("%d+") do
-      list[#list + 1] = tonumber(pid)
-    end
-    return #list >= n and list
-  end, n .. " pids in " .. path, T)
-end
-
-local function all_gone(pids)
-  for _, pid in ipairs(pids) do
-    helpers.eventually(function()
-      return not helpers.alive(pid)
-    end, "pid " .. pid .. " gone", T)
-  end
-end
+local pids_in, all_gone = helper_procs.pids_in, helper_procs.all_gone
 
 describe("ph-sandbox-helper exec", function()
   local dir, ctl
@@ -73,10 +41,7 @@ describe("ph-sandbox-helper exec", function()
   end)
 
   after_each(function()
-    -- every process the spec started mentions dir.path on its command line
-    helpers.run(helpers.eventually, function()
-      return #processes_with(dir.path) == 0
-    end, "no process of the spec left", T)
+    helper_procs.none_left(dir.path, T)
     dir:remove()
   end)
 
@@ -146,12 +111,9 @@ describe("ph-sandbox-helper exec", function()
   it("returns once the command exits, while a background child still holds stdout", function()
     helpers.run(function()
       local bg = dir.path .. "/bg"
-      local r = exec("sleep 30 & echo $! > " .. bg .. "; echo done")
+      local r = exec(helper_procs.background_script(bg))
       assert.same({ 0, "done\n", "" }, { r.exit_code, r.stdout, r.stderr })
-      local pid = pids_in(bg, 1)[1]
-      -- the result came while the child still ran: it did not wait for stdout to close
-      assert.is_true(helpers.alive(pid), "the helper waited for the child to exit")
-      sys.kill(pid, "SIGKILL")
+      helper_procs.background_outlived(bg, "the helper")
     end)
   end)
 
@@ -162,14 +124,7 @@ describe("ph-sandbox-helper exec", function()
         local p = assert(proc.spawn({ timeout = T, argv = argv("sleep 60 & echo $! > " .. pids
           .. "; echo $$ >> " .. pids .. "; wait") }))
         local list = pids_in(pids, 2)
-        local published = helpers.eventually(function()
-          return read_file(ctl .. "/pid")
-        end, "the group published", T)
-        assert.equal("group:" .. list[2] .. "\n", published) -- the command leads its group
-        assert.equal(tonumber("700", 8), fs.stat(ctl).mode & tonumber("777", 8))
-        local script = remote.cancel_script(shell.quote(ctl), 5)
-        local c = assert(proc.run({ argv = { "sh", "-c", script }, timeout = T }))
-        assert.equal(0, c.exit_code, c.stderr)
+        helper_procs.cancels_group(ctl, list[2], T)
         local r = assert(p:wait(T))
         assert.equal(143, r.exit_code) -- the command's TERM, passed on
         all_gone(list) -- the background child too: it was in the group
@@ -266,8 +221,7 @@ describe("ph-sandbox-helper exec", function()
 
   it("refuses bad usage with exit 2 and a line naming the problem", function()
     helpers.run(function()
-      local h = helpers.sandbox_helper()
-      for _, case in ipairs({
+      helper_procs.refuses_usage({
         { { "exec" }, "%-%-ctl DIR is required" },
         { { "exec", "--ctl", ctl }, "no command to run" },
         { { "exec", "--ctl", ctl, "--" }, "no command to run" },
@@ -277,14 +231,7 @@ describe("ph-sandbox-helper exec", function()
         { { "exec", "--ctl", ctl, "--timeout", "soon", "--", "true" }, "bad %-%-timeout 'soon'" },
         { { "exec", "--ctl", ctl, "--timeout", "0", "--", "true" }, "bad %-%-timeout '0'" },
         { { "exec", "--ctl", ctl, "--timeout", "-1", "--", "true" }, "bad %-%-timeout '%-1'" },
-      }) do
-        local a = { h }
-        table.move(case[1], 1, #case[1], 2, a)
-        local r = assert(proc.run({ argv = a, timeout = T }))
-        assert.equal(2, r.exit_code, table.concat(a, " "))
-        assert.matches("^ph%-sandbox%-helper exec: " .. case[2], r.stderr)
-        assert.matches("\nusage: ph%-sandbox%-helper exec %-%-ctl DIR", r.stderr)
-      end
+      }, "exec %-%-ctl DIR", T)
       assert.is_nil(fs.stat(ctl)) -- nothing was made
     end)
   end)

@@ -1,7 +1,8 @@
 -- spec/bridge/relay_spec.lua: ph-sandbox-helper relay, driven as the host drives it: frames
 -- on its stdin and stdout (host.core.frame), TCP clients on loopback (host.core.rawtcp).
-local helpers = require("spec.helpers")
 local frame = require("host.core.frame")
+local helper_procs = require("spec.support.helper_procs")
+local helpers = require("spec.helpers")
 local proc = require("host.proc")
 local rawtcp = require("host.core.rawtcp")
 
@@ -101,28 +102,16 @@ local function start(...)
     stderr = {},
     decoder = frame.decoder(),
   }, Relay)
+  local on_stdout, on_stderr = helper_procs.frames_to(r)
   r.proc = assert(proc.spawn({
     argv = { helpers.sandbox_helper(), "relay", ... },
     stdin = true,
     timeout = 120,
     max_output = 1 << 30,
-    on_stdout = function(chunk)
-      local list, err = r.decoder:feed(chunk)
-      if not list then
-        r.decode_error = err
-        return
-      end
-      for _, f in ipairs(list) do
-        r:on_frame(f)
-      end
-    end,
-    on_stderr = function(chunk)
-      r.stderr[#r.stderr + 1] = chunk
-    end,
+    on_stdout = on_stdout,
+    on_stderr = on_stderr,
   }))
-  r.hello = r:await(function()
-    return r.frames[1]
-  end, "HELLO")
+  r.hello = helper_procs.hello(r)
   r.port = r.hello.port
   return r
 end
@@ -440,9 +429,7 @@ describe("ph-sandbox-helper relay", function()
   end)
 
   describe("a protocol error from the host ends it with a message on stderr", function()
-    local function raw(type_byte, stream, payload)
-      return string.pack(">I1I4s4", type_byte, stream, payload or "")
-    end
+    local raw = helper_procs.raw_frame
     local cases = {
       { "an unknown frame type", raw(9, 1), "frame: unknown type 0x09" },
       { "an oversized frame", raw(3, 1, ("x"):rep(frame.MAX_PAYLOAD + 1)), "exceeds the maximum" },
@@ -464,15 +451,8 @@ describe("ph-sandbox-helper relay", function()
       it(what, function()
         with_relay({}, function(r)
           local c <close> = r:connect() -- stream 1 exists
-          assert(r.proc:write(bytes))
-          if what:match("^stdin ending") then
-            r.proc:close_stdin()
-          end
-          local res = r:wait()
-          assert.equal(1, res.exit_code)
-          assert.matches("^ph%-sandbox%-helper relay: protocol error: .*" .. message, res.stderr)
-          local last = r.frames[#r.frames] -- the host is told too
-          assert.equal("GOAWAY", last.type)
+          local _, last = helper_procs.protocol_error(r, r.proc,
+            { what = what, bytes = bytes, subcommand = "relay", message = message })
           assert.matches(message, last.payload)
           assert.is_nil((c:recv(T)))
         end)

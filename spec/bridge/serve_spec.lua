@@ -9,47 +9,14 @@
 local duplex = require("host.duplex")
 local frame = require("host.core.frame")
 local fs = require("host.fs")
+local helper_procs = require("spec.support.helper_procs")
 local helpers = require("spec.helpers")
-local remote = require("host.remote")
-local shell = require("host.shell")
-local sys = require("host.core.sys")
 
-local T = 30 -- bounds every wait
+local T = helper_procs.T -- bounds every wait
 local WINDOW = frame.WINDOW
 local read_file = helpers.read_file
 
--- Processes whose command line contains token (zombies have none, so they do not count).
-local function processes_with(token)
-  local found = {}
-  for _, name in ipairs(fs.list("/proc") or {}) do
-    if name:find("^%d+$") and tonumber(name) ~= sys.getpid() then
-      local cmdline = read_file("/proc/" .. name .. "/cmdline")
-      if cmdline and cmdline:find(token, 1, true) then
-        found[#found + 1] = tonumber(name)
-      end
-    end
-  end
-  return found
-end
-
--- The pids (one per line) a command wrote into path, once there are n.
-local function pids_in(path, n)
-  return helpers.eventually(function()
-    local list = {}
-    for pid in (read_file(path) or ""):gmatch("%d+") do
-      list[#list + 1] = tonumber(pid)
-    end
-    return #list >= n and list
-  end, n .. " pids in " .. path, T)
-end
-
-local function all_gone(pids)
-  for _, pid in ipairs(pids) do
-    helpers.eventually(function()
-      return not helpers.alive(pid)
-    end, "pid " .. pid .. " gone", T)
-  end
-end
+local pids_in, all_gone = helper_procs.pids_in, helper_procs.all_gone
 
 --- request(o) -> the bytes of a request (bridge/frame.h): o.ctl, o.cwd, o.argv, o.env
 -- (name -> value, sent sorted), o.timeout_ms.
@@ -179,7 +146,7 @@ function Server:result(id)
 end
 
 -- The server's own end: its exit and what it said on stderr.
-function Server:finish()
+function Server:wait()
   local r = assert(self.duplex:wait(T))
   r.stderr = table.concat(self.stderr)
   return r
@@ -194,28 +161,10 @@ local function start(dir, opts)
   for _, a in ipairs(opts.args or {}) do
     argv[#argv + 1] = a
   end
-  s.duplex = assert(duplex.process({
-    argv = argv,
-    env = opts.env,
-    cwd = opts.cwd,
-    timeout = 120,
-    on_stdout = function(chunk)
-      local list, err = s.decoder:feed(chunk)
-      if not list then
-        s.decode_error = err
-        return
-      end
-      for _, f in ipairs(list) do
-        s:on_frame(f)
-      end
-    end,
-    on_stderr = function(chunk)
-      s.stderr[#s.stderr + 1] = chunk
-    end,
-  }))
-  s.hello = s:await(function()
-    return s.frames[1]
-  end, "HELLO")
+  local on_stdout, on_stderr = helper_procs.frames_to(s)
+  s.duplex = assert(duplex.process({ argv = argv, env = opts.env, cwd = opts.cwd, timeout = 120,
+    on_stdout = on_stdout, on_stderr = on_stderr }))
+  s.hello = helper_procs.hello(s)
   return s
 end
 
@@ -247,10 +196,7 @@ describe("ph-sandbox-helper serve", function()
   end)
 
   after_each(function()
-    -- every process the spec started mentions dir.path on its command line
-    helpers.run(helpers.eventually, function()
-      return #processes_with(dir.path) == 0
-    end, "no process of the spec left", T)
+    helper_procs.none_left(dir.path, T)
     helpers.run(helpers.eventually, function()
       return #(fs.list(dir.path .. "/ctl") or {}) == 0
     end, "no control dir left", T)
@@ -389,11 +335,9 @@ describe("ph-sandbox-helper serve", function()
   it("answers once the command exits, while a background child still holds stdout", function()
     with_server({}, function(s)
       local bg = dir.path .. "/bg"
-      local r = s:result(s:exec({ argv = sh("sleep 30 & echo $! > " .. bg .. "; echo done") }))
+      local r = s:result(s:exec({ argv = sh(helper_procs.background_script(bg)) }))
       assert.same({ 0, "done\n" }, { r.exit_code, r.stdout })
-      local pid = pids_in(bg, 1)[1]
-      assert.is_true(helpers.alive(pid), "the server waited for the child to exit")
-      sys.kill(pid, "SIGKILL")
+      helper_procs.background_outlived(bg, "the server")
     end)
   end)
 
@@ -405,14 +349,7 @@ describe("ph-sandbox-helper serve", function()
           .. "; echo $$ >> " .. pids .. "; wait") })
         local list = pids_in(pids, 2)
         local ctl = s.ctl_base .. "/exec-1"
-        local published = helpers.eventually(function()
-          return read_file(ctl .. "/pid")
-        end, "the group published", T)
-        assert.equal("group:" .. list[2] .. "\n", published)
-        assert.equal(tonumber("700", 8), fs.stat(ctl).mode & tonumber("777", 8))
-        local c = assert(require("host.proc").run({ timeout = T,
-          argv = { "sh", "-c", remote.cancel_script(shell.quote(ctl), 5) } }))
-        assert.equal(0, c.exit_code, c.stderr)
+        helper_procs.cancels_group(ctl, list[2], T)
         assert.equal(15, s:result(id).signal)
         all_gone(list) -- the background child too: it was in the group
         assert.is_nil(fs.stat(ctl)) -- removed, cancel marker included
@@ -501,7 +438,7 @@ describe("ph-sandbox-helper serve", function()
         local list = pids_in(pids, 6)
         assert.equal(3, #fs.list(s.ctl_base))
         s.duplex:close_stdin()
-        local r = s:finish()
+        local r = s:wait()
         assert.equal(0, r.exit_code, r.stderr)
         all_gone(list) -- TERM ignored: KILLed
         assert.same({}, fs.list(s.ctl_base))
@@ -575,9 +512,7 @@ describe("ph-sandbox-helper serve", function()
 
   describe("a protocol error from the host ends it: stderr, GOAWAY, commands stopped, exit 1",
     function()
-      local function raw(type_byte, stream, payload)
-        return string.pack(">I1I4s4", type_byte, stream, payload or "")
-      end
+      local raw = helper_procs.raw_frame
       local ok_req = request({ ctl = "x", argv = { "true" } })
       local cases = {
         { "an unknown frame type", raw(9, 1), "frame: unknown type 0x09" },
@@ -616,16 +551,8 @@ describe("ph-sandbox-helper serve", function()
             s:exec({ argv = sh("echo $$ > " .. pids .. "; sleep 60 & echo $! >> " .. pids
               .. "; wait"), keep_stdin = true })
             local list = pids_in(pids, 2)
-            assert(s.duplex:write(bytes))
-            if what:match("^stdin ending") then
-              s.duplex:close_stdin()
-            end
-            local r = s:finish()
-            assert.equal(1, r.exit_code)
-            assert.matches("^ph%-sandbox%-helper serve: protocol error: .*" .. message:gsub("%p",
-              "%%%0"), r.stderr)
-            local last = s.frames[#s.frames]
-            assert.equal("GOAWAY", last.type)
+            helper_procs.protocol_error(s, s.duplex, { what = what, bytes = bytes,
+              subcommand = "serve", message = message:gsub("%p", "%%%0") })
             all_gone(list)
             assert.same({}, fs.list(s.ctl_base))
             s.duplex:close()
@@ -636,24 +563,18 @@ describe("ph-sandbox-helper serve", function()
 
   it("refuses bad usage with exit 2 and a line naming the problem", function()
     helpers.run(function()
-      local h = helpers.sandbox_helper()
-      local proc = require("host.proc")
-      for _, case in ipairs({
+      local results = helper_procs.refuses_usage({
         { { "serve" }, "%-%-ctl%-base DIR is required" },
         { { "serve", "--ctl-base" }, "%-%-ctl%-base needs a value" },
         { { "serve", "--ctl-base", "" }, "bad %-%-ctl%-base ''" },
         { { "serve", "--ctl-base", dir.path, "--max-commands", "0" }, "bad %-%-max%-commands '0'" },
         { { "serve", "--ctl-base", dir.path, "--bogus" }, "unknown argument '%-%-bogus'" },
-      }) do
-        local a = { h }
-        table.move(case[1], 1, #case[1], 2, a)
-        local r = assert(proc.run({ argv = a, timeout = T }))
-        assert.equal(2, r.exit_code, table.concat(a, " "))
-        assert.matches("^ph%-sandbox%-helper serve: " .. case[2], r.stderr)
-        assert.matches("\nusage: ph%-sandbox%-helper serve %-%-ctl%-base DIR", r.stderr)
+      }, "serve %-%-ctl%-base DIR", T)
+      for _, r in ipairs(results) do
         assert.equal("", r.stdout) -- no HELLO
       end
-      local r = assert(proc.run({ argv = { h, "--help" }, timeout = T }))
+      local r = assert(require("host.proc").run({ argv = { helpers.sandbox_helper(), "--help" },
+        timeout = T }))
       assert.matches("serve %-%-ctl%-base DIR %[%-%-max%-commands N%]", r.stdout)
     end)
   end)

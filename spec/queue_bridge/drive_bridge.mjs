@@ -30,11 +30,13 @@
 //     --calls 50 --no-tail    -> report.latency {n,min,median,p90,max,mean}, report.latenciesMs
 // Prints progress on stderr and ONE JSON report as the last line of stdout; exits 0 when every
 // check passed, 1 otherwise. Everything it starts is stopped before it exits.
+// Imported, it runs nothing and lends Worker and classify (bench/queue_bridge_idle.mjs).
 import { spawn } from "node:child_process";
 import { randomUUID } from "node:crypto";
 import fs from "node:fs";
 import http from "node:http";
 import readline from "node:readline";
+import { pathToFileURL } from "node:url";
 import {
   runAdapterExecutionTargetProcess,
   runAdapterExecutionTargetShellCommand,
@@ -79,7 +81,7 @@ function check(name, ok, detail) {
 }
 
 // ---- the worker, spoken to as Paperclip's plugin-worker-manager does -------------------------
-class Worker {
+export class Worker {
   constructor(binary, provider) {
     // Paperclip never passes its own env through: PATH plus its own PAPERCLIP_* variables.
     const env = {
@@ -221,7 +223,7 @@ async function startFakeApi(apiKey) {
 }
 
 // ---- exec bookkeeping: what upstream's bridge asked our worker to run ------------------------
-function classify(command, args) {
+export function classify(command, args) {
   const script = args && args[0] === "-c" ? args[1] ?? "" : [command, ...(args ?? [])].join(" ");
   if (script.includes("__PAPERCLIP_RUN_LOG_STDOUT__")) return "runLogTick";
   if (script.includes("tee -a")) return "agentWrapped";
@@ -566,18 +568,22 @@ async function main() {
 }
 
 let liveWorker = null;
-const deadline = setTimeout(() => {
-  report.error = "drive_bridge.mjs: overall deadline (240 s) exceeded";
-  // the worker's commands (the gateway too, for local leases) die with it only if they were
-  // stopped; what is left is reported by the spec's leftover count
-  if (liveWorker && !liveWorker.exit) liveWorker.child.kill("SIGKILL");
-  process.stdout.write(JSON.stringify(report) + "\n");
-  process.exit(1);
-}, 240_000);
-deadline.unref();
 
-main().catch((err) => {
-  report.error = err.stack ?? String(err);
-  process.stdout.write(JSON.stringify(report) + "\n");
-  process.exit(1);
-});
+// Run as a program (node drive_bridge.mjs ...), not when imported.
+if (process.argv[1] && import.meta.url === pathToFileURL(fs.realpathSync(process.argv[1])).href) {
+  const deadline = setTimeout(() => {
+    report.error = "drive_bridge.mjs: overall deadline (240 s) exceeded";
+    // the worker's commands (the gateway too, for local leases) die with it only if they were
+    // stopped; what is left is reported by the spec's leftover count
+    if (liveWorker && !liveWorker.exit) liveWorker.child.kill("SIGKILL");
+    process.stdout.write(JSON.stringify(report) + "\n");
+    process.exit(1);
+  }, 240_000);
+  deadline.unref();
+
+  main().catch((err) => {
+    report.error = err.stack ?? String(err);
+    process.stdout.write(JSON.stringify(report) + "\n");
+    process.exit(1);
+  });
+}
