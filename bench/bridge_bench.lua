@@ -663,7 +663,7 @@ end
 -- The candidates of (4), in table order: key, label, who (ours/peer).
 local EXEC_CANDIDATES = {
   { key = "helper", who = "ours",
-    label = "ours: ph-sandbox-helper exec (useSandboxHelper: true)" },
+    label = "ours: ph-sandbox-helper serve (useSandboxHelper: true)" },
   { key = "wrapper", who = "ours", label = "ours: sh wrapper (useSandboxHelper: false)" },
   { key = "floor", who = "ours", label = "floor: host.ssh.exec `true`, same pooled session" },
   { key = "profile", who = "ours",

@@ -541,8 +541,8 @@ local function bench(o)
     lim and lim.maxstartups or "?", lim and tostring(lim.maxsessions) or "?")
   if o.ours then
     say("ours: host.ssh.exec{cmd=\"true\"} on the pooled session (key text in memory); and "
-      .. "host.remote.execute{command=\"true\"} (the exe-dev/ssh providers' execute: setsid "
-      .. "wrapper, FIFOs, env -i)")
+      .. "host.remote.execute{command=\"true\"} (the exe-dev/ssh providers' execute: frames to "
+      .. "the lease's ph-sandbox-helper serve, or its fallbacks)")
   end
   if o.peer then
     say("peer: one process per command: %s", table.concat(c.peer_argv, " "))
