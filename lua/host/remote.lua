@@ -1167,6 +1167,79 @@ local function feed_stdin(s, call, stdin)
   end
 end
 
+-- A new call on server s: its stream opened with the request (EXEC frames).
+local function start_call(s, ctx, p, params, opts)
+  s.last_id = s.last_id + 1
+  local call = { id = s.last_id, credit = WINDOW, owed = 0, stdin_pos = 1,
+    signal = task.signal(), stdout = { size = 0 }, stderr = { size = 0 },
+    max_output = ctx.max_output or M.settings.default_max_output,
+    emit = { stdout = ctx:emitter("stdout"), stderr = ctx:emitter("stderr") } }
+  s.calls[call.id], s.running = call, s.running + 1
+  local limit = (math.ceil(p.timeout_ms / 1000) + M.settings.helper_margin) * 1000
+  local req = request_bytes(M.control_name(opts.scope, params.executionId), p,
+    math.min(limit, 0xffffffff))
+  for i = 1, #req, MAX_PAYLOAD do
+    s:send("EXEC", call.id, req:sub(i, i + MAX_PAYLOAD - 1))
+  end
+  call.sent = true
+  return call
+end
+
+-- TERM to the call's group, KILL after grace seconds (the server does both).
+local function signal_call(s, call, grace)
+  s:send("SIGNAL", call.id, string.pack(">BI4", 15, math.floor(grace * 1000)))
+end
+
+-- From now on a cancel is a SIGNAL on the stream (or the cancel script once it is gone).
+local function register_cancel(ctx, t, s, call, ctl)
+  if not ctx.execution then
+    return
+  end
+  ctx.execution.cancel = function()
+    if s.dead or call.exit then
+      return cancel_by_script(t, ctl)
+    end
+    signal_call(s, call, M.settings.cancel_grace)
+    return true
+  end
+end
+
+-- Feed stdin and wait for the call's EXIT until the deadline. -> timed_out | nil, msg, code
+-- when the calling task was canceled (the command is stopped: RESET, or the script).
+local function await_call(t, s, call, stdin, deadline, ctl)
+  while not call.exit and not s.dead do
+    feed_stdin(s, call, stdin)
+    if task.now() >= deadline then
+      return true
+    end
+    local _, werr, wcode = call.signal:wait(deadline - task.now())
+    if wcode == "canceled" then
+      call.done = true
+      if s.dead then
+        reap(t, ctl, nil)
+      else
+        s:send("RESET", call.id)
+      end
+      return nil, werr, wcode
+    end
+  end
+  return false
+end
+
+-- A call past its deadline: the output so far is the result; its group is stopped (waited for
+-- up to reap_wait) before we answer.
+local function stop_timed_out(t, s, call, ctl)
+  call.done = true
+  signal_call(s, call, M.settings.reap_grace)
+  local until_ = task.now() + M.settings.reap_wait
+  while not call.exit and not s.dead and task.now() < until_ do
+    call.signal:wait(until_ - task.now())
+  end
+  if s.dead and not call.exit then
+    reap(t, ctl, M.settings.reap_wait)
+  end
+end
+
 -- The execute through the lease's server: the same result as the other runners give.
 -- nil, message, code: "unsupported" when serve cannot run there (nothing ran: the caller uses
 -- exec), "closed" when the server died with the command (it is stopped in the background).
@@ -1191,58 +1264,14 @@ local function serve_execute(ctx, t, p, params, opts, helper, ctl)
   elseif task.now() >= deadline then -- as host.ssh's exec: its time passed before it started
     return nil, ("the command did not start within %dms"):format(p.timeout_ms), "timeout"
   end
-  s.last_id = s.last_id + 1
-  local call = { id = s.last_id, credit = WINDOW, owed = 0, stdin_pos = 1,
-    signal = task.signal(), stdout = { size = 0 }, stderr = { size = 0 },
-    max_output = ctx.max_output or M.settings.default_max_output,
-    emit = { stdout = ctx:emitter("stdout"), stderr = ctx:emitter("stderr") } }
-  s.calls[call.id], s.running = call, s.running + 1
-  local limit = (math.ceil(p.timeout_ms / 1000) + M.settings.helper_margin) * 1000
-  local req = request_bytes(M.control_name(opts.scope, params.executionId), p,
-    math.min(limit, 0xffffffff))
-  for i = 1, #req, MAX_PAYLOAD do
-    s:send("EXEC", call.id, req:sub(i, i + MAX_PAYLOAD - 1))
-  end
-  call.sent = true
-  local stdin = p.stdin or ""
-  if ctx.execution then -- from now on a cancel is a SIGNAL on the stream
-    ctx.execution.cancel = function()
-      if s.dead or call.exit then
-        return cancel_by_script(t, ctl)
-      end
-      s:send("SIGNAL", call.id, string.pack(">BI4", 15, math.floor(M.settings.cancel_grace
-        * 1000)))
-      return true
-    end
-  end
-  local timed_out = false
-  while not call.exit and not s.dead do
-    feed_stdin(s, call, stdin)
-    if task.now() >= deadline then
-      timed_out = true
-      break
-    end
-    local _, werr, wcode = call.signal:wait(deadline - task.now())
-    if wcode == "canceled" then -- our task was canceled: the server stops the command
-      call.done = true
-      if s.dead then
-        reap(t, ctl, nil)
-      else
-        s:send("RESET", call.id)
-      end
-      return nil, werr, wcode
-    end
-  end
-  if timed_out then -- the output so far is the result; the group is stopped before we answer
-    call.done = true
-    s:send("SIGNAL", call.id, string.pack(">BI4", 15, math.floor(M.settings.reap_grace * 1000)))
-    local until_ = task.now() + M.settings.reap_wait
-    while not call.exit and not s.dead and task.now() < until_ do
-      call.signal:wait(until_ - task.now())
-    end
-    if s.dead and not call.exit then
-      reap(t, ctl, M.settings.reap_wait)
-    end
+  local call = start_call(s, ctx, p, params, opts)
+  register_cancel(ctx, t, s, call, ctl)
+  local timed_out
+  timed_out, err, code = await_call(t, s, call, p.stdin or "", deadline, ctl)
+  if timed_out == nil then
+    return nil, err, code
+  elseif timed_out then
+    stop_timed_out(t, s, call, ctl)
   elseif not call.exit then -- the server died with the command: it may run on, stop it
     call.done = true
     if s.dead_code ~= "unsupported" then
