@@ -63,6 +63,115 @@ for _, name in ipairs(FACADE_LIST) do
   FACADES[name] = true
 end
 
+-- What a provider's main chunk may not call: the I/O of the host modules (processes, network,
+-- files, tasks that would do it later). While the main chunk runs (and the modules it requires),
+-- these refuse: the call is a problem at the caller's file:line and returns nil, message,
+-- "unsupported", so the rest of the file is still checked. true: every function of the module;
+-- a table: those functions; { except = {...} }: every function but those.
+local LOAD_GUARDED = {
+  ["host.proc"] = true,
+  ["host.duplex"] = true,
+  ["host.http"] = { request = true, get = true, open = true, serve = true },
+  ["host.ssh"] = { exec = true, open = true, upload = true, fingerprint = true, close_all = true },
+  ["host.remote"] = { except = { account = true, target = true, control_dir = true,
+    control_base = true, control_name = true, cancel_script = true, servers_running = true } },
+  ["host.fs"] = { except = { stat = true, realpath = true } },
+  ["host.sandbox_helper"] = { read = true, sha = true, size = true, version = true },
+  ["host.util"] = { mkdtemp = true, remove_tree = true, tempdir = true },
+  ["host.task"] = { spawn = true, run = true, all = true, with_timeout = true, sleep = true },
+}
+
+local function is_guarded(modname, k)
+  local rule = LOAD_GUARDED[modname]
+  if rule == true then
+    return true
+  elseif type(rule) ~= "table" then
+    return false
+  elseif rule.except then
+    return not rule.except[k]
+  end
+  return rule[k] == true
+end
+
+-- position(state, level) -> "file:line", line, label of the first Lua frame from `level` up
+-- (a pcall between the provider and the call is skipped); label is "main chunk" for the
+-- provider's main file, else the file's name.
+local function position(state, level)
+  for l = level + 1, level + 20 do
+    local info = debug.getinfo(l, "Sl")
+    if not info then
+      break
+    end
+    if info.what ~= "C" and info.currentline and info.currentline > 0 then
+      local file = info.source:sub(1, 1) == "@" and info.source:sub(2) or info.short_src
+      local label = file == state.path and "main chunk" or (file:match("[^/]+$") or file)
+      return file .. ":" .. info.currentline, info.currentline, label
+    end
+  end
+  return nil, 0, "main chunk"
+end
+
+-- refuse(state, qname) -> nil, message, "unsupported": the problem of calling qname at load time.
+local function refuse(state, qname)
+  local where, line, label = position(state, 3)
+  local msg = ("%s cannot run while the provider loads (%s, line %d): call it from a hook")
+    :format(qname, label, line)
+  local full = where and (where .. ": " .. msg) or msg
+  state.problems[#state.problems + 1] = { where = where, msg = msg }
+  state.refused[#state.refused + 1] = full
+  return nil, full, "unsupported"
+end
+
+-- guard(state, qname, get) -> a function that refuses while the provider loads and otherwise
+-- calls get()(...) (looked up at call time, so a stub put on the module later is seen).
+local function guard(state, qname, get)
+  return function(...)
+    if state.loading then
+      local res, msg, code = refuse(state, qname) -- not a tail call: it counts the frames
+      return res, msg, code
+    end
+    return get()(...)
+  end
+end
+
+-- guarded_facade(modname, mod, state) -> what the provider's require(modname) gets: mod itself,
+-- or a view of it whose I/O functions refuse while the provider loads (writes go to mod).
+local function guarded_facade(modname, mod, state)
+  if not LOAD_GUARDED[modname] or type(mod) ~= "table" then
+    return mod
+  end
+  local wrappers = {}
+  local view = {}
+  return setmetatable(view, {
+    __index = function(_, k)
+      local v = mod[k]
+      if type(v) ~= "function" or not is_guarded(modname, k) then
+        return v
+      end
+      local w = wrappers[k]
+      if not w then
+        w = guard(state, modname .. "." .. tostring(k), function()
+          return mod[k]
+        end)
+        wrappers[k] = w
+      end
+      return w
+    end,
+    __newindex = mod,
+    __pairs = function()
+      return function(_, k)
+        local nk = next(mod, k)
+        if nk ~= nil then
+          return nk, view[nk]
+        end
+      end, view, nil
+    end,
+    __len = function()
+      return #mod
+    end,
+  })
+end
+
 local function is_dir(path)
   local st = sys.stat(path)
   return st and st.type == "directory"
@@ -137,7 +246,7 @@ end
 
 -- The globals a provider sees: the safe standard library, no debug/package/load, no
 -- print (use host.log), and writes to globals are errors.
-local function base_env()
+local function base_env(state)
   return {
     assert = assert,
     error = error,
@@ -161,7 +270,14 @@ local function base_env()
     math = math,
     utf8 = utf8,
     coroutine = coroutine,
-    io = { open = io.open, lines = io.lines },
+    io = {
+      open = guard(state, "io.open", function()
+        return io.open
+      end),
+      lines = guard(state, "io.lines", function()
+        return io.lines
+      end),
+    },
     os = {
       time = os.time,
       clock = os.clock,
@@ -184,8 +300,15 @@ local function load_chunk(path, env)
   return load(text, "@" .. path, "t", env)
 end
 
-local function make_env(name, base_dir, problems)
-  local env = base_env()
+-- Standard modules a provider may require by name, as its sandbox has them; the others are not
+-- available (they would bypass the sandbox).
+local STD_MODULES = { string = true, table = true, math = true, utf8 = true, coroutine = true,
+  io = true, os = true }
+local STD_REFUSED = { debug = true, package = true, _G = true }
+
+local function make_env(name, base_dir, state)
+  local problems = state.problems
+  local env = base_env(state)
   local loaded = {}
   local locked = false
   env._G = env
@@ -199,12 +322,19 @@ local function make_env(name, base_dir, problems)
         2
       )
     end
+    if STD_MODULES[modname] then
+      return env[modname]
+    elseif STD_REFUSED[modname] then
+      error(("provider %q cannot use %s: it is not available to providers"):format(name, modname),
+        2)
+    end
     if FACADES[modname] then
       local ok, mod = pcall(require, modname)
       if not ok then
         error(mod, 2) -- blame the provider's line, not the loader's
       end
-      return mod
+      state.views[modname] = state.views[modname] or guarded_facade(modname, mod, state)
+      return state.views[modname]
     end
     local own = modname:match("^providers%." .. name:gsub("%p", "%%%0") .. "%.(.+)$")
     if own then
@@ -234,12 +364,16 @@ local function make_env(name, base_dir, problems)
     return mod
   end
   return setmetatable(env, {
-    __newindex = function(_, k)
+    __newindex = function(_, k, v)
       if locked then
         error(("provider %q: assignment to global %q (globals are locked)"):format(name, k), 2)
       end
-      problems[#problems + 1] = { msg = ("assignment to global %q (use local)"):format(k) }
-      error(("provider %q: assignment to global %q (use local)"):format(name, k), 2)
+      -- While loading: one problem at the assignment's line, and the chunk goes on (the value
+      -- is kept so that what follows still runs and its own problems are found too).
+      local where = position(state, 2)
+      problems[#problems + 1] = { where = where,
+        msg = ("assignment to global %q (use local)"):format(tostring(k)) }
+      rawset(env, k, v)
     end,
     __index = function(_, k)
       error(("provider %q: unknown global %q"):format(name, tostring(k)), 2)
@@ -360,23 +494,32 @@ local function check_shape(p, name, path, problems)
   check_manifest(p.manifest, problem)
 end
 
+-- The problems as "file:line: message" lines, each once, in the order found (a refused call
+-- whose message the provider raised again, e.g. with assert, is the same problem).
 local function format_problems(problems)
-  local out = {}
+  local out, seen = {}, {}
   for _, pr in ipairs(problems) do
-    out[#out + 1] = pr.where and (pr.where .. ": " .. pr.msg) or pr.msg
+    local line = pr.where and (pr.where .. ": " .. pr.msg) or pr.msg
+    if not seen[line] then
+      seen[line] = true
+      out[#out + 1] = line
+    end
   end
   return out
 end
 
 --- load_file(path, name) -> provider | nil, problems (array of "file:line: message")
 -- Loads a provider from its main file in a sandbox (locked globals, no host.core.*),
--- then checks the table it returns. The main chunk only declares: it runs outside any
--- task, so a host primitive called at load time fails with a clear error.
+-- then checks the table it returns. The main chunk only declares: while it runs (even inside
+-- a task, as under the CLI), the I/O of the host modules and io.open/io.lines refuse (see
+-- LOAD_GUARDED): each such call is a problem naming its file:line, and nothing happens. Every
+-- problem of the file is reported, each once.
 function M.load_file(path, name)
   local base_dir = path:match("^(.*)/init%.lua$") or path:match("^(.*)/[^/]+%.lua$") or "."
   name = name or (path:match("([^/]+)/init%.lua$") or path:match("([^/]+)%.lua$"))
   local problems = {}
-  local env, lock = make_env(name, base_dir, problems)
+  local state = { path = path, problems = problems, views = {}, refused = {}, loading = true }
+  local env, lock = make_env(name, base_dir, state)
   local chunk, err = load_chunk(path, env)
   if not chunk then
     problems[#problems + 1] = { msg = err }
@@ -385,7 +528,14 @@ function M.load_file(path, name)
   local ok, p = xpcall(chunk, function(e)
     return type(e) == "string" and e or tostring(e)
   end, "providers." .. name)
+  state.loading = false
   if not ok then
+    -- A refused call's message raised again (assert(fs.write(...))) is not a second problem.
+    for _, full in ipairs(state.refused) do
+      if p:sub(-#full) == full then
+        return nil, format_problems(problems)
+      end
+    end
     problems[#problems + 1] = { msg = p }
     return nil, format_problems(problems)
   end

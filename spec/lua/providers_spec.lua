@@ -61,8 +61,22 @@ describe("host.providers", function()
     assert.matches("cannot use host%.core%.proc", text)
   end)
 
-  it("locks globals", function()
-    assert.matches('global "helper"', (refusal("global")))
+  it("locks globals: an assignment is reported once, at its line; the rest is checked", function()
+    local text, problems = refusal("global")
+    assert.matches('global%.lua:2: assignment to global "helper"', text)
+    assert.equal(1, select(2, text:gsub('global "helper"', "")), text)
+    assert.matches("schema is missing", text)
+    assert.equal(2, #problems, text)
+  end)
+
+  it("keeps the unsandboxed standard modules away from providers", function()
+    local dir <close> = helpers.tempdir("spec-std-")
+    helpers.write_file(dir.path .. "/std.lua",
+      'local os2 = require("os")\nlocal dbg = require("debug")\nreturn { os2, dbg }\n')
+    local p, problems = providers.load(dir.path .. "/std.lua")
+    assert.is_nil(p)
+    assert.matches('std%.lua:2: provider "std" cannot use debug: it is not available',
+      joined(problems))
   end)
 
   it("raises when a hook reads an undeclared global", function()
