@@ -216,6 +216,58 @@ local function copy_lua(out, p)
   return copy_file(p.path, dest .. "/" .. p.driver_key .. ".lua")
 end
 
+-- Is dir (canonical) "/" or a directory above the current one? Emptying it would take the
+-- current directory with it.
+local function too_high(dir)
+  if dir == "/" then
+    return true
+  end
+  local cwd = fs.realpath(".")
+  return cwd ~= nil and cwd ~= dir and cwd:sub(1, #dir + 1) == dir .. "/"
+end
+
+--- prepare_out(dir, force) -> true | nil, message: dir may be written to. A missing or empty
+-- dir is fine; a non-empty one is refused unless force, which empties it first (what is in
+-- it is removed, a symlink as a link: nothing outside dir is touched).
+function M.prepare_out(dir, force)
+  local st = fs.stat(dir, false)
+  if not st then
+    return true
+  end
+  if st.type == "link" then
+    st = fs.stat(dir)
+  end
+  if not st or st.type ~= "directory" then
+    return nil, dir .. " exists and is not a directory"
+  end
+  local names, lerr = fs.list(dir)
+  if not names then
+    return nil, ("cannot list %s: %s"):format(dir, tostring(lerr))
+  end
+  if #names == 0 then
+    return true
+  end
+  if not force then
+    return nil, ("%s is not empty (%d entr%s); --force empties it first"):format(
+      dir, #names, #names == 1 and "y" or "ies")
+  end
+  local real, rerr = fs.realpath(dir)
+  if not real then
+    return nil, ("cannot resolve %s: %s"):format(dir, tostring(rerr))
+  end
+  if too_high(real) then
+    return nil, ("refusing to empty %s (%s): it is / or holds the current directory"):format(
+      dir, real)
+  end
+  for _, name in ipairs(names) do
+    local ok, e = fs.remove_tree(real .. "/" .. name)
+    if not ok then
+      return nil, ("cannot remove %s/%s: %s"):format(real, name, tostring(e))
+    end
+  end
+  return true
+end
+
 --- write(provider, out_dir) -> {id = plugin id, name = package name} | nil, message
 function M.write(p, out)
   local m = manifest.build(p)

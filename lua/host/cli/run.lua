@@ -22,8 +22,9 @@ end
 local SIGNALS = { SIGHUP = 1, SIGINT = 2, SIGQUIT = 3, SIGABRT = 6, SIGKILL = 9, SIGUSR1 = 10,
   SIGSEGV = 11, SIGUSR2 = 12, SIGPIPE = 13, SIGALRM = 14, SIGTERM = 15 }
 
--- The exit status of an execute result, as a shell would give it.
-local function exit_status(r)
+--- exit_status(r) -> the exit status of an environmentExecute result, as a shell would give
+-- it: exitCode, 124 when timedOut, 128+N for a signal, else 1 (`run` and `call` use it).
+function M.exit_status(r)
   if r.timedOut then
     return 124
   end
@@ -131,7 +132,7 @@ function M.main(p, opts, command)
   if interrupted then
     return 130
   end
-  return exit_status(r)
+  return M.exit_status(r)
 end
 
 return M
