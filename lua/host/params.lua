@@ -68,6 +68,18 @@ function M.execution_id(v)
   return v
 end
 
+-- A value's JSON type, for "got ...".
+local function json_type(v)
+  if type(v) == "table" then
+    return (json.is_array(v) or (next(v) ~= nil and #v > 0)) and "an array" or "an object"
+  elseif type(v) == "boolean" then
+    return "a boolean"
+  elseif type(v) == "number" then
+    return "a number"
+  end
+  return "a " .. type(v)
+end
+
 local function fail(msg)
   return nil, "environmentExecute: " .. msg
 end
@@ -84,8 +96,8 @@ local function execute(p, label)
   local args = p.args
   if args == nil then
     args = {}
-  elseif type(args) ~= "table" then
-    return fail("args must be an array of strings")
+  elseif type(args) ~= "table" or (next(args) ~= nil and #args == 0) then
+    return fail("args must be an array of strings, got " .. json_type(args))
   end
   for i = 1, #args do
     if type(args[i]) ~= "string" then
@@ -117,14 +129,21 @@ local function execute(p, label)
   if p.stdin ~= nil and type(p.stdin) ~= "string" then
     return fail("stdin must be a string")
   end
-  if type(p.cwd) ~= "string" or not p.cwd:find("%S") then
-    p.cwd = nil
+  if p.cwd ~= nil and type(p.cwd) ~= "string" then
+    return fail("cwd must be a string, got " .. json_type(p.cwd))
+  elseif p.cwd ~= nil and not p.cwd:find("%S") then
+    p.cwd = nil -- blank: the provider's default, as upstream's `cwd || default`
   end
   local t = p.timeoutMs
+  if t ~= nil and type(t) ~= "number" then
+    -- upstream passes params.timeoutMs on as it is (`params.timeoutMs ?? config.timeoutMs`):
+    -- a string would reach the sandbox API. Say so rather than run with another deadline.
+    return fail("timeoutMs must be a number of milliseconds, got " .. json_type(t))
+  end
   if type(t) == "number" and t == t and t >= 1 and t < math.huge then
     p.timeoutMs = math.tointeger(math.floor(math.min(t, 2 ^ 53))) or math.floor(t)
   else
-    p.timeoutMs = nil
+    p.timeoutMs = nil -- below 1 (or NaN, which JSON cannot carry): the provider's default
   end
   return p
 end

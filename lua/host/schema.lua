@@ -293,7 +293,7 @@ local function coerce_scalar(f, vtype, v, path)
     v = trunc(v)
   end
   if v < -MAX_SAFE or v > MAX_SAFE then
-    return nil, format("%s: must be between %d and %d", path, -MAX_SAFE, MAX_SAFE)
+    return nil, format("%s: must be between %d and %d", path, -MAX_SAFE, MAX_SAFE), true -- range
   end
   return math.tointeger(v)
 end
@@ -472,10 +472,15 @@ local function normalize_value(f, v, path)
     errs.extra = nil
     return x, #errs > 0 and errs or NO_ERRORS
   end
-  x, err = coerce_scalar(f, f.type, v, path)
+  local range
+  x, err, range = coerce_scalar(f, f.type, v, path)
   if x == nil and err == nil then -- a loose field read it as absent
     x, err = absent(f, path)
     return x, err and { err } or NO_ERRORS
+  elseif x == nil then
+    -- a value of the wrong type: the field's `message` (about its range, pattern, ...) would
+    -- not say what is wrong, so the built-in text stays
+    return nil, { err, type_error = not range }
   end
   if x ~= nil and f.blank and f.type == "string" and is_blank(x) then
     if f.blank == "error" then
@@ -912,7 +917,9 @@ end
 --- and "call" otherwise (default "validate"), so a rule can apply to one of them only. A check
 --- returns nothing when fine, or an error (string or list), optionally followed by a warning
 --- (string or list). Errors come in error_order, then field order; warnings in field order,
---- then check order. A field's `message` replaces every built-in error text for that field.
+--- then check order. A field's `message` replaces the built-in error texts for that field,
+--- except that a scalar of the wrong type (a non-numeric string for an integer, a number for a
+--- string, ...) keeps the built-in "name: expected ..." text: a range message would mislead.
 --- Never raises on bad input.
 function Schema:normalize(config, mode)
   mode = mode or "validate"
@@ -942,7 +949,7 @@ function Schema:normalize(config, mode)
       value, errs = normalize_value(f, raw, f.name)
     end
     if #errs > 0 then
-      found_errors[f.name] = f.message and { f.message } or errs
+      found_errors[f.name] = f.message and not errs.type_error and { f.message } or errs
     else
       normalized[f.name] = value
     end

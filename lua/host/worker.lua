@@ -204,6 +204,22 @@ end
 -- end of its share still leaves time to delete the VM or kill the sandbox it made.
 M.CLEANUP_RESERVE = 30
 
+--- EXECUTE_RESERVE: an execute's budget is its timeoutMs plus 25 s (budget below), and its
+-- command must time out inside the hook's share, not be canceled with it: its reserve is at
+-- most this, so the hook always gets timeoutMs plus 15 s.
+M.EXECUTE_RESERVE = 10
+
+--- split_budget(method, params) -> seconds for the hook's own steps, seconds kept for its
+-- cleanup after them.
+function M.split_budget(method, params)
+  local seconds = M.budget(method, params)
+  local reserve = math.min(M.CLEANUP_RESERVE, seconds / 4)
+  if method == "environmentExecute" then
+    reserve = math.min(reserve, M.EXECUTE_RESERVE)
+  end
+  return seconds - reserve, reserve
+end
+
 --- budget(method, params) -> seconds: a request's deadline, a few seconds inside the host's own
 -- (worker-protocol.md 2.6), so the host hears our answer instead of timing out. Specs may
 -- replace it to make deadlines short.
@@ -223,6 +239,16 @@ function M.budget(method, params)
   local a, b = ms(config.timeoutMs), ms(config.bridgeRequestTimeoutMs)
   local t = a and b and math.max(a, b) or a or b
   return t and (t / 1000 + 25) or 25
+end
+
+--- join_messages(list) -> the messages as one: "a; b; c", each without its final period, so
+-- that "timeoutMs must be between 1 and 86400000." joins without ".;" (or "..").
+function M.join_messages(list)
+  local out = {}
+  for i, m in ipairs(list) do
+    out[i] = tostring(m):gsub("%s+$", ""):gsub("([^.])%.$", "%1")
+  end
+  return table.concat(out, "; ")
 end
 
 -- xpcall handler: keep the raised value for the reply and the traceback for stderr.
@@ -401,9 +427,12 @@ function Worker:context(p, method, params, invocation, seconds, reserve)
       and type(invocation.id) == "string"
       and invocation.id
     or nil
-  local raw = type(params.config) == "table" and params.config or {}
+  -- a config that is not an object is the schema's error ("config must be an object"), never
+  -- read as {}; hooks still get a table as ctx.raw_config
+  local given = params.config == nil and {} or params.config
+  local raw = type(given) == "table" and given or {}
   local normalized, errors, warnings =
-    p.schema:normalize(raw, method == "environmentValidateConfig" and "validate" or "call")
+    p.schema:normalize(given, method == "environmentValidateConfig" and "validate" or "call")
   for _, s in ipairs(p.schema:secrets(raw)) do
     log.add_secret(s)
   end
@@ -523,9 +552,9 @@ function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder
     -- a probe answers ok:false, never an error: it is how an operator tests a config
     return { ok = false, summary = ("%s probe failed: the config is invalid."):format(
       p.display_name), metadata = { provider = p.driver_key,
-        error = table.concat(ctx.errors, " ") } }
+        error = M.join_messages(ctx.errors) } }
   elseif method ~= "environmentValidateConfig" and #ctx.errors > 0 then
-    return nil, "invalid " .. p.driver_key .. " config: " .. table.concat(ctx.errors, "; ")
+    return nil, "invalid " .. p.driver_key .. " config: " .. M.join_messages(ctx.errors)
   end
   if method == "environmentExecute" then
     local res, err = bridge_execute.run(ctx, p, params, function()
@@ -555,7 +584,7 @@ end
 
 -- The provider serving an environment request, or nil after replying with the error.
 function Worker:provider_for(id, method, params)
-  if type(params) ~= "table" then
+  if type(params) ~= "table" or json.is_array(params) or (next(params) ~= nil and #params > 0) then
     return self:reply_error(id, INVALID_PARAMS, method .. ": params must be an object")
   end
   local key = params.driverKey
@@ -597,9 +626,7 @@ function Worker:environment(id, method, params, invocation)
   if not p.hooks[providers.HOOK_OF[method]] then -- validation by the schema alone
     return self:reply(id, validation_result(self:context(p, method, params, invocation), nil))
   end
-  local seconds = M.budget(method, params)
-  local reserve = math.min(M.CLEANUP_RESERVE, seconds / 4)
-  local steps = seconds - reserve
+  local steps, reserve = M.split_budget(method, params)
   -- The hook runs in a task of its own, canceled when its share of the budget is spent (its
   -- pending operation then ends "canceled"); this task, canceled only by a shutdown, then
   -- waits for the cleanups the hook started before it answers.
@@ -624,7 +651,7 @@ function Worker:environment(id, method, params, invocation)
     )
   elseif late then
     return self:reply_error(id, WORKER_ERROR,
-      method .. " was canceled: the worker is shutting down")
+      method .. " was canceled: " .. (self.cancel_reason or "the worker is shutting down"))
   end
   local result, err = res[1], res[2]
   if result == nil then
@@ -734,8 +761,11 @@ function Worker:handle_line(line)
   return t
 end
 
---- shutdown(id): stop serving, cancel what runs, answer null, flush; serve() then returns.
-function Worker:shutdown(id)
+--- shutdown(id [, reason [, settle]]): stop serving, cancel what runs, answer null, flush;
+-- serve() then returns. reason ends the message of each canceled request's error reply ("the
+-- worker is shutting down" by default); settle is how long (seconds) the canceled requests get
+-- to send it: 0.3 by default, since the host allows 500 ms from the shutdown reply to exit.
+function Worker:shutdown(id, reason, settle)
   if self.closing then
     if id ~= nil then
       self:reply(id, nil)
@@ -743,13 +773,14 @@ function Worker:shutdown(id)
     return
   end
   self.closing = true
+  self.cancel_reason = reason
   local me = task.current()
   for t in pairs(self.inflight) do
     if t ~= me then
       t:cancel() -- pending processes and transfers are torn down
     end
   end
-  local deadline = task.now() + 0.3 -- the host allows 500 ms from reply to exit
+  local deadline = task.now() + (settle or 0.3)
   for t in pairs(self.inflight) do
     if t ~= me then
       t:wait(math.max(0, deadline - task.now()))
@@ -761,6 +792,46 @@ function Worker:shutdown(id)
   if self.on_closed then
     self.on_closed()
   end
+end
+
+--- STDIN_GRACE: seconds the requests still in flight when stdin ends get to finish and
+-- reply (worker-protocol.md 2.5: stdin EOF -> clean up and exit 0); then they are canceled and
+-- each gets the error reply "<method> was canceled: stdin closed". The environment variable
+-- PROVIDER_HOST_STDIN_GRACE (seconds, >= 0) replaces it.
+M.STDIN_GRACE = 10
+
+local function stdin_grace()
+  local v = tonumber(os.getenv("PROVIDER_HOST_STDIN_GRACE") or "")
+  if v and v >= 0 and v < math.huge then
+    return v
+  end
+  return M.STDIN_GRACE
+end
+
+--- input_closed([grace]): stdin ended. The requests in flight get grace seconds to answer; the
+-- rest are canceled with a reply that says stdin closed; then serve() returns (exit 0).
+function Worker:input_closed(grace)
+  grace = grace or stdin_grace()
+  local deadline = task.now() + grace
+  local waiting = {}
+  for t in pairs(self.inflight) do
+    waiting[#waiting + 1] = t
+  end
+  for _, t in ipairs(waiting) do
+    if self.closing then
+      break -- a signal or a shutdown request came meanwhile: it owns the exit
+    end
+    t:wait(math.max(0, deadline - task.now()))
+  end
+  local left = 0
+  for _ in pairs(self.inflight) do
+    left = left + 1
+  end
+  if left > 0 and not self.closing then
+    log.info("stdin closed: canceling %d request(s) still running after %gs", left, grace)
+  end
+  -- nobody waits on a 500 ms exit here: the canceled requests get time to send their replies
+  self:shutdown(nil, "stdin closed", 5)
 end
 
 --- serve(): the worker's main loop on stdin/stdout. Returns the process exit code.
@@ -807,7 +878,7 @@ function M.serve(list)
       worker:reply_error(json.null, PARSE_ERROR, "Parse error: " .. err)
     else
       if not done then -- end of input: the host is gone or closed our stdin
-        worker:shutdown(nil)
+        worker:input_closed()
       end
       break
     end

@@ -1,6 +1,7 @@
 -- providers/local: sandboxes as private directories on this machine (the demo and test default).
 -- Not a security boundary unless isolateNetwork is on, and even then only for the network.
 local duplex = require("host.duplex")
+local fs = require("host.fs")
 local json = require("host.json")
 local host_params = require("host.params")
 local proc = require("host.proc")
@@ -69,7 +70,8 @@ function hooks.probe(ctx, _params)
         metadata = meta,
       }
     end
-    err = err or ("%s exited with %s: %s"):format(ctx.config.shell, res.exit_code, res.stderr)
+    err = err or ("%s exited with %s: %s"):format(ctx.config.shell, res.exit_code,
+      util.trim(res.stderr))
   end
   meta.error = err
   return { ok = false, summary = "Local sandbox probe failed.", metadata = meta }
@@ -142,6 +144,16 @@ function hooks.execute(ctx, params)
   local argv = isolated(ctx, { params.command, table.unpack(params.args) })
   local timeout_ms = params.timeoutMs or ctx.config.timeoutMs
   local cwd = params.cwd or util.nonblank(lease.metadata.remoteCwd) or workspace.cwd(dir)
+  -- A missing cwd is an error reply, as upstream's local runs (Node's spawn) reject with
+  -- ENOENT: checked first, or the spawn's ENOENT would read as "command not found" below.
+  local st, serr = fs.stat(cwd, true)
+  if not st and serr and serr:find("No such file", 1, true) then
+    return nil, ("local: cwd %s does not exist"):format(cwd), "not_found"
+  elseif not st then
+    return nil, ("local: cwd %s: %s"):format(cwd, serr), "io"
+  elseif st.type ~= "directory" then
+    return nil, ("local: cwd %s is not a directory"):format(cwd), "not_found"
+  end
   local started = task.now()
   local p, err, code = proc.spawn({
     argv = argv,

@@ -1,4 +1,6 @@
--- providers/local/schema.lua: configuration of the local provider.
+-- providers/local/schema.lua: configuration of the local provider. Its errors read as the
+-- generic schema's do ("timeoutMs: must be between 1 and 86400000"): local mirrors no upstream
+-- provider, so it has no upstream texts to keep.
 local schema = require("host.schema")
 
 return schema.new({
@@ -8,7 +10,6 @@ return schema.new({
     default = 300000,
     between = { 1, 86400000 },
     truncate = true,
-    message = "timeoutMs must be between 1 and 86400000.",
     description = "Default command timeout in milliseconds.",
   },
   {
@@ -23,7 +24,7 @@ return schema.new({
     trim = true,
     blank = "default",
     pattern = "^/",
-    message = "root must be an absolute path.",
+    message = "root: must be an absolute path", -- the generic "name: text" form
     description = "Directory that holds the lease workspaces (default: $TMPDIR or /tmp).",
     ui = { advanced = true, group = "Workspace" },
   },

@@ -47,8 +47,32 @@ describe("host.params", function()
     assert.is_nil(p.cwd)
     assert.equal(1500, p.timeoutMs)
     assert.equal("integer", math.type(p.timeoutMs))
-    for _, t in ipairs({ 0, -5, 0 / 0, math.huge, "1000" }) do
+    for _, t in ipairs({ 0, -5, 0 / 0, math.huge }) do
       assert.is_nil(assert(execute({ command = "x", timeoutMs = t })).timeoutMs)
+    end
+    assert.equal("/w", assert(execute({ command = "x", cwd = "/w" })).cwd)
+  end)
+
+  it("refuses a timeoutMs or a cwd of the wrong type, naming it, never using a default", function()
+    local cases = {
+      { "1000", "got a string" },
+      { true, "got a boolean" },
+      { { 1 }, "got an array" },
+      { { a = 1 }, "got an object" },
+      { 5, "got a number" },
+    }
+    for _, c in ipairs(cases) do
+      if type(c[1]) ~= "number" then
+        local ok, err = execute({ command = "x", timeoutMs = c[1] })
+        assert.is_nil(ok)
+        assert.equal("environmentExecute: timeoutMs must be a number of milliseconds, " .. c[2],
+          err)
+      end
+      if type(c[1]) ~= "string" then
+        local ok, err = execute({ command = "x", cwd = c[1] })
+        assert.is_nil(ok)
+        assert.equal("environmentExecute: cwd must be a string, " .. c[2], err)
+      end
     end
   end)
 
@@ -61,7 +85,12 @@ describe("host.params", function()
     local cases = {
       { { command = "" }, "environmentExecute: command must be a non-empty string" },
       { { command = "a\0b" }, "environmentExecute: command contains a NUL byte" },
-      { { command = "x", args = "a b" }, "environmentExecute: args must be an array of strings" },
+      { { command = "x", args = "a b" },
+        "environmentExecute: args must be an array of strings, got a string" },
+      { { command = "x", args = { a = "1" } },
+        "environmentExecute: args must be an array of strings, got an object" },
+      { { command = "x", args = 3 },
+        "environmentExecute: args must be an array of strings, got a number" },
       { { command = "x", args = { "a", 2 } }, "environmentExecute: args[2] must be a string" },
       { { command = "x", args = { "a\0" } }, "environmentExecute: args[1] contains a NUL byte" },
       { { command = "x", env = json.array({ "A=1" }) },

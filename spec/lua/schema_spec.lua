@@ -446,12 +446,17 @@ describe("host.schema", function()
       assert.equal("base", n.template)
     end)
 
-    it("replaces every built-in error text with message", function()
-      local s = schema.new({ { "n", "integer", message = "n is wrong." } })
-      local _, e1 = s:normalize({ n = "x" })
-      local _, e2 = s:normalize({ n = 1.5 })
+    it("replaces the built-in error texts with message, but not a wrong type's", function()
+      local s = schema.new({ { "n", "integer", required = true, between = { 1, 2 },
+        message = "n is wrong." } })
+      local _, e1 = s:normalize({ n = 3 })
+      local _, e2 = s:normalize({})
       assert.same({ "n is wrong." }, e1)
       assert.same({ "n is wrong." }, e2)
+      local _, e3 = s:normalize({ n = "x" })
+      local _, e4 = s:normalize({ n = 1.5 })
+      assert.same({ "n: expected an integer, got string" }, e3)
+      assert.same({ "n: expected an integer, got 1.5" }, e4)
     end)
 
     it("replaces element errors with message once", function()
@@ -699,6 +704,24 @@ describe("host.schema", function()
         assert.same({ "timeoutMs must be between 1 and 86400000." }, e1)
         assert.same(e1, e2)
         assert.same({}, e3)
+      end)
+
+      it("keeps the built-in text for a value of the wrong type, whatever `message` says",
+        function()
+        local spec = { "timeoutMs", "integer", between = { 1, 86400000 }, truncate = true,
+          message = "timeoutMs must be between 1 and 86400000." }
+        local _, e1 = one(spec, "abc")
+        local _, e2 = one(spec, true)
+        local _, e3 = one(spec, 1e300)
+        local _, e4 = one(spec, "0")
+        assert.same({ "timeoutMs: expected an integer, got a non-numeric string" }, e1)
+        assert.same({ "timeoutMs: expected an integer, got boolean" }, e2)
+        -- out of range (even past what a JS peer holds) is the message's business
+        assert.same({ "timeoutMs must be between 1 and 86400000." }, e3)
+        assert.same({ "timeoutMs must be between 1 and 86400000." }, e4)
+        local _, e5 = one({ "root", "string", pattern = "^/", message = "root: must be absolute" },
+          7)
+        assert.same({ "root: expected a string, got number" }, e5)
       end)
 
       it("checks both ends of between", function()

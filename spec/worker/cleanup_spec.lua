@@ -102,4 +102,16 @@ describe("host.worker cleanup", function()
       end)
     end)
   end)
+
+  it("gives an execute's hook more than its command's timeout, however long", function()
+    for _, ms in ipairs({ 1000, 30000, 96000, 300000, 14400000 }) do
+      local steps, reserve = worker.split_budget("environmentExecute", { timeoutMs = ms })
+      assert.is_true(steps >= ms / 1000 + 15, ms .. " ms: the hook gets " .. steps .. " s")
+      assert.is_true(reserve > 0)
+    end
+    local steps, reserve = worker.split_budget("environmentAcquireLease",
+      { config = { timeoutMs = 300000 } })
+    assert.equal(30, reserve) -- a create keeps its full cleanup reserve
+    assert.equal(295, steps)
+  end)
 end)

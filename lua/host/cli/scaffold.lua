@@ -7,12 +7,17 @@ local TEMPLATE = [==[
 -- %s: a provider-host sandbox provider. Check it: provider-host check %s
 -- Try it:  provider-host call %s environmentAcquireLease '{"config":{}}' --providers DIR
 -- As written, a lease is a private directory on this machine and commands run there (like the
--- built-in `local` provider): replace the TODOs with calls to your sandbox service. Every hook
--- gets (ctx, params) and returns a result, or nil and a message (README: "Writing a
--- provider"). The worker has checked params already: JSON null is nil, params.lease is a
--- table with providerLeaseId (nil when absent) and metadata, and an execute's command, args,
--- env, stdin, cwd and timeoutMs are valid. Hooks run as tasks: host.http, host.proc and
--- friends read sequentially and never block the worker.
+-- built-in `local` provider): replace the TODOs with calls to your sandbox service.
+-- The contract is docs/providers.md in provider-host's repository: "Conventions" (params,
+-- errors, ctx), one section per hook (named in the comment above each one here) and "Host
+-- API" (every host.* function; timeouts are in seconds, protocol fields in milliseconds).
+-- Every hook gets (ctx, params) and returns a result, or nil, a message and a host.errors
+-- code (Paperclip gets a -32002 error with the message). The worker has checked params
+-- already: JSON null is nil, params.lease is a table with providerLeaseId (nil when absent)
+-- and metadata, and an execute's command, args, env, stdin, cwd and timeoutMs are valid.
+-- Hooks run as tasks: host.http, host.proc and friends read sequentially and never block
+-- the worker. Paperclip calls validate, probe, acquire, realize and execute whether or not
+-- a hook is here; release, destroy and resume only when they are.
 local fs = require("host.fs")
 local json = require("host.json")
 local host_params = require("host.params")
@@ -33,6 +38,9 @@ local M = {
     { "reuseLease", "boolean", default = false,
       description = "Keep the sandbox on release so a later run can resume it." },
   }),
+  -- The manifest's sandboxCapabilities (docs/providers.md, "Conventions"): without
+  -- reusableLeases Paperclip never calls resume_lease.
+  capabilities = { reusableLeases = true },
   hooks = {},
 }
 local hooks = M.hooks
@@ -45,7 +53,15 @@ local function lease_dir(id)
   return st and st.type == "directory" and id or nil
 end
 
---- environmentProbe: can a sandbox be made? (Paperclip calls it whether or not it is here.)
+--- environmentValidateConfig (docs/providers.md: `validate_config`): returning nothing lets
+-- the schema answer {ok, errors?, warnings?, normalizedConfig}; ctx.errors holds its errors.
+-- Add checks the schema cannot express here, or delete the hook.
+function hooks.validate_config(_ctx, _params)
+  return nil
+end
+
+--- environmentProbe (docs/providers.md: `probe`): can a sandbox be made? Answer ok = false,
+-- not an error, when it cannot. Paperclip calls it whether or not it is here.
 function hooks.probe(_ctx, _params)
   local dir, err = fs.mkdtemp(PREFIX) -- TODO: create a throwaway sandbox, and delete it
   if not dir then
@@ -55,7 +71,8 @@ function hooks.probe(_ctx, _params)
   return { ok = true, summary = "Sandboxes can be made." }
 end
 
---- environmentAcquireLease: a new sandbox; its id and metadata come back on every later call.
+--- environmentAcquireLease (docs/providers.md: `acquire_lease`): a new sandbox; its id and
+-- metadata come back on every later call (metadata keys also come back inside ctx.config).
 function hooks.acquire_lease(ctx, _params)
   -- TODO: create a sandbox with your service, for example
   --   local res = require("host.http").request({ method = "POST", url = "...",
@@ -68,7 +85,8 @@ function hooks.acquire_lease(ctx, _params)
     timeoutMs = ctx.config.timeoutMs, reuseLease = ctx.config.reuseLease } }
 end
 
---- environmentResumeLease: the sandbox again, or {providerLeaseId = null, expired} when gone.
+--- environmentResumeLease (docs/providers.md: `resume_lease`): the sandbox again, or
+-- {providerLeaseId = null, expired} when gone (Paperclip then destroys it and acquires anew).
 function hooks.resume_lease(_ctx, params)
   local dir = lease_dir(params.providerLeaseId)
   if not dir then
@@ -77,7 +95,8 @@ function hooks.resume_lease(_ctx, params)
   return { providerLeaseId = dir, metadata = { remoteCwd = dir, shellCommand = "sh" } }
 end
 
---- environmentReleaseLease: the run is over: delete the sandbox unless it is reused.
+--- environmentReleaseLease (docs/providers.md: `release_lease`): the run is over: delete the
+-- sandbox unless it is reused. Missing is success; the reply is null.
 function hooks.release_lease(ctx, params)
   local dir = lease_dir(params.providerLeaseId)
   if ctx.config.reuseLease or not dir then
@@ -86,14 +105,15 @@ function hooks.release_lease(ctx, params)
   return fs.remove_tree(dir)
 end
 
---- environmentDestroyLease: delete the sandbox; one that is gone already is fine.
+--- environmentDestroyLease (docs/providers.md: `destroy_lease`): delete the sandbox; one that
+-- is gone already is fine.
 function hooks.destroy_lease(_ctx, params)
   local dir = lease_dir(params.providerLeaseId)
   return not dir or fs.remove_tree(dir)
 end
 
---- environmentRealizeWorkspace: where commands run, made to exist. (Called whether or not
--- it is here.)
+--- environmentRealizeWorkspace (docs/providers.md: `realize_workspace`): where commands run,
+-- made to exist. Paperclip calls it whether or not it is here.
 function hooks.realize_workspace(_ctx, params)
   local cwd = params.lease.metadata.remoteCwd or params.workspace.remotePath
   if not cwd then
@@ -106,8 +126,10 @@ function hooks.realize_workspace(_ctx, params)
   return { cwd = cwd, metadata = { remoteCwd = cwd } }
 end
 
---- environmentExecute: run params.command with params.args in the sandbox. A non-zero exit is
--- a result; output goes to Paperclip live through ctx:emit.
+--- environmentExecute (docs/providers.md: `execute`, and "Worked example: a cancellable
+-- execute"): run params.command with params.args in the sandbox. A non-zero exit is a
+-- result; output goes to Paperclip live through ctx:emit; a timeout is exitCode null with
+-- timedOut true. With an executionId, ctx.execution.cancel stops exactly this command.
 function hooks.execute(ctx, params)
   local dir = lease_dir(params.lease.providerLeaseId)
   if not dir then
@@ -117,20 +139,43 @@ function hooks.execute(ctx, params)
   for k, v in pairs(params.env) do
     env[k] = v
   end
-  -- TODO: run it in your sandbox instead (host.http, host.ssh or host.remote)
-  local r, err = proc.run({
+  -- TODO: run it in your sandbox instead (host.http, host.ssh or host.remote.execute)
+  local p, err, code = proc.spawn({
     argv = { params.command, table.unpack(params.args) }, env = env, stdin = params.stdin,
     cwd = params.cwd or dir,
-    timeout = (params.timeoutMs or ctx.config.timeoutMs) / 1000,
+    timeout = (params.timeoutMs or ctx.config.timeoutMs) / 1000, -- seconds
+    max_output = ctx.max_output,
     on_stdout = ctx:emitter("stdout"),
     on_stderr = ctx:emitter("stderr"),
   })
-  if not r then
-    return nil, err
+  if not p then
+    return nil, err, code
   end
-  return { exitCode = r.exit_code or json.null, timedOut = r.timed_out,
+  if ctx.execution then -- environmentCancelExecution of this executionId: TERM, then KILL
+    ctx.execution.cancel = function()
+      p:terminate()
+    end
+  end
+  local r
+  r, err, code = p:wait()
+  if not r then
+    return nil, err, code
+  end
+  return { exitCode = (not r.timed_out and r.exit_code) or json.null,
+           signal = r.signal or json.null, timedOut = r.timed_out,
            stdout = ctx:output(r.stdout), stderr = ctx:output(r.stderr) }
 end
+
+--- environmentCancelExecution (docs/providers.md: `cancel_execution`): the worker cancels the
+-- executions it runs itself through ctx.execution.cancel; this hook only sees the others
+-- (started before a restart). Keep it: without it every cancel is refused (-32004).
+-- TODO: stop the execution through your service when you can.
+function hooks.cancel_execution(_ctx, params)
+  return { executionId = params.executionId, cancelled = false }
+end
+
+-- Not written here (docs/providers.md): sync_in and sync_out (optional, both or neither),
+-- and the extensions duplex and sandbox_helper (for the callback bridge).
 
 return M
 ]==]

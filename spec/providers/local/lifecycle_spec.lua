@@ -64,8 +64,16 @@ describe("providers.local", function()
       assert.equal(false, r.normalizedConfig.reuseLease)
       r = assert(s:call("environmentValidateConfig", { config = { timeoutMs = 0, shell = "zsh" } }))
       assert.is_false(r.ok)
-      assert.equal("timeoutMs must be between 1 and 86400000.", r.errors[1])
-      assert.matches("shell", r.errors[2])
+      -- the generic schema's "name: text" form, like every other local error
+      assert.equal("timeoutMs: must be between 1 and 86400000", r.errors[1])
+      assert.equal('shell: must be one of "bash", "sh"', r.errors[2])
+      r = assert(s:call("environmentValidateConfig", { config = { timeoutMs = "soon",
+        root = "tmp", reuseLease = "yes" } }))
+      assert.same({ "timeoutMs: expected an integer, got a non-numeric string",
+        "reuseLease: expected a boolean, got string", "root: must be an absolute path" },
+        r.errors)
+      r = assert(s:call("environmentValidateConfig", { config = "x" }))
+      assert.same({ ok = false, errors = { "config must be an object" } }, r)
     end)
   end)
 
@@ -200,6 +208,44 @@ describe("providers.local", function()
       local r, err = exec(s, lp, { args = { "-c", "true" }, env = { ["BAD-KEY"] = "x" } })
       assert.is_nil(r)
       assert.equal("Invalid sandbox environment variable key: BAD-KEY", err.message)
+    end)
+  end)
+
+  it("says a cwd that does not exist does not exist, not \"command not found\"", function()
+    with_lease(function(s, lease, lp)
+      local missing = lease.providerLeaseId .. "/no/such/dir"
+      local r, err = exec(s, lp, { args = { "-c", "true" }, cwd = missing })
+      assert.is_nil(r)
+      assert.equal("local: cwd " .. missing .. " does not exist", err.message)
+      -- the lease's remoteCwd is the default cwd: the same check applies
+      r, err = exec(s, { providerLeaseId = lp.providerLeaseId,
+        metadata = { remoteCwd = missing } }, { args = { "-c", "true" } })
+      assert.is_nil(r)
+      assert.equal("local: cwd " .. missing .. " does not exist", err.message)
+      local file = lease.metadata.remoteCwd .. "/f"
+      assert(fs.write(file, "x"))
+      r, err = exec(s, lp, { args = { "-c", "true" }, cwd = file })
+      assert.is_nil(r)
+      assert.equal("local: cwd " .. file .. " is not a directory", err.message)
+      -- a missing command in a cwd that exists is still the shell's 127
+      r = assert(exec(s, lp, { command = "definitely-not-a-command",
+        cwd = lease.metadata.remoteCwd }))
+      assert.equal(127, r.exitCode)
+    end)
+  end)
+
+  it("refuses a timeoutMs of the wrong type, naming it, and runs none", function()
+    with_lease(function(s, lease, lp)
+      local mark = lease.metadata.remoteCwd .. "/ran"
+      local r, err = exec(s, lp, { args = { "-c", "touch " .. mark }, timeoutMs = "5000" })
+      assert.is_nil(r)
+      assert.equal("environmentExecute: timeoutMs must be a number of milliseconds, got a string",
+        err.message)
+      assert.is_nil(fs.stat(mark))
+      r, err = exec(s, lp, { args = { "-c", "true" } }, { timeoutMs = "soon" })
+      assert.is_nil(r)
+      assert.equal("invalid local config: timeoutMs: expected an integer, got a non-numeric string",
+        err.message)
     end)
   end)
 
