@@ -572,11 +572,20 @@ function M.load(ref, dirs)
 end
 
 --- supported_methods(providers) -> array of method names served by any of them.
+--- serves(p, hook_name) -> true when the worker answers that hook's method for provider p:
+--- it has the hook; or validate_config from its schema alone; or cancel_execution of the
+--- executions the worker tracks itself, for any provider that executes.
+function M.serves(p, hook_name)
+  return p.hooks[hook_name] ~= nil
+    or (hook_name == "validate_config" and p.schema ~= nil)
+    or (hook_name == "cancel_execution" and p.hooks.execute ~= nil)
+end
+
 function M.supported_methods(list)
   local methods = { "health" }
   for _, pair in ipairs(M.HOOKS) do
     for _, p in ipairs(list) do
-      if p.hooks[pair[1]] or (pair[1] == "validate_config" and p.schema) then
+      if M.serves(p, pair[1]) then
         methods[#methods + 1] = pair[2]
         break
       end

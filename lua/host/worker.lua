@@ -571,6 +571,8 @@ function Worker:run_hook(p, method, params, invocation, seconds, reserve, holder
     local entry = self.executions[execution_key(params)]
     if entry and entry.cancel then
       return cancel_tracked(entry, params)
+    elseif not hook then -- nothing of ours runs it: gone already, or never started here
+      return { executionId = params.executionId, cancelled = false }
     end
   end
   local res = table.pack(xpcall(hook, capture, ctx, params))
@@ -608,7 +610,8 @@ function Worker:provider_for(id, method, params)
       )
     )
   end
-  if not (p.hooks[providers.HOOK_OF[method]] or method == "environmentValidateConfig") then
+  if not (providers.serves(p, providers.HOOK_OF[method]) or method == "environmentValidateConfig")
+  then
     return self:reply_error(
       id,
       METHOD_NOT_IMPLEMENTED,
@@ -623,7 +626,7 @@ function Worker:environment(id, method, params, invocation)
   if not p then
     return
   end
-  if not p.hooks[providers.HOOK_OF[method]] then -- validation by the schema alone
+  if method == "environmentValidateConfig" and not p.hooks.validate_config then -- the schema
     return self:reply(id, validation_result(self:context(p, method, params, invocation), nil))
   end
   local steps, reserve = M.split_budget(method, params)

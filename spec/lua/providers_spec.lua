@@ -129,6 +129,7 @@ describe("host.providers", function()
       "environmentAcquireLease",
       "environmentReleaseLease",
       "environmentExecute",
+      "environmentCancelExecution", -- the worker cancels the executions it runs itself
     }, providers.supported_methods({ p }))
   end)
 

@@ -168,7 +168,7 @@ end
 
 --- environmentCancelExecution (docs/providers.md: `cancel_execution`): the worker cancels the
 -- executions it runs itself through ctx.execution.cancel; this hook only sees the others
--- (started before a restart). Keep it: without it every cancel is refused (-32004).
+-- (started before a restart). Without it those get `cancelled = false`.
 -- TODO: stop the execution through your service when you can.
 function hooks.cancel_execution(_ctx, params)
   return { executionId = params.executionId, cancelled = false }
