@@ -139,7 +139,9 @@ function hooks.execute(ctx, params)
   for k, v in pairs(params.env) do
     env[k] = v
   end
-  -- TODO: run it in your sandbox instead (host.http, host.ssh or host.remote.execute)
+  -- TODO: run it in your sandbox instead (host.http, host.ssh or host.remote.execute); an HTTP call
+  -- that waits for the command needs timeout = timeoutMs / 1000 + a margin (host.http's default
+  -- is 30 s), and ctx.execution.cancel should call your service's kill
   local p, err, code = proc.spawn({
     argv = { params.command, table.unpack(params.args) }, env = env, stdin = params.stdin,
     cwd = params.cwd or dir,
