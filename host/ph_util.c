@@ -533,53 +533,173 @@ int ph_remove_tree_path_ok(const char *path)
 /* How many times a directory is re-read for entries that appeared while it was emptied. */
 #define REMOVE_PASSES 8
 
+/* One directory being emptied: its name in its parent and its identity, so that climbing back
+ * through ".." can prove it reached the parent it came from (nothing was moved meanwhile). */
+typedef struct {
+    char *name;
+    dev_t dev;
+    ino_t ino;
+    int passes; /* full reads of it that still found entries */
+} Level;
+
+typedef struct {
+    Level *v;
+    size_t n, cap;
+} Levels;
+
+static int levels_push(Levels *ls, const char *name, const struct stat *st)
+{
+    if (ls->n == ls->cap) {
+        size_t cap = ls->cap ? ls->cap * 2 : 16;
+        Level *v = realloc(ls->v, cap * sizeof *v);
+        if (v == NULL)
+            return ENOMEM;
+        ls->v = v;
+        ls->cap = cap;
+    }
+    char *copy = strdup(name);
+    if (copy == NULL)
+        return ENOMEM;
+    ls->v[ls->n++] = (Level){ copy, st->st_dev, st->st_ino, 0 };
+    return 0;
+}
+
+static void levels_free(Levels *ls)
+{
+    for (size_t i = 0; i < ls->n; i++)
+        free(ls->v[i].name);
+    free(ls->v);
+}
+
+/* Open name under dfd as a directory (never through a symlink) and push it. *fd gets it. */
+static int descend(int dfd, const char *name, Levels *ls, int *fd)
+{
+    int c = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (c < 0)
+        return errno;
+    struct stat st;
+    int err = fstat(c, &st) != 0 ? errno : levels_push(ls, name, &st);
+    if (err != 0) {
+        close(c);
+        return err;
+    }
+    *fd = c;
+    return 0;
+}
+
+/* Back from the emptied top level to its parent through "..", checked against the identity
+ * recorded on the way down (top: the caller's directory), and remove the emptied directory. */
+static int ascend(int cur, Levels *ls, const struct stat *top, int *fd)
+{
+    *fd = -1;
+    int up = openat(cur, "..", O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    int err = up < 0 ? errno : 0;
+    close(cur);
+    if (err != 0)
+        return err;
+    struct stat st;
+    dev_t dev = ls->n > 1 ? ls->v[ls->n - 2].dev : top->st_dev;
+    ino_t ino = ls->n > 1 ? ls->v[ls->n - 2].ino : top->st_ino;
+    if (fstat(up, &st) != 0 || st.st_dev != dev || st.st_ino != ino) {
+        close(up);
+        return ESTALE; /* moved while we worked: stop rather than delete elsewhere */
+    }
+    Level *l = &ls->v[--ls->n];
+    if (unlinkat(up, l->name, AT_REMOVEDIR) != 0 && errno != ENOENT)
+        err = errno;
+    free(l->name);
+    *fd = up;
+    return err;
+}
+
+/* Remove every entry of directory cur that is not a directory; *child gets the first
+ * subdirectory found (to descend into), or stays NULL when cur holds no more of them.
+ * Returns 0, or the first error. *seen: entries were found. */
+static int empty_files(int cur, char **child, int *seen)
+{
+    int fd = dup(cur);
+    DIR *d = fd < 0 ? NULL : fdopendir(fd);
+    if (d == NULL) {
+        int err = errno;
+        if (fd >= 0)
+            close(fd);
+        return err;
+    }
+    int err = 0;
+    struct dirent *de;
+    errno = 0;
+    while (err == 0 && *child == NULL && (de = readdir(d)) != NULL) {
+        const char *n = de->d_name;
+        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
+            continue;
+        *seen = 1;
+        if (unlinkat(cur, n, 0) == 0 || errno == ENOENT) {
+            errno = 0;
+            continue;
+        }
+        if (errno != EISDIR && errno != EPERM) { /* Linux says EISDIR, POSIX allows EPERM */
+            err = errno;
+        } else {
+            *child = strdup(n);
+            if (*child == NULL)
+                err = ENOMEM;
+        }
+        errno = 0;
+    }
+    if (err == 0 && errno != 0)
+        err = errno;
+    closedir(d);
+    return err;
+}
+
+/* Remove name under dfd, a file or a whole tree, depth first, holding at most two directory
+ * descriptors however deep the tree: a nesting deeper than the fd limit is still removed, and
+ * a deep removal never starves the worker's other descriptors. Never follows a symlink. */
 static int remove_at(int dfd, const char *name)
 {
     if (unlinkat(dfd, name, 0) == 0 || errno == ENOENT)
         return 0;
     int saved = errno;
-    if (saved != EISDIR && saved != EPERM) /* Linux says EISDIR, POSIX allows EPERM */
+    if (saved != EISDIR && saved != EPERM)
         return saved;
-
-    /* O_NOFOLLOW: if a symlink replaced the directory since unlinkat, do not enter it. */
-    int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT)
-            return 0;
-        return errno == ENOTDIR || errno == ELOOP ? saved : errno;
-    }
-    DIR *d = fdopendir(fd);
-    if (d == NULL) {
-        int err = errno;
-        close(fd);
-        return err;
-    }
-    int err = 0;
-    for (int pass = 0; pass < REMOVE_PASSES && err == 0; pass++) {
-        int seen = 0;
-        struct dirent *de;
-        errno = 0;
-        while (err == 0 && (de = readdir(d)) != NULL) {
-            const char *n = de->d_name;
-            if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
-                continue;
-            seen = 1;
-            err = remove_at(dirfd(d), n);
-            errno = 0;
-        }
-        if (err == 0 && errno != 0)
-            err = errno;
-        if (!seen)
-            break;
-        /* Deleting while reading may make readdir skip entries: read again until empty. */
-        rewinddir(d);
-    }
-    closedir(d);
-    if (err != 0)
-        return err;
-    if (unlinkat(dfd, name, AT_REMOVEDIR) != 0 && errno != ENOENT)
+    struct stat top;
+    if (fstat(dfd, &top) != 0)
         return errno;
-    return 0;
+    Levels ls = { NULL, 0, 0 };
+    int cur = -1;
+    int err = descend(dfd, name, &ls, &cur);
+    if (err == ENOENT)
+        return 0;
+    if (err == ENOTDIR || err == ELOOP) /* a symlink or file replaced it: not ours to enter */
+        return saved;
+    while (err == 0 && ls.n > 0) {
+        char *child = NULL;
+        int seen = 0;
+        err = empty_files(cur, &child, &seen);
+        if (err == 0 && child != NULL) {
+            int next = -1;
+            err = descend(cur, child, &ls, &next);
+            if (err == 0) {
+                close(cur);
+                cur = next;
+            } else if (err == ENOENT || err == ENOTDIR || err == ELOOP) {
+                err = 0; /* gone, or replaced by a file or symlink: the next read sees it */
+            }
+            free(child);
+        } else if (err == 0 && seen && ++ls.v[ls.n - 1].passes < REMOVE_PASSES) {
+            continue; /* deleting while reading may skip entries: read again */
+        } else if (err == 0) {
+            int up = -1;
+            err = ascend(cur, &ls, &top, &up);
+            cur = up;
+            if (ls.n == 0 || err != 0)
+                break;
+        }
+    }
+    if (cur >= 0 && cur != dfd)
+        close(cur);
+    levels_free(&ls);
+    return err;
 }
 
 int ph_remove_tree(const char *path)

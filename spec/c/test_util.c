@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -1033,6 +1034,49 @@ static void test_tempdir_tree(void)
     check(ph_remove_tree(outside) == 0 && !exists(outside), "remove_tree cleans up");
 }
 
+/* A tree nested far deeper than the fd limit is removed: the removal holds a bounded number
+ * of descriptors (it used to hold one per level, and failed with EMFILE). Wide directories,
+ * files at every level, and a symlink to outside at the bottom are handled on the way. */
+static void test_remove_deep(void)
+{
+    char dir[4096], outside[4096], p[8192];
+    check(ph_mkdtemp("ph-deep-", dir, sizeof dir) == 0, "mkdtemp for the deep tree");
+    check(ph_mkdtemp("ph-deep-out-", outside, sizeof outside) == 0, "mkdtemp outside");
+    snprintf(p, sizeof p, "%s/keep", outside);
+    int kf = open(p, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+    check(kf >= 0, "a file outside");
+    close(kf);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    const int depth = 300;
+    for (int i = 0; i < depth && fd >= 0; i++) {
+        for (int w = 0; w < 3; w++) { /* siblings: a file and an empty dir per level */
+            char name[16];
+            snprintf(name, sizeof name, "f%d", w);
+            int f = openat(fd, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+            if (f >= 0)
+                close(f);
+        }
+        mkdirat(fd, "e", 0700);
+        check(mkdirat(fd, "d", 0700) == 0, "mkdir level %d", i);
+        int next = openat(fd, "d", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        close(fd);
+        fd = next;
+    }
+    check(fd >= 0 && symlinkat(outside, fd, "out") == 0, "a symlink out at the bottom");
+    close(fd);
+    struct rlimit saved, low;
+    check(getrlimit(RLIMIT_NOFILE, &saved) == 0, "getrlimit");
+    low = saved;
+    low.rlim_cur = 64; /* far below the depth */
+    check(setrlimit(RLIMIT_NOFILE, &low) == 0, "setrlimit");
+    int err = ph_remove_tree(dir);
+    setrlimit(RLIMIT_NOFILE, &saved);
+    check(err == 0, "remove_tree of a %d-deep tree under 64 fds: %s", depth, strerror(err));
+    check(!exists(dir), "the deep tree is gone");
+    check(exists(p), "the symlink's target outside is kept");
+    check(ph_remove_tree(outside) == 0, "cleanup outside");
+}
+
 int main(void)
 {
     test_sha256();
@@ -1046,5 +1090,6 @@ int main(void)
     test_random_uuid();
     test_paths();
     test_tempdir_tree();
+    test_remove_deep();
     return check_report();
 }
