@@ -88,7 +88,7 @@ end
 
 --- environmentResumeLease: the workspace if it still exists, else "expired".
 function hooks.resume_lease(ctx, params)
-  local dir = workspace.check(params.providerLeaseId)
+  local dir = workspace.check(ctx, params.providerLeaseId)
   if not dir then
     return { providerLeaseId = json.null, metadata = { expired = true } }
   end
@@ -100,27 +100,37 @@ function hooks.release_lease(ctx, params)
   if ctx.config.reuseLease then
     return true
   end
-  return workspace.remove(workspace.check(params.providerLeaseId))
+  return workspace.delete(ctx, params.providerLeaseId)
 end
 
---- environmentDestroyLease: always delete; a missing workspace is success.
-function hooks.destroy_lease(_ctx, params)
-  return workspace.remove(workspace.check(params.providerLeaseId))
+--- environmentDestroyLease: always delete; a missing workspace is success. Only a lease
+-- directory this provider made under the configured root is deleted: any other existing path
+-- is refused with an error (workspace.lua, "Containment").
+function hooks.destroy_lease(ctx, params)
+  return workspace.delete(ctx, params.providerLeaseId)
 end
 
---- environmentRealizeWorkspace: upstream's cwd order, then make sure it exists.
-function hooks.realize_workspace(_ctx, params)
+--- environmentRealizeWorkspace: upstream's cwd order, then make sure it exists. The path must
+-- lie inside the lease directory (a relative one is taken from the lease's workspace): one
+-- outside is refused, never created, and so is one that passes through a symlink.
+function hooks.realize_workspace(ctx, params)
   local lease, ws = params.lease, params.workspace
   local meta = lease.metadata
-  local dir = workspace.check(lease.providerLeaseId)
-  local cwd = util.nonblank(meta.remoteCwd)
+  local dir, err, code = workspace.lease(ctx, lease.providerLeaseId)
+  if not dir then
+    return nil, err, code
+  end
+  local path = util.nonblank(meta.remoteCwd)
     or util.nonblank(ws.remotePath)
     or util.nonblank(ws.localPath)
-    or (dir and workspace.cwd(dir))
+    or workspace.cwd(dir)
+  local cwd
+  cwd, err, code = workspace.inside(dir, path, "workspace path")
   if not cwd then
-    return nil, "local: no workspace path to realize (the lease has no remoteCwd)"
+    return nil, err, code
   end
-  local ok, err, code = workspace.mkdir_p(cwd)
+  local ok
+  ok, err, code = workspace.mkdir_under(dir, cwd)
   if not ok then
     return nil, err, code
   end
@@ -133,9 +143,9 @@ function hooks.execute(ctx, params)
   if not lease.providerLeaseId then
     return host_params.no_lease_result()
   end
-  local dir = workspace.check(lease.providerLeaseId)
+  local dir, derr, dcode = workspace.lease(ctx, lease.providerLeaseId)
   if not dir then
-    return nil, ("local sandbox %s no longer exists"):format(lease.providerLeaseId)
+    return nil, derr, dcode
   end
   local env = workspace.base_env(dir)
   for k, v in pairs(params.env) do
@@ -144,6 +154,13 @@ function hooks.execute(ctx, params)
   local argv = isolated(ctx, { params.command, table.unpack(params.args) })
   local timeout_ms = params.timeoutMs or ctx.config.timeoutMs
   local cwd = params.cwd or util.nonblank(lease.metadata.remoteCwd) or workspace.cwd(dir)
+  if not cwd:match("^/") then -- relative: from the lease's workspace, never the worker's cwd
+    local rerr, rcode
+    cwd, rerr, rcode = workspace.inside(dir, cwd, "cwd")
+    if not cwd then
+      return nil, rerr, rcode
+    end
+  end
   -- A missing cwd is an error reply, as upstream's local runs (Node's spawn) reject with
   -- ENOENT: checked first, or the spawn's ENOENT would read as "command not found" below.
   local st, serr = fs.stat(cwd, true)
@@ -211,9 +228,16 @@ end
 --- duplex (extension): a long-lived command with its stdin and stdout as pipes, in the lease's
 -- workspace, with the same env rules as execute (README, "Duplex execution").
 function hooks.duplex(ctx, params)
-  local dir = workspace.check(params.lease.providerLeaseId)
+  local dir, err, code = workspace.lease(ctx, params.lease.providerLeaseId)
   if not dir then
-    return nil, ("local sandbox %s no longer exists"):format(tostring(params.lease.providerLeaseId))
+    return nil, err, code
+  end
+  local cwd = params.cwd or workspace.cwd(dir)
+  if not cwd:match("^/") then -- relative: from the lease's workspace, never the worker's cwd
+    cwd, err, code = workspace.inside(dir, cwd, "cwd")
+    if not cwd then
+      return nil, err, code
+    end
   end
   local env = workspace.base_env(dir)
   for k, v in pairs(params.env or {}) do
@@ -222,7 +246,7 @@ function hooks.duplex(ctx, params)
   return duplex.process({
     argv = isolated(ctx, { params.command, table.unpack(params.args or {}) }),
     env = env,
-    cwd = params.cwd or workspace.cwd(dir),
+    cwd = cwd,
     on_stdout = params.on_stdout,
     on_stderr = params.on_stderr,
     timeout = params.timeout,

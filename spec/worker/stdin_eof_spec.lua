@@ -117,8 +117,9 @@ describe("worker at stdin EOF", function()
     helpers.run(function()
       local tmp <close> = helpers.tempdir("ph-eof-spec-")
       -- a workspace as `local` makes them, so the lease id is known before the pipe starts
-      local dir = tmp.path .. "/paperclip-local-0123abcd"
+      local dir = tmp.path .. "/paperclip-local-0123456789abcdef"
       assert(require("host.fs").mkdirs(dir .. "/workspace"))
+      helpers.write_file(dir .. "/.paperclip-local", dir .. "\n") -- the marker local writes
       local lines = {
         { id = 0, method = "initialize", params = {} },
         { id = 1, method = "environmentExecute", params = params({
