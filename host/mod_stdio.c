@@ -2,6 +2,7 @@
 #include "ph.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -486,6 +487,21 @@ static int stdio_queued(lua_State *L)
     return 1;
 }
 
+/* stdio.out_closed() -> true when stdout can take nothing more: a write failed (EPIPE, say), or
+ * its reader is gone (a pipe whose read end closed polls as an error, with nothing written).
+ * Never blocks: a worker that writes nothing for a while still learns its host is gone. */
+static int stdio_out_closed(lua_State *L)
+{
+    stdio_init();
+    if (!io.out_closed) {
+        struct pollfd p = { .fd = STDOUT_FILENO, .events = 0 };
+        if (poll(&p, 1, 0) == 1 && (p.revents & (POLLERR | POLLHUP | POLLNVAL)) != 0)
+            out_failed();
+    }
+    lua_pushboolean(L, io.out_closed);
+    return 1;
+}
+
 /* stdio.close_input(): stop reading stdin for good (shutdown). */
 static int stdio_close_input(lua_State *L)
 {
@@ -511,6 +527,7 @@ static const luaL_Reg stdio_funcs[] = {
     { "drain", stdio_drain },
     { "queued", stdio_queued },
     { "close_input", stdio_close_input },
+    { "out_closed", stdio_out_closed },
     { NULL, NULL },
 };
 

@@ -8,6 +8,10 @@ local shell = require("host.shell")
 
 local M = {}
 
+--- MAX_TIMEOUT_MS: the longest environmentExecute timeoutMs taken (24 h, the bound the
+-- providers' config schemas put on their timeoutMs); a longer one is refused.
+M.MAX_TIMEOUT_MS = 86400000
+
 local null = json.null
 
 -- Objects lose their null fields, recursively; arrays keep their elements. json.decode does
@@ -86,7 +90,8 @@ end
 
 -- environmentExecute's own fields, in place: command, args (a list), env (a table of strings;
 -- values that are not strings are left out, as upstream does), stdin, cwd (nil when blank),
--- timeoutMs (an integer >= 1, or nil: the provider's default).
+-- timeoutMs (an integer from 1 to MAX_TIMEOUT_MS, a fraction rounded down; or nil: the
+-- provider's default; a longer one is refused).
 local function execute(p, label)
   if type(p.command) ~= "string" or p.command == "" then
     return fail("command must be a non-empty string")
@@ -140,8 +145,13 @@ local function execute(p, label)
     -- a string would reach the sandbox API. Say so rather than run with another deadline.
     return fail("timeoutMs must be a number of milliseconds, got " .. json_type(t))
   end
-  if type(t) == "number" and t == t and t >= 1 and t < math.huge then
-    p.timeoutMs = math.tointeger(math.floor(math.min(t, 2 ^ 53))) or math.floor(t)
+  if type(t) == "number" and t > M.MAX_TIMEOUT_MS then
+    -- 1e15 (or 1e400, infinity) is no deadline a command could keep: say so, do not clamp it
+    return fail(("timeoutMs must be at most %d (24 hours), got %s"):format(M.MAX_TIMEOUT_MS,
+      t == math.huge and "a number beyond any limit" or ("%.17g"):format(t)))
+  end
+  if type(t) == "number" and t == t and t >= 1 then
+    p.timeoutMs = math.tointeger(math.floor(t)) -- a fraction (100.5) rounds down: 100 ms
   else
     p.timeoutMs = nil -- below 1 (or NaN, which JSON cannot carry): the provider's default
   end

@@ -123,8 +123,8 @@ local function big_parts(msg)
     result[k] = marker .. k -- random: no other string of a reply is the same
   end
   local line = json.encode(outer)
-  if not line then
-    return nil -- send encodes the whole reply and reports the error
+  if not line or not util.utf8_valid(line) then
+    return nil -- send encodes the whole reply (cleaning it) and reports the error
   end
   local found = {}
   for _, k in ipairs(keys) do
@@ -149,21 +149,58 @@ local function big_parts(msg)
   return parts
 end
 
+-- A deep copy of v whose strings (keys too) are valid UTF-8: each ill-formed sequence becomes
+-- U+FFFD. Array and key-order marks are kept.
+local function clean_utf8(v)
+  if type(v) == "string" then
+    return (util.utf8_clean(v, true))
+  elseif type(v) ~= "table" or v == json.null then
+    return v
+  end
+  local out = {}
+  for k, x in pairs(v) do
+    out[clean_utf8(k)] = clean_utf8(x)
+  end
+  if json.is_array(v) then
+    json.array(out)
+  elseif json.order_of(v) then
+    json.ordered(out, json.order_of(v))
+  end
+  return out
+end
+
+--- reply_id(v) -> v when a reply can echo it as it came (a string of valid UTF-8 or a finite
+-- number), else json.null: 1e400 decodes to infinity, which JSON cannot carry, and bytes that
+-- are not UTF-8 would break the host's parser (replaced, they would name another id).
+function M.reply_id(v)
+  if type(v) == "number" and v == v and v > -math.huge and v < math.huge then
+    return v
+  elseif type(v) == "string" and util.utf8_valid(v) then
+    return v
+  end
+  return json.null
+end
+
 function Worker:send(msg)
   local parts = self.write_parts and big_parts(msg)
   if parts then
     return self.write_parts(parts)
   end
   local line, err = json.encode(msg)
+  if line and not util.utf8_valid(line) then
+    -- a method, driverKey or command name echoed in a message, say: every line leaves as
+    -- valid UTF-8, whatever bytes came in
+    line, err = json.encode(clean_utf8(msg))
+  end
   if not line then
     -- A value we cannot encode is a bug in a hook's result: report it, do not go silent.
     log.error("cannot encode a reply: %s", err)
     if msg.id ~= nil then
-      line = json.encode({
+      line = json.encode(clean_utf8({
         jsonrpc = "2.0",
-        id = msg.id,
+        id = M.reply_id(msg.id),
         error = { code = WORKER_ERROR, message = "worker produced an unencodable result: " .. err },
-      })
+      }))
     end
   end
   if line then
@@ -225,8 +262,8 @@ end
 -- replace it to make deadlines short.
 function M.budget(method, params)
   local config = type(params.config) == "table" and params.config or {}
-  local function ms(v)
-    return type(v) == "number" and v > 0 and v or nil
+  local function ms(v) -- clamped: params refuses a longer timeoutMs, a hook never sees it
+    return type(v) == "number" and v > 0 and math.min(v, protocol_params.MAX_TIMEOUT_MS) or nil
   end
   if method == "environmentExecute" then
     local t = ms(params.timeoutMs) or ms(config.timeoutMs)
@@ -660,8 +697,43 @@ function Worker:environment(id, method, params, invocation)
   if result == nil then
     return self:reply_error(id, WORKER_ERROR, err or (method .. " failed"))
   end
-  self:reply(id, result)
+  if not self.gone then
+    self:reply(id, result)
+  end
+  if self.gone and method == "environmentAcquireLease" then
+    self:undo_lease(p, params, result, invocation) -- nobody will ever hear of it
+  end
 end
+
+-- A lease acquired for a host that is gone (its reply cannot reach it): destroyed, in a task
+-- of its own that serve() waits for, so that no sandbox, VM or workspace is left that nobody
+-- knows of.
+function Worker:undo_lease(p, params, result, invocation)
+  if type(result) ~= "table" or type(result.providerLeaseId) ~= "string"
+    or not p.hooks.destroy_lease then
+    return
+  end
+  local dparams = {
+    driverKey = params.driverKey,
+    companyId = params.companyId,
+    environmentId = params.environmentId,
+    config = params.config,
+    providerLeaseId = result.providerLeaseId,
+    leaseMetadata = result.metadata,
+  }
+  self.undo = self.undo or {}
+  self.undo[#self.undo + 1] = task.spawn(function()
+    local ok, e = self:run_hook(p, "environmentDestroyLease", dparams, invocation,
+      M.UNDO_SECONDS, M.UNDO_SECONDS / 4, {})
+    if ok == nil and e then
+      log.warn("could not destroy lease %s acquired for a host that is gone: %s",
+        result.providerLeaseId, e)
+    end
+  end)
+end
+
+--- UNDO_SECONDS: the budget of the destroy of a lease acquired for a host that is gone.
+M.UNDO_SECONDS = 20
 
 -- Only requests that run provider code (which may wait) or shutdown (which waits for the
 -- others) need a task; everything else is answered while the line is read.
@@ -714,22 +786,23 @@ end
 
 --- handle_line(line) -> the Task serving it (nil when answered at once or ignored).
 function Worker:handle_line(line)
-  if line:match("^%s*$") then
-    return
+  if self.gone or line:match("^%s*$") then
+    return -- nobody would hear the answer: what the host sent before it went is not run
   end
   local msg, err = json.decode(line)
   if msg == nil then
     return self:reply_error(json.null, PARSE_ERROR, "Parse error: " .. tostring(err))
   end
   if type(msg) ~= "table" or msg.jsonrpc ~= "2.0" then
-    local id = type(msg) == "table" and msg.id or nil
+    local id = type(msg) == "table" and M.reply_id(msg.id) or nil
     return self:reply_error(id, INVALID_REQUEST, "Invalid Request: expected a JSON-RPC 2.0 object")
   end
   if msg.result ~= nil or msg.error ~= nil then
     return -- a response: we never send requests, so nothing waits for it
   end
   if type(msg.method) ~= "string" then
-    return self:reply_error(msg.id, INVALID_REQUEST, "Invalid Request: method must be a string")
+    return self:reply_error(M.reply_id(msg.id), INVALID_REQUEST,
+      "Invalid Request: method must be a string")
   end
   if msg.id == nil or msg.id == json.null then
     return -- a notification from the host: nothing to answer
@@ -740,6 +813,11 @@ function Worker:handle_line(line)
       INVALID_REQUEST,
       "Invalid Request: id must be a string or a number"
     )
+  end
+  if M.reply_id(msg.id) == json.null then -- it could not be echoed: the request is not run
+    return self:reply_error(json.null, INVALID_REQUEST, type(msg.id) == "number"
+      and "Invalid Request: id must be a finite number (JSON cannot carry it back)"
+      or "Invalid Request: id is not valid UTF-8")
   end
   if self.closing then
     return self:reply_error(msg.id, WORKER_ERROR, "worker is shutting down")
@@ -797,6 +875,29 @@ function Worker:shutdown(id, reason, settle)
   end
 end
 
+--- OUT_POLL: seconds between two looks at stdout, to learn that the host stopped reading.
+M.OUT_POLL = 0.2
+
+--- host_gone(reason): stdout is closed or broken (EPIPE): nothing this worker does can reach
+-- the host again. One line on stderr, then what runs is canceled (its cleanups run, within
+-- their budgets), no new line of stdin is read, and serve() returns 1.
+function Worker:host_gone(reason)
+  if self.gone then
+    return
+  end
+  self.gone = true
+  -- log lines went out as notifications: now nobody reads them; warnings and errors still
+  -- reach stderr (log writes them there next to a sink), the rest is dropped
+  log.set_sink(function() end)
+  io.stderr:write(("provider-host worker: the host is gone (%s): canceling the requests in "
+    .. "flight and exiting\n"):format(tostring(reason)))
+  io.stderr:flush()
+  -- not in the writer's own call (a reply being sent): a task of its own shuts down
+  task.spawn(function()
+    self:shutdown(nil, "the host is gone", 5)
+  end)
+end
+
 --- STDIN_GRACE: seconds the requests still in flight when stdin ends get to finish and
 -- reply (worker-protocol.md 2.5: stdin EOF -> clean up and exit 0); then they are canceled and
 -- each gets the error reply "<method> was canceled: stdin closed". The environment variable
@@ -841,16 +942,23 @@ end
 function M.serve(list)
   local stdio = require("host.core.stdio")
   local sys = require("host.core.sys")
-  local worker = M.new({
+  local worker
+  local function wrote(ok, err, code)
+    if not ok and code == "closed" then
+      worker:host_gone(err)
+    end
+  end
+  worker = M.new({
     providers = list,
     write = function(line)
-      stdio.write(line, "\n") -- queued as they are: no copy of the line to add its newline
+      -- queued as they are: no copy of the line to add its newline
+      wrote(stdio.write(line, "\n"))
     end,
   })
   -- A reply with big output comes in parts (see Worker:send), written as one line, uncopied.
   worker.write_parts = function(parts)
     parts[#parts + 1] = "\n"
-    stdio.write(table.unpack(parts))
+    wrote(stdio.write(table.unpack(parts)))
   end
   worker.queued = stdio.queued -- bytes written but not yet taken by the host (see Ctx:emit)
   log.set_sink(function(level, message, fields)
@@ -872,6 +980,14 @@ function M.serve(list)
       end
     end)
   end
+  -- A host that stopped reading (its end of our stdout closed) is noticed even while nothing
+  -- is written: the requests running for it are canceled instead of finishing for nobody.
+  watchers[#watchers + 1] = task.spawn(function()
+    while not stdio.out_closed() do
+      task.sleep(M.OUT_POLL)
+    end
+    worker:host_gone("stdout closed")
+  end)
   sys.parent_death_signal("SIGTERM")
   while not done do
     local line, err, code = stdio.read_line(M.MAX_LINE)
@@ -888,6 +1004,16 @@ function M.serve(list)
   end
   for _, w in ipairs(watchers) do
     w:cancel()
+  end
+  if worker.gone then
+    local until_ = task.now() + 10
+    while not done and task.now() < until_ do -- stdin ended too: host_gone's shutdown waits
+      task.sleep(0.05)
+    end
+    for _, t in ipairs(worker.undo or {}) do
+      t:wait(M.UNDO_SECONDS + 1)
+    end
+    return 1 -- nothing to drain: nobody reads
   end
   stdio.drain(2)
   return 0

@@ -47,10 +47,27 @@ describe("host.params", function()
     assert.is_nil(p.cwd)
     assert.equal(1500, p.timeoutMs)
     assert.equal("integer", math.type(p.timeoutMs))
-    for _, t in ipairs({ 0, -5, 0 / 0, math.huge }) do
+    for _, t in ipairs({ 0, -5, 0 / 0 }) do
       assert.is_nil(assert(execute({ command = "x", timeoutMs = t })).timeoutMs)
     end
     assert.equal("/w", assert(execute({ command = "x", cwd = "/w" })).cwd)
+  end)
+
+  it("takes a timeoutMs up to 24 hours, rounds a fraction down, refuses a longer one", function()
+    assert.equal(100, assert(execute({ command = "x", timeoutMs = 100.5 })).timeoutMs)
+    assert.equal(1, assert(execute({ command = "x", timeoutMs = 1.9 })).timeoutMs)
+    local max = params.MAX_TIMEOUT_MS
+    assert.equal(86400000, max)
+    local at_max = assert(execute({ command = "x", timeoutMs = max + 0.0 })).timeoutMs
+    assert.equal(max, at_max)
+    assert.equal("integer", math.type(at_max))
+    for _, c in ipairs({ { 1e15, "1000000000000000" }, { max + 1, "86400001" },
+      { 2 ^ 63, "9.2233720368547758e+18" }, { math.huge, "a number beyond any limit" } }) do
+      local ok, err = execute({ command = "x", timeoutMs = c[1] })
+      assert.is_nil(ok)
+      assert.equal("environmentExecute: timeoutMs must be at most 86400000 (24 hours), got "
+        .. c[2], err)
+    end
   end)
 
   it("refuses a timeoutMs or a cwd of the wrong type, naming it, never using a default", function()
