@@ -137,32 +137,19 @@ function hooks.realize_workspace(ctx, params)
   return { cwd = cwd, metadata = { provider = "local", remoteCwd = cwd } }
 end
 
---- environmentExecute: run the command with exactly the caller's env over a minimal base.
-function hooks.execute(ctx, params)
-  local lease = params.lease
-  if not lease.providerLeaseId then
-    return host_params.no_lease_result()
-  end
-  local dir, derr, dcode = workspace.lease(ctx, lease.providerLeaseId)
-  if not dir then
-    return nil, derr, dcode
-  end
-  local env = workspace.base_env(dir)
-  for k, v in pairs(params.env) do
-    env[k] = v
-  end
-  local argv = isolated(ctx, { params.command, table.unpack(params.args) })
-  local timeout_ms = params.timeoutMs or ctx.config.timeoutMs
-  local cwd = params.cwd or util.nonblank(lease.metadata.remoteCwd) or workspace.cwd(dir)
-  if not cwd:match("^/") then -- relative: from the lease's workspace, never the worker's cwd
-    local rerr, rcode
-    cwd, rerr, rcode = workspace.inside(dir, cwd, "cwd")
+-- The directory an execute runs in: its cwd (relative ones from the lease's workspace, never
+-- the worker's cwd), checked to exist first: a missing cwd is an error reply, as upstream's
+-- local runs (Node's spawn) reject with ENOENT, not the spawn's ENOENT that would read as
+-- "command not found".
+local function execute_cwd(dir, params)
+  local cwd = params.cwd or util.nonblank(params.lease.metadata.remoteCwd) or workspace.cwd(dir)
+  if not cwd:match("^/") then
+    local err, code
+    cwd, err, code = workspace.inside(dir, cwd, "cwd")
     if not cwd then
-      return nil, rerr, rcode
+      return nil, err, code
     end
   end
-  -- A missing cwd is an error reply, as upstream's local runs (Node's spawn) reject with
-  -- ENOENT: checked first, or the spawn's ENOENT would read as "command not found" below.
   local st, serr = fs.stat(cwd, true)
   if not st and serr and serr:find("No such file", 1, true) then
     return nil, ("local: cwd %s does not exist"):format(cwd), "not_found"
@@ -171,39 +158,11 @@ function hooks.execute(ctx, params)
   elseif st.type ~= "directory" then
     return nil, ("local: cwd %s is not a directory"):format(cwd), "not_found"
   end
-  local started = task.now()
-  local p, err, code = proc.spawn({
-    argv = argv,
-    env = env,
-    cwd = cwd,
-    stdin = params.stdin,
-    timeout = timeout_ms / 1000,
-    max_output = ctx.max_output,
-    on_stdout = ctx:emitter("stdout"),
-    on_stderr = ctx:emitter("stderr"),
-  })
-  if not p then
-    if code == "exit" or (err and err:find("ENOENT", 1, true)) then
-      -- what a shell would say: the command is missing, a result rather than an error
-      return {
-        exitCode = 127,
-        timedOut = false,
-        stdout = "",
-        stderr = ("%s: %s\n"):format(params.command, err),
-      }
-    end
-    return nil, err, code
-  end
-  if ctx.execution then -- environmentCancelExecution stops exactly this process group
-    ctx.execution.cancel = function()
-      p:terminate()
-    end
-  end
-  local r
-  r, err, code = p:wait()
-  if not r then
-    return nil, err, code
-  end
+  return cwd
+end
+
+-- The execute result of a finished process.
+local function execute_result(ctx, r, timeout_ms, started)
   local stderr = ctx:output(r.stderr)
   if r.timed_out then
     local msg = ("Command timed out after %dms"):format(timeout_ms)
@@ -223,6 +182,58 @@ function hooks.execute(ctx, params)
       truncated = r.truncated or nil,
     },
   }
+end
+
+--- environmentExecute: run the command with exactly the caller's env over a minimal base.
+function hooks.execute(ctx, params)
+  if not params.lease.providerLeaseId then
+    return host_params.no_lease_result()
+  end
+  local dir, err, code = workspace.lease(ctx, params.lease.providerLeaseId)
+  if not dir then
+    return nil, err, code
+  end
+  local cwd
+  cwd, err, code = execute_cwd(dir, params)
+  if not cwd then
+    return nil, err, code
+  end
+  local env = workspace.base_env(dir)
+  for k, v in pairs(params.env) do
+    env[k] = v
+  end
+  local timeout_ms = params.timeoutMs or ctx.config.timeoutMs
+  local started = task.now()
+  local p
+  p, err, code = proc.spawn({
+    argv = isolated(ctx, { params.command, table.unpack(params.args) }),
+    env = env,
+    cwd = cwd,
+    stdin = params.stdin,
+    timeout = timeout_ms / 1000,
+    max_output = ctx.max_output,
+    on_stdout = ctx:emitter("stdout"),
+    on_stderr = ctx:emitter("stderr"),
+  })
+  if not p then
+    if code == "exit" or (err and err:find("ENOENT", 1, true)) then
+      -- what a shell would say: the command is missing, a result rather than an error
+      return { exitCode = 127, timedOut = false, stdout = "",
+        stderr = ("%s: %s\n"):format(params.command, err) }
+    end
+    return nil, err, code
+  end
+  if ctx.execution then -- environmentCancelExecution stops exactly this process group
+    ctx.execution.cancel = function()
+      p:terminate()
+    end
+  end
+  local r
+  r, err, code = p:wait()
+  if not r then
+    return nil, err, code
+  end
+  return execute_result(ctx, r, timeout_ms, started)
 end
 
 --- duplex (extension): a long-lived command with its stdin and stdout as pipes, in the lease's
