@@ -765,45 +765,43 @@ end
 ------------------------------------------------------------------------------------------------
 -- The bridge's hooks (the duplex contract of issue 9; not protocol methods)
 
--- The sandbox id of params.lease, or nil, message, "not_found".
-local function lease_sandbox(params, what)
+-- fn(conn, sbx) on the sandbox of params.lease (with_sandbox: connected when not cached),
+-- forgetting a sandbox that turned out gone. -> fn's results | nil, message, code
+-- ("not_found" without a sandbox in the lease).
+local function on_lease_sandbox(ctx, params, what, fn)
   local lease = type(params) == "table" and params.lease
   local id = type(lease) == "table" and lease.providerLeaseId or nil
   if not api.valid_id(id) then
     return nil, ("E2B %s needs a lease with a sandbox"):format(what), "not_found"
   end
-  return id
+  local conn, err, code = api.connection(ctx)
+  if not conn then
+    return nil, err, code
+  end
+  local res, kind
+  res, err, kind = with_sandbox(ctx, conn, id, function(sbx)
+    return fn(conn, sbx)
+  end)
+  if not res then
+    if kind == "not_found" or kind == "unavailable" then
+      api.forget(conn, id)
+    end
+    return nil, err, kind
+  end
+  return res
 end
 
 --- sandbox_helper(ctx, {lease}) -> the path of a runnable ph-sandbox-helper in the lease's
 -- sandbox | nil, message, code ("unsupported" when it cannot run there). Uploaded once per
 -- lease (see helper.lua); later calls on this worker make no request at all.
 function hooks.sandbox_helper(ctx, params)
-  local id, err, code = lease_sandbox(params, "ph-sandbox-helper")
-  if not id then
-    return nil, err, code
-  end
-  local bin
-  bin, err, code = helper.host_binary()
+  local bin, err, code = helper.host_binary()
   if not bin then
     return nil, err, code
   end
-  local conn
-  conn, err, code = api.connection(ctx)
-  if not conn then
-    return nil, err, code
-  end
-  local path, kind
-  path, err, kind = with_sandbox(ctx, conn, id, function(sbx)
+  return on_lease_sandbox(ctx, params, "ph-sandbox-helper", function(conn, sbx)
     return helper.ensure(conn, sbx, bin)
   end)
-  if not path then
-    if kind == "not_found" or kind == "unavailable" then
-      api.forget(conn, id)
-    end
-    return nil, err, kind
-  end
-  return path
 end
 
 local function string_list(v)
@@ -826,10 +824,6 @@ end
 -- execute, the caller's env never on a command line (script.duplex). envd kills it at the end
 -- of its life: params.timeout seconds, and never later than the hook's deadline.
 function hooks.duplex(ctx, params)
-  local id, err, code = lease_sandbox(params, "duplex execution")
-  if not id then
-    return nil, err, code
-  end
   local args = string_list(params.args)
   if type(params.command) ~= "string" or params.command == "" or not args
     or (params.env ~= nil and type(params.env) ~= "table")
@@ -837,15 +831,9 @@ function hooks.duplex(ctx, params)
     return nil, "E2B duplex execution: command must be a non-empty string, args strings, env "
       .. "a table and cwd a string", "internal"
   end
-  local text, prefix
-  text, prefix, code = script.duplex(params.command, args, params.env or {})
+  local text, prefix, code = script.duplex(params.command, args, params.env or {})
   if not text then
     return nil, prefix, code
-  end
-  local conn
-  conn, err, code = api.connection(ctx)
-  if not conn then
-    return nil, err, code
   end
   -- envd kills it at the end of its life: params.timeout, never past the hook's deadline
   local life = math.min(type(params.timeout) == "number" and params.timeout or math.huge,
@@ -856,8 +844,7 @@ function hooks.duplex(ctx, params)
   if life <= 0 then
     return nil, "no time left to start the duplex execution", "timeout"
   end
-  local d, kind
-  d, err, kind = with_sandbox(ctx, conn, id, function(sbx)
+  return on_lease_sandbox(ctx, params, "duplex execution", function(conn, sbx)
     refresh(ctx, conn, sbx)
     return duplex.open(conn, sbx, {
       script = text,
@@ -869,13 +856,6 @@ function hooks.duplex(ctx, params)
       what = "start the duplex command",
     })
   end)
-  if not d then
-    if kind == "not_found" or kind == "unavailable" then
-      api.forget(conn, id)
-    end
-    return nil, err, kind
-  end
-  return d
 end
 
 return M
