@@ -468,12 +468,12 @@ end
 ------------------------------------------------------------------------------------------------
 -- ph-sandbox-helper
 
--- The lines both install scripts start with: where the helper goes, paperclip_verify FILE
--- (its content is ours: sha256sum when the machine has it, else the size) and
+-- An install script: body (lines) after what both start with: where the helper goes,
+-- paperclip_verify FILE (its content is ours: sha256sum when the machine has it, else size) and
 -- paperclip_report, which runs `--version` and prints "present\n<path>\n<version>" or
 -- "broken\n<path>\n<what it said>" (another architecture, a noexec mount), then exits 0.
-local function helper_prelude(name, sha, size)
-  return {
+local function helper_script(name, sha, size, body)
+  local lines = {
     "paperclip_d=" .. M.settings.helper_dir,
     'paperclip_p="$paperclip_d/' .. name .. '"',
     "paperclip_verify() {",
@@ -491,29 +491,26 @@ local function helper_prelude(name, sha, size)
     "  printf 'broken\\n%s\\n%s\\n' \"$paperclip_p\" \"$paperclip_v\"; exit 0",
     "}",
   }
+  table.move(body, 1, #body, #lines + 1, lines)
+  return table.concat(lines, "\n")
 end
 
 -- Is the helper there (and ours)? A file with other content is removed: "missing" then.
 local function helper_check_script(name, sha, size)
-  local lines = helper_prelude(name, sha, size)
-  for _, l in ipairs({
+  return helper_script(name, sha, size, {
     'if [ -f "$paperclip_p" ] && paperclip_verify "$paperclip_p"; then',
     '  [ -x "$paperclip_p" ] || chmod 755 "$paperclip_p" 2>/dev/null',
     "  paperclip_report",
     "fi",
     'rm -f "$paperclip_p" 2>/dev/null',
     "printf 'missing\\n%s\\n' \"$paperclip_p\"",
-  }) do
-    lines[#lines + 1] = l
-  end
-  return table.concat(lines, "\n")
+  })
 end
 
 -- The helper's bytes come on stdin: written to a temp name, checked, made 0755, renamed into
 -- place (a concurrent install or a reader never sees half a file), then run once.
 local function helper_install_script(name, sha, size)
-  local lines = helper_prelude(name, sha, size)
-  for _, l in ipairs({
+  return helper_script(name, sha, size, {
     'paperclip_t="$paperclip_p.$$.tmp"',
     -- a cut upload leaves no temp file: removed on every exit a shell can see, and what a
     -- SIGKILL left behind is swept by the next install once it is clearly abandoned
@@ -530,10 +527,7 @@ local function helper_install_script(name, sha, size)
     '  rm -f "$paperclip_t"; exit 3',
     "fi",
     "paperclip_report",
-  }) do
-    lines[#lines + 1] = l
-  end
-  return table.concat(lines, "\n")
+  })
 end
 
 -- A check or install answer -> path | false (missing) | nil, message, "unsupported".
