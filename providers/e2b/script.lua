@@ -26,15 +26,9 @@ end
 
 local quote = M.quote
 
---- command(cmd, args, env, env_file) -> script, env_script
--- Upstream's buildLoginShellScript (v-newest): source /etc/profile quietly, make a private
--- HOME with mktemp unless env gives HOME (or USERPROFILE), then run the command under
--- `env -i` with only PATH, HOME/USERPROFILE and the caller's env. Unlike upstream, the caller's
--- env is not on the `env -i` command line (where every value would sit in /proc/*/cmdline):
--- env_script holds it as `export` lines, delivered through envd's envs (see wrap) into the
--- file env_file (a path), which a shell sources and removes before it execs the command. The
--- worker has checked cmd, args and env (host.params).
-function M.command(cmd, args, env, env_file)
+-- The command as quoted words, and a copy of env where a HOME or USERPROFILE given fills the
+-- other (home: that value, or nil when env gives neither).
+local function words_and_env(cmd, args, env)
   local words = { quote(cmd) }
   for _, a in ipairs(args) do
     words[#words + 1] = quote(a)
@@ -48,11 +42,24 @@ function M.command(cmd, args, env, env_file)
     vars.HOME = vars.HOME or home
     vars.USERPROFILE = vars.USERPROFILE or home
   end
+  return table.concat(words, " "), vars, home
+end
+
+--- command(cmd, args, env, env_file) -> script, env_script
+-- Upstream's buildLoginShellScript (v-newest): source /etc/profile quietly, make a private
+-- HOME with mktemp unless env gives HOME (or USERPROFILE), then run the command under
+-- `env -i` with only PATH, HOME/USERPROFILE and the caller's env. Unlike upstream, the caller's
+-- env is not on the `env -i` command line (where every value would sit in /proc/*/cmdline):
+-- env_script holds it as `export` lines, delivered through envd's envs (see wrap) into the
+-- file env_file (a path), which a shell sources and removes before it execs the command. The
+-- worker has checked cmd, args and env (host.params).
+function M.command(cmd, args, env, env_file)
+  local command, vars, home = words_and_env(cmd, args, env)
   local exec_line = (home and "exec " or "")
     .. 'env -i PATH="$PATH"'
     .. (home and "" or ' HOME="$paperclip_provider_home" USERPROFILE="$paperclip_provider_home"')
     .. " "
-    .. shell.source_then_exec(quote(env_file), table.concat(words, " "))
+    .. shell.source_then_exec(quote(env_file), command)
   local lines = { M.PROFILE }
   if not home then
     lines[#lines + 1] =
@@ -186,21 +193,8 @@ end
 -- stdin, which a shell reads line by line and evaluates before it execs the command
 -- (host.shell's read_then_exec; the rest of stdin is the command's). No env: no prefix.
 function M.duplex(cmd, args, env)
-  local words = { quote(cmd) }
-  for _, a in ipairs(args) do
-    words[#words + 1] = quote(a)
-  end
-  local vars = {}
-  for k, v in pairs(env) do
-    vars[k] = v
-  end
-  local home = util.nonblank(vars.HOME) or util.nonblank(vars.USERPROFILE)
-  if home then
-    vars.HOME = vars.HOME or home
-    vars.USERPROFILE = vars.USERPROFILE or home
-  end
+  local command, vars, home = words_and_env(cmd, args, env)
   local base = 'exec env -i PATH="$PATH"' .. (home and "" or ' HOME="$HOME" USERPROFILE="$HOME"')
-  local command = table.concat(words, " ")
   if next(vars) == nil then
     return M.PROFILE .. " && " .. base .. " sh -c 'unset PWD OLDPWD; exec \"$@\"' sh " .. command
   end
