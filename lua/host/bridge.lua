@@ -397,10 +397,16 @@ function Bridge:writer()
     else
       local data = table.concat(self.out)
       self.out = {}
+      self.writing = true
       local ok, err = self.duplex:write(data)
+      self.writing = false
       if not ok then
+        self.drained:notify() -- nothing more will be written
         self:lost("the relay's input failed: " .. tostring(err))
         return
+      end
+      if #self.out == 0 then
+        self.drained:notify() -- close() waits for the GOAWAY to be written
       end
     end
   end
@@ -499,9 +505,9 @@ function Bridge:close()
       self.out_signal:notify()
     end
     local flushed = task.now() + self.opts.close_timeout
-    while #self.out > 0 and not self.writer_task:done() and task.now() < flushed do
-      self.out_signal:notify()
-      task.sleep(0.01)
+    while (#self.out > 0 or self.writing) and not self.writer_task:done()
+      and task.now() < flushed do
+      self.drained:wait(flushed - task.now())
     end
     self.closed = true
     self.out_signal:notify()
@@ -594,6 +600,7 @@ local function new_bridge(opts)
     forwards = 0,
     out = {},
     out_signal = task.signal(),
+    drained = task.signal(), -- the writer emptied the queue
     hello_signal = task.signal(),
     slot_signal = task.signal(),
     counts = { connections = 0, requests = 0, by_status = {} },
