@@ -2,6 +2,8 @@
  * output kept in C memory, callbacks for it, timeouts and termination with grace. How a child
  * starts and how its exit is seen (posix_spawn plus a pidfd, or uv_spawn) is ph_spawn.c's. */
 #include "ph.h"
+#include "ph_groups.h"
+#include "ph_slots.h"
 #include "ph_spawn.h"
 
 #include <errno.h>
@@ -62,6 +64,7 @@ struct Proc {
     int in_pending;     /* Process:write requests not completed yet */
     int in_close_after; /* close_stdin asked while writes were pending */
     int terminating;    /* timeout, cancel, terminate() or close(): the group goes at exit */
+    int slot;           /* holds one of the slots of ph_slots.c until its handles are closed */
     int timed_out, truncated, result_failed;
     int phase; /* T_* */
     int64_t exit_status;
@@ -97,6 +100,10 @@ static void handle_closed(uv_handle_t *h)
     if (--p->handles == 0) { /* libuv is done with our memory: let Lua collect it */
         luaL_unref(ph_main_state(), LUA_REGISTRYINDEX, p->ref);
         p->ref = LUA_NOREF;
+        if (p->slot) { /* every descriptor of it is closed: the next spawn may start */
+            p->slot = 0;
+            ph_slots_release();
+        }
     }
 }
 
@@ -737,11 +744,41 @@ static void start_io(Proc *p, const SpawnConf *c)
 }
 
 /* Validates opts at index 1 and starts the process; pushes the Process or nil, msg, code. */
+/* A slot for the child (ph_slots.c): 0 when it has one, else the spawn waits for its turn
+ * and *parked is the tail call's result. turn: this is the second call of a spawn whose
+ * first waited and was given a slot. */
+static int take_slot(lua_State *L, int turn, double timeout, int *parked)
+{
+    ph_task *t = ph_task_of(L);
+    if (turn) {
+        if (t != NULL && ph_task_is_canceled(t)) {
+            ph_slots_drop_granted();
+            *parked = ph_fail(L, "canceled", "spawn canceled");
+            return -1;
+        }
+        ph_slots_take_granted();
+    } else if (!ph_slots_try_take()) {
+        if (t == NULL)
+            ph_slots_take_anyway(); /* not in a task: nothing can wait */
+        else {
+            *parked = ph_slots_park(L, t, timeout);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 static int do_spawn(lua_State *L)
 {
     SpawnConf c;
+    int turn = lua_toboolean(L, 2);
+    lua_settop(L, 1);
     read_spawn_conf(L, &c);
+    int parked;
+    if (take_slot(L, turn, c.timeout, &parked) != 0)
+        return parked;
     Proc *p = new_proc(L, &c);
+    p->slot = 1;
     int pidx = lua_gettop(L);
     int want_in = c.in_len > 0 || c.in_pipe; /* "" or nil: /dev/null */
     p->in_pipe = c.in_pipe;
@@ -774,12 +811,15 @@ static int proc_spawn(lua_State *L)
 static int proc_run(lua_State *L)
 {
     ph_task *t = ph_task_current(L); /* misuse raises before anything starts */
-    if (ph_task_is_canceled(t))
+    if (ph_task_is_canceled(t)) {
+        if (lua_toboolean(L, 2))
+            ph_slots_drop_granted();
         return ph_fail(L, "canceled", "run canceled");
+    }
     int n = do_spawn(L);
-    if (n != 1)
-        return n;
-    Proc *p = lua_touserdata(L, -1);
+    Proc *p = n == 1 ? luaL_testudata(L, -1, PROC_MT) : NULL;
+    if (p == NULL)
+        return n; /* failed, or parked for a slot */
     return park_waiter(L, t, p, -1);
 }
 
@@ -927,8 +967,62 @@ static int proc_force_uv_spawn(lua_State *L)
     return 2;
 }
 
+/* proc.signal_groups(signal) -> n: the signal to every process group started and not known
+ * to be over (background children of finished commands too); n: how many it reached. For
+ * the worker's way out, when nothing else may run on. */
+static int proc_signal_groups(lua_State *L)
+{
+    const char *name = luaL_checkstring(L, 1);
+    int sig = ph_signal_number(name);
+    if (sig < 0)
+        return luaL_argerror(L, 1, lua_pushfstring(L, "unknown signal '%s'", name));
+    lua_pushinteger(L, ph_groups_signal_all(sig));
+    return 1;
+}
+
+/* proc.max_children([n]) -> limit, running, waiting: the cap on children running at once (n
+ * sets it; 0 restores the default from the open-files limit), the children holding a slot,
+ * and the spawns waiting for one. */
+static int proc_max_children(lua_State *L)
+{
+    if (!lua_isnoneornil(L, 1)) {
+        lua_Integer n = luaL_checkinteger(L, 1);
+        luaL_argcheck(L, n >= 0 && n <= 1000000, 1, "the limit must be 0 to 1000000");
+        ph_slots_set_limit((int)n);
+    }
+    lua_pushinteger(L, ph_slots_limit());
+    lua_pushinteger(L, ph_slots_used());
+    lua_pushinteger(L, ph_slots_waiting());
+    return 3;
+}
+
+/* proc.running_groups() -> n: the process groups started that still have a member. */
+static int proc_running_groups(lua_State *L)
+{
+    lua_pushinteger(L, ph_groups_running());
+    return 1;
+}
+
+/* proc.watchdog([grace = 1]) -> pid | nil, msg, "io": start the watchdog process that ends
+ * every process group still running when this process is gone, however it ended (SIGTERM,
+ * then SIGKILL after grace seconds); once per process. */
+static int proc_watchdog(lua_State *L)
+{
+    double grace = luaL_optnumber(L, 1, 1.0);
+    luaL_argcheck(L, grace >= 0 && grace <= 60, 1, "grace must be 0 to 60 seconds");
+    int rc = ph_watchdog_start(grace);
+    if (rc < 0)
+        return ph_fail_errno(L, "io", -rc, "cannot start the watchdog");
+    lua_pushinteger(L, ph_watchdog_pid());
+    return 1;
+}
+
 static const luaL_Reg proc_funcs[] = {
     { "spawn", proc_spawn },
+    { "signal_groups", proc_signal_groups },
+    { "running_groups", proc_running_groups },
+    { "max_children", proc_max_children },
+    { "watchdog", proc_watchdog },
     { "run", proc_run },
     { "_force_uv_spawn", proc_force_uv_spawn },
     { NULL, NULL },

@@ -8,7 +8,8 @@
 #include <unistd.h>
 
 #define READ_CHUNK   (64 * 1024)
-#define READ_AHEAD   (1024 * 1024) /* stop reading stdin past this when nobody waits */
+#define READ_AHEAD   (1024 * 1024)    /* stop reading stdin past this when nobody waits */
+#define KEEP_CAP     (4 * READ_AHEAD) /* a buffer grown past this for a huge line shrinks back */
 #define DEFAULT_LINE (256u * 1024 * 1024)
 #define WRITE_BUFS   8 /* stdio.write's pieces kept on the C stack; more go in a userdata */
 
@@ -105,6 +106,23 @@ static int reserve(size_t extra)
     return ph_buf_reserve(&io.buf, io.buf.cap == 0 ? 2 * READ_CHUNK : extra);
 }
 
+/* After a huge line the buffer that held it goes back to a small one (the unread rest moves
+ * along), so one big request does not keep its size allocated for the worker's lifetime.
+ * Never while a file read writes into it. */
+static void shrink_buffer(void)
+{
+    size_t left = io.buf.len - io.start;
+    if (io.buf.cap <= KEEP_CAP || left > KEEP_CAP / 2 || io.fs_busy)
+        return;
+    PhBuf small = { 0 };
+    if (ph_buf_reserve(&small, left > 2 * READ_CHUNK ? left : 2 * READ_CHUNK) != 0)
+        return; /* no memory for the small one: keep the big one */
+    ph_buf_append(&small, io.buf.p + io.start, left);
+    ph_buf_free(&io.buf);
+    io.buf = small;
+    io.start = 0;
+}
+
 /* Drop discarded bytes (the tail of an overlong line) from the buffer. */
 static void skip_discarded(void)
 {
@@ -136,12 +154,14 @@ static int take_line(lua_State *L, size_t max)
             return ph_fail(L, "protocol", "input line too long (%d bytes, limit %d)", (int)n,
                            (int)max);
         lua_pushlstring(L, from, n);
+        shrink_buffer();
         return 1;
     }
     io.scanned = avail;
     if (avail > max) {
         io.discarding = 1;
         io.start = io.buf.len = io.scanned = 0;
+        shrink_buffer();
         return ph_fail(L, "protocol", "input line too long (over %d bytes)", (int)max);
     }
     if (io.eof || io.in_error) {

@@ -1,6 +1,7 @@
 /* ph_spawn.c - the two ways a child starts (see ph_spawn.h): posix_spawn plus a pidfd, and
  * the uv_spawn fallback. */
 #include "ph_spawn.h"
+#include "ph_groups.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -36,6 +37,8 @@ void ph_child_unwatch(PhChild *c, void *data, uv_close_cb cb)
         uv_close((uv_handle_t *)&c->leader.process, cb);
     }
     c->watch = PH_WATCH_NONE;
+    if (c->pid > 0)
+        ph_groups_forget_if_empty(c->pid); /* its background children keep it recorded */
 }
 
 /* ---- uv_spawn (fallback) ------------------------------------------------------------------ */
@@ -402,7 +405,10 @@ static int spawn_posix(PhChild *c, const PhSpawn *o)
 
 int ph_spawn(PhChild *c, const PhSpawn *o)
 {
-    return force_uv_spawn || !pidfd_usable() ? spawn_uv(c, o) : spawn_posix(c, o);
+    int rc = force_uv_spawn || !pidfd_usable() ? spawn_uv(c, o) : spawn_posix(c, o);
+    if (rc == 0)
+        ph_groups_add(c->pid); /* so that no group outlives this process */
+    return rc;
 }
 
 int ph_spawn_force_uv(int on)

@@ -4,6 +4,7 @@
 -- start (missing program, bad cwd), "io" when the host ran out of something, "timeout"
 -- for a bounded Process:wait, "canceled" when the waiting task was canceled.
 local core = require("host.core.proc") -- C; yields the calling task until done
+local now = require("host.core.task").now
 
 local M = {}
 
@@ -31,14 +32,30 @@ end
 -- Call fn(o); argument errors raised by C are re-raised against our caller's line, named
 -- after the facade function and the argument the options came in. Not a tail call (that
 -- would drop the facade's frame and shift the blamed level): returns a packed table.
-local function call(fn, o, name, argn)
-  local res = table.pack(pcall(fn, o))
+local function call(fn, o, name, argn, turn)
+  local res = table.pack(pcall(fn, o, turn))
   if not res[1] then
     local prefix = ("bad argument #%d to '%s'"):format(argn, name)
     local msg = tostring(res[2]):gsub("^bad argument #1 to '[^']*'", prefix)
-    error(msg, 3)
+    error(msg, 4)
   end
   return res
+end
+
+-- call(), in turn: past the cap on children running at once (max_children) the first call
+-- waits for a slot, first come first served, and answers true once one is ours; the second
+-- call takes it. The wait comes off the process's timeout: a command's deadline holds from
+-- the moment it was asked for. A deadline that passes in the queue: nil, msg, "timeout".
+local function in_turn(fn, o, name, argn)
+  local asked = now()
+  local res = call(fn, o, name, argn)
+  if res[2] ~= true then
+    return res
+  end
+  if o.timeout then
+    o.timeout = math.max(0.001, o.timeout - (now() - asked))
+  end
+  return call(fn, o, name, argn, true)
 end
 
 --- spawn(opts) -> Process | nil, message, code
@@ -60,12 +77,15 @@ end
 --               one is logged, not raised
 --   linger      seconds to wait for the pipes' EOF after the process exited (default 0.5),
 --               so a background grandchild holding them cannot hang the call
+-- Past the cap on children running at once (max_children) spawn waits its turn, first come
+-- first served, within opts.timeout; a timeout that passes in the queue returns nil, msg,
+-- "timeout" and the command never starts (run and shell likewise).
 -- Process: .pid, :wait([timeout]) -> result | nil, msg, code, :kill([signal]),
 -- :terminate(), :done(), :close() (also <close>: terminates a process still running),
 -- :write(data) -> true | nil, msg, "closed" and :close_stdin() with stdin = true.
 function M.spawn(opts)
   check_opts("spawn", opts, 3)
-  local res = call(core.spawn, with_defaults(opts), "spawn", 1)
+  local res = in_turn(core.spawn, with_defaults(opts), "spawn", 1)
   return table.unpack(res, 2, res.n)
 end
 
@@ -76,7 +96,7 @@ end
 -- terminated (TERM, then KILL) and run returns nil, msg, "canceled" once it is reaped.
 function M.run(opts)
   check_opts("run", opts, 3)
-  local res = call(core.run, with_defaults(opts), "run", 1)
+  local res = in_turn(core.run, with_defaults(opts), "run", 1)
   return table.unpack(res, 2, res.n)
 end
 
@@ -91,8 +111,13 @@ function M.shell(script, opts)
   end
   local o = with_defaults(opts or {})
   o.argv = { "/bin/sh", "-c", script }
-  local res = call(core.run, o, "shell", 2)
+  local res = in_turn(core.run, o, "shell", 2)
   return table.unpack(res, 2, res.n)
 end
+
+--- max_children([n]) -> limit, running, waiting: the cap on children running at once (n sets
+-- it; 0 restores the default: from the open-files limit, or PROVIDER_HOST_MAX_CHILDREN), the
+-- children holding a slot (until their last descriptor is closed), the spawns waiting.
+M.max_children = core.max_children
 
 return M

@@ -181,7 +181,50 @@ function M.reply_id(v)
   return json.null
 end
 
+-- msg is a reply with a big stdout or stderr.
+local function big_reply(msg)
+  local res = msg.result
+  if type(res) == "table" then
+    for _, k in ipairs(OUTPUT_STREAMS) do
+      if type(res[k]) == "string" and #res[k] >= BIG then
+        return true
+      end
+    end
+  end
+  return false
+end
+
+--- BIG_WAIT: seconds a big reply waits, once queued, for the host to take it before the next
+-- big reply is encoded (Worker:send).
+M.BIG_WAIT = 30
+
 function Worker:send(msg)
+  if self.drain and big_reply(msg) and task.current() then
+    -- One big reply at a time is escaped and queued; the next waits until the host took it.
+    -- Executes that finish together with big outputs then each hold their text, not their
+    -- text and its escaped copy as well, until their turn.
+    while self.big_busy do
+      local ok, _, code = self.big_free:wait(1)
+      if not ok and code == "canceled" then
+        break -- still owed: sent out of turn
+      end
+    end
+    self.big_busy = true
+    local ok, err = pcall(self.write_msg, self, msg)
+    if ok then
+      self.drain(M.BIG_WAIT)
+    end
+    self.big_busy = false
+    self.big_free:notify()
+    if not ok then
+      error(err, 0)
+    end
+    return
+  end
+  return self:write_msg(msg)
+end
+
+function Worker:write_msg(msg)
   local parts = self.write_parts and big_parts(msg)
   if parts then
     return self.write_parts(parts)
@@ -842,10 +885,39 @@ function Worker:handle_line(line)
   return t
 end
 
+--- SETTLE: seconds a shutdown gives the requests it cancels to send their replies (the host
+-- waits 10 s for a shutdown's reply, 5 s after a SIGTERM); KILL_AFTER: seconds into them,
+-- the commands still running (those that ignore SIGTERM) get SIGKILL.
+M.SETTLE = 2
+M.KILL_AFTER = 1
+
+-- Up to the deadline, until every request but me has ended and no command is left running
+-- (when self.end_commands is set: the worker process owns every process group it started).
+function Worker:settle(me, deadline)
+  while task.now() < deadline do
+    local busy = false
+    for t in pairs(self.inflight) do
+      if t ~= me then
+        busy = true
+        t:wait(math.min(0.05, math.max(0, deadline - task.now())))
+        break
+      end
+    end
+    if not busy then
+      if not self.commands_running or self.commands_running() == 0 then
+        return
+      end
+      task.sleep(math.min(0.02, math.max(0, deadline - task.now())))
+    end
+  end
+end
+
 --- shutdown(id [, reason [, settle]]): stop serving, cancel what runs, answer null, flush;
 -- serve() then returns. reason ends the message of each canceled request's error reply ("the
--- worker is shutting down" by default); settle is how long (seconds) the canceled requests get
--- to send it: 0.3 by default, since the host allows 500 ms from the shutdown reply to exit.
+-- worker is shutting down" by default); settle is how long (seconds, M.SETTLE by default) the
+-- canceled requests get to send it. In the worker process every command it started, also
+-- what a finished command left in the background, gets SIGTERM now and SIGKILL after
+-- M.KILL_AFTER (or half of settle) if it is still running.
 function Worker:shutdown(id, reason, settle)
   if self.closing then
     if id ~= nil then
@@ -861,12 +933,17 @@ function Worker:shutdown(id, reason, settle)
       t:cancel() -- pending processes and transfers are torn down
     end
   end
-  local deadline = task.now() + (settle or 0.3)
-  for t in pairs(self.inflight) do
-    if t ~= me then
-      t:wait(math.max(0, deadline - task.now()))
-    end
+  settle = settle or M.SETTLE
+  local start = task.now()
+  if self.end_commands then
+    self.end_commands("SIGTERM")
+    self.end_commands("SIGCONT") -- a stopped process must run to see its SIGTERM
   end
+  self:settle(me, start + math.min(M.KILL_AFTER, settle / 2))
+  if self.end_commands and self.end_commands("SIGKILL") > 0 then
+    log.info("shutdown: killed the commands still running after %gs", task.now() - start)
+  end
+  self:settle(me, start + settle)
   if id ~= nil then
     self:reply(id, nil)
   end
@@ -874,6 +951,15 @@ function Worker:shutdown(id, reason, settle)
     self.on_closed()
   end
 end
+
+--- MAX_QUEUED: bytes of replies and notifications waiting for the host past which no new
+-- request is read (nor its work started) until they are all taken. One execute's reply may
+-- hold up to two capped streams (2 x MAX_OUTPUT); this bounds how many wait behind it.
+M.MAX_QUEUED = 16 * 1024 * 1024
+
+--- HUGE_LINE: bytes of a request line past which its memory is collected as soon as it is
+-- handled (a full collection: rare, and cheap next to reading such a line).
+M.HUGE_LINE = 8 * 1024 * 1024
 
 --- OUT_POLL: seconds between two looks at stdout, to learn that the host stopped reading.
 M.OUT_POLL = 0.2
@@ -961,6 +1047,16 @@ function M.serve(list)
     wrote(stdio.write(table.unpack(parts)))
   end
   worker.queued = stdio.queued -- bytes written but not yet taken by the host (see Ctx:emit)
+  worker.drain, worker.big_free = stdio.drain, task.signal() -- big replies (see Worker:send)
+  -- No command outlives this process: its way out ends them (Worker:shutdown, and at exit
+  -- ph_groups.c), and a watchdog process ends them when it dies with no way out (SIGKILL).
+  local proc = require("host.core.proc")
+  worker.end_commands = proc.signal_groups
+  worker.commands_running = proc.running_groups
+  local watchdog, werr = proc.watchdog(M.KILL_AFTER)
+  if not watchdog then
+    log.warn("no watchdog (%s): the commands of a worker killed by SIGKILL will run on", werr)
+  end
   log.set_sink(function(level, message, fields)
     local params = { level = level, message = message }
     worker:notify("log", params, fields and fields.invocation_id or nil)
@@ -990,9 +1086,19 @@ function M.serve(list)
   end)
   sys.parent_death_signal("SIGTERM")
   while not done do
+    -- a host that stops reading our stdout makes us stop reading its requests (and starting
+    -- their work): what waits for it is memory. Its own writes then block on the full pipe.
+    while not done and stdio.queued() > M.MAX_QUEUED and not stdio.out_closed() do
+      stdio.drain(1)
+    end
     local line, err, code = stdio.read_line(M.MAX_LINE)
     if line then
+      local huge = #line > M.HUGE_LINE
       worker:handle_line(line)
+      if huge then
+        line = nil -- luacheck: ignore 311 (no reference left for the collection to keep)
+        collectgarbage() -- its copies (the line, what was decoded of it) go back now
+      end
     elseif code == "protocol" then
       worker:reply_error(json.null, PARSE_ERROR, "Parse error: " .. err)
     else

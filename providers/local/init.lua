@@ -216,6 +216,12 @@ function hooks.execute(ctx, params)
     on_stderr = ctx:emitter("stderr"),
   })
   if not p then
+    if code == "timeout" then -- its deadline passed while it waited for a process slot
+      local r = execute_result(ctx, { timed_out = true, stdout = "", stderr = err }, timeout_ms,
+        started)
+      r.metadata.queued = true
+      return r
+    end
     if code == "exit" or (err and err:find("ENOENT", 1, true)) then
       -- what a shell would say: the command is missing, a result rather than an error
       return { exitCode = 127, timedOut = false, stdout = "",

@@ -607,3 +607,150 @@ for _, mode in ipairs({ "posix_spawn", "uv_spawn" }) do
     end)
   end)
 end
+
+-- No process group a process started outlives it (issue 11, item 1): at exit, however the
+-- exit comes (a return, an error), the groups still running get SIGTERM then SIGKILL; with
+-- the watchdog running, also after a SIGKILL. Each case is a script run by the binary, its
+-- commands ignoring SIGTERM, each a shell whose $0 is the marker.
+describe("host.proc process groups at exit", function()
+  local cmdline = require("spec.support.cmdline")
+
+  -- script(marker, way): spawns 3 stubborn commands, waits until they run, then ends `way`.
+  local function script(marker, way, uv)
+    return ([[
+package.path = "./?.lua;" .. package.path
+local proc, core = require("host.proc"), require("host.core.proc")
+local sys = require("host.core.sys")
+core._force_uv_spawn(%s)
+require("spec.helpers").run(function()
+  if %q == "sigkill" then assert(core.watchdog(0.5)) end
+  for _ = 1, 3 do
+    assert(proc.spawn({ argv = { "sh", "-c", "trap '' TERM; while :; do sleep 1; done", %q },
+      timeout = 60 }))
+  end
+  require("host.task").sleep(0.3)
+  if %q == "error" then error("an internal error") end
+  if %q == "sigkill" then sys.kill(sys.getpid(), "SIGKILL") end
+end)
+]]):format(tostring(uv), way, marker, way, way)
+  end
+
+  for _, uv in ipairs({ false, true }) do
+    for _, way in ipairs({ "return", "error", "sigkill" }) do
+      it(("ends them on %s (%s)"):format(way, uv and "uv_spawn" or "posix_spawn"), function()
+        helpers.run(function()
+          local marker = cmdline.marker()
+          local res = proc.run({ argv = { helpers.binary(), "-e", script(marker, way, uv) },
+            timeout = 30 })
+          if way == "return" then
+            assert.equal(0, res.exit_code, res.stderr)
+          elseif way == "error" then
+            assert.equal(1, res.exit_code)
+            assert.matches("an internal error", res.stderr)
+          else
+            assert.equal("SIGKILL", res.signal)
+          end
+          local ok = pcall(helpers.eventually, function()
+            return #cmdline.holding(marker) == 0
+          end, "the commands are gone", 10)
+          for _, p in ipairs(cmdline.holding(marker)) do
+            sys.kill(-p.pid, "SIGKILL") -- only after a failure
+          end
+          assert.is_true(ok, "a command outlived the script")
+        end)
+      end)
+    end
+  end
+end)
+
+-- The cap on children running at once (issue 11, item 2): past it spawns wait their turn,
+-- first come first served, within their own timeout, instead of failing for want of
+-- descriptors.
+describe("host.proc max_children", function()
+  after_each(function()
+    proc.max_children(0) -- back to the default
+  end)
+
+  it("has a default from the open-files limit and can be set", function()
+    local limit, running, waiting = proc.max_children()
+    assert.is_true(limit >= 1)
+    assert.equal(0, running)
+    assert.equal(0, waiting)
+    assert.equal(3, (proc.max_children(3)))
+    assert.equal(limit, (proc.max_children(0)))
+    assert.has_error(function()
+      proc.max_children(-1)
+    end)
+  end)
+
+  it("runs spawns past the cap in order, never more at once than the cap", function()
+    with_dir(function(dir)
+      helpers.run(function()
+        proc.max_children(2)
+        local log = dir .. "/log"
+        local tasks = {}
+        for i = 1, 6 do
+          tasks[i] = task.spawn(proc.run, { argv = { "sh", "-c",
+            'echo "start $0" >> "$1"; sleep 0.2; echo "end $0" >> "$1"', tostring(i), log },
+            timeout = T })
+          task.sleep(0.01) -- asked for in this order
+        end
+        local _, _, waiting = proc.max_children()
+        assert.is_true(waiting >= 1, "some spawns wait")
+        for i = 1, 6 do
+          assert.equal(0, assert(tasks[i]:wait(T)).exit_code)
+        end
+        local running, most, starts = 0, 0, {}
+        for what, i in (read_file(log) or ""):gmatch("(%a+) (%d)") do
+          running = running + (what == "start" and 1 or -1)
+          most = math.max(most, running)
+          if what == "start" then
+            starts[#starts + 1] = tonumber(i)
+          end
+        end
+        assert.equal(2, most)
+        assert.same({ 1, 2, 3, 4, 5, 6 }, starts)
+        local _, used, left = proc.max_children()
+        assert.equal(0, used)
+        assert.equal(0, left)
+      end)
+    end)
+  end)
+
+  it("never starts a command whose timeout passes while it waits", function()
+    with_dir(function(dir)
+      helpers.run(function()
+        proc.max_children(1)
+        local holder = assert(proc.spawn({ argv = { "sleep", "2" }, timeout = T }))
+        local res, err, code = proc.run({ argv = { "touch", dir .. "/ran" }, timeout = 0.3 })
+        assert.is_nil(res)
+        assert.equal("timeout", code)
+        assert.matches("did not start", err)
+        holder:terminate()
+        assert(holder:wait(T))
+        task.sleep(0.2)
+        assert.is_nil(read_file(dir .. "/ran"))
+        -- the slot is free again: the next one starts at once
+        assert.equal(0, assert(proc.run({ argv = { "true" }, timeout = T })).exit_code)
+      end)
+    end)
+  end)
+
+  it("lets a canceled waiter leave the line; the next one gets its slot", function()
+    helpers.run(function()
+      proc.max_children(1)
+      local holder = assert(proc.spawn({ argv = { "sleep", "0.5" }, timeout = T }))
+      local first = task.spawn(proc.run, { argv = { "true" }, timeout = T })
+      local second = task.spawn(proc.run, { argv = { "echo", "second" }, timeout = T })
+      task.sleep(0.05)
+      first:cancel()
+      local _, _, code = first:wait(T)
+      assert.equal("canceled", code)
+      assert.equal("second\n", assert(second:wait(T)).stdout)
+      assert(holder:wait(T))
+      local _, used, waiting = proc.max_children()
+      assert.equal(0, used)
+      assert.equal(0, waiting)
+    end)
+  end)
+end)

@@ -89,6 +89,11 @@ end
 function Worker:reply_to(id, timeout)
   local deadline = task.now() + (timeout or 10)
   self.other = self.other or {}
+  for i, msg in ipairs(self.other) do -- set aside while waiting for another reply
+    if msg.id == id and msg.method == nil then
+      return table.remove(self.other, i)
+    end
+  end
   while true do
     local msg, err = self:recv(math.max(0, deadline - task.now()))
     if not msg then
