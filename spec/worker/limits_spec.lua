@@ -34,6 +34,17 @@ local function lease_of(w)
   return { providerLeaseId = r.result.providerLeaseId, metadata = r.result.metadata }
 end
 
+-- VmRSS of a process, in bytes.
+local function rss(pid)
+  local status = require("host.fs").read("/proc/" .. pid .. "/status") or ""
+  return tonumber(status:match("VmRSS:%s*(%d+)")) * 1024
+end
+
+-- Under AddressSanitizer freed memory stays in its quarantine: RSS says nothing there.
+local function sanitized(pid)
+  return (require("host.fs").read("/proc/" .. pid .. "/maps") or ""):find("libasan") ~= nil
+end
+
 describe("worker resources", function()
   it("runs 300 concurrent executes under a 128-descriptor limit, queueing past its cap",
     function()
@@ -52,6 +63,66 @@ describe("worker resources", function()
         end
       end)
     end)
+
+  it("stops reading requests while its host does not read its replies", function()
+    helpers.run(function()
+      local tmp <close> = helpers.tempdir("ph-limits-spec-")
+      local started = tmp.path .. "/started"
+      -- the host's reader passes two lines on (the replies to initialize and the acquire),
+      -- then reads nothing until told to: the worker's replies pile up in its queue
+      local w = wp.start({ "-c", '"$@" | { for i in 1 2; do IFS= read -r l; printf "%s\\n" '
+        .. '"$l"; done; while [ ! -e "$0.go" ]; do sleep 0.1; done; cat; }', started,
+        helpers.binary(), "worker", "--provider", "local" }, { binary = "sh",
+        env = { PATH = os.getenv("PATH"), TMPDIR = tmp.path, PROVIDER_HOST_LOG = "error" } })
+      helpers.with_cleanup(function()
+        assert(w:initialize())
+        local lease = lease_of(w)
+        local n = 400 -- replies of 100 kB each: 40 MB, past the 16 MiB bound
+        for id = 2, n + 1 do
+          w:request(id, "environmentExecute", params({ lease = lease, command = "sh",
+            args = { "-c", 'echo >> "$0"; head -c 100000 /dev/zero | tr "\\0" y', started } }))
+        end
+        local function count()
+          local _, lines = (helpers.read_file(started) or ""):gsub("\n", "")
+          return lines
+        end
+        helpers.eventually(function()
+          return count() > 100
+        end, "commands started", 60)
+        task.sleep(2) -- time for every request to be read, were it read
+        assert.is_true(count() < n, ("all %d commands ran while the host read nothing"):format(n))
+        helpers.write_file(started .. ".go", "")
+        for id = 2, n + 1 do
+          assert(w:reply_to(id, 120), "no reply to execute " .. id)
+        end
+        assert.equal(n, count())
+      end, function()
+        if not w.process:done() then
+          w:kill("SIGKILL")
+          w:wait(5)
+        end
+      end)
+    end)
+  end)
+
+  it("gives back the memory of a huge request line", function()
+    with_worker(4096, nil, function(w)
+      assert(w:initialize())
+      if sanitized(w.pid) then
+        return -- nothing to measure under AddressSanitizer
+      end
+      local base = rss(w.pid)
+      -- an unknown method with a 200 MB parameter: read, decoded, answered
+      w:send('{"jsonrpc":"2.0","id":7,"method":"noSuchMethod","params":{"x":"'
+        .. string.rep("a", 200 * 1024 * 1024) .. '"}}\n')
+      assert(w:reply_to(7, 120))
+      w:request(8, "health", {})
+      assert(w:reply_to(8, 30))
+      local after = rss(w.pid)
+      assert.is_true(after < base + 64 * 1024 * 1024,
+        ("%d MB still resident after the line (%d MB before it)"):format(after >> 20, base >> 20))
+    end)
+  end)
 
   it("answers timedOut for an execute whose deadline passes while it waits for a slot",
     function()
