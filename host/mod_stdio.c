@@ -144,7 +144,9 @@ static int take_line(lua_State *L, size_t max)
 {
     skip_discarded();
     size_t avail = io.buf.len - io.start;
-    char *from = io.buf.p + io.start;
+    if (io.buf.p == NULL && !io.eof && !io.in_error)
+        return -1; /* nothing read yet (and no buffer to point into) */
+    char *from = io.buf.p != NULL ? io.buf.p + io.start : NULL;
     char *nl = avail > io.scanned ? memchr(from + io.scanned, '\n', avail - io.scanned) : NULL;
     if (nl != NULL) {
         size_t n = (size_t)(nl - from);

@@ -907,7 +907,9 @@ function Worker:settle(me, deadline)
       if not self.commands_running or self.commands_running() == 0 then
         return
       end
-      task.sleep(math.min(0.02, math.max(0, deadline - task.now())))
+      if not task.sleep(math.min(0.02, math.max(0, deadline - task.now()))) then
+        return -- canceled itself: nothing to wait with
+      end
     end
   end
 end
@@ -947,6 +949,7 @@ function Worker:shutdown(id, reason, settle)
   if id ~= nil then
     self:reply(id, nil)
   end
+  self.closed = true
   if self.on_closed then
     self.on_closed()
   end
@@ -1022,6 +1025,13 @@ function Worker:input_closed(grace)
   end
   -- nobody waits on a 500 ms exit here: the canceled requests get time to send their replies
   self:shutdown(nil, "stdin closed", 5)
+  -- a shutdown that came first settles in its own task: serve() returns once it replied
+  local until_ = task.now() + M.SETTLE + 5
+  while not self.closed and task.now() < until_ do
+    if not task.sleep(0.02) then
+      break
+    end
+  end
 end
 
 --- serve(): the worker's main loop on stdin/stdout. Returns the process exit code.
@@ -1080,7 +1090,9 @@ function M.serve(list)
   -- is written: the requests running for it are canceled instead of finishing for nobody.
   watchers[#watchers + 1] = task.spawn(function()
     while not stdio.out_closed() do
-      task.sleep(M.OUT_POLL)
+      if not task.sleep(M.OUT_POLL) then
+        return -- canceled: serve() is over (a canceled sleep returns at once: never loop on)
+      end
     end
     worker:host_gone("stdout closed")
   end)

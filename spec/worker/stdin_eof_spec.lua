@@ -154,4 +154,53 @@ describe("worker at stdin EOF", function()
       assert.equal("ok", got[3].result.status)
     end)
   end)
+
+  -- found by fuzz_ndjson (fuzz/crashes/worker-spins-after-eof.sh): the watcher of stdout, once
+  -- canceled, looped on a sleep that failed at once, and the worker never exited
+  it("delivers every queued reply to a host that reads late, then exits 0", function()
+    helpers.run(function()
+      local tmp <close> = helpers.tempdir("ph-eof-spec-")
+      local lines = {}
+      for id = 1, 3000 do
+        lines[id] = ('{"jsonrpc":"2.0","id":%d,"method":"health"}'):format(id)
+      end
+      helpers.write_file(tmp.path .. "/requests", table.concat(lines, "\n") .. "\n")
+      local res = assert(proc.run({ argv = { "sh", "-c",
+        '"$0" worker --provider local < "$1/requests" | { sleep 1; cat > "$1/replies"; }',
+        helpers.binary(), tmp.path },
+        env = { PATH = os.getenv("PATH"), TMPDIR = tmp.path }, timeout = 30 }))
+      assert.equal(0, res.exit_code)
+      local _, n = (helpers.read_file(tmp.path .. "/replies") or ""):gsub("\n", "")
+      assert.equal(3000, n)
+    end)
+  end)
+
+  -- found by fuzz_ndjson (fuzz/crashes/worker-shutdown-unanswered.sh): stdin's end while a
+  -- shutdown settled made serve() return before the shutdown and what it canceled replied
+  it("answers a shutdown and what it cancels when stdin ends as it settles", function()
+    helpers.run(function()
+      local tmp <close> = helpers.tempdir("ph-eof-spec-")
+      helpers.write_file(tmp.path .. "/requests", table.concat({
+        '{"jsonrpc":"2.0","id":1,"method":"health"}',
+        '{"jsonrpc":"2.0","id":2,"method":"environmentProbe","params":{"driverKey":"local",'
+          .. '"config":{}}}',
+        '{"jsonrpc":"2.0","id":3,"method":"shutdown"}',
+      }, "\n") .. "\n")
+      for _ = 1, 3 do -- a race: stdin is a file, its end comes on the loop's next turn
+        local res = assert(proc.run({ argv = { "sh", "-c",
+          'exec "$0" worker --provider local < "$1/requests"', helpers.binary(), tmp.path },
+          env = { PATH = os.getenv("PATH"), TMPDIR = tmp.path }, timeout = 60 }))
+        assert.equal(0, res.exit_code)
+        local ids = {}
+        for line in res.stdout:gmatch("[^\n]+") do
+          local msg = json.decode(line)
+          if msg.id then
+            ids[#ids + 1] = msg.id
+          end
+        end
+        table.sort(ids)
+        assert.same({ 1, 2, 3 }, ids)
+      end
+    end)
+  end)
 end)
