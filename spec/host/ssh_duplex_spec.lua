@@ -324,8 +324,10 @@ describe("host.ssh.open #ssh", function()
 
     it("ends the command at its timeout with timed_out", function()
       run(function()
-        local ch = assert(open({ cmd = "while :; do echo tick; sleep 0.05; done", timeout = 0.5 }))
-        local res = assert(ch:wait(15)) -- the 0.5 s timeout, not this wait's, ends it
+        -- the timeout counts from the open: 2 s leaves a slow (sanitized, loaded) run time to
+        -- open the channel before it fires
+        local ch = assert(open({ cmd = "while :; do echo tick; sleep 0.05; done", timeout = 2 }))
+        local res = assert(ch:wait(15)) -- the 2 s timeout, not this wait's, ends it
         assert.is_true(res.timed_out)
         assert.is_nil(res.exit_code)
         fails_with("closed", ch:write("x"))

@@ -118,7 +118,8 @@ describe("worker ending", function()
     end)
   end)
 
-  for _, sig in ipairs({ "SIGKILL", "SIGSEGV" }) do
+  -- (AddressSanitizer catches a SIGSEGV and exits 86 with a report: no crash to test there)
+  for _, sig in ipairs(os.getenv("PH_SANITIZE") and { "SIGKILL" } or { "SIGKILL", "SIGSEGV" }) do
     it("killed by " .. sig .. " leaves no command running", function()
       with_stubborn_commands(function(w, marker)
         w:kill(sig)
