@@ -108,6 +108,7 @@ static int is_script(const char *a)
 
 int main(int argc, char **argv)
 {
+    ph_note_parent();         /* first: whether our parent dies from now on can be told */
     signal(SIGPIPE, SIG_IGN); /* a closed pipe is an error result, not a death */
     raise_fd_limit();
     lua_State *L = ph_state_new();

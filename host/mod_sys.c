@@ -107,15 +107,23 @@ static int sys_wait_signal(lua_State *L)
     return ph_task_park(L, t, &s->op);
 }
 
+static pid_t start_parent = -1;
+
+void ph_note_parent(void)
+{
+    start_parent = getppid();
+}
+
 /* sys.parent_death_signal(name) -> true | nil, msg, "closed" when the parent is already gone.
  * Linux delivers the signal to us when the process that started us dies. */
 static int sys_parent_death_signal(lua_State *L)
 {
     int sig = check_signal(L, 1);
-    pid_t parent = getppid();
+    pid_t parent = start_parent > 0 ? start_parent : getppid();
     if (prctl(PR_SET_PDEATHSIG, sig) != 0)
         return ph_fail_errno(L, "io", errno, "prctl(PR_SET_PDEATHSIG)");
-    if (parent == 1 || getppid() != parent)
+    /* checked after the prctl: a death before it sent nothing, a death after it sends sig */
+    if (getppid() != parent)
         return ph_fail(L, "closed", "parent process already exited");
     lua_pushboolean(L, 1);
     return 1;

@@ -150,6 +150,10 @@ double ph_opt_seconds_in(lua_State *L, const char *fname, const char *field, dou
 
 /* ---- signals (mod_sys.c) ----------------------------------------------------------- */
 
+/* The parent pid main() started with (ph_note_parent): a later getppid() that differs means
+ * the parent died and we were reparented. A parent that is pid 1 (a container's init) is a
+ * parent like any other. */
+void ph_note_parent(void);
 int ph_signal_number(const char *name); /* "SIGTERM" or "TERM" -> number, -1 if unknown */
 const char *ph_signal_name(int num);    /* NULL if not in our table */
 

@@ -1096,7 +1096,14 @@ function M.serve(list)
     end
     worker:host_gone("stdout closed")
   end)
-  sys.parent_death_signal("SIGTERM")
+  -- a parent that died before this line was not there to send it: we were orphaned already
+  local _, _, orphaned = sys.parent_death_signal("SIGTERM")
+  if orphaned == "closed" then
+    log.info("the parent process exited before the worker started: shutting down")
+    task.spawn(function()
+      worker:shutdown(nil, "the parent process exited")
+    end)
+  end
   while not done do
     -- a host that stops reading our stdout makes us stop reading its requests (and starting
     -- their work): what waits for it is memory. Its own writes then block on the full pipe.
