@@ -168,13 +168,30 @@ local function kill(conn, id)
   return true
 end
 
+-- kill, as a cleanup: retried with backoff while the answer may still change (lost, 5xx, 429)
+-- and the cleanup's budget lasts, since nobody else will ever learn this sandbox's id.
+local function kill_for_good(cctx, conn, id)
+  local wait = 0.2
+  while true do
+    local ok, err, kind, status = api.kill(conn, id)
+    if ok ~= nil then
+      return true
+    end
+    local again = kind ~= "canceled" and (api.ambiguous(kind, status) or kind == "busy")
+    if not again or cctx.deadline - task.now() <= wait or not task.sleep(wait) then
+      return nil, err
+    end
+    wait = math.min(wait * 2, 2)
+  end
+end
+
 -- The cleanup a failed probe, acquire or resume owes: kill the sandbox with a budget of its own
 -- (the request's deadline may be spent); a failure is logged and worded for the caller's error.
 local function cleanup(ctx, conn, id, reason)
   api.forget(conn, id)
   local ok, err = ctx:cleanup(function(cctx)
     local kconn = setmetatable({ deadline = cctx.deadline }, { __index = conn })
-    local done, kerr = kill(kconn, id)
+    local done, kerr = kill_for_good(cctx, kconn, id)
     if not done then
       cctx.log.warn("Failed to kill E2B sandbox during %s: %s", reason, kerr)
     end

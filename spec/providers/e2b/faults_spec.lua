@@ -169,6 +169,23 @@ describe("providers.e2b faults", function()
       end)
     end)
 
+  it("a failed acquire's cleanup kills its sandbox through transient failures", function()
+    run(function()
+      local s = session()
+      -- the workspace cannot be prepared: the acquire fails and owes the kill of its sandbox,
+      -- whose first three answers are 503s (the cleanup's id reaches nobody else)
+      h.fake:fail({ kind = "envd", path = "^/process%.Process/Start$", status = 500,
+        body = { code = "internal", message = "envd broke" }, times = math.huge })
+      h.fake:fail({ kind = "api", method = "DELETE", path = "^/sandboxes/", status = 503,
+        body = { code = 503, message = "busy" }, times = 3 })
+      local r, err = s:call("environmentAcquireLease", { config = config(), runId = "r" })
+      assert.is_nil(r)
+      assert.matches("envd broke", err.message)
+      assert.equal(4, h.fake:count("^/sandboxes/", "DELETE"))
+      assert.same({}, h.fake:running())
+    end)
+  end)
+
   it("a connection dropped mid-stream: an error at once, and the command is stopped", function()
     run(function()
       local s = session()
