@@ -25,6 +25,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #define STREAM_MT "host.http.Stream"
 
@@ -34,6 +35,8 @@
 #define STREAM_PAUSE_AT         (1024 * 1024) /* unread stream bytes above this pause the transfer */
 #define MAX_RESPONSE_HEAD       (256 * 1024)  /* header bytes of one response, all fields */
 #define MAX_CONNECTS            64            /* idle connections the multi keeps for reuse */
+#define FD_RESERVE              64 /* descriptors left for all but HTTP (stdio, children, SSH) */
+#define FDS_PER_CONNECTION      3  /* a socket, and room for children's pipes beside it */
 #define MAX_REDIRECTS           10
 
 /* ---- shared helpers (ph_http.h) ------------------------------------------------------- */
@@ -598,6 +601,19 @@ static int timer_cb(CURLM *multi, long timeout_ms, void *userp)
     return 0;
 }
 
+/* Connections open at once, from the open-files limit: past it curl keeps a transfer pending
+ * until a connection closes, instead of failing it for want of a descriptor ("couldn't
+ * connect") in a worker under a low limit. The idle ones kept for reuse are at most half. */
+static long connection_cap(void)
+{
+    struct rlimit rl;
+    long fds = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
+                   ? (long)rl.rlim_cur
+                   : 65536;
+    long cap = (fds - FD_RESERVE) / FDS_PER_CONNECTION;
+    return cap < 4 ? 4 : cap > 4096 ? 4096 : cap;
+}
+
 static int client_init(void)
 {
     if (cl.multi != NULL)
@@ -610,7 +626,10 @@ static int client_init(void)
         return -1;
     curl_multi_setopt(cl.multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
     curl_multi_setopt(cl.multi, CURLMOPT_TIMERFUNCTION, timer_cb);
-    curl_multi_setopt(cl.multi, CURLMOPT_MAXCONNECTS, (long)MAX_CONNECTS);
+    long cap = connection_cap();
+    curl_multi_setopt(cl.multi, CURLMOPT_MAX_TOTAL_CONNECTIONS, cap);
+    curl_multi_setopt(cl.multi, CURLMOPT_MAXCONNECTS,
+                      cap / 2 < MAX_CONNECTS ? cap / 2 : MAX_CONNECTS);
     uv_timer_init(ph_loop(), &cl.timer);
     cl.share = curl_share_init(); /* TLS sessions resumed across transfers; single-threaded */
     if (cl.share != NULL)

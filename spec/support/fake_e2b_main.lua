@@ -13,6 +13,8 @@
 --   {"id":5,"op":"expire","sandboxId":"..."}    the sandbox's lifetime ends now
 --   {"id":6,"op":"running"}                     -> ids of running sandboxes
 --   {"id":7,"op":"commands"}                    -> every command started
+--   {"id":8,"op":"chaos","spec":{...}}          fake:chaos(spec) (no spec: chaos off)
+--   {"id":9,"op":"chaos_counts"}                -> {name: requests that got that fault}
 local here = arg and arg[0] and arg[0]:match("^(.*)/spec/support/[^/]+$")
 if here then -- find spec.support.* from any working directory
   package.path = here .. "/?.lua;" .. package.path
@@ -79,6 +81,11 @@ local function control(fake, req)
     return true
   elseif op == "running" then
     return json.array(fake:running())
+  elseif op == "chaos" then
+    fake:chaos(req.spec)
+    return true
+  elseif op == "chaos_counts" then
+    return fake.chaos_counts or {}
   elseif op == "commands" then
     local out = json.array()
     for _, c in ipairs(fake.commands) do
