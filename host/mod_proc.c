@@ -5,6 +5,7 @@
 #include "ph_groups.h"
 #include "ph_slots.h"
 #include "ph_spawn.h"
+#include "ph_util.h"
 
 #include <errno.h>
 #include <math.h>
@@ -35,6 +36,10 @@ typedef struct {
     PhBuf kept;
     int open; /* the pipe handle is not closed yet */
     int has_callback;
+    /* max_encoded: kept[0 .. sized) is measured, its cleaned text enc bytes once JSON-encoded;
+     * full: the budget is reached, the rest is dropped */
+    size_t sized, enc;
+    int full;
 } Stream;
 
 typedef struct Proc Proc;
@@ -72,9 +77,10 @@ struct Proc {
     double started, ended;
     double timeout, grace, linger; /* seconds; timeout < 0: none */
     size_t max_output;
-    int stream_only;  /* keep_output = false: chunks go to the callbacks, nothing is kept */
-    Waiter *waiters;  /* parked for the result */
-    Waiter *reapwait; /* canceled: resumed with "canceled" once the leader is reaped */
+    size_t max_encoded; /* 0: none; else what is kept is cut by its cleaned, encoded size */
+    int stream_only;    /* keep_output = false: chunks go to the callbacks, nothing is kept */
+    Waiter *waiters;    /* parked for the result */
+    Waiter *reapwait;   /* canceled: resumed with "canceled" once the leader is reaped */
 };
 
 static char scratch[READ_CHUNK]; /* every read lands here first; one read at a time */
@@ -303,6 +309,32 @@ static void stream_done(Proc *p, Stream *s)
         finish(p);
 }
 
+static void no_sink(void *ud, const char *piece, size_t n)
+{
+    (void)ud;
+    (void)piece;
+    (void)n;
+}
+
+/* max_encoded: measure what was appended; at the first character whose cleaned, JSON-encoded
+ * text would pass the budget, cut the kept bytes there and drop the rest of the stream. Raw
+ * bytes that clean to more (0xFF: 3 bytes of U+FFFD each) are kept only as far as they can
+ * ever be sent. Returns 1 when it cut. */
+static int measure(Proc *p, Stream *s)
+{
+    ph_json_clip_result r;
+    ph_json_clip(s->kept.p + s->sized, s->kept.len - s->sized, p->max_encoded - s->enc, 0, no_sink,
+                 NULL, &r);
+    s->sized += r.used;
+    s->enc += r.size;
+    if (!r.cut)
+        return 0;
+    s->kept.len = s->sized;
+    s->full = 1;
+    p->truncated = 1;
+    return 1;
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     Proc *p = stream->data;
@@ -323,6 +355,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
         }
         return;
     }
+    if (s->full) {
+        p->truncated |= n > 0;
+        return;
+    }
     if (s->kept.len + keep > p->max_output) {
         keep = p->max_output - s->kept.len;
         p->truncated = 1; /* the rest is dropped; the process keeps running */
@@ -333,6 +369,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     if (ph_buf_append(&s->kept, buf->base, keep) != 0) {
         p->truncated = 1;
         return;
+    }
+    if (p->max_encoded > 0 && measure(p, s)) {
+        keep = s->kept.len > at ? s->kept.len - at : 0;
+        if (keep == 0)
+            return;
     }
     if (s->has_callback) {
         Chunk c = { p, which, s->kept.p + at, keep };
@@ -607,7 +648,7 @@ typedef struct {
     int in_pipe;                   /* stdin = true: written with Process:write */
     int cb_idx[2];                 /* stack indexes of on_stdout and on_stderr (nil when absent) */
     double timeout, grace, linger; /* timeout < 0: none */
-    lua_Integer max_output;
+    lua_Integer max_output, max_encoded;
     int stream_only; /* keep_output = false */
 } SpawnConf;
 
@@ -653,6 +694,8 @@ static void read_spawn_conf(lua_State *L, SpawnConf *c)
     c->linger = ph_opt_seconds(L, 1, "linger", DEFAULT_LINGER, 1);
     c->max_output = ph_opt_integer(L, 1, "max_output", DEFAULT_MAX);
     luaL_argcheck(L, c->max_output >= 0, 1, "field 'max_output' must not be negative");
+    c->max_encoded = ph_opt_integer(L, 1, "max_encoded", 0);
+    luaL_argcheck(L, c->max_encoded >= 0, 1, "field 'max_encoded' must not be negative");
     if (ph_opt_field(L, 1, "keep_output", LUA_TBOOLEAN, 0))
         c->stream_only = !lua_toboolean(L, -1);
     lua_pop(L, 1);
@@ -685,6 +728,7 @@ static Proc *new_proc(lua_State *L, const SpawnConf *c)
     p->grace = c->grace;
     p->linger = c->linger;
     p->max_output = (size_t)c->max_output;
+    p->max_encoded = (size_t)c->max_encoded;
     p->stream_only = c->stream_only;
     return p;
 }

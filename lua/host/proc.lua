@@ -68,6 +68,9 @@ end
 --               true keeps a pipe open for Process:write(data) and :close_stdin()
 --   timeout     seconds before the group gets SIGTERM (default M.default_timeout)
 --   kill_grace  seconds between SIGTERM and SIGKILL (default 2)
+--   max_encoded bytes: keeping also stops at the first character whose text, cleaned to
+--               UTF-8 and JSON-encoded as a result carries it, would pass this (0xFF bytes
+--               clean to 3 each); the rest is dropped and result.truncated is true
 --   max_output  bytes kept per stream (default 16 MiB); the rest is dropped and
 --               result.truncated is true
 --   keep_output default true; false keeps nothing (result.stdout and .stderr are ""): every

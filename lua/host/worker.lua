@@ -181,50 +181,7 @@ function M.reply_id(v)
   return json.null
 end
 
--- msg is a reply with a big stdout or stderr.
-local function big_reply(msg)
-  local res = msg.result
-  if type(res) == "table" then
-    for _, k in ipairs(OUTPUT_STREAMS) do
-      if type(res[k]) == "string" and #res[k] >= BIG then
-        return true
-      end
-    end
-  end
-  return false
-end
-
---- BIG_WAIT: seconds a big reply waits, once queued, for the host to take it before the next
--- big reply is encoded (Worker:send).
-M.BIG_WAIT = 30
-
 function Worker:send(msg)
-  if self.drain and big_reply(msg) and task.current() then
-    -- One big reply at a time is escaped and queued; the next waits until the host took it.
-    -- Executes that finish together with big outputs then each hold their text, not their
-    -- text and its escaped copy as well, until their turn.
-    while self.big_busy do
-      local ok, _, code = self.big_free:wait(1)
-      if not ok and code == "canceled" then
-        break -- still owed: sent out of turn
-      end
-    end
-    self.big_busy = true
-    local ok, err = pcall(self.write_msg, self, msg)
-    if ok then
-      self.drain(M.BIG_WAIT)
-    end
-    self.big_busy = false
-    self.big_free:notify()
-    if not ok then
-      error(err, 0)
-    end
-    return
-  end
-  return self:write_msg(msg)
-end
-
-function Worker:write_msg(msg)
   local parts = self.write_parts and big_parts(msg)
   if parts then
     return self.write_parts(parts)
@@ -535,6 +492,7 @@ function Worker:context(p, method, params, invocation, seconds, reserve)
     final_deadline = now + seconds + reserve,
     cleanup_reserve = reserve,
     max_output = M.MAX_OUTPUT,
+    max_encoded = M.MAX_OUTPUT + OVERSHOOT,
     worker = self,
   }, CTX_MT)
 end
@@ -1057,7 +1015,6 @@ function M.serve(list)
     wrote(stdio.write(table.unpack(parts)))
   end
   worker.queued = stdio.queued -- bytes written but not yet taken by the host (see Ctx:emit)
-  worker.drain, worker.big_free = stdio.drain, task.signal() -- big replies (see Worker:send)
   -- No command outlives this process: its way out ends them (Worker:shutdown, and at exit
   -- ph_groups.c), and a watchdog process ends them when it dies with no way out (SIGKILL).
   local proc = require("host.core.proc")

@@ -212,6 +212,7 @@ function hooks.execute(ctx, params)
     stdin = params.stdin,
     timeout = timeout_ms / 1000,
     max_output = ctx.max_output,
+    max_encoded = ctx.max_encoded,
     on_stdout = ctx:emitter("stdout"),
     on_stderr = ctx:emitter("stderr"),
   })

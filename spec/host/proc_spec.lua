@@ -663,6 +663,29 @@ end)
   end
 end)
 
+describe("host.proc max_encoded", function()
+  it("keeps raw bytes only as far as their cleaned, JSON-encoded text fits", function()
+    helpers.run(function()
+      -- 0xFF cleans to U+FFFD (3 bytes): 10 of them fit in 30; a quote encodes to 2 bytes
+      local res = assert(proc.run({ argv = { "sh", "-c",
+        "head -c 100 /dev/zero | tr '\\0' '\\377'" }, max_encoded = 30, timeout = T }))
+      assert.equal(("\255"):rep(10), res.stdout)
+      assert.is_true(res.truncated)
+      res = assert(proc.run({ argv = { "printf", 'ab"cd' }, max_encoded = 3, timeout = T }))
+      assert.equal('ab', res.stdout) -- the quote (\") would take it to 4
+      assert.is_true(res.truncated)
+      res = assert(proc.run({ argv = { "printf", 'ab"cd' }, max_encoded = 6, timeout = T }))
+      assert.equal('ab"cd', res.stdout)
+      assert.is_false(res.truncated)
+      -- a character split between two reads is measured whole
+      res = assert(proc.run({ argv = { "sh", "-c",
+        "printf '\\342'; sleep 0.1; printf '\\202\\254x'" }, max_encoded = 3, timeout = T }))
+      assert.equal("\226\130\172", res.stdout)
+      assert.is_true(res.truncated)
+    end)
+  end)
+end)
+
 -- The cap on children running at once (issue 11, item 2): past it spawns wait their turn,
 -- first come first served, within their own timeout, instead of failing for want of
 -- descriptors.

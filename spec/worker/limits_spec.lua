@@ -65,6 +65,11 @@ describe("worker resources", function()
     end)
 
   it("stops reading requests while its host does not read its replies", function()
+    local deadline = helpers.deadline
+    helpers.deadline = 180 -- 300 commands and 30 MB through a pipe, on a loaded machine
+    finally(function()
+      helpers.deadline = deadline
+    end)
     helpers.run(function()
       local tmp <close> = helpers.tempdir("ph-limits-spec-")
       local started = tmp.path .. "/started"
@@ -77,18 +82,24 @@ describe("worker resources", function()
       helpers.with_cleanup(function()
         assert(w:initialize())
         local lease = lease_of(w)
-        local n = 400 -- replies of 100 kB each: 40 MB, past the 16 MiB bound
-        for id = 2, n + 1 do
-          w:request(id, "environmentExecute", params({ lease = lease, command = "sh",
-            args = { "-c", 'echo >> "$0"; head -c 100000 /dev/zero | tr "\\0" y', started } }))
-        end
+        local n = 300 -- replies of 100 kB each: 30 MB, past the 16 MiB bound
         local function count()
           local _, lines = (helpers.read_file(started) or ""):gsub("\n", "")
           return lines
         end
-        helpers.eventually(function()
-          return count() > 100
-        end, "commands started", 60)
+        -- in waves of 50, each sent once the one before ran: a worker that stops reading
+        -- stops the count, one that reads on runs them all
+        for wave = 0, n // 50 - 1 do
+          for id = 2 + wave * 50, 1 + (wave + 1) * 50 do
+            w:request(id, "environmentExecute", params({ lease = lease, command = "sh",
+              args = { "-c", 'echo >> "$0"; head -c 100000 /dev/zero | tr "\\0" y', started } }))
+          end
+          if not pcall(helpers.eventually, function()
+            return count() >= (wave + 1) * 50
+          end, "the wave ran", 5) then
+            break -- no longer read
+          end
+        end
         task.sleep(2) -- time for every request to be read, were it read
         assert.is_true(count() < n, ("all %d commands ran while the host read nothing"):format(n))
         helpers.write_file(started .. ".go", "")
