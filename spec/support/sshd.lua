@@ -271,7 +271,24 @@ function Server:kill_connections()
   end
 end
 
---- server:stop(): stop sshd and its connections (SIGTERM, then SIGKILL).
+-- The processes whose environment has HOME=home: what commands run through this server left
+-- behind once their connection went (a remote `sleep 30` whose connection was killed runs on,
+-- reparented, in no tree of sshd's).
+local function strays(home)
+  local out, want = {}, "HOME=" .. home .. "\0"
+  for _, name in ipairs(fs.list("/proc") or {}) do
+    if name:find("^%d+$") then
+      local env = fs.read("/proc/" .. name .. "/environ")
+      if env and (env:sub(1, #want) == want or env:find("\0" .. want, 1, true)) then
+        out[#out + 1] = tonumber(name)
+      end
+    end
+  end
+  return out
+end
+
+--- server:stop(): stop sshd and its connections (SIGTERM, then SIGKILL), and whatever its
+-- commands left running.
 function Server:stop()
   if not self.process or self.process:done() then
     return
@@ -283,6 +300,9 @@ function Server:stop()
   end
   if not wait_gone(self, 5) then
     self:kill()
+  end
+  for _, pid in ipairs(strays(self.home)) do
+    sys.kill(pid, "SIGKILL")
   end
 end
 

@@ -41,7 +41,7 @@ local function with_stubborn_commands(fn)
         w:wait(5)
       end
       for _, p in ipairs(cmdline.holding(marker)) do -- only after a failure
-        require("host.core.sys").kill(-p.pid, "SIGKILL")
+        require("host.core.sys").kill(p.pid, "SIGKILL") -- its sleep ends within 1 s
       end
     end)
   end)
