@@ -37,7 +37,10 @@ options (before or after the command):
   -h, --help         this help          -V, --version      the version
 
 environment: PROVIDER_HOST_PATH (colon-separated provider directories),
-             PROVIDER_HOST_LOG=debug|info|warn|error (the log level, on stderr)
+             PROVIDER_HOST_LOG=debug|info|warn|error (the log level, on stderr),
+             PROVIDER_HOST_STDIN_GRACE=SECONDS (a worker's grace at stdin's end, 10),
+             PROVIDER_HOST_MAX_CHILDREN=N (commands running at once; default from the
+             open-files limit)
 
 exit codes: 0 ok, 1 the command failed, 2 usage error, 3 a provider failed to load,
             70 internal error; `run` and `call` on environmentExecute: the command's status
