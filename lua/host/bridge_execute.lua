@@ -3,7 +3,6 @@
 -- for its lifetime: the relay starts in the sandbox through the provider's duplex execution,
 -- the command sees PAPERCLIP_API_URL at the relay and a fresh per-run PAPERCLIP_API_KEY, and
 -- the bridge closes when the execution ends. The real key never enters the sandbox.
-local bridge = require("host.bridge")
 
 local M = {}
 
@@ -62,7 +61,9 @@ local function open(ctx, provider, params, opts)
     dp.env = dp.env or {}
     return hooks.duplex(ctx, dp)
   end
-  local ok, b, oerr, ocode = pcall(bridge.open, opts)
+  -- required here, not at load: host.bridge brings the network module (libcurl, libssh2,
+  -- OpenSSL: ~6 MB), which a worker whose executes carry no bridge never needs
+  local ok, b, oerr, ocode = pcall(require("host.bridge").open, opts)
   if not ok then -- a bad route rule, named by the policy
     return nil, "environmentExecute: bridge: " .. tostring(b):gsub("^[^\n]-%.lua:%d+: ", "")
   end

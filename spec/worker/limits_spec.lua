@@ -135,6 +135,18 @@ describe("worker resources", function()
     end)
   end)
 
+  it("serves local without loading the network module (libcurl, libssh2)", function()
+    with_worker(4096, nil, function(w)
+      assert(w:initialize())
+      local lease = lease_of(w)
+      w:request(2, "environmentExecute", params({ lease = lease, command = "true" }))
+      assert.equal(0, assert(w:reply_to(2, 30)).result.exitCode)
+      local maps = require("host.fs").read("/proc/" .. w.pid .. "/maps") or ""
+      assert.is_nil(maps:find("provider-host-net", 1, true), "the network module is loaded")
+      assert.is_nil(maps:find("libcurl", 1, true), "libcurl is loaded")
+    end)
+  end)
+
   it("answers timedOut for an execute whose deadline passes while it waits for a slot",
     function()
       with_worker(4096, { PROVIDER_HOST_MAX_CHILDREN = "1" }, function(w)
