@@ -251,24 +251,10 @@ static void watchdog_fds(int in)
     }
 }
 
-static void watchdog_main(int in, int *table, double grace)
+/* The records from the worker, until the pipe (fd 3) closes: the groups to end, in table;
+ * returns how many. */
+static size_t watchdog_read(int *table)
 {
-    setsid(); /* neither the terminal's ^C nor a kill of the worker's group reaches it */
-    struct sigaction ign;
-    memset(&ign, 0, sizeof ign);
-    ign.sa_handler = SIG_IGN;
-    /* it ends when the pipe closes, never earlier: what it guards would then go unguarded */
-    const int ignored[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2 };
-    for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++)
-        sigaction(ignored[i], &ign, NULL);
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, NULL);
-    prctl(PR_SET_NAME, "ph-watchdog");
-    if (chdir("/") != 0) {
-        /* keeps the worker's directory busy, which harms nothing */
-    }
-    watchdog_fds(in);
     size_t n = 0;
     unsigned char buf[4095]; /* a multiple of the record's 5 bytes */
     size_t have = 0;
@@ -298,7 +284,28 @@ static void watchdog_main(int in, int *table, double grace)
         memmove(buf, buf + at, have - at);
         have -= at;
     }
-    watchdog_sweep(table, n, grace);
+    return n;
+}
+
+static void watchdog_main(int in, int *table, double grace)
+{
+    setsid(); /* neither the terminal's ^C nor a kill of the worker's group reaches it */
+    struct sigaction ign;
+    memset(&ign, 0, sizeof ign);
+    ign.sa_handler = SIG_IGN;
+    /* it ends when the pipe closes, never earlier: what it guards would then go unguarded */
+    const int ignored[] = { SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGPIPE, SIGUSR1, SIGUSR2 };
+    for (size_t i = 0; i < sizeof ignored / sizeof ignored[0]; i++)
+        sigaction(ignored[i], &ign, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    prctl(PR_SET_NAME, "ph-watchdog");
+    if (chdir("/") != 0) {
+        /* keeps the worker's directory busy, which harms nothing */
+    }
+    watchdog_fds(in);
+    watchdog_sweep(table, watchdog_read(table), grace);
     _exit(0);
 }
 

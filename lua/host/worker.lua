@@ -992,10 +992,11 @@ function Worker:input_closed(grace)
   end
 end
 
---- serve(): the worker's main loop on stdin/stdout. Returns the process exit code.
-function M.serve(list)
-  local stdio = require("host.core.stdio")
-  local sys = require("host.core.sys")
+-- The worker on stdin/stdout: lines written uncopied, a reply with big output in parts
+-- (see Worker:send) as one line, log lines as notifications; a failed write means the host is
+-- gone. No command outlives this process: its way out ends them (Worker:shutdown, and at exit
+-- ph_groups.c), and a watchdog process ends them when it dies with no way out (SIGKILL).
+local function stdio_worker(list, stdio)
   local worker
   local function wrote(ok, err, code)
     if not ok and code == "closed" then
@@ -1005,18 +1006,14 @@ function M.serve(list)
   worker = M.new({
     providers = list,
     write = function(line)
-      -- queued as they are: no copy of the line to add its newline
-      wrote(stdio.write(line, "\n"))
+      wrote(stdio.write(line, "\n")) -- queued as it is: no copy to add its newline
     end,
   })
-  -- A reply with big output comes in parts (see Worker:send), written as one line, uncopied.
   worker.write_parts = function(parts)
     parts[#parts + 1] = "\n"
     wrote(stdio.write(table.unpack(parts)))
   end
   worker.queued = stdio.queued -- bytes written but not yet taken by the host (see Ctx:emit)
-  -- No command outlives this process: its way out ends them (Worker:shutdown, and at exit
-  -- ph_groups.c), and a watchdog process ends them when it dies with no way out (SIGKILL).
   local proc = require("host.core.proc")
   worker.end_commands = proc.signal_groups
   worker.commands_running = proc.running_groups
@@ -1028,12 +1025,14 @@ function M.serve(list)
     local params = { level = level, message = message }
     worker:notify("log", params, fields and fields.invocation_id or nil)
   end)
-  local done = false
-  worker.on_closed = function()
-    done = true
-    stdio.close_input()
-  end
-  -- SIGTERM, SIGINT and the death of our parent all mean: shut down now.
+  return worker
+end
+
+-- The tasks that end the worker from outside: SIGTERM, SIGINT and SIGHUP (also what our
+-- parent's death sends) shut it down; a host that stopped reading (its end of our stdout
+-- closed) is noticed even while nothing is written, and the requests running for it are
+-- canceled instead of finishing for nobody. A parent already gone shuts it down at once.
+local function watch_outside(worker, stdio, sys)
   local watchers = {}
   for _, sig in ipairs({ "SIGTERM", "SIGINT", "SIGHUP" }) do
     watchers[#watchers + 1] = task.spawn(function()
@@ -1043,8 +1042,6 @@ function M.serve(list)
       end
     end)
   end
-  -- A host that stopped reading (its end of our stdout closed) is noticed even while nothing
-  -- is written: the requests running for it are canceled instead of finishing for nobody.
   watchers[#watchers + 1] = task.spawn(function()
     while not stdio.out_closed() do
       if not task.sleep(M.OUT_POLL) then
@@ -1053,7 +1050,7 @@ function M.serve(list)
     end
     worker:host_gone("stdout closed")
   end)
-  -- a parent that died before this line was not there to send it: we were orphaned already
+  -- a parent that died before this was not there to send the signal: we were orphaned already
   local _, _, orphaned = sys.parent_death_signal("SIGTERM")
   if orphaned == "closed" then
     log.info("the parent process exited before the worker started: shutting down")
@@ -1061,28 +1058,50 @@ function M.serve(list)
       worker:shutdown(nil, "the parent process exited")
     end)
   end
-  while not done do
-    -- a host that stops reading our stdout makes us stop reading its requests (and starting
-    -- their work): what waits for it is memory. Its own writes then block on the full pipe.
-    while not done and stdio.queued() > M.MAX_QUEUED and not stdio.out_closed() do
-      stdio.drain(1)
+  return watchers
+end
+
+-- One request line handled; false at the end of input. A host that stops reading our stdout
+-- makes us stop reading its requests (and so starting their work): what waits for it is
+-- memory; its own writes then block on the full pipe.
+local function serve_line(worker, stdio, closed)
+  while not closed() and stdio.queued() > M.MAX_QUEUED and not stdio.out_closed() do
+    stdio.drain(1)
+  end
+  local line, err, code = stdio.read_line(M.MAX_LINE)
+  if line then
+    local huge = #line > M.HUGE_LINE
+    worker:handle_line(line)
+    if huge then
+      line = nil -- luacheck: ignore 311 (no reference left for the collection to keep)
+      collectgarbage() -- its copies (the line, what was decoded of it) go back now
     end
-    local line, err, code = stdio.read_line(M.MAX_LINE)
-    if line then
-      local huge = #line > M.HUGE_LINE
-      worker:handle_line(line)
-      if huge then
-        line = nil -- luacheck: ignore 311 (no reference left for the collection to keep)
-        collectgarbage() -- its copies (the line, what was decoded of it) go back now
-      end
-    elseif code == "protocol" then
-      worker:reply_error(json.null, PARSE_ERROR, "Parse error: " .. err)
-    else
-      if not done then -- end of input: the host is gone or closed our stdin
-        worker:input_closed()
-      end
-      break
-    end
+    return true
+  elseif code == "protocol" then
+    worker:reply_error(json.null, PARSE_ERROR, "Parse error: " .. err)
+    return true
+  end
+  if not closed() then -- end of input: the host is gone or closed our stdin
+    worker:input_closed()
+  end
+  return false
+end
+
+--- serve(): the worker's main loop on stdin/stdout. Returns the process exit code.
+function M.serve(list)
+  local stdio = require("host.core.stdio")
+  local sys = require("host.core.sys")
+  local worker = stdio_worker(list, stdio)
+  local done = false
+  worker.on_closed = function()
+    done = true
+    stdio.close_input()
+  end
+  local function closed()
+    return done
+  end
+  local watchers = watch_outside(worker, stdio, sys)
+  while not done and serve_line(worker, stdio, closed) do
   end
   for _, w in ipairs(watchers) do
     w:cancel()
