@@ -7,6 +7,7 @@ local host_params = require("host.params")
 local proc = require("host.proc")
 local sandbox_helper = require("host.sandbox_helper")
 local task = require("host.task")
+local sync = require("providers.local.sync")
 local util = require("host.util")
 local workspace = require("providers.local.workspace")
 
@@ -16,7 +17,8 @@ local M = {
   description = "Runs commands in a private workspace directory on the worker's own machine.",
   version = "0.1.0",
   schema = require("providers.local.schema"),
-  capabilities = { reusableLeases = true, incrementalSessionOutput = true },
+  capabilities = { reusableLeases = true, incrementalSessionOutput = true, nativeSyncIn = true,
+    nativeSyncOut = true },
   hooks = {},
 }
 
@@ -269,6 +271,16 @@ function hooks.duplex(ctx, params)
     on_stderr = params.on_stderr,
     timeout = params.timeout,
   })
+end
+
+--- environmentSyncIn / environmentSyncOut: direct copies between host paths and the lease
+-- directory (providers/local/sync.lua has the rules).
+function hooks.sync_in(ctx, params)
+  return sync.run(ctx, params, "environmentSyncIn", isolated)
+end
+
+function hooks.sync_out(ctx, params)
+  return sync.run(ctx, params, "environmentSyncOut", isolated)
 end
 
 --- sandbox_helper (extension): the sandbox is this machine, so the host's own helper.

@@ -37,6 +37,15 @@ return schema.new({
     ui = { advanced = true, group = "Workspace" },
   },
   {
+    "syncMaxBytes",
+    "integer",
+    default = 10 * 1024 * 1024 * 1024,
+    between = { 1, 1 << 50 },
+    truncate = true,
+    description = "Largest environmentSyncIn/SyncOut operation in bytes (default 10 GiB).",
+    ui = { advanced = true, group = "Workspace" },
+  },
+  {
     "isolateNetwork",
     "boolean",
     default = false,

@@ -184,6 +184,7 @@ describe("provider-host call", function()
         local r = ph({ "call", "local", "nosuchMethod", "--example" })
         assert.equal(2, r.exit_code)
         assert.matches("environmentExecute", r.stderr)
+        local out <close> = helpers.tempdir("ph-usability-sync-")
         with_lease(function(lease)
           for _, m in ipairs(methods) do
             r = ph({ "call", "local", m, "--example" })
@@ -202,6 +203,15 @@ describe("provider-host call", function()
             end
             if params.workspace then
               params.workspace.remotePath = lease.metadata.remoteCwd
+            end
+            if params.operations then -- sync: this README in, the workspace out to a temp dir
+              local f = params.operations[1].files[1]
+              if m == "environmentSyncIn" then
+                f.sourcePath = assert(fs.realpath(helpers.root .. "/README.md"))
+                f.targetPath = lease.metadata.remoteCwd .. "/README.md"
+              else
+                f.sourcePath, f.targetPath = lease.metadata.remoteCwd, out.path .. "/out"
+              end
             end
             r = ph({ "call", "local", m, json.encode(params) })
             if r.exit_code == 1 then

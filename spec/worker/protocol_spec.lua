@@ -76,10 +76,11 @@ describe("worker protocol", function()
         "environmentRealizeWorkspace",
         "environmentExecute",
         "environmentCancelExecution",
+        "environmentSyncIn",
+        "environmentSyncOut",
       }) do
         assert.is_true(m[name], name)
       end
-      assert.is_nil(m.environmentSyncIn)
     end)
   end)
 
@@ -146,11 +147,12 @@ describe("worker protocol", function()
       local r = call(w, 1, "bogus", {})
       assert.equal(-32601, r.error.code)
       assert.equal("Unknown method: bogus", r.error.message)
-      r = call(w, 2, "environmentSyncIn", { driverKey = "local", config = {} })
+      -- echo (a fixture) has no sync hooks
+      r = call(w, 2, "environmentSyncIn", { driverKey = "echo", config = {} })
       assert.equal(-32004, r.error.code)
       assert.equal("environmentSyncIn is not implemented by this plugin", r.error.message)
       assert.equal(-32004, call(w, 3, "onEvent", {}).error.code)
-    end)
+    end, { "worker", "--providers", FIXTURES, "--provider", "local", "--provider", "echo" })
   end)
 
   it("answers an unparseable line with -32700 and id null, then keeps serving", function()

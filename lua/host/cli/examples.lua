@@ -79,14 +79,16 @@ local BUILD = {
   environmentSyncIn = function()
     return o({ config = {}, lease = lease(), operations = json.array({ o({
       operationId = "op-1",
-      files = json.array({ o({ sourcePath = "/etc/hostname", targetPath = LEASE_ID .. "/hostname",
+      files = json.array({ o({ sourcePath = "/etc/hostname",
+        targetPath = LEASE_ID .. "/workspace/hostname",
         kind = "file" }, { "sourcePath", "targetPath", "kind" }) }),
     }, { "operationId", "files" }) }) }, { "config", "lease", "operations" })
   end,
   environmentSyncOut = function()
     return o({ config = {}, lease = lease(), operations = json.array({ o({
       operationId = "op-1",
-      files = json.array({ o({ sourcePath = LEASE_ID .. "/out", targetPath = "/tmp/out",
+      files = json.array({ o({ sourcePath = LEASE_ID .. "/workspace/out",
+        targetPath = "/path/on/the/host/out",
         kind = "directory" }, { "sourcePath", "targetPath", "kind" }) }),
     }, { "operationId", "files" }) }) }, { "config", "lease", "operations" })
   end,
