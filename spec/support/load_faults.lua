@@ -14,7 +14,9 @@
 --
 -- Also M.picker: the seeded draw the fakes' chaos mode uses (it needs nothing of the rest).
 local fs = require("host.fs")
+local helpers = require("spec.helpers")
 local json = require("host.json")
+local lines = require("spec.support.lines")
 local proc = require("host.proc")
 local sys = require("host.core.sys")
 local task = require("host.task")
@@ -96,15 +98,7 @@ M.CACHED_CONNECTIONS = 64
 ------------------------------------------------------------------------------------------------
 -- Small helpers
 
-local function merged(...)
-  local out = {}
-  for i = 1, select("#", ...) do
-    for k, v in pairs(select(i, ...) or {}) do
-      out[k] = v
-    end
-  end
-  return out
-end
+local merged = helpers.merged
 
 local function read(path)
   return fs.read(path)
@@ -278,7 +272,7 @@ local Worker = {}
 Worker.__index = Worker
 
 local function start_worker(h, provider, env)
-  local w = setmetatable({ provider = provider, pending = {}, buf = "", replies = 0,
+  local w = setmetatable({ provider = provider, pending = {}, replies = 0,
     stderr = {}, next_id = 0 }, Worker)
   local argv = { "prlimit", ("--nofile=%d:%d"):format(h.nofile, h.nofile), "--", h.binary,
     "worker", "--provider", provider }
@@ -288,19 +282,9 @@ local function start_worker(h, provider, env)
     stdin = true,
     timeout = h.budget + 120, -- a backstop only: the harness ends it long before
     keep_output = false,
-    on_stdout = function(chunk)
-      local text = w.buf .. chunk
-      local from = 1
-      while true do
-        local nl = text:find("\n", from, true)
-        if not nl then
-          break
-        end
-        w:_line(text:sub(from, nl - 1))
-        from = nl + 1
-      end
-      w.buf = text:sub(from)
-    end,
+    on_stdout = lines.splitter(function(line)
+      w:_line(line)
+    end),
     on_stderr = function(chunk)
       if #w.stderr < 2000 then
         w.stderr[#w.stderr + 1] = chunk
@@ -358,20 +342,16 @@ end
 -- The fake E2B: its own process (spec/support/fake_e2b_main.lua), driven over its stdin
 
 local function start_fake_e2b(h)
-  local f = { lines = {}, buf = "", next_id = 0 }
+  local f = { lines = {}, next_id = 0 }
   f.process = assert(proc.spawn({
     argv = { h.binary, h.root_dir .. "/spec/support/fake_e2b_main.lua", "--api-key", M.E2B_KEY },
     env = { PATH = os.getenv("PATH"), TMPDIR = h.fake_tmp, PROVIDER_HOST_LOG = "error" },
     stdin = true,
     timeout = h.budget + 120,
     keep_output = false,
-    on_stdout = function(chunk)
-      local text = f.buf .. chunk
-      for line in text:gmatch("([^\n]*)\n") do
-        f.lines[#f.lines + 1] = line
-      end
-      f.buf = text:match("([^\n]*)$")
-    end,
+    on_stdout = lines.splitter(function(line)
+      f.lines[#f.lines + 1] = line
+    end),
   }))
   local function next_line(seconds)
     local deadline = task.now() + seconds

@@ -1,6 +1,7 @@
 --- spec.support.worker_process: a provider-host worker spawned as a child, spoken to over
 -- NDJSON on its stdin/stdout exactly as Paperclip does.
 local json = require("host.json")
+local lines = require("spec.support.lines")
 local proc = require("host.proc")
 local task = require("host.task")
 local helpers = require("spec.helpers")
@@ -17,7 +18,10 @@ function M.start(args, opts)
   for _, a in ipairs(args or { "worker", "--provider", "local" }) do
     argv[#argv + 1] = a
   end
-  local self = setmetatable({ buf = {}, lines = {}, stderr = {}, raw = {} }, Worker)
+  local self = setmetatable({ lines = {}, stderr = {}, raw = {} }, Worker)
+  local feed = lines.splitter(function(line)
+    self.lines[#self.lines + 1] = line
+  end)
   self.process = assert(proc.spawn({
     argv = argv,
     env = opts.env,
@@ -26,20 +30,7 @@ function M.start(args, opts)
     max_output = 256 * 1024 * 1024,
     on_stdout = function(chunk)
       self.raw[#self.raw + 1] = chunk
-      local text = table.concat(self.buf) .. chunk
-      self.buf = {}
-      local from = 1
-      while true do
-        local nl = text:find("\n", from, true)
-        if not nl then
-          break
-        end
-        self.lines[#self.lines + 1] = text:sub(from, nl - 1)
-        from = nl + 1
-      end
-      if from <= #text then
-        self.buf[1] = text:sub(from)
-      end
+      feed(chunk)
     end,
     on_stderr = function(chunk)
       self.stderr[#self.stderr + 1] = chunk
