@@ -58,9 +58,10 @@ local M = {}
 M.DEFAULT_MAX_BYTES = 10 * 1024 * 1024 * 1024
 
 --- copy_argv(args) -> the argv that copies: specs may replace it to watch the copies.
--- args are cp's own arguments; cp runs with umask 077.
+-- args are cp's own arguments; cp runs with umask 077 and keeps the files' modification times,
+-- as the host's tar fallback does (build tools compare them).
 function M.copy_argv(args)
-  local argv = { "/bin/sh", "-c", 'umask 077 && exec cp "$@"', "sh" }
+  local argv = { "/bin/sh", "-c", 'umask 077 && exec cp --preserve=timestamps "$@"', "sh" }
   table.move(args, 1, #args, #argv + 1, argv)
   return argv
 end

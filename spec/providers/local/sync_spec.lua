@@ -169,6 +169,22 @@ describe("providers.local sync", function()
     assert.is_true(caps.nativeSyncOut)
   end)
 
+  it("keeps modification times, as the host's tar fallback does", function()
+    with_world(function(s, w)
+      helpers.write_file(w.host .. "/old.txt", "old")
+      assert(require("host.fs").mkdir(w.host .. "/tree", oct("755")))
+      helpers.write_file(w.host .. "/tree/inner.txt", "inner")
+      for _, p in ipairs({ w.host .. "/old.txt", w.host .. "/tree/inner.txt" }) do
+        assert(require("host.proc").run({ argv = { "touch", "-d", "2001-02-03 04:05:06", p } }))
+      end
+      assert(sync_in(s, w, { op("t", { file(w.host .. "/old.txt", w.ws .. "/old.txt"),
+        dir(w.host .. "/tree", w.ws .. "/tree") }) }))
+      local want = require("host.fs").stat(w.host .. "/old.txt").mtime
+      assert.equal(want, require("host.fs").stat(w.ws .. "/old.txt").mtime)
+      assert.equal(want, require("host.fs").stat(w.ws .. "/tree/inner.txt").mtime)
+    end)
+  end)
+
   it("copies a binary file in and out, atomically through a temp file beside the target",
     function()
       with_world(function(s, w)
