@@ -787,7 +787,6 @@ static void start_io(Proc *p, const SpawnConf *c)
         arm_timer(p, T_TIMEOUT, c->timeout);
 }
 
-/* Validates opts at index 1 and starts the process; pushes the Process or nil, msg, code. */
 /* A slot for the child (ph_slots.c): 0 when it has one, else the spawn waits for its turn
  * and *parked is the tail call's result. turn: this is the second call of a spawn whose
  * first waited and was given a slot. */
@@ -812,6 +811,9 @@ static int take_slot(lua_State *L, int turn, double timeout, int *parked)
     return 0;
 }
 
+/* Validates opts at index 1 and starts the process; pushes the Process or nil, msg, code, or
+ * parks the task until a slot is its own (then resumed with true: the caller calls again with
+ * turn = true as argument 2). */
 static int do_spawn(lua_State *L)
 {
     SpawnConf c;
