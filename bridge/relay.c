@@ -343,7 +343,7 @@ int ph_relay_main(const char *prog, int argc, char **argv)
     R.prog = prog;
     ph_fail_init(prog, finish);
     unsigned long port = 0, max_streams = DEFAULT_MAX_STREAMS;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* each option, then its number */
         int is_port = strcmp(argv[i], "--port") == 0;
         if (!is_port && strcmp(argv[i], "--max-streams") != 0)
             return usage_error("unknown argument '%s'", argv[i]);
@@ -352,7 +352,6 @@ int ph_relay_main(const char *prog, int argc, char **argv)
         if (is_port ? ph_parse_number(argv[i + 1], 0, 65535, &port)
                     : ph_parse_number(argv[i + 1], 1, MAX_STREAMS_LIMIT, &max_streams))
             return usage_error(is_port ? "bad port '%s'" : "bad --max-streams '%s'", argv[i + 1]);
-        i++;
     }
     R.max_streams = max_streams;
     R.streams = calloc(R.max_streams, sizeof *R.streams);
