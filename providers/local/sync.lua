@@ -339,10 +339,11 @@ end
 -- ---------------------------------------------------------------------------------------------
 -- Copying
 
-local function run_cp(ctx, env, args)
+local function run_cp(ctx, env, args, cwd)
   local r, err = proc.run({
     argv = M.copy_argv(args),
     env = env,
+    cwd = cwd,
     timeout = math.max(ctx:remaining(), 0.001),
     max_output = 64 * 1024,
   })
@@ -446,44 +447,42 @@ local function copy_tree(ctx, env, entries, target, state, cap)
         end
       end
     end
-    local batch, batch_dir, batch_src, size = {}, nil, nil, 0
+    -- the files in as few cp processes as the argv allows: named relative to the source's
+    -- root and copied with --parents, so one cp fills many directories (a process per
+    -- directory made a 500-file tree slower than the tar fallback)
+    local root = entries[1].src
+    local batch, size = {}, 0
     local function flush()
       if #batch == 0 then
         return
       end
-      local args = { "-P", "-t", batch_dir, "--" }
+      local args = { "-P", "--parents", "-t", tmp, "--" }
       for _, e in ipairs(batch) do
-        args[#args + 1] = e.src
+        args[#args + 1] = e.rel
       end
-      run_cp(ctx, env, args)
+      run_cp(ctx, env, args, root)
       state.current = nil
       for _, e in ipairs(batch) do
-        landed(e, join(batch_dir, basename(e.rel)), state, cap)
+        landed(e, join(tmp, e.rel), state, cap)
       end
       batch, size = {}, 0
     end
     for _, e in ipairs(entries) do
       if e.type ~= "directory" then
-        local dst_dir = join(tmp, dirname("/" .. e.rel):sub(2))
-        if dst_dir:sub(-1) == "/" then
-          dst_dir = dst_dir:sub(1, -2)
-        end
-        if basename(e.src) ~= basename(e.rel) then -- a followed link: copied under its own name
+        if e.src ~= join(root, e.rel) then -- reached through a followed link: from where it leads
           flush()
-          local dst = join(dst_dir, basename(e.rel))
+          local dst = join(tmp, e.rel)
           state.current = dst
           run_cp(ctx, env, { "-P", "-T", "--", e.src, dst })
           landed(e, dst, state, cap)
         else
-          local src_dir = dirname(e.src)
-          if dst_dir ~= batch_dir or src_dir ~= batch_src or size + #e.src > ARGV_BUDGET then
+          if size + #e.rel > ARGV_BUDGET then
             flush()
-            batch_dir, batch_src = dst_dir, src_dir
           end
           batch[#batch + 1] = e
-          size = size + #e.src + 1
-          if #batch == 1 and e.size and e.size > 64 * 1024 * 1024 then
-            state.current = join(dst_dir, basename(e.rel)) -- a big file: report it as it grows
+          size = size + #e.rel + 1
+          if e.size and e.size > 64 * 1024 * 1024 then
+            state.current = join(tmp, e.rel) -- a big file: report it as it grows
           end
         end
       end

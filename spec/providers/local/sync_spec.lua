@@ -128,6 +128,10 @@ local function watch_copies(fn, slow)
       [ "$slow" = 0 ] || sleep "$slow"
       "$@" || exit
       shift 4
+      if [ "$2" = --parents ]; then # many files into the tree at $4: everything in it
+        find "$4" -exec stat -c "%a %F %n" -- {} + >> "$log"
+        exit
+      fi
       if [ "$2" = -T ]; then set -- "$5"; else set -- "$3" "$3"/* "$3"/.[!.]*; fi
       for f in "$@"; do
         [ -e "$f" ] || [ -L "$f" ] || continue
