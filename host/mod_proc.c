@@ -21,6 +21,7 @@
 #define DEFAULT_MAX    (16 * 1024 * 1024)
 #define READ_CHUNK     (64 * 1024)
 #define MAX_SECONDS    1e9
+#define RESUME_LINGER  0.2 /* s: after resume_output, for the pipes of an exited leader */
 
 /* User values of a Process userdata: they live exactly as long as the object. */
 enum { UVAL_RESULT = 1, UVAL_ON_STDOUT, UVAL_ON_STDERR, UVAL_STDIN, UVAL_COUNT = UVAL_STDIN };
@@ -70,6 +71,7 @@ struct Proc {
     int in_close_after; /* close_stdin asked while writes were pending */
     int terminating;    /* timeout, cancel, terminate() or close(): the group goes at exit */
     int slot;           /* holds one of the slots of ph_slots.c until its handles are closed */
+    int paused;         /* pause_output: its pipes are not read until resume_output */
     int timed_out, truncated, result_failed;
     int phase; /* T_* */
     int64_t exit_status;
@@ -433,6 +435,21 @@ static void wake_canceled(Proc *p)
     }
 }
 
+/* The leader is gone: finish once both pipes reached EOF, or after linger (a background child
+ * may hold them). Not while the output is paused: its bytes wait in the pipes for
+ * resume_output. */
+static void after_exit(Proc *p)
+{
+    if (!p->s[OUT].open && !p->s[ERR].open)
+        finish(p);
+    else if (p->paused)
+        return;
+    else if (p->linger > 0)
+        arm_timer(p, T_LINGER, p->linger);
+    else
+        finish(p);
+}
+
 /* The leader was reaped (ph_child_exit_cb). */
 static void leader_exited(PhChild *child, int64_t status, int sig)
 {
@@ -447,12 +464,7 @@ static void leader_exited(PhChild *child, int64_t status, int sig)
     if (p->terminating)
         signal_group(p, SIGKILL); /* whatever the leader left behind goes with it */
     wake_canceled(p);
-    if (!p->s[OUT].open && !p->s[ERR].open)
-        finish(p);
-    else if (p->linger > 0)
-        arm_timer(p, T_LINGER, p->linger); /* a background child may hold the pipes */
-    else
-        finish(p);
+    after_exit(p);
 }
 
 static void on_timer(uv_timer_t *timer)
@@ -965,6 +977,48 @@ static int process_done(lua_State *L)
     return 1;
 }
 
+/* Read the pipes again after pause_output; a leader that exited meanwhile gets its linger. */
+static void resume_reads(Proc *p)
+{
+    if (!p->paused)
+        return;
+    p->paused = 0;
+    for (int i = 0; i < 2; i++)
+        if (p->s[i].open && uv_read_start((uv_stream_t *)&p->s[i].pipe, on_alloc, on_read) != 0)
+            stream_done(p, &p->s[i]);
+    /* exited meanwhile: what waited in the pipes is read first (linger 0 would drop it) */
+    if (p->exited && !p->finished && p->phase == T_NONE)
+        arm_timer(p, T_LINGER, p->linger > RESUME_LINGER ? p->linger : RESUME_LINGER);
+}
+
+/* Process:pause_output() -> true: stop reading its stdout and stderr until resume_output; the
+ * process blocks once the pipes are full. Back-pressure for a consumer of on_stdout that cannot
+ * keep up (a stream forwarded over a network). No-op once its output ended. */
+static int process_pause_output(lua_State *L)
+{
+    Proc *p = check_open_proc(L, 1);
+    if (p->spawned && !p->finished && !p->paused) {
+        p->paused = 1;
+        for (int i = 0; i < 2; i++)
+            if (p->s[i].open)
+                uv_read_stop((uv_stream_t *)&p->s[i].pipe);
+        if (p->phase == T_LINGER) { /* no lingering over bytes still unread */
+            uv_timer_stop(&p->timer);
+            p->phase = T_NONE;
+        }
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* Process:resume_output() -> true: read its output again (what waited comes in order). */
+static int process_resume_output(lua_State *L)
+{
+    resume_reads(check_open_proc(L, 1));
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 /* Process:close(); also __close and __gc, so idempotent. A running process is terminated
  * (TERM, then KILL after kill_grace); its handles stay alive, anchored, until it exits. */
 static int process_close(lua_State *L)
@@ -973,6 +1027,7 @@ static int process_close(lua_State *L)
     if (p->closed)
         return 0;
     p->closed = 1;
+    resume_reads(p); /* paused output would keep it from ever finishing */
     start_termination(p);
     if (p->handles == 0)
         free_streams(p);
@@ -1082,6 +1137,8 @@ static const luaL_Reg process_methods[] = {
     { "close", process_close },
     { "write", process_write },
     { "close_stdin", process_close_stdin },
+    { "pause_output", process_pause_output },
+    { "resume_output", process_resume_output },
     { NULL, NULL },
 };
 

@@ -85,6 +85,8 @@ end
 -- "timeout" and the command never starts (run and shell likewise).
 -- Process: .pid, :wait([timeout]) -> result | nil, msg, code, :kill([signal]),
 -- :terminate(), :done(), :close() (also <close>: terminates a process still running),
+-- :pause_output() / :resume_output() (stop and restart reading its stdout and stderr: the
+-- process blocks on a full pipe; back-pressure for a consumer of on_stdout that cannot keep up),
 -- :write(data) -> true | nil, msg, "closed" and :close_stdin() with stdin = true.
 function M.spawn(opts)
   check_opts("spawn", opts, 3)

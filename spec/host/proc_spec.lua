@@ -663,6 +663,56 @@ end)
   end
 end)
 
+describe("host.proc pause_output", function()
+  it("reads nothing while paused, then every byte in order once resumed", function()
+    helpers.run(function()
+      local n, paused_at, p = 0, nil, nil
+      local chunks = {}
+      p = assert(proc.spawn({ argv = { "sh", "-c", "head -c 3000000 /dev/zero | tr '\\0' x; "
+        .. "echo end >&2" }, keep_output = false, timeout = T,
+        on_stdout = function(chunk)
+          chunks[#chunks + 1] = chunk
+          n = n + #chunk
+          if not paused_at then
+            paused_at = n
+            p:pause_output() -- from the callback itself: the next read does not come
+          end
+        end }))
+      helpers.eventually(function()
+        return paused_at ~= nil
+      end, "the first chunk")
+      task.sleep(0.3) -- were it still read, more would come meanwhile
+      assert.equal(paused_at, n)
+      assert.is_false(p:done()) -- the writer is blocked on the full pipe, not finished
+      p:resume_output()
+      local r = assert(p:wait(T))
+      assert.equal(0, r.exit_code)
+      assert.equal(3000000, n)
+      assert.equal(("x"):rep(3000000), table.concat(chunks))
+    end)
+  end)
+
+  it("lets a process that exited while paused finish once resumed, its output whole", function()
+    helpers.run(function()
+      local n = 0
+      local p = assert(proc.spawn({ argv = { "sh", "-c", "echo first; sleep 0.2; echo second" },
+        keep_output = false, linger = 0, timeout = T,
+        on_stdout = function(chunk)
+          n = n + #chunk
+        end }))
+      helpers.eventually(function()
+        return n > 0
+      end, "the first line")
+      p:pause_output()
+      task.sleep(0.6) -- the shell exits; "second" waits in the pipe
+      assert.is_false(p:done())
+      p:resume_output()
+      assert.equal(0, assert(p:wait(T)).exit_code)
+      assert.equal(#"first\nsecond\n", n)
+    end)
+  end)
+end)
+
 describe("host.proc max_encoded", function()
   it("keeps raw bytes only as far as their cleaned, JSON-encoded text fits", function()
     helpers.run(function()
