@@ -35,13 +35,7 @@ local function fail(fmt, ...)
   error(("valgrind session: " .. fmt):format(...), 0)
 end
 
-local function params(extra)
-  local p = { driverKey = "local", companyId = "c1", environmentId = "e1", config = {} }
-  for k, v in pairs(extra or {}) do
-    p[k] = v
-  end
-  return p
-end
+local params = wp.params
 
 local counts = { requests = 0, replies = 0, malformed = 0 }
 

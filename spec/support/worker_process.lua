@@ -121,8 +121,38 @@ function Worker:kill(sig)
   return self.process:kill(sig or "SIGKILL")
 end
 
+--- stop(): SIGKILL and reap a worker still running (a spec's cleanup); nothing when it ended.
+function Worker:stop()
+  if not self.process:done() then
+    self:kill("SIGKILL")
+    self:wait(5)
+  end
+end
+
 function Worker:stderr_text()
   return table.concat(self.stderr)
+end
+
+--- with(fn [, args [, opts]]) -> fn's results: in a spec task, a worker started with
+-- start(args, opts) whose environment is PATH and a private TMPDIR (where `local` makes its
+-- leases), plus opts.env; fn(w, tmp) runs, then the worker is stopped and tmp removed with
+-- whatever a test left in it.
+function M.with(fn, args, opts)
+  return helpers.run(function()
+    local tmp <close> = helpers.tempdir("ph-worker-spec-")
+    local o = helpers.merged(opts)
+    o.env = helpers.merged({ PATH = os.getenv("PATH"), TMPDIR = tmp.path }, o.env)
+    local w = M.start(args, o)
+    helpers.with_cleanup(fn, function()
+      w:stop()
+    end, w, tmp)
+  end)
+end
+
+--- params([extra]) -> the base block of a request to the `local` provider, extra merged in.
+function M.params(extra)
+  return helpers.merged({ driverKey = "local", companyId = "c1", environmentId = "e1",
+    config = {} }, extra)
 end
 
 return M

@@ -12,30 +12,15 @@ local wp = require("spec.support.worker_process")
 -- A worker whose stdout goes through `reader` (a shell command that passes some lines on and
 -- exits, closing the pipe); its exit code comes on stderr as "exit=N".
 local function with_piped_worker(reader, fn)
-  return helpers.run(function()
-    local tmp <close> = helpers.tempdir("ph-gone-spec-")
-    local w = wp.start({ "-c", '( "$@"; echo "exit=$?" >&2 ) | ' .. reader, "sh",
-      helpers.binary(), "worker", "--provider", "local" }, {
-      binary = "sh",
-      env = { PATH = os.getenv("PATH"), TMPDIR = tmp.path, PROVIDER_HOST_LOG = "error",
-        PROVIDER_HOST_STDIN_GRACE = "30" },
-    })
-    helpers.with_cleanup(fn, function()
-      if not w.process:done() then
-        w:kill("SIGKILL")
-        w:wait(5)
-      end
-    end, w, tmp)
-  end)
+  return wp.with(fn, { "-c", '( "$@"; echo "exit=$?" >&2 ) | ' .. reader, "sh",
+    helpers.binary(), "worker", "--provider", "local" }, { binary = "sh",
+    env = { PROVIDER_HOST_LOG = "error", PROVIDER_HOST_STDIN_GRACE = "30" } })
 end
 
 -- Passes three lines on, one by one as they come (head would hold them back), then exits.
 local PASS_3 = 'for i in 1 2 3; do IFS= read -r l; printf "%s\\n" "$l"; done'
 
-local function params(extra)
-  return helpers.merged({ driverKey = "local", companyId = "c1", environmentId = "e1",
-    config = {} }, extra)
-end
+local params = wp.params
 
 local function leases(tmp)
   local n = 0

@@ -6,26 +6,13 @@ local helpers = require("spec.helpers")
 local task = require("host.task")
 local wp = require("spec.support.worker_process")
 
-local function params(extra)
-  return helpers.merged({ driverKey = "local", companyId = "c1", environmentId = "e1",
-    config = {} }, extra)
-end
+local params = wp.params
 
 -- A worker under a hard open-files limit of nofile (it raises its soft limit to the hard one).
 local function with_worker(nofile, env, fn)
-  return helpers.run(function()
-    local tmp <close> = helpers.tempdir("ph-limits-spec-")
-    local e = helpers.merged({ PATH = os.getenv("PATH"), TMPDIR = tmp.path,
-      PROVIDER_HOST_LOG = "error" }, env)
-    local w = wp.start({ "-c", 'ulimit -n "$0" && exec "$@"', tostring(nofile), helpers.binary(),
-      "worker", "--provider", "local" }, { binary = "sh", env = e })
-    helpers.with_cleanup(fn, function()
-      if not w.process:done() then
-        w:kill("SIGKILL")
-        w:wait(5)
-      end
-    end, w)
-  end)
+  return wp.with(fn, { "-c", 'ulimit -n "$0" && exec "$@"', tostring(nofile), helpers.binary(),
+    "worker", "--provider", "local" }, { binary = "sh",
+    env = helpers.merged({ PROVIDER_HOST_LOG = "error" }, env) })
 end
 
 local function lease_of(w)
@@ -108,10 +95,7 @@ describe("worker resources", function()
         end
         assert.equal(n, count())
       end, function()
-        if not w.process:done() then
-          w:kill("SIGKILL")
-          w:wait(5)
-        end
+        w:stop()
       end)
     end)
   end)

@@ -9,18 +9,12 @@ local wp = require("spec.support.worker_process")
 
 local N = 12 -- commands running at the end
 
-local function params(extra)
-  return helpers.merged({ driverKey = "local", companyId = "c1", environmentId = "e1",
-    config = {} }, extra)
-end
+local params = wp.params
 
 -- A worker with a lease running N commands that ignore SIGTERM (and their sleeps with them),
 -- each a shell whose $0 is the marker; fn(w, marker, first_id) ends the worker its way.
 local function with_stubborn_commands(fn)
-  return helpers.run(function()
-    local tmp <close> = helpers.tempdir("ph-orphans-spec-")
-    local w = wp.start(nil, { env = { PATH = os.getenv("PATH"), TMPDIR = tmp.path,
-      PROVIDER_HOST_LOG = "error", PROVIDER_HOST_STDIN_GRACE = "0" } })
+  return wp.with(function(w)
     local marker = cmdline.marker()
     helpers.with_cleanup(function()
       assert(w:initialize())
@@ -36,15 +30,12 @@ local function with_stubborn_commands(fn)
       end, "the commands started", 20)
       fn(w, marker, lease)
     end, function()
-      if not w.process:done() then
-        w:kill("SIGKILL")
-        w:wait(5)
-      end
+      w:stop()
       for _, p in ipairs(cmdline.holding(marker)) do -- only after a failure
         require("host.core.sys").kill(p.pid, "SIGKILL") -- its sleep ends within 1 s
       end
     end)
-  end)
+  end, nil, { env = { PROVIDER_HOST_LOG = "error", PROVIDER_HOST_STDIN_GRACE = "0" } })
 end
 
 -- Every execute (ids 2..N+1) got one reply, an error since it was canceled.

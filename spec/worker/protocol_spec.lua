@@ -7,22 +7,9 @@ local wp = require("spec.support.worker_process")
 
 local FIXTURES = helpers.root .. "/spec/fixtures/providers"
 
--- Runs fn(w) with a worker whose TMPDIR (where `local` makes its leases) is a private dir of
--- this spec, removed afterwards with whatever a test left in it.
-local function with_worker(fn, args, opts)
-  return helpers.run(function()
-    local tmp <close> = helpers.tempdir("ph-worker-spec-")
-    local o = helpers.merged(opts)
-    o.env = helpers.merged({ PATH = os.getenv("PATH"), TMPDIR = tmp.path }, o.env)
-    local w = wp.start(args, o)
-    helpers.with_cleanup(fn, function()
-      if not w.process:done() then
-        w:kill("SIGKILL")
-        w:wait(5)
-      end
-    end, w)
-  end)
-end
+-- with_worker(fn [, args [, opts]]): fn(w, tmp) with a worker whose TMPDIR (where `local`
+-- makes its leases) is private to the test.
+local with_worker = wp.with
 
 -- call(w, id, method, params, timeout) -> the reply to the request (nil, message: none in time)
 local function call(w, id, method, params, timeout)

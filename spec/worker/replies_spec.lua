@@ -2,30 +2,15 @@
 -- id JSON can write but not carry back (1e400) is answered with id null and -32600; bytes that
 -- are not UTF-8 are never echoed raw (every line is valid UTF-8 JSON); a fractional or huge
 -- timeoutMs is rounded or refused with a message that names it.
-local helpers = require("spec.helpers")
 local json = require("host.json")
 local util = require("host.util")
 local wp = require("spec.support.worker_process")
 
 local function with_worker(fn)
-  return helpers.run(function()
-    local tmp <close> = helpers.tempdir("ph-replies-spec-")
-    local w = wp.start(nil, {
-      env = { PATH = os.getenv("PATH"), TMPDIR = tmp.path, PROVIDER_HOST_LOG = "error" },
-    })
-    helpers.with_cleanup(fn, function()
-      if not w.process:done() then
-        w:kill("SIGKILL")
-        w:wait(5)
-      end
-    end, w, tmp)
-  end)
+  return wp.with(fn, nil, { env = { PROVIDER_HOST_LOG = "error" } })
 end
 
-local function params(extra)
-  return helpers.merged({ driverKey = "local", companyId = "c1", environmentId = "e1",
-    config = {} }, extra)
-end
+local params = wp.params
 
 -- The next line, checked: valid UTF-8, one JSON object -> the decoded message.
 local function next_message(w)

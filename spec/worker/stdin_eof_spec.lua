@@ -10,24 +10,10 @@ local wp = require("spec.support.worker_process")
 -- Runs fn(w, tmp) with a worker whose TMPDIR (where `local` makes its leases) is private to
 -- the test; env is added to the worker's environment.
 local function with_worker(fn, env)
-  return helpers.run(function()
-    local tmp <close> = helpers.tempdir("ph-eof-spec-")
-    local w = wp.start(nil, {
-      env = helpers.merged({ PATH = os.getenv("PATH"), TMPDIR = tmp.path }, env),
-    })
-    helpers.with_cleanup(fn, function()
-      if not w.process:done() then
-        w:kill("SIGKILL")
-        w:wait(5)
-      end
-    end, w, tmp)
-  end)
+  return wp.with(fn, nil, { env = env })
 end
 
-local function params(extra)
-  return helpers.merged({ driverKey = "local", companyId = "c1", environmentId = "e1",
-    config = {} }, extra)
-end
+local params = wp.params
 
 local function lease_for(w, id)
   w:request(id, "environmentAcquireLease", params({ runId = "r1" }))

@@ -5,17 +5,7 @@ local helpers = require("spec.helpers")
 local wp = require("spec.support.worker_process")
 
 local function with_worker(fn, args)
-  return helpers.run(function()
-    local tmp <close> = helpers.tempdir("ph-input-spec-")
-    local w = wp.start(args, { env = { PATH = os.getenv("PATH"), TMPDIR = tmp.path,
-      PROVIDER_HOST_LOG = "error" } })
-    helpers.with_cleanup(fn, function()
-      if not w.process:done() then
-        w:kill("SIGKILL")
-        w:wait(5)
-      end
-    end, w)
-  end)
+  return wp.with(fn, args, { env = { PROVIDER_HOST_LOG = "error" } })
 end
 
 local function call(w, id, method, params)
@@ -23,10 +13,7 @@ local function call(w, id, method, params)
   return assert(w:reply_to(id))
 end
 
-local function params(extra)
-  return helpers.merged({ driverKey = "local", companyId = "c1", environmentId = "e1",
-    config = {} }, extra)
-end
+local params = wp.params
 
 -- The error message of a reply that must be an error (fails on a result).
 local function error_of(r)
