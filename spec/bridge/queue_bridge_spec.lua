@@ -9,65 +9,29 @@
 -- Runs on the local provider and on the ssh provider (a real sshd on loopback). Everything
 -- started (worker, gateway, lease workspaces, bridge asset temp dirs, sshd) must be gone after.
 -- Needs Node and `npm ci --prefix spec/queue_bridge`; without them each case is pending.
+local cmdline = require("spec.support.cmdline")
 local fake_paperclip = require("spec.support.fake_paperclip")
 local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local json = require("host.json")
-local proc = require("host.proc")
+local queue_bridge = require("spec.support.queue_bridge")
 local sshd = require("spec.support.sshd")
 
-local DIR = assert(fs.realpath(helpers.root)) .. "/spec/queue_bridge"
-local INSTALL = "run `npm ci --prefix spec/queue_bridge` (or ./bootstrap)"
 local CALLS = tonumber(os.getenv("QUEUE_BRIDGE_CALLS")) or 5 -- calls the agent times
 local WARMUP = 1 -- untimed calls before them (the agent's fetch() start-up)
 local JWT = "real-run-jwt-for-the-queue-bridge-spec"
 
--- why the spec cannot run here (node or the npm package missing), or nil.
-local function unavailable()
-  local r = helpers.run(function()
-    return proc.run({ argv = { "node", "--version" }, timeout = 30 })
-  end)
-  if not r or r.exit_code ~= 0 then
-    return "skipped: node is not installed (Debian's nodejs); then " .. INSTALL
-  end
-  if not fs.stat(DIR .. "/node_modules/@paperclipai/adapter-utils/package.json") then
-    return "skipped: @paperclipai/adapter-utils is not installed in spec/queue_bridge/"
-      .. "node_modules: " .. INSTALL
-  end
-end
-
--- pids of live processes whose command line mentions `text` (our own temp dirs only).
-local function processes_mentioning(text)
-  local out = {}
-  for _, name in ipairs(fs.list("/proc") or {}) do
-    local pid = tonumber(name)
-    local cmdline = pid and fs.read("/proc/" .. name .. "/cmdline")
-    if cmdline and cmdline:gsub("%z", " "):find(text, 1, true) and helpers.alive(pid) then
-      out[#out + 1] = pid .. " " .. cmdline:gsub("%z", " ")
-    end
-  end
-  return out
-end
+local unavailable = queue_bridge.unavailable
+local processes_mentioning = cmdline.holding
 
 -- Runs the driver for `provider` with `config` against a fake Paperclip API. tmp: the spec's
 -- private dir (the driver's TMPDIR, where upstream makes its bridge asset temp dirs).
 local function drive(provider, config, tmp)
   local fake <close> = fake_paperclip.start({ api_key = JWT })
-  assert(fs.mkdir(tmp .. "/node-tmp"))
-  local r, err = proc.run({
-    argv = { "node", DIR .. "/drive_bridge.mjs", "--binary", helpers.binary(),
-      "--provider", provider, "--config", json.encode(config), "--api-url", fake.url,
-      "--api-key", JWT, "--calls", tostring(CALLS), "--warmup", tostring(WARMUP) },
-    cwd = DIR,
-    env = { PATH = os.getenv("PATH"), TMPDIR = tmp .. "/node-tmp" },
-    timeout = 280,
-    max_output = 16 * 1024 * 1024,
-  })
-  assert(r, "cannot run node (" .. tostring(err) .. ")")
-  local last = r.stdout:match("([^\n]+)\n?$") or ""
-  local report = json.decode(last)
-  assert(type(report) == "table", ("drive_bridge.mjs printed no report (exit %s):\n%s\n%s")
-    :format(tostring(r.exit_code), r.stdout, r.stderr))
+  local report, r = queue_bridge.drive("drive_bridge.mjs", { "--binary", helpers.binary(),
+    "--provider", provider, "--config", json.encode(config), "--api-url", fake.url,
+    "--api-key", JWT, "--calls", tostring(CALLS), "--warmup", tostring(WARMUP) }, tmp,
+    { timeout = 280, max_output = 16 * 1024 * 1024 })
   local failed = {}
   for _, c in ipairs(report.checks or {}) do
     if not c.ok then

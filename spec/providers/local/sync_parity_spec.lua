@@ -11,56 +11,19 @@
 -- adds them when the lease's capabilities say nativeSyncIn/nativeSyncOut); the driver's
 -- fallback mode builds the runner without them.
 -- Needs Node and `npm ci --prefix spec/queue_bridge`; without them the case is pending.
+local cmdline = require("spec.support.cmdline")
 local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local json = require("host.json")
-local proc = require("host.proc")
+local queue_bridge = require("spec.support.queue_bridge")
 
-local DIR = assert(fs.realpath(helpers.root)) .. "/spec/queue_bridge"
-local INSTALL = "run `npm ci --prefix spec/queue_bridge` (or ./bootstrap)"
-
--- why the spec cannot run here (node or the npm package missing), or nil.
-local function unavailable()
-  local r = helpers.run(function()
-    return proc.run({ argv = { "node", "--version" }, timeout = 30 })
-  end)
-  if not r or r.exit_code ~= 0 then
-    return "skipped: node is not installed (Debian's nodejs); then " .. INSTALL
-  end
-  if not fs.stat(DIR .. "/node_modules/@paperclipai/adapter-utils/package.json") then
-    return "skipped: @paperclipai/adapter-utils is not installed in spec/queue_bridge/"
-      .. "node_modules: " .. INSTALL
-  end
-end
-
--- pids of live processes whose command line mentions `text` (our own temp dir only).
-local function processes_mentioning(text)
-  local out = {}
-  for _, name in ipairs(fs.list("/proc") or {}) do
-    local pid = tonumber(name)
-    local cmdline = pid and fs.read("/proc/" .. name .. "/cmdline")
-    if cmdline and cmdline:gsub("%z", " "):find(text, 1, true) and helpers.alive(pid) then
-      out[#out + 1] = pid .. " " .. cmdline:gsub("%z", " ")
-    end
-  end
-  return out
-end
+local unavailable = queue_bridge.unavailable
+local processes_mentioning = cmdline.holding
 
 -- Runs the driver with `tmp/node-tmp` as its TMPDIR; returns its report.
 local function drive(tmp)
-  assert(fs.mkdir(tmp .. "/node-tmp"))
-  local r, err = proc.run({
-    argv = { "node", DIR .. "/drive_sync.mjs", "--binary", helpers.binary() },
-    cwd = DIR,
-    env = { PATH = os.getenv("PATH"), TMPDIR = tmp .. "/node-tmp" },
-    timeout = 250,
-    max_output = 64 * 1024 * 1024,
-  })
-  assert(r, "cannot run node (" .. tostring(err) .. ")")
-  local last = r.stdout:match("([^\n]+)\n?$") or ""
-  local report, why = json.decode(last)
-  assert(type(report) == "table", ("drive_sync.mjs printed no report (exit %s, %s):\n%s\n%s")
-    :format(tostring(r.exit_code), tostring(why), r.stdout:sub(1, 2000), r.stderr))
+  local report, r = queue_bridge.drive("drive_sync.mjs", { "--binary", helpers.binary() }, tmp,
+    { timeout = 250, max_output = 64 * 1024 * 1024 })
   assert(report.ok == true and r.exit_code == 0, ("drive_sync.mjs failed (exit %s): %s\n"
     .. "stderr:\n%s\nworker stderr:\n%s"):format(tostring(r.exit_code), tostring(report.error),
     r.stderr, tostring(report.workerStderr)))
