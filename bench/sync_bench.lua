@@ -39,6 +39,7 @@ package.path = root .. "/?.lua;" .. package.path
 local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local json = require("host.json")
+local lines = require("spec.support.lines")
 local proc = require("host.proc")
 local sys = require("host.core.sys")
 local task = require("host.task")
@@ -162,16 +163,16 @@ local Worker = {}
 Worker.__index = Worker
 
 local function start_worker(tmp)
-  local self = setmetatable({ replies = {}, pieces = {}, next_id = 1, stderr = {} }, Worker)
+  local self = setmetatable({ replies = {}, next_id = 1, stderr = {} }, Worker)
   self.process = assert(proc.spawn({
     argv = { binary, "worker", "--provider", "local" },
     env = { PATH = os.getenv("PATH"), TMPDIR = tmp, PROVIDER_HOST_LOG = "error" },
     stdin = true,
     timeout = 900,
     keep_output = false,
-    on_stdout = function(chunk)
-      self:feed(chunk)
-    end,
+    on_stdout = lines.splitter(function(line)
+      self:line(line)
+    end),
     on_stderr = function(chunk)
       if #self.stderr < 50 then
         self.stderr[#self.stderr + 1] = chunk
@@ -189,23 +190,6 @@ function Worker:line(line)
   end
 end
 
-function Worker:feed(chunk)
-  local from = 1
-  while true do
-    local nl = chunk:find("\n", from, true)
-    if not nl then
-      if from <= #chunk then
-        self.pieces[#self.pieces + 1] = chunk:sub(from)
-      end
-      return
-    end
-    self.pieces[#self.pieces + 1] = chunk:sub(from, nl - 1)
-    local line = table.concat(self.pieces)
-    self.pieces = {}
-    self:line(line)
-    from = nl + 1
-  end
-end
 
 -- call(method, params [, seconds = 300]) -> result; an error reply or a timeout raises.
 function Worker:call(method, params, seconds)

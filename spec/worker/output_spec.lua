@@ -21,31 +21,18 @@ local LINE_LIMIT = 128 * 1024 * 1024 -- the host's limit on one line, in UTF-16 
 local R = "\u{FFFD}"
 local EMOJI = "\u{1F600}" -- 4 bytes of UTF-8, 2 UTF-16 units
 
--- A worker with its stdout cut into lines as they come. (spec.support.worker_process joins
--- its whole buffer again on every chunk: quadratic for a 33 MB line.)
+-- A worker with its stdout cut into lines as they come, nothing else kept (the raw chunks
+-- spec.support.worker_process keeps too would double what 33 MB lines cost this spec).
 local function start_worker()
-  local w = { lines = {}, pending = {} }
+  local w = { lines = {} }
   w.process = assert(proc.spawn({
     argv = { helpers.binary(), "worker", "--provider", "local" },
     stdin = true,
     timeout = 300,
     max_output = 256 * 1024 * 1024,
-    on_stdout = function(chunk)
-      local from = 1
-      while true do
-        local nl = chunk:find("\n", from, true)
-        if not nl then
-          break
-        end
-        w.pending[#w.pending + 1] = chunk:sub(from, nl - 1)
-        w.lines[#w.lines + 1] = table.concat(w.pending)
-        w.pending = {}
-        from = nl + 1
-      end
-      if from <= #chunk then
-        w.pending[#w.pending + 1] = chunk:sub(from)
-      end
-    end,
+    on_stdout = require("spec.support.lines").splitter(function(line)
+      w.lines[#w.lines + 1] = line
+    end),
   }))
   return w
 end
