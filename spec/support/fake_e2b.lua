@@ -30,7 +30,6 @@
 local fs = require("host.fs")
 local http = require("host.http")
 local json = require("host.json")
-local load_faults = require("spec.support.load_faults")
 local lost_answer = require("spec.support.lost_answer")
 local proc = require("host.proc")
 local helpers = require("spec.helpers")
@@ -405,16 +404,8 @@ function Fake:fail(spec)
   return f
 end
 
---- fake:chaos([spec]): from now on a seeded share of the requests that no fault of fake:fail
--- matched gets a fault drawn from spec.faults (spec nil: no more). spec: seed (an integer,
--- default 1), rate (the share, 0 to 1), faults (specs as fake:fail takes them, each with a
--- name, an optional weight (default 1), and kind, method, path to limit where it may fall).
--- The draws follow the seed (spec.support.load_faults.picker). fake.chaos_counts: name -> how
--- many requests got that fault.
-function Fake:chaos(spec)
-  self.chaos_pick = spec and load_faults.picker(spec) or nil
-  self.chaos_counts = {}
-end
+--- fake:chaos([spec]): seeded faults on a share of the requests (spec.support.take_fault).
+Fake.chaos = take_fault.chaos
 
 --- fake:running() -> sorted ids of the sandboxes in state "running"
 function Fake:running()
@@ -581,11 +572,7 @@ function Fake:_take_fault(kind, req)
     return (f.kind == nil or f.kind == kind) and (f.method == nil or f.method == req.method)
       and (f.path == nil or req.path:find(f.path))
   end
-  local f = take_fault(self.faults, applies)
-  if not f and self.chaos_pick then -- fake:chaos
-    f = self.chaos_pick(applies, self.chaos_counts)
-  end
-  return f
+  return take_fault.take(self, applies)
 end
 
 -- Answer a fault that replaces the response; returns nothing when the request goes on.

@@ -33,7 +33,6 @@ local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local http = require("host.http")
 local json = require("host.json")
-local load_faults = require("spec.support.load_faults")
 local lost_answer = require("spec.support.lost_answer")
 local proc = require("host.proc")
 local sshd = require("spec.support.sshd")
@@ -299,11 +298,7 @@ local function next_fault(self, cmd)
   local function applies(f)
     return f.command == nil or f.command == cmd
   end
-  local f = take_fault(self.faults, applies)
-  if not f and self.chaos_pick then -- fake:chaos
-    f = self.chaos_pick(applies, self.chaos_counts)
-  end
-  return f
+  return take_fault.take(self, applies)
 end
 
 local function handle(self, req, res)
@@ -413,16 +408,8 @@ function Fake:fail(fault)
   self.faults[#self.faults + 1] = fault
 end
 
---- fake:chaos([spec]): from now on a seeded share of the requests that no fault of fake:fail
--- matched gets a fault drawn from spec.faults (spec nil: no more). spec: seed (an integer,
--- default 1), rate (the share, 0 to 1), faults (faults as fake:fail takes them, each with a
--- name, an optional weight (default 1) and a command to limit where it may fall). The draws
--- follow the seed (spec.support.load_faults.picker). fake.chaos_counts: name -> how many
--- requests got that fault.
-function Fake:chaos(spec)
-  self.chaos_pick = spec and load_faults.picker(spec) or nil
-  self.chaos_counts = {}
-end
+--- fake:chaos([spec]): seeded faults on a share of the requests (spec.support.take_fault).
+Fake.chaos = take_fault.chaos
 
 --- fake:vm(name) -> the running vm or nil.
 function Fake:vm(name)
