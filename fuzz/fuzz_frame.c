@@ -1,5 +1,6 @@
 /* fuzz_frame.c - libFuzzer target: bridge/frame.c, decoding, re-encoding and round trips. */
 #include "frame.h"
+#include "fuzz_rng.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -8,15 +9,6 @@
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
-static uint32_t rng_state;
-
-static uint32_t rnd(uint32_t n)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 17;
-    rng_state ^= rng_state << 5;
-    return n ? rng_state % n : 0;
-}
 
 static void fail(const char *what)
 {

@@ -1,4 +1,6 @@
 /* fuzz_http_parse.c - libFuzzer target: host/net/ph_http_parse.c, whole versus piecewise. */
+#include "fuzz_rng.h"
+#include "http_snap.h"
 #include "ph_http_parse.h"
 
 #include <sanitizer/asan_interface.h>
@@ -13,15 +15,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
  * rest is what the parser sees. Split points come from the input so that a crash reproduces. */
 #define PREFIX 3
 
-static uint32_t rng_state;
-
-static uint32_t rnd(uint32_t n)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 17;
-    rng_state ^= rng_state << 5;
-    return n ? rng_state % n : 0;
-}
 
 /* A split size: mostly tiny (the resume path's edge cases), sometimes larger. */
 static size_t piece(void)
@@ -44,40 +37,6 @@ static char *dup_exact(const uint8_t *s, size_t n)
     if (n)
         memcpy(p, s, n);
     return p;
-}
-
-/* A parse with pointers turned into offsets, comparable across buffers. */
-typedef struct {
-    int rc;
-    size_t method, method_len, target, target_len, num_headers;
-    size_t name[PH_HTTP_MAX_HEADERS], name_len[PH_HTTP_MAX_HEADERS];
-    size_t value[PH_HTTP_MAX_HEADERS], value_len[PH_HTTP_MAX_HEADERS];
-    int minor_version, chunked, keep_alive, expect_continue;
-    long long content_length;
-} Snap;
-
-static void snap(Snap *s, int rc, const PhHttpRequest *r, const char *base)
-{
-    memset(s, 0, sizeof *s);
-    s->rc = rc;
-    if (rc <= 0)
-        return;
-    s->method = (size_t)(r->method - base);
-    s->method_len = r->method_len;
-    s->target = (size_t)(r->target - base);
-    s->target_len = r->target_len;
-    s->num_headers = r->num_headers;
-    for (size_t i = 0; i < r->num_headers; i++) {
-        s->name[i] = (size_t)(r->headers[i].name - base);
-        s->name_len[i] = r->headers[i].name_len;
-        s->value[i] = (size_t)(r->headers[i].value - base);
-        s->value_len[i] = r->headers[i].value_len;
-    }
-    s->minor_version = r->minor_version;
-    s->chunked = r->chunked;
-    s->keep_alive = r->keep_alive;
-    s->expect_continue = r->expect_continue;
-    s->content_length = r->content_length;
 }
 
 static void limits(PhHttpRequest *r, uint8_t sel)
@@ -295,7 +254,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             p = n;
     }
     snap(&other, rc, &req, b);
-    if (memcmp(&whole, &other, sizeof whole) != 0)
+    if (!snap_eq(&whole, &other))
         fail("the head parsed whole and in a growing buffer differs");
     free(b);
 
@@ -317,7 +276,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     snap(&other, rc, &req, b);
     free(b);
-    if (memcmp(&whole, &other, sizeof whole) != 0)
+    if (!snap_eq(&whole, &other))
         fail("the head parsed whole and in moving buffers differs");
 
     if (whole.rc > 0) {
