@@ -1071,13 +1071,12 @@ local function server_for(t, opts, helper)
   return s
 end
 
---- close_server(t, scope): stop the command server of that lease, if one runs (its commands
--- are stopped: TERM, KILL 2 s later), waiting up to settings.close_wait seconds for it to exit;
--- t nil: on whichever target (a deleted VM's name). Providers call it at release and destroy.
-function M.close_server(t, scope)
+-- Stop the command servers for which match(s) is true: taken out of the table first, closed
+-- after (a close yields).
+local function close_where(match)
   local list = {}
   for key, s in pairs(servers) do
-    if s.scope == tostring(scope or "") and (not t or s.target == helper_key(t, scope)) then
+    if match(s) then
       servers[key] = nil
       if getmetatable(s) == Server then
         list[#list + 1] = s
@@ -1089,18 +1088,20 @@ function M.close_server(t, scope)
   end
 end
 
+--- close_server(t, scope): stop the command server of that lease, if one runs (its commands
+-- are stopped: TERM, KILL 2 s later), waiting up to settings.close_wait seconds for it to exit;
+-- t nil: on whichever target (a deleted VM's name). Providers call it at release and destroy.
+function M.close_server(t, scope)
+  close_where(function(s)
+    return s.scope == tostring(scope or "") and (not t or s.target == helper_key(t, scope))
+  end)
+end
+
 --- close_servers(): stop every command server this worker runs (specs, benches).
 function M.close_servers()
-  local list = {}
-  for key, s in pairs(servers) do
-    servers[key] = nil
-    if getmetatable(s) == Server then
-      list[#list + 1] = s
-    end
-  end
-  for _, s in ipairs(list) do
-    s:close()
-  end
+  close_where(function()
+    return true
+  end)
 end
 
 --- servers_running() -> how many command servers this worker keeps (specs).
