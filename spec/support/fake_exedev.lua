@@ -205,7 +205,8 @@ function Fake:create_vm(name, opts)
     lines[#lines + 1] = "ForceCommand cd " .. home .. " && HOME=" .. home
       .. ' exec "$SHELL" -c "$SSH_ORIGINAL_COMMAND"'
   end
-  local server = sshd.start({ config = lines, max_sessions = vm_opts.max_sessions })
+  local server = sshd.start({ config = lines, max_sessions = vm_opts.max_sessions,
+    host_keys = self.tmp.path })
   server:authorize(self.key.public)
   for _, pub in ipairs(self.authorized or {}) do
     server:authorize(pub)
@@ -382,8 +383,11 @@ function M.start(opts)
     authorized = opts.authorized,
     vm_options = opts.vm_options or {},
   }, Fake)
-  self.tmp = helpers.tempdir("ph-exedev-") -- the client key's
+  self.tmp = helpers.tempdir("ph-exedev-") -- the client key's, the VMs' host keys
   self.key = opts.key or sshd.keygen(self.tmp.path, "id_client", "ed25519")
+  -- one pair of host keys for every VM: a port one VM freed may come back to the next, and an
+  -- account's known_hosts remembers a port's key (a rebuilt VM gets new ones: faults_spec)
+  sshd.host_keys(self.tmp.path)
   self.server = assert(http.serve({
     host = "127.0.0.1",
     port = 0,

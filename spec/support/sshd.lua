@@ -83,12 +83,31 @@ end
 local Server = {}
 Server.__index = Server
 
-local function host_keys(self)
-  for _, t in ipairs({ "ed25519", "ecdsa" }) do
-    local path = self.dir .. "/host_" .. t
+local HOST_KEY_TYPES = { "ed25519", "ecdsa" }
+
+--- host_keys(dir): a fresh pair of host keys in dir (host_ed25519, host_ecdsa and their .pub),
+-- for servers that must share them (start's opts.host_keys).
+function M.host_keys(dir)
+  for _, t in ipairs(HOST_KEY_TYPES) do
+    local path = dir .. "/host_" .. t
     os.remove(path)
     os.remove(path .. ".pub")
     run({ M.keygen_bin, "-q", "-t", t, "-N", "", "-C", "spec-host", "-f", path }, "ssh-keygen")
+  end
+end
+
+-- The server's host keys: copies of opts.host_keys' (a fleet whose machines share them), or
+-- fresh ones (always when fresh: a rebuilt host).
+local function host_keys(self, fresh)
+  local from = not fresh and self.opts.host_keys
+  if not from then
+    return M.host_keys(self.dir)
+  end
+  for _, t in ipairs(HOST_KEY_TYPES) do
+    for _, ext in ipairs({ "", ".pub" }) do
+      local name = "/host_" .. t .. ext
+      assert(fs.write(self.dir .. name, assert(fs.read(from .. name)), tonumber("600", 8)))
+    end
   end
 end
 
@@ -174,7 +193,8 @@ end
 
 --- start([opts]) -> Server on 127.0.0.1 at a free port.
 -- opts: allow_rsa (PubkeyAcceptedAlgorithms +ssh-rsa), accept_env ("PH_*"), max_sessions,
--- rc (true: let bash read ~/.bashrc as usual), config (extra sshd_config lines).
+-- rc (true: let bash read ~/.bashrc as usual), config (extra sshd_config lines), host_keys (a
+-- directory made by host_keys(dir): its keys are this server's, as every server given it).
 -- Server: host, port, user, dir, pid, home (the HOME its commands get: a private dir).
 function M.start(opts)
   -- As root, sshd insists on its privilege separation directory (Debian makes it at boot).
@@ -330,7 +350,7 @@ end
 function Server:restart(new_host_key)
   self:stop()
   if new_host_key then
-    host_keys(self)
+    host_keys(self, true)
   end
   launch(self)
 end
