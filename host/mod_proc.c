@@ -1019,7 +1019,7 @@ static int process_resume_output(lua_State *L)
     return 1;
 }
 
-/* Process:close(); also __close and __gc, so idempotent. A running process is terminated
+/* Process:close(); also __close, and part of __gc, so idempotent. A running process is terminated
  * (TERM, then KILL after kill_grace); its handles stay alive, anchored, until it exits. */
 static int process_close(lua_State *L)
 {
@@ -1031,6 +1031,17 @@ static int process_close(lua_State *L)
     start_termination(p);
     if (p->handles == 0)
         free_streams(p);
+    return 0;
+}
+
+/* __gc: the object goes. Anchored while a handle is open, so normally every handle is closed
+ * by now and its output freed by finish; but lua_close (busted's os.exit(code, true) at the
+ * end of a run) collects it even while the process still runs: the output it kept so far goes
+ * with it instead of leaking. No loop turn comes after lua_close to read into it again. */
+static int process_gc(lua_State *L)
+{
+    process_close(L);
+    free_streams(check_proc(L, 1));
     return 0;
 }
 
@@ -1143,7 +1154,7 @@ static const luaL_Reg process_methods[] = {
 };
 
 static const luaL_Reg process_meta[] = {
-    { "__gc", process_close }, /* only reached once every handle is closed: anchored */
+    { "__gc", process_gc },
     { "__close", process_close },
     { "__tostring", process_tostring },
     { NULL, NULL },
