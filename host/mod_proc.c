@@ -53,6 +53,14 @@ typedef struct Waiter {
     uv_timer_t *timer; /* NULL without a wait timeout */
 } Waiter;
 
+/* A task parked in Process:drain until the pieces written so far are out. */
+typedef struct Drainer {
+    ph_op op;
+    Proc *proc;
+    struct Drainer *next;
+    uv_timer_t *timer; /* NULL without a drain timeout */
+} Drainer;
+
 /* The Process userdata. libuv handles live inside it, so the userdata is anchored in the
  * registry (ref) from the first uv_*_init until the last close callback: it cannot be
  * collected while libuv still uses its memory, whatever Lua does with its references. */
@@ -69,6 +77,7 @@ struct Proc {
     int in_pipe;        /* stdin = true: written piecewise with Process:write */
     int in_pending;     /* Process:write requests not completed yet */
     int in_close_after; /* close_stdin asked while writes were pending */
+    int in_lost;        /* a written piece never reached the pipe: drain can only fail now */
     int terminating;    /* timeout, cancel, terminate() or close(): the group goes at exit */
     int slot;           /* holds one of the slots of ph_slots.c until its handles are closed */
     int paused;         /* pause_output: its pipes are not read until resume_output */
@@ -83,6 +92,7 @@ struct Proc {
     int stream_only;    /* keep_output = false: chunks go to the callbacks, nothing is kept */
     Waiter *waiters;    /* parked for the result */
     Waiter *reapwait;   /* canceled: resumed with "canceled" once the leader is reaped */
+    Drainer *drainers;  /* parked in drain: pieces are pending and stdin is open */
 };
 
 static char scratch[READ_CHUNK]; /* every read lands here first; one read at a time */
@@ -129,12 +139,42 @@ static void close_stream(Proc *p, Stream *s)
     }
 }
 
+/* Hand every drainer its answer once there is one: true when nothing is pending, "closed"
+ * once a piece was lost. Wake, not resume: this runs inside Lua calls (write, close) as well
+ * as libuv callbacks, and no Lua may run while we walk the list. */
+static void wake_drainers(Proc *p)
+{
+    if (p->in_pending > 0 && !p->in_lost)
+        return;
+    Drainer *d = p->drainers;
+    p->drainers = NULL;
+    while (d != NULL) {
+        Drainer *next = d->next;
+        ph_timer_free(&d->timer);
+        ph_task *t = d->op.task;
+        lua_State *co = ph_task_thread(t);
+        free(d);
+        int n = 1;
+        if (p->in_lost)
+            n = ph_fail(co, "closed", "stdin of process %d closed before every written byte went",
+                        p->child.pid);
+        else
+            lua_pushboolean(co, 1);
+        ph_task_wake(t, n);
+        d = next;
+    }
+}
+
+/* Pieces still pending when the pipe closes are lost: libuv cancels them as it closes. */
 static void close_stdin(Proc *p)
 {
     if (p->in_open) {
         p->in_open = 0;
+        if (p->in_pending > 0)
+            p->in_lost = 1;
         close_handle(p, (uv_handle_t *)&p->in);
     }
+    wake_drainers(p);
 }
 
 /* Stop watching the leader (it was reaped, or the spawn failed). */
@@ -415,8 +455,12 @@ static void on_piece_written(uv_write_t *req, int status)
     Proc *p = w->proc;
     free(w);
     p->in_pending--;
+    if (status < 0)
+        p->in_lost = 1; /* the last piece too: its bytes did not go */
     if (status < 0 || (p->in_pending == 0 && p->in_close_after))
         close_stdin(p); /* the reader went away, or every piece is out: EOF now */
+    else
+        wake_drainers(p);
 }
 
 /* ---- exit and timers ------------------------------------------------------------------- */
@@ -550,6 +594,55 @@ static int park_waiter(lua_State *L, ph_task *t, Proc *p, double timeout)
     p->waiters = w;
     lua_settop(L, 0);
     return ph_task_park(L, t, &w->op);
+}
+
+static void unlink_drainer(Drainer **head, Drainer *d)
+{
+    while (*head != NULL && *head != d)
+        head = &(*head)->next;
+    if (*head == d)
+        *head = d->next;
+}
+
+/* The draining task was canceled: only the wait ends. Unlike wait's cancel the process is left
+ * alone, and so are its queued pieces: the caller may drain again, or close it. */
+static void drainer_cancel(ph_op *op)
+{
+    Drainer *d = (Drainer *)op;
+    Proc *p = d->proc;
+    unlink_drainer(&p->drainers, d);
+    ph_timer_free(&d->timer);
+    ph_task *t = op->task;
+    free(d);
+    ph_task_wake(
+        t, ph_fail(ph_task_thread(t), "canceled", "drain of process %d canceled", p->child.pid));
+}
+
+static void drainer_timeout(uv_timer_t *timer)
+{
+    Drainer *d = timer->data;
+    Proc *p = d->proc;
+    unlink_drainer(&p->drainers, d);
+    ph_timer_free(&d->timer);
+    ph_task *t = d->op.task;
+    free(d);
+    ph_task_resume(t,
+                   ph_fail(ph_task_thread(t), "timeout",
+                           "drain of process %d timed out (its writes stay queued)", p->child.pid));
+}
+
+/* Drainers exist only while stdin is open, so the Process is anchored and never collected
+ * under them, except by lua_close: no task runs after it, so they just go. */
+static void free_drainers(Proc *p)
+{
+    Drainer *d = p->drainers;
+    p->drainers = NULL;
+    while (d != NULL) {
+        Drainer *next = d->next;
+        ph_timer_free(&d->timer);
+        free(d);
+        d = next;
+    }
 }
 
 /* ---- spawning: argument checks ----------------------------------------------------------- */
@@ -950,6 +1043,48 @@ static int process_write(lua_State *L)
     return 1;
 }
 
+/* Process:drain([timeout]) -> true | nil, msg, "closed"|"timeout"|"canceled": back-pressure
+ * for Process:write, which never waits. Parks the task until every piece written so far is in
+ * the pipe (drainers are woken by on_piece_written and close_stdin); a timeout or a cancel
+ * only ends the wait, the pieces stay queued and the process runs on. */
+static int process_drain(lua_State *L)
+{
+    Proc *p = check_open_proc(L, 1);
+    double timeout = -1;
+    if (!lua_isnoneornil(L, 2)) {
+        timeout = luaL_checknumber(L, 2);
+        luaL_argcheck(L, !isnan(timeout) && timeout >= 0 && timeout <= MAX_SECONDS, 2,
+                      "timeout must be a number of seconds in [0, 1e9]");
+    }
+    if (!p->in_pipe)
+        return luaL_error(L, "process %d has no stdin pipe (spawn it with stdin = true)",
+                          p->child.pid);
+    if (p->in_lost) /* also set when stdin closed with pieces pending */
+        return ph_fail(L, "closed", "stdin of process %d closed before every written byte went",
+                       p->child.pid);
+    if (p->in_pending == 0) {
+        lua_pushboolean(L, 1);
+        return 1;
+    }
+    ph_task *t = ph_task_current(L);
+    Drainer *d = calloc(1, sizeof *d);
+    if (d == NULL)
+        return ph_fail(L, "internal", "out of memory");
+    d->op.cancel = drainer_cancel;
+    d->proc = p;
+    if (timeout >= 0) {
+        if ((d->timer = ph_timer_new(d)) == NULL) {
+            free(d);
+            return ph_fail(L, "internal", "out of memory");
+        }
+        ph_timer_start(d->timer, drainer_timeout, timeout);
+    }
+    d->next = p->drainers;
+    p->drainers = d;
+    lua_settop(L, 0);
+    return ph_task_park(L, t, &d->op);
+}
+
 /* Process:close_stdin() -> true: EOF for the child once every queued piece is written. */
 static int process_close_stdin(lua_State *L)
 {
@@ -1041,7 +1176,9 @@ static int process_close(lua_State *L)
 static int process_gc(lua_State *L)
 {
     process_close(L);
-    free_streams(check_proc(L, 1));
+    Proc *p = check_proc(L, 1);
+    free_streams(p);
+    free_drainers(p);
     return 0;
 }
 
@@ -1148,6 +1285,7 @@ static const luaL_Reg process_methods[] = {
     { "close", process_close },
     { "write", process_write },
     { "close_stdin", process_close_stdin },
+    { "drain", process_drain },
     { "pause_output", process_pause_output },
     { "resume_output", process_resume_output },
     { NULL, NULL },

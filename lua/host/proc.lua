@@ -88,6 +88,14 @@ end
 -- :pause_output() / :resume_output() (stop and restart reading its stdout and stderr: the
 -- process blocks on a full pipe; back-pressure for a consumer of on_stdout that cannot keep up),
 -- :write(data) -> true | nil, msg, "closed" and :close_stdin() with stdin = true.
+-- :drain([timeout]) -> true | nil, msg, code: back-pressure for :write, which never waits.
+--   Yields the calling task until every byte given to :write so far is written into the
+--   child's stdin pipe; true at once when nothing is pending. "closed" when stdin closed or
+--   failed before those bytes went (the reader went away: EPIPE; the process finished or was
+--   closed), and from then on; "timeout" after timeout seconds; "canceled" when the task is
+--   canceled. A timeout or a cancel only ends the wait: the writes stay queued and the process
+--   runs on (unlike :wait's cancel). Raises without a stdin pipe (stdin = true), like :write.
+--   Several tasks may drain at once.
 function M.spawn(opts)
   check_opts("spawn", opts, 3)
   local res = in_turn(core.spawn, with_defaults(opts), "spawn", 1)
