@@ -9,7 +9,15 @@
 --   :wait([timeout]) -> {exit_code, signal} | nil, message, code ("timeout", "canceled",
 --                       "closed" when the stream was lost or the duplex closed)
 --   :close() -> true | nil, message, code        SIGTERM, then SIGKILL, then the stream goes;
---                                                idempotent; also __close
+--                                                idempotent; also __close; no callback after it
+--   :pause_output() -> true    back-pressure: no on_stdout / on_stderr call after it until
+--                              resume_output (callable inside the callbacks: what an envd event
+--                              still carries for a callback then waits). The reader stops reading
+--                              the stream meanwhile, so the stream's own bounded buffer (host.http
+--                              pauses the transfer) is the only one. Idempotent
+--   :resume_output() -> true   delivery restarts, in order. Idempotent
+-- The end never overtakes the output: wait() reports the exit only once every byte before it
+-- was delivered (never while paused). Paused past the duplex's deadline, wait() fails "timeout".
 -- Once the stream is lost, writes fail with its error: output could no longer be read.
 local api = require("providers.e2b.api")
 local envd = require("providers.e2b.envd")
@@ -53,18 +61,39 @@ local function bad(d, message)
   d.bad = d.bad or ("E2B envd stream of sandbox %s: %s"):format(d.sbx.id, message)
 end
 
--- Output for a callback that may not yield and whose error is only logged.
+-- Output for a callback, queued in d.pending until it is delivered (see drain).
 local function deliver(d, fn, name, b64)
   local bytes = util.base64_decode(b64)
   if not bytes then
     return bad(d, "undecodable output")
   end
   if bytes ~= "" and fn then
-    local ok, err = pcall(fn, bytes)
+    local q = d.pending
+    q.tail = q.tail + 1
+    q[q.tail] = { fn, name, bytes }
+  end
+end
+
+-- Hands the queued output to its callbacks (which may not yield; their errors are only logged)
+-- in order, until a pause; after close() it is dropped. True when nothing is left.
+local function drain(d)
+  local q = d.pending
+  while q.head <= q.tail do
+    if d.closed then
+      d.pending = { head = 1, tail = 0 }
+      return true
+    elseif d.paused then
+      return false
+    end
+    local item = q[q.head]
+    q[q.head] = nil
+    q.head = q.head + 1
+    local ok, err = pcall(item[1], item[3])
     if not ok then
-      log.warn("E2B duplex: the %s callback failed: %s", name, tostring(err))
+      log.warn("E2B duplex: the %s callback failed: %s", item[2], tostring(err))
     end
   end
+  return true
 end
 
 -- One process event: start (the pid), output, end (the exit), keepalive or empty.
@@ -103,11 +132,12 @@ local function message(d, flags, text)
   return event(d, type(msg.event) == "table" and msg.event or {})
 end
 
--- Decodes every complete envelope of d.buf .. chunk, until the stream finished or went bad.
+-- Decodes every complete envelope of d.buf .. chunk, until the stream finished or went bad,
+-- delivering the output of each before the next is decoded; paused, the rest waits in d.buf.
 local function feed(d, chunk)
   local buf = d.buf == "" and chunk or d.buf .. chunk
   local pos = 1
-  while #buf - pos + 1 >= 5 and not d.finished and not d.bad do
+  while drain(d) and #buf - pos + 1 >= 5 and not d.finished and not d.bad do
     local flags, size = string.unpack(">BI4", buf, pos)
     if size > MAX_ENVELOPE then
       return bad(d, "an oversized stream message")
@@ -165,16 +195,24 @@ local function lost(d, err, code)
     d.sbx.id, describe(d), why), "closed"
 end
 
--- The reader task: follows the stream to its end; its results are wait()'s.
+-- The reader task: follows the stream to its end; its results are wait()'s. Paused, it parks
+-- on d.wake (resume_output and close notify it) and reads nothing.
 local function follow(d)
   local res
   while not d.finished and not d.bad do
     local left = d.deadline - task.now()
     local chunk, err, code
-    if left > 0 then
-      chunk, err, code = d.stream:read(left)
-    else
+    if left <= 0 then
       err, code = "deadline", "timeout"
+    elseif d.paused and not d.closed then
+      local ok, werr, wcode = d.wake:wait(left)
+      if ok == nil and wcode ~= "timeout" then
+        err, code = werr, wcode
+      else
+        chunk = "" -- once resumed, what waited goes out first
+      end
+    else
+      chunk, err, code = d.stream:read(left)
     end
     if chunk then
       feed(d, chunk)
@@ -315,6 +353,21 @@ function Duplex:close_stdin()
   end)
 end
 
+--- duplex:pause_output() -> true
+function Duplex:pause_output()
+  self.paused = true
+  return true
+end
+
+--- duplex:resume_output() -> true
+function Duplex:resume_output()
+  if self.paused then
+    self.paused = false
+    self.wake:notify()
+  end
+  return true
+end
+
 --- duplex:wait([timeout]) -> {exit_code, signal} | nil, message, code
 function Duplex:wait(timeout)
   local res = table.pack(self.reader:wait(timeout))
@@ -343,6 +396,7 @@ function Duplex:close()
     return true
   end
   self.closed = true
+  self.wake:notify() -- a paused reader goes on, dropping the output, to see the command go
   local settings = M.settings
   local conn = setmetatable({ deadline = task.now() + settings.close_timeout },
     { __index = self.conn })
@@ -408,6 +462,8 @@ function M.open(conn, sbx, opts)
     stream = stream,
     deadline = deadline,
     buf = "",
+    pending = { head = 1, tail = 0 }, -- output decoded, not delivered yet (paused)
+    wake = task.signal(),
     on_stdout = opts.on_stdout,
     on_stderr = opts.on_stderr,
   }, Duplex)

@@ -47,6 +47,7 @@ M.DEFAULT_TIMEOUT = 300 -- seconds, create and connect without a timeout (v2 end
 M.LEGACY_TIMEOUT = 15 -- seconds, the legacy POST /sandboxes default
 M.MAX_TIMEOUT = 86400 -- seconds: the real API refuses longer lifetimes
 M.DATA_CHUNK = 32 * 1024 -- envd reads process output in chunks of at most 32 KiB
+M.BUFFERED_CHUNKS = 64 -- chunks envd holds for a slow stream before it stops reading the output
 M.PROCESS_TIMEOUT = 3600 -- seconds a command may run at most, whatever the sandbox says
 
 local ENVD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -1329,12 +1330,40 @@ Fake.rpc_filesystem = {
 
 -- envd: process streams (Start, Connect) --------------------------------------------------------
 
+-- Back-pressure as envd's: once a stream holds BUFFERED_CHUNKS unsent chunks, the process's
+-- output is no longer read (it blocks on a full pipe) until every stream is below that again.
+local function full(p)
+  for _, sub in ipairs(p.subs) do
+    if sub.tail - sub.head + 1 >= M.BUFFERED_CHUNKS then
+      return true
+    end
+  end
+  return false
+end
+
+local function hold(p)
+  if not p.held and p.proc and not p.exited and full(p) then
+    p.held = true
+    p.proc:pause_output()
+  end
+end
+
+local function release(p)
+  if p.held and not full(p) then
+    p.held = false
+    p.proc:resume_output()
+  end
+end
+
 -- Send an item to every stream attached to the process.
 local function broadcast(p, item)
   for _, sub in ipairs(p.subs) do
     sub.tail = sub.tail + 1
     sub.queue[sub.tail] = item
     sub.signal:notify()
+  end
+  if item.kind ~= "end" then
+    hold(p)
   end
 end
 
@@ -1348,9 +1377,10 @@ local function unsubscribe(p, sub)
   for i, s in ipairs(p.subs) do
     if s == sub then
       table.remove(p.subs, i)
-      return
+      break
     end
   end
+  release(p)
 end
 
 -- The end event for a host.proc result, as envd (Go's exec.Cmd) fills it.
@@ -1511,6 +1541,7 @@ function Fake:_pump(p, sub, res, o)
       local item = sub.queue[sub.head]
       sub.queue[sub.head] = nil
       sub.head = sub.head + 1
+      release(p)
       if item.kind == "end" then
         unsubscribe(p, sub)
         if o.start and p.deadline_hit then
