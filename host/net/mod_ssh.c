@@ -550,6 +550,8 @@ static void deliver_duplex(SshJob *j)
     for (int k = 0; k < 2; k++) {
         if (j->chan == NULL || j->closing) /* closed: nothing is called any more */
             return;
+        if (j->upaused) /* kept until resume_output, which reads on too */
+            return;
         if (j->out[k].len == 0)
             continue;
         Output o = { j, k };
@@ -563,6 +565,13 @@ static void deliver_duplex(SshJob *j)
     }
 }
 
+/* The end must not overtake output the consumer paused (pause_output): it waits for
+ * resume_output. A failure (a lost connection...) ends at once, the output kept goes. */
+static int end_held(const SshJob *j)
+{
+    return j->upaused && j->code == NULL && (j->out[SSH_OUT].len > 0 || j->out[SSH_ERR].len > 0);
+}
+
 static void dispatch_duplex(SshJob *j)
 {
     if (j->op.task != NULL && (j->opened || j->finished))
@@ -570,7 +579,7 @@ static void dispatch_duplex(SshJob *j)
     if (j->op.task == NULL)
         deliver_duplex(j); /* the output first: it came before the end */
     answer_writes(j);
-    if (j->finished && j->op.task == NULL && j->chan != NULL)
+    if (j->finished && j->op.task == NULL && j->chan != NULL && !end_held(j))
         end_duplex(j);
 }
 
@@ -1009,6 +1018,9 @@ static int start(lua_State *L, int kind, const char *fname)
     if (j == NULL)
         return ph_fail(L, "internal", "ssh: out of memory");
     if (ch != NULL) {
+        /* Paused until ssh.lua's open resumes it: no callback runs before the caller holds
+         * the Channel, which a callback may want to pause. */
+        j->upaused = 1;
         for (int k = 0; k < 2; k++)
             j->has_cb[k] = c.cb[k] != 0;
         attach_channel(L, j, ch); /* pops the Channel: anchored until the command is over */
@@ -1208,6 +1220,37 @@ static int channel_close_stdin(lua_State *L)
     return 1;
 }
 
+/* channel:pause_output() -> true: no on_stdout / on_stderr call until resume_output, even
+ * from inside one of them. What was read stays here; reading stops (mod_ssh_channel.c's
+ * io_pump), so the SSH window stalls the command. Idempotent. */
+static int channel_pause_output(lua_State *L)
+{
+    SshChan *c = check_channel(L);
+    if (c->job != NULL)
+        c->job->upaused = 1;
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* channel:resume_output() -> true: the dispatcher delivers what was kept, in order (never from
+ * inside this call: a task may not be where a callback should run), then the session reads
+ * on. Idempotent. */
+static int channel_resume_output(lua_State *L)
+{
+    SshChan *c = check_channel(L);
+    SshJob *j = c->job;
+    if (j != NULL && j->upaused) {
+        j->upaused = 0;
+        ph_ssh_dispatch_add(j); /* the output kept, then the end if it came meanwhile */
+        if (j->sess != NULL) {
+            j->rpaused = 0;
+            ph_ssh_kick(j->sess); /* what libssh2 queued has no socket event to announce it */
+        }
+    }
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
 static void waiter_cancel(ph_op *op)
 {
     SshWaiter *w = (SshWaiter *)op;
@@ -1319,6 +1362,8 @@ static const luaL_Reg channel_methods[] = {
     { "write", channel_write },
     { "close_stdin", channel_close_stdin },
     { "wait", channel_wait },
+    { "pause_output", channel_pause_output },
+    { "resume_output", channel_resume_output },
     { "close", channel_close },
     { NULL, NULL },
 };

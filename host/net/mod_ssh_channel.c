@@ -2,10 +2,11 @@
  * channel, set the environment, exec, then stream stdin out and stdout/stderr in until the
  * exit status; uploads speak scp's sink protocol on such a channel. A duplex (ssh.open) is a
  * command whose stdin comes from a queue of writes and whose output goes to its callbacks,
- * read only while the dispatcher keeps up (PH_SSH_HIGH_WATER). Each step runs only as far
- * as libssh2 goes without blocking (LIBSSH2_ERROR_EAGAIN); mod_ssh_session.c calls
- * ph_ssh_step_jobs whenever the session's socket is ready. See that file for the libssh2 1.10
- * rules these steps obey (send_owner, one opener, no signals). */
+ * read only while the dispatcher keeps up (PH_SSH_HIGH_WATER) and its consumer did not pause
+ * it (Channel:pause_output, io_pump). Each step runs only as far as libssh2 goes without
+ * blocking (LIBSSH2_ERROR_EAGAIN); mod_ssh_session.c calls ph_ssh_step_jobs whenever the
+ * session's socket is ready. See that file for the libssh2 1.10 rules these steps obey
+ * (send_owner, one opener, no signals). */
 #include "ph_ssh.h"
 
 #include <stdio.h>
@@ -20,7 +21,7 @@
 static char rbuf[READ_CHUNK];
 
 /* The calls of the I/O phase (SshJob.pending_op). */
-enum { OP_NONE, OP_READ_OUT, OP_READ_ERR, OP_WRITE, OP_EOF, OP_CLOSED };
+enum { OP_NONE, OP_READ_OUT, OP_READ_ERR, OP_WRITE, OP_EOF, OP_CLOSED, OP_PUMP };
 
 static int job_abort_pending(SshJob *j);
 
@@ -229,13 +230,46 @@ static int write_pending(SshJob *j)
 /* The io_* calls of the I/O phase return 1 when they moved something, 0 when nothing moved
  * (EAGAIN included), -1 when the job failed and must stop now. */
 
-/* Read stdout (OP_READ_OUT) or stderr (OP_READ_ERR) into the job's buffers. */
-static int io_read(SshSession *s, SshJob *j, int op)
+/* Set while redo_pending repeats the call that left a packet half written: that call must
+ * come again as it was (a read that was widening the window), paused output or not. */
+static int redoing;
+
+/* A duplex whose output its consumer paused (Channel:pause_output): take what arrives off the
+ * socket into libssh2's queue without consuming the channel's data. libssh2_channel_read would
+ * widen the window again; wait_eof only reads, so the window fills and the server stalls the
+ * command. Not reading at all would leave the socket readable with nobody to read it: the
+ * poll would fire again and again. 1 once the remote EOF came: nothing more can arrive, so
+ * what libssh2 holds may be read into the buffer and the channel may end (its end waits for
+ * resume_output in dispatch_duplex); else 0, or -1 when the job failed. */
+static int io_pump(SshSession *s, SshJob *j)
 {
-    if (j->kind == JOB_DUPLEX &&
-        j->out[op == OP_READ_OUT ? SSH_OUT : SSH_ERR].len >= PH_SSH_HIGH_WATER) {
-        j->rpaused = 1; /* the dispatcher drives the session again once it delivered them */
-        return 0;
+    int n = libssh2_channel_wait_eof(j->ch);
+    if (n == 0)
+        return 1;
+    j->rpaused = 1; /* resume_output drives the session again */
+    if (n != LIBSSH2_ERROR_EAGAIN && ph_ssh_is_session_error(n)) {
+        job_error(s, j, n, "closed", "reading output");
+        return -1;
+    }
+    return 0;
+}
+
+/* Read stdout (OP_READ_OUT) or stderr (OP_READ_ERR) into the job's buffers. *called becomes
+ * OP_PUMP when the call made was io_pump's: the one to repeat if it left a packet half written
+ * (a key re-exchange answered while reading). */
+static int io_read(SshSession *s, SshJob *j, int op, int *called)
+{
+    if (j->kind == JOB_DUPLEX && !redoing) {
+        if (j->upaused) {
+            int r = io_pump(s, j);
+            if (r <= 0) {
+                *called = OP_PUMP;
+                return r;
+            }
+        } else if (j->out[op == OP_READ_OUT ? SSH_OUT : SSH_ERR].len >= PH_SSH_HIGH_WATER) {
+            j->rpaused = 1; /* the dispatcher drives the session again once it delivered them */
+            return 0;
+        }
     }
     ssize_t n = libssh2_channel_read_ex(j->ch, op == OP_READ_OUT ? 0 : SSH_EXTENDED_DATA_STDERR,
                                         rbuf, sizeof rbuf);
@@ -321,7 +355,10 @@ static int io_op(SshSession *s, SshJob *j, int op)
     switch (op) {
     case OP_READ_OUT:
     case OP_READ_ERR:
-        r = io_read(s, j, op);
+        r = io_read(s, j, op, &op);
+        break;
+    case OP_PUMP:
+        r = io_pump(s, j) < 0 ? -1 : 0;
         break;
     case OP_WRITE:
         if (!write_source(j, &p, &len, &off) || *off >= len)
@@ -354,7 +391,9 @@ static int redo_pending(SshSession *s, SshJob *j, int *progress)
     if (op == OP_NONE)
         return 0;
     j->pending_op = OP_NONE;
+    redoing = 1;
     int r = io_op(s, j, op);
+    redoing = 0;
     if (r < 0) {
         if (s->send_owner != j)
             *progress = 1; /* it failed: that is a change */

@@ -150,6 +150,7 @@ struct SshJob {
     int stdin_dead;      /* the server refused more stdin: writes fail with "closed" */
     int closing;         /* Channel:close() (or its end): tear the channel down */
     int rpaused;         /* a stream's undelivered bytes reached the high-water mark */
+    int upaused;         /* Channel:pause_output: no callback, no reading until resume_output */
     SshWrite *wq;        /* writes in call order; the head is the one being written */
     SshWrite *wdone;     /* writes done (or failed), to be answered by the dispatcher */
     SshWaiter *waiters;

@@ -1369,8 +1369,11 @@ Duplex.__index = Duplex
 -- kept), timeout (seconds; nil: until closed). The command runs as execute runs one
 -- (/etc/profile, `env -i` over the minimal base, the caller's env read from the head of its
 -- stdin: never on a command line). opts: cwd and home as for execute. Duplex: write(data),
--- close_stdin(), wait([timeout]) -> {exit_code, signal}, close(). Closing ends the channel:
--- sshd closes the command's stdin and output (the relay exits at its stdin's end).
+-- close_stdin(), wait([timeout]) -> {exit_code, signal}, pause_output(), resume_output(),
+-- close(). pause_output/resume_output are the channel's (host.ssh.open): a consumer whose sink
+-- is slow pauses from inside on_stdout/on_stderr and resumes from a task once it drained; the
+-- output kept meanwhile comes first, and wait() never returns the end before it. Closing ends
+-- the channel: sshd closes the command's stdin and output (the relay exits at its stdin's end).
 function M.duplex(t, params, opts)
   opts = opts or {}
   local p = { command = params.command, args = params.args or {}, env = params.env or {},
@@ -1392,12 +1395,16 @@ open_duplex = function(t, p, opts, params)
   if not ch then
     return nil, err, code
   end
+  -- No callback before our caller holds the Duplex (a callback may pause it): the output
+  -- kept meanwhile comes once the caller's task yields.
+  ch:pause_output()
   local ok
   ok, err, code = ch:write(shell.stdin_env(env_block))
   if not ok then
     ch:close()
     return nil, err, code
   end
+  ch:resume_output()
   return setmetatable({ channel = ch }, Duplex)
 end
 
@@ -1418,6 +1425,14 @@ function Duplex:wait(timeout)
     return nil, "the duplex command reached its time limit", "timeout"
   end
   return { exit_code = r.exit_code, signal = r.signal and ("SIG" .. r.signal) or nil }
+end
+
+function Duplex:pause_output()
+  return self.channel:pause_output()
+end
+
+function Duplex:resume_output()
+  return self.channel:resume_output()
 end
 
 function Duplex:close()

@@ -167,6 +167,24 @@ end
 --       signal ("TERM"... or nil), timed_out (opts.timeout passed). Failures: "timeout" (this
 --       wait's own limit passed: the command runs on), "closed" (the channel was closed, or
 --       the connection lost), "canceled". Once the command ended, wait returns at once.
+--   :pause_output() -> true
+--       No more on_stdout/on_stderr calls until resume_output; callable from inside those
+--       callbacks (the usual use: a callback whose sink is slow queues its chunk and pauses).
+--       Output already read stays buffered in C, bounded: reading from the channel stops
+--       while paused, so SSH flow control stalls the command once its window fills, and the
+--       buffer never exceeds the high-water mark (256 KiB a stream) plus one read chunk
+--       (64 KiB). Once the command closed its output nothing more can come, and what libssh2
+--       already received is moved into that buffer so the channel can end. Idempotent.
+--   :resume_output() -> true
+--       Delivery restarts: what was buffered is delivered first, in order (by the loop, soon
+--       after, never inside resume_output), then reading goes on. Idempotent.
+--       The end never overtakes the output: while paused with output undelivered, wait() does
+--       not return the command's end (nor are waiters answered) until every byte was
+--       delivered after resume_output; a command that ended while paused with nothing
+--       undelivered ends as usual; so does opts.timeout passing while paused (the channel is
+--       closed at once, wait() returns { timed_out = true } after the output kept). close()
+--       while paused drops what was kept (no callback after it); a connection lost while
+--       paused fails writes and waits with "closed" at once, and the output kept is dropped.
 --   :close()
 --       Closes the channel and frees everything; pending writes and waits fail with
 --       "closed" and no callback runs after it. Idempotent; also __close and __gc, so
@@ -174,12 +192,19 @@ end
 --       closes the command's stdin, stdout and stderr, so a command reading stdin (cat) sees
 --       EOF, one writing output dies of SIGPIPE at its next write, and a silent command that
 --       ignores stdin runs on until it ends by itself (wrap it in timeout(1)).
+-- No callback runs before open returned the Channel to its caller (it may be an upvalue of
+-- the callbacks, which can pause it from their first call on).
 -- A running channel is kept alive by the host, callbacks included, until it ends or is
 -- closed: close every channel you open. A connection lost mid-command ends pending writes and
 -- waits with "closed" (keepalives notice a silent peer), and nothing is called after that.
 function M.open(opts)
   local o = prepare(opts, "open")
   local res = util.call_as("open", core.open, o)
+  if res[2] then
+    -- core.open returns the Channel paused: no callback before its caller holds it (so a
+    -- callback may pause it). The output kept meanwhile comes once this task yields.
+    res[2]:resume_output()
+  end
   return table.unpack(res, 2, res.n)
 end
 
