@@ -31,11 +31,35 @@ function M.process(params)
 end
 
 --- duplex:write(data) -> true | nil, message, code ("closed" once stdin or the process ended)
+-- Yields until the command's stdin pipe took every byte (back-pressure, as a remote duplex's
+-- write waits for the transport): a command that does not read stalls its writer, and nothing
+-- piles up in the host.
 function Duplex:write(data)
   if self.closed then
     return nil, "the duplex execution is closed", "closed"
   end
-  return self.proc:write(data)
+  local ok, err, code = self.proc:write(data)
+  if not ok then
+    return nil, err, code
+  end
+  return self.proc:drain()
+end
+
+--- duplex:pause_output() / duplex:resume_output() -> true: stop and restart the calls of
+-- on_stdout / on_stderr (the command blocks on its full pipe meanwhile); callable from those
+-- callbacks. Idempotent.
+function Duplex:pause_output()
+  if not self.closed then
+    self.proc:pause_output()
+  end
+  return true
+end
+
+function Duplex:resume_output()
+  if not self.closed then
+    self.proc:resume_output()
+  end
+  return true
 end
 
 --- duplex:close_stdin(): EOF to the command; idempotent.
