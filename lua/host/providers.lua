@@ -57,7 +57,7 @@ local MANIFEST_KEYS = {
 -- The host modules a provider may require, in the order an error lists them.
 local FACADE_LIST = { "host.http", "host.ssh", "host.remote", "host.proc", "host.json",
   "host.log", "host.task", "host.schema", "host.shell", "host.util", "host.fs", "host.errors",
-  "host.params", "host.duplex", "host.sandbox_helper" }
+  "host.params", "host.duplex", "host.sandbox_helper", "host.sync", "host.sync_tar" }
 local FACADES = {}
 for _, name in ipairs(FACADE_LIST) do
   FACADES[name] = true
@@ -78,6 +78,8 @@ local LOAD_GUARDED = {
   ["host.fs"] = { except = { stat = true, realpath = true } },
   ["host.sandbox_helper"] = { read = true, sha = true, size = true, version = true },
   ["host.util"] = { mkdtemp = true, remove_tree = true, tempdir = true },
+  ["host.sync"] = { run = true, rename = true, clear_target = true, temp_beside = true },
+  ["host.sync_tar"] = { run = true, supported = true },
   ["host.task"] = { spawn = true, run = true, all = true, with_timeout = true, sleep = true },
 }
 

@@ -9,6 +9,7 @@ local json = require("host.json")
 local host_params = require("host.params")
 local log = require("host.log")
 local script = require("providers.e2b.script")
+local sync_tar = require("host.sync_tar")
 local task = require("host.task")
 local util = require("host.util")
 
@@ -20,7 +21,7 @@ local M = {
   version = "0.1.0",
   schema = require("providers.e2b.schema"),
   -- Declared so the host honours reuseLease (upstream declares nothing, so reuse was ignored).
-  capabilities = { reusableLeases = true },
+  capabilities = { reusableLeases = true, nativeSyncIn = true, nativeSyncOut = true },
   manifest = {
     id = "paperclip.e2b-sandbox-provider",
     package_name = "@paperclipai/plugin-e2b",
@@ -44,7 +45,7 @@ local CANCEL_TIMEOUT_MS = 10000
 ------------------------------------------------------------------------------------------------
 -- Helpers
 
-local function lease_metadata(ctx, sbx, remote_cwd, resumed)
+local function lease_metadata(ctx, sbx, remote_cwd, resumed, no_tar)
   local c = ctx.config
   return json.ordered({
     provider = "e2b",
@@ -56,6 +57,7 @@ local function lease_metadata(ctx, sbx, remote_cwd, resumed)
     sandboxDomain = sbx.domain,
     remoteCwd = remote_cwd,
     resumedLease = resumed,
+    nativeFileSyncUnsupported = no_tar or nil, -- only where the template has no GNU tar
   }, {
     "provider",
     "shellCommand",
@@ -66,6 +68,7 @@ local function lease_metadata(ctx, sbx, remote_cwd, resumed)
     "sandboxDomain",
     "remoteCwd",
     "resumedLease",
+    "nativeFileSyncUnsupported",
   })
 end
 
@@ -123,11 +126,12 @@ local function with_sandbox(ctx, conn, id, fn)
   return table.unpack(res, 1, res.n)
 end
 
--- resolve_workspace(conn, sbx) -> remoteCwd | nil, message, kind: upstream's pwd + mkdir -p of
--- <pwd>/paperclip-workspace, in one command.
+-- resolve_workspace(conn, sbx) -> remoteCwd, nil, nil, no_tar | nil, message, kind: upstream's
+-- pwd + mkdir -p of <pwd>/paperclip-workspace, in one command that also says whether native
+-- sync can run there (no_tar: it cannot).
 local function resolve_workspace(conn, sbx)
   local res, err, kind = envd.run(conn, sbx, {
-    script = script.workspace(),
+    script = script.workspace(sync_tar.SUPPORT_SCRIPT),
     timeout_ms = WORKSPACE_TIMEOUT_MS,
     what = "prepare the workspace",
   })
@@ -141,7 +145,7 @@ local function resolve_workspace(conn, sbx)
     ),
       "timeout"
   end
-  local cwd = util.trim(res.stdout):match("([^\n]*)$")
+  local cwd, tar = util.trim(res.stdout):match("([^\n]*)\n([^\n]*)$")
   if res.exit_code ~= 0 or not cwd or cwd:sub(1, 1) ~= "/" then
     return nil,
       ("E2B sandbox %s could not prepare its workspace (exit code %s): %s"):format(
@@ -151,7 +155,7 @@ local function resolve_workspace(conn, sbx)
       ),
       "upstream"
   end
-  return cwd
+  return cwd, nil, nil, tar ~= "tar"
 end
 
 --- kill(conn, id) -> true | nil, message: by id (no connect, so a paused sandbox is not
@@ -318,11 +322,11 @@ function hooks.acquire_lease(ctx, params)
   if not conn then
     return nil, sbx
   end
-  local cwd, err = resolve_workspace(conn, api.remember(conn, sbx))
+  local cwd, err, _, no_tar = resolve_workspace(conn, api.remember(conn, sbx))
   if not cwd then
     return nil, err .. cleanup(ctx, conn, sbx.id, "cleanup of a failed acquire")
   end
-  return { providerLeaseId = sbx.id, metadata = lease_metadata(ctx, sbx, cwd, false) }
+  return { providerLeaseId = sbx.id, metadata = lease_metadata(ctx, sbx, cwd, false, no_tar) }
 end
 
 --- environmentResumeLease: connect (resumes a paused sandbox), set the lifetime and prepare
@@ -361,7 +365,8 @@ function hooks.resume_lease(ctx, params)
     end
     return nil, failed[2] .. left
   end
-  return { providerLeaseId = id, metadata = lease_metadata(ctx, sbx, steps[2][1], true) }
+  return { providerLeaseId = id,
+    metadata = lease_metadata(ctx, sbx, steps[2][1], true, steps[2][4]) }
 end
 
 -- The connection for releasing or destroying sandbox id, whose cached sandbox entry is dropped.
@@ -833,6 +838,17 @@ local function string_list(v)
     end
   end
   return v
+end
+
+--- environmentSyncIn / environmentSyncOut (upstream has neither: the host's fallback moved the
+-- workspace as base64 through execute): tar streams through a duplex on envd, stdin written
+-- with SendInput as it is read (host.sync_tar); the whole sandbox is the sandbox.
+function hooks.sync_in(ctx, params)
+  return sync_tar.run(ctx, params, "environmentSyncIn", { name = "e2b", duplex = hooks.duplex })
+end
+
+function hooks.sync_out(ctx, params)
+  return sync_tar.run(ctx, params, "environmentSyncOut", { name = "e2b", duplex = hooks.duplex })
 end
 
 --- duplex(ctx, {lease, command, args, env, cwd, on_stdout, on_stderr, timeout}) -> Duplex |

@@ -4,7 +4,8 @@
 --   wrap(): the exact-cancellation wrapper (control dir, setsid process group, pid file)
 --   cancel(): the exact-cancellation script for one execution (TERM, grace, KILL)
 --   reap(): cancel() plus removal of the control dir, for a command whose wrapper was killed
---   workspace(): pwd + mkdir -p <pwd>/paperclip-workspace in one command
+--   workspace(support): pwd + mkdir -p <pwd>/paperclip-workspace in one command, and whether
+--                       native sync can run
 --   duplex(): a duplex execution's command: the same clean environment, exec'd all the way down
 --   helper_probe(), helper_install(): find or install ph-sandbox-helper in the sandbox
 -- Every script is plain POSIX sh run by `bash -l -c`, as upstream's SDK runs commands.
@@ -167,14 +168,16 @@ function M.reap(execution_id, extra_cleanup)
     .. (extra_cleanup and " " .. quote(extra_cleanup) or "")
 end
 
---- workspace() -> upstream's resolveSandboxWorkingDirectory in one command: <pwd> (or "/")
--- joined with paperclip-workspace, created with mkdir -p and printed.
-function M.workspace()
+--- workspace(support) -> upstream's resolveSandboxWorkingDirectory in one command: <pwd> (or
+-- "/") joined with paperclip-workspace, created with mkdir -p and printed; then "tar" or
+-- "no-tar": whether the script `support` (host.sync_tar's check for native sync) exits 0.
+function M.workspace(support)
   return table.concat({
     'paperclip_cwd="$(pwd)"',
     'case "$paperclip_cwd" in */) ;; *) paperclip_cwd="$paperclip_cwd/" ;; esac',
     'paperclip_cwd="${paperclip_cwd}paperclip-workspace"',
-    'mkdir -p "$paperclip_cwd" && printf \'%s\\n\' "$paperclip_cwd"',
+    'mkdir -p "$paperclip_cwd" && printf \'%s\\n\' "$paperclip_cwd" && { if ' .. support
+      .. "; then echo tar; else echo no-tar; fi; }",
   }, "; ")
 end
 

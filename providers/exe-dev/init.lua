@@ -8,6 +8,7 @@ local json = require("host.json")
 local host_params = require("host.params")
 local log = require("host.log")
 local remote = require("host.remote")
+local sync_tar = require("host.sync_tar")
 local util = require("host.util")
 
 local M = {
@@ -20,7 +21,7 @@ local M = {
   env_label = "exe.dev", -- upstream's words: "Invalid exe.dev environment variable key: K"
   -- Declared so the host reuses retained VMs (upstream declares nothing, so reuseLease only
   -- ever kept VMs that were never resumed).
-  capabilities = { reusableLeases = true },
+  capabilities = { reusableLeases = true, nativeSyncIn = true, nativeSyncOut = true },
   manifest = {
     id = "paperclip.exe-dev-sandbox-provider",
     package_name = "@paperclipai/plugin-exe-dev",
@@ -123,7 +124,8 @@ local function seconds(ctx, c)
 end
 
 -- upstream's buildLease in one SSH command: home and shell (detectRemoteContext), then
--- mkdir -p of the workspace (ensureRemoteWorkspace). Exit 97: the mkdir failed.
+-- mkdir -p of the workspace (ensureRemoteWorkspace), then whether native sync can run there
+-- (GNU tar: host.sync_tar). Exit 97: the mkdir failed.
 local function lease_script(requested)
   return table.concat({
     'paperclip_home="${HOME:-}"',
@@ -134,12 +136,14 @@ local function lease_script(requested)
       or 'paperclip_cwd="${paperclip_home%/}/paperclip-workspace"',
     "printf '%s\\n%s\\n%s\\n' \"$paperclip_home\" \"$paperclip_shell\" \"$paperclip_cwd\"",
     'mkdir -p "$paperclip_cwd" || exit 97',
+    "if " .. sync_tar.SUPPORT_SCRIPT .. "; then echo tar; else echo no-tar; fi",
   }, "\n")
 end
 
 local LEASE_KEYS = {
   "provider", "vmName", "sshDest", "httpsUrl", "region", "regionDisplay", "shellCommand",
   "remoteCwd", "timeoutMs", "reuseLease", "resumedLease", "vmSshPort", "commandRunner",
+  "nativeFileSyncUnsupported",
 }
 
 -- build_lease(ctx, c, vm, requested, resumed [, runner]): runner (acquire, resume) also
@@ -169,8 +173,9 @@ local function build_lease(ctx, c, vm, requested, resumed, runner)
   for line in (res.stdout .. "\n"):gmatch("([^\n]*)\n") do
     lines[#lines + 1] = line:gsub("\r$", "")
   end
-  local shell = util.trim(lines[#lines - 2] or "") == "bash" and "bash" or "sh"
-  local cwd = lines[#lines - 1] or ""
+  local shell = util.trim(lines[#lines - 3] or "") == "bash" and "bash" or "sh"
+  local cwd = lines[#lines - 2] or ""
+  local tar = lines[#lines - 1]
   local function null(v)
     return v == nil and json.null or v
   end
@@ -190,6 +195,7 @@ local function build_lease(ctx, c, vm, requested, resumed, runner)
       resumedLease = resumed,
       vmSshPort = vm.sshPort, -- only when the VM record names a port
       commandRunner = runner and (remote.runner(t, vm.name) or remote.RUNNERS.wrapper) or nil,
+      nativeFileSyncUnsupported = tar ~= "tar" or nil,
     }, LEASE_KEYS),
   }
 end
@@ -483,6 +489,21 @@ function hooks.duplex(ctx, params)
     return nil, transport_failure("start a command on", vm.name, err, code), code
   end
   return d
+end
+
+--- environmentSyncIn / environmentSyncOut (upstream has neither: the host's fallback moved
+-- the workspace as base64 through execute): tar streams through a duplex on the VM's pooled
+-- SSH connection (host.sync_tar); the whole VM is the sandbox.
+local function sync(ctx, params, method)
+  return sync_tar.run(ctx, params, method, { name = "exe.dev", duplex = hooks.duplex })
+end
+
+function hooks.sync_in(ctx, params)
+  return sync(ctx, params, "environmentSyncIn")
+end
+
+function hooks.sync_out(ctx, params)
+  return sync(ctx, params, "environmentSyncOut")
 end
 
 --- environmentCancelExecution: exactly that command's process group, for an execution this

@@ -6,8 +6,8 @@ local json = require("host.json")
 local host_params = require("host.params")
 local proc = require("host.proc")
 local sandbox_helper = require("host.sandbox_helper")
+local sync_tar = require("host.sync_tar")
 local task = require("host.task")
-local sync = require("providers.local.sync")
 local util = require("host.util")
 local workspace = require("providers.local.workspace")
 
@@ -273,14 +273,24 @@ function hooks.duplex(ctx, params)
   })
 end
 
---- environmentSyncIn / environmentSyncOut: direct copies between host paths and the lease
--- directory (providers/local/sync.lua has the rules).
+--- environmentSyncIn / environmentSyncOut: the same tar streams as the remote providers
+-- (host.sync_tar), through hooks.duplex on this machine: the lease directory's tar on one end,
+-- the host's on the other, every sandbox path inside the lease directory.
+local function sync(ctx, params, method)
+  local dir, err, code = workspace.lease(ctx, params.lease.providerLeaseId)
+  if not dir then
+    return nil, err, code
+  end
+  return sync_tar.run(ctx, params, method, { name = "local", duplex = hooks.duplex,
+    confine = dir, workspace = workspace.cwd(dir) })
+end
+
 function hooks.sync_in(ctx, params)
-  return sync.run(ctx, params, "environmentSyncIn", isolated)
+  return sync(ctx, params, "environmentSyncIn")
 end
 
 function hooks.sync_out(ctx, params)
-  return sync.run(ctx, params, "environmentSyncOut", isolated)
+  return sync(ctx, params, "environmentSyncOut")
 end
 
 --- sandbox_helper (extension): the sandbox is this machine, so the host's own helper.

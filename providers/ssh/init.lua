@@ -11,6 +11,7 @@ local json = require("host.json")
 local host_params = require("host.params")
 local remote = require("host.remote")
 local shell = require("host.shell")
+local sync_tar = require("host.sync_tar")
 local util = require("host.util")
 
 local M = {
@@ -19,7 +20,7 @@ local M = {
   description = "Runs commands in private workspaces on any machine reachable over SSH.",
   version = "0.1.0",
   schema = require("providers.ssh.schema"),
-  capabilities = { reusableLeases = true },
+  capabilities = { reusableLeases = true, nativeSyncIn = true, nativeSyncOut = true },
   hooks = {},
 }
 local hooks = M.hooks
@@ -82,18 +83,30 @@ local function command_runner(ctx, dir)
   return t and remote.runner(t, dir) or remote.RUNNERS.wrapper
 end
 
-local function lease(ctx, dir, shell_name, resumed)
+-- The end of a lease script: its shell, and whether native sync can run there (GNU tar).
+local function lease_tail_script()
+  return remote.SHELL_DETECT .. "\nif " .. sync_tar.SUPPORT_SCRIPT
+    .. "; then echo tar; else echo no-tar; fi"
+end
+
+local function last_line(s)
+  return s:gsub("%s+$", ""):match("([^\n]*)$")
+end
+
+-- The shell and tar lines a lease script ended with.
+local function lease_tail(stdout)
+  return stdout:gsub("%s+$", ""):match("([^\n]*)\n([^\n]*)$")
+end
+
+local function lease(ctx, dir, shell_name, tar, resumed)
   return {
     providerLeaseId = dir,
     metadata = { provider = "ssh", shellCommand = shell_name, remoteCwd = dir .. "/workspace",
       remoteHome = dir .. "/home", timeoutMs = ctx.config.timeoutMs,
       reuseLease = ctx.config.reuseLease, resumedLease = resumed,
-      commandRunner = command_runner(ctx, dir) },
+      commandRunner = command_runner(ctx, dir),
+      nativeFileSyncUnsupported = tar ~= "tar" or nil },
   }
-end
-
-local function last_line(s)
-  return s:gsub("%s+$", ""):match("([^\n]*)$")
 end
 
 --- environmentProbe: can we log in, make the workspace root and write there? Which shell?
@@ -118,16 +131,16 @@ function hooks.acquire_lease(ctx, _params)
     'd="$r/' .. name .. '"',
     'mkdir -p "$r" && mkdir -m 700 "$d" && mkdir -m 700 "$d/workspace" "$d/home" || exit 1',
     "printf '%s\\n' \"$d\"",
-    remote.SHELL_DETECT,
+    lease_tail_script(),
   }, "\n"))
   if not res then
     return nil, err
   end
-  local dir, shell_name = res.stdout:match("([^\n]*)\n([^\n]*)\n?$")
+  local dir, shell_name, tar = res.stdout:match("([^\n]*)\n([^\n]*)\n([^\n]*)\n?$")
   if not lease_dir(dir) then
     return nil, "ssh: the workspace root must resolve to an absolute path, got " .. tostring(dir)
   end
-  return lease(ctx, dir, shell_name, false)
+  return lease(ctx, dir, shell_name, tar, false)
 end
 
 --- environmentResumeLease: the lease if its workspace/ still exists, else "expired".
@@ -138,13 +151,14 @@ function hooks.resume_lease(ctx, params)
     return expired
   end
   local res, err = run(ctx, "check the workspace", "[ -d " .. shell.quote(dir)
-    .. "/workspace ] || exit 3\n" .. remote.SHELL_DETECT, { [3] = true })
+    .. "/workspace ] || exit 3\n" .. lease_tail_script(), { [3] = true })
   if not res then
     return nil, err
   elseif res.exit_code == 3 then
     return expired
   end
-  return lease(ctx, dir, last_line(res.stdout), true)
+  local shell_name, tar = lease_tail(res.stdout)
+  return lease(ctx, dir, shell_name, tar, true)
 end
 
 -- The lease's command server (host.remote runs its commands there) ends with the lease's use;
@@ -269,6 +283,26 @@ function hooks.duplex(ctx, params)
     return nil, ("ssh: cannot start the command on %s: %s"):format(ctx.config.host, err), code
   end
   return d
+end
+
+--- environmentSyncIn / environmentSyncOut: tar streams through a duplex on the pooled SSH
+-- connection (host.sync_tar), every sandbox path inside the lease directory.
+local function sync(ctx, params, method)
+  local dir = lease_dir(params.lease.providerLeaseId)
+  if not dir then
+    return nil, ("ssh: %s: %s is not a lease directory of this provider"):format(method,
+      tostring(params.lease.providerLeaseId)), "not_found"
+  end
+  return sync_tar.run(ctx, params, method, { name = "ssh", duplex = hooks.duplex, confine = dir,
+    workspace = dir .. "/workspace" })
+end
+
+function hooks.sync_in(ctx, params)
+  return sync(ctx, params, "environmentSyncIn")
+end
+
+function hooks.sync_out(ctx, params)
+  return sync(ctx, params, "environmentSyncOut")
 end
 
 --- environmentCancelExecution: an execution this worker does not track (the worker cancels

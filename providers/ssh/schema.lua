@@ -30,6 +30,9 @@ return schema.new({
     description = "Default command timeout in milliseconds." },
   { "reuseLease", "boolean", default = false,
     description = "Keep the workspace on release so a later run can resume it." },
+  { "syncMaxBytes", "integer", default = 10 * 1024 * 1024 * 1024, between = { 1, 1 << 50 },
+    truncate = true,
+    description = "Largest environmentSyncIn/SyncOut operation in bytes (default 10 GiB)." },
   { "useSandboxHelper", "boolean", default = true,
     description = "Run commands through ph-sandbox-helper (a static binary copied once into "
       .. "~/.paperclip/bin on the machine): one process per command instead of a shell "

@@ -1,0 +1,689 @@
+--- host.sync_tar: native environmentSyncIn / environmentSyncOut for a sandbox reached through
+-- a provider's duplex hook (ssh, exe-dev, e2b): each mapping is one tar stream between the
+-- system tar on the host and GNU tar in the sandbox, pumped chunk by chunk through the duplex
+-- with back-pressure both ways (Process:pause_output and Duplex:write one way,
+-- Duplex:pause_output and Process:drain the other), so nothing is ever held whole: the worker
+-- keeps at most a chunk or two of any transfer. host.sync keeps the rules every provider
+-- shares (params, order, errors, postUploadCommands' cwd, progress); this file adds:
+--
+-- - The receiving side unpacks into a fresh temp directory (mode 0700) beside the target, so
+--   no file is readable by others before it has its final mode; modes are set there, then a
+--   file is renamed over its target (atomic) or a directory replaces its target (the old one
+--   removed, then the temp directory renamed into place). A failure leaves the old target.
+-- - mode: a file mapping's file gets mode; in a directory mapping every regular file gets
+--   mode & 0o777 and every directory that plus the x bit beside each r bit. Without mode the
+--   source's permission bits are kept (the root directory's too).
+-- - exclude: tar's own --exclude (plus `._*`), as the host's fallback runs it: the host's tar
+--   on SyncIn, the sandbox's on SyncOut.
+-- - followSymlinks: tar -h on the sending side. On SyncOut a symlink under the source that
+--   leads outside the confinement root (the lease directory for ssh, else the mapping's own
+--   source) is an error before anything is sent; the source itself must resolve inside the
+--   lease directory. Whatever the sandbox sends back is checked as it passes (host.tar_reader
+--   strict: no absolute or ".." names, no hard links or special files, nothing below a
+--   symlink member) and unpacked by GNU tar, which refuses the same.
+-- - Size cap: syncMaxBytes per operation, counted over the regular files' bytes as the stream
+--   passes; past it the stream stops and the mapping fails (its temp directory goes).
+-- - Counts: filesTransferred counts regular files and symlinks, bytesTransferred regular
+--   files' bytes, read from the stream's headers.
+-- - postUploadCommands: `<shell> -c COMMAND` verbatim, started by a short sandbox script that
+--   re-validates cwd (realpath under the sync root it lies in lexically) and then execs it in
+--   that directory.
+-- Providers advertise it only for sandboxes with GNU tar: M.SUPPORT_SCRIPT exits 0 there; a
+-- lease without says nativeFileSyncUnsupported = true in its metadata (the host falls back).
+local fs = require("host.fs")
+local proc = require("host.proc")
+local sync = require("host.sync")
+local tar_reader = require("host.tar_reader")
+local task = require("host.task")
+local util = require("host.util")
+
+local M = {}
+
+local fail, oct = sync.fail, sync.oct
+
+--- SUPPORT_SCRIPT: exits 0 where native sync can run (GNU tar, readlink -e, stat -c, mktemp -d).
+M.SUPPORT_SCRIPT = "tar --version 2>/dev/null | head -n 1 | grep -q GNU"
+  .. " && readlink -e / >/dev/null 2>&1 && mktemp --version >/dev/null 2>&1"
+
+local STDERR_KEEP = 4096
+
+--- settings: knobs for specs.
+M.settings = {
+  abort_wait = 5, -- seconds a failed transfer waits for either side's tar to clean up and end
+}
+
+-- ---------------------------------------------------------------------------------------------
+-- Sandbox scripts (sh -c SCRIPT ph-sync ARGS...: every path is an argument, never spliced in)
+
+local COMMON = [[
+set -f
+fail() { printf 'ph-sync: %s\n' "$2" >&2; exit "$1"; }
+]]
+
+-- $1 target, $2 kind, $3 member (file), $4 file mode, $5 dir mode, $6 root mode (directory
+-- without mode), $7 the lease directory ("" for none), $8 the temp template.
+local RECEIVE = COMMON .. [[
+T=$1 KIND=$2 MEMBER=$3 FMODE=$4 DMODE=$5 RMODE=$6 ROOT=$7 TMPL=$8
+P=${T%/*}
+[ -n "$P" ] || P=/
+if [ -n "$ROOT" ]; then
+  { [ -d "$ROOT" ] && [ ! -L "$ROOT" ]; } || fail 2 "the lease directory $ROOT is missing"
+  d=$ROOT
+  rest=${P#"$ROOT"}
+  IFS=/
+  for c in $rest; do
+    [ -n "$c" ] || continue
+    d=$d/$c
+    [ ! -L "$d" ] || fail 3 "$d is a symlink: the target's parents are never followed"
+    [ -e "$d" ] || mkdir -- "$d" || fail 4 "cannot create $d"
+    [ -d "$d" ] || fail 3 "$d is not a directory"
+  done
+  unset IFS
+else
+  mkdir -p -- "$P" || fail 4 "cannot create $P"
+fi
+umask 077 # the parents above got the sandbox's own umask, as the fallback's mkdir -p
+tmp=$(mktemp -d -- "$TMPL") || fail 4 "cannot create a temp directory in $P"
+trap 'rm -rf -- "$tmp"; exit 4' HUP INT TERM PIPE
+bail() { rm -rf -- "$tmp"; fail "$@"; }
+tar -x -p --no-same-owner -f - -C "$tmp" || bail 4 "tar could not unpack the stream"
+cat >/dev/null
+if [ "$KIND" = file ]; then
+  f=$tmp/$MEMBER
+  { [ -f "$f" ] && [ ! -L "$f" ]; } || bail 4 "the stream held no regular file"
+  [ -z "$FMODE" ] || chmod "$FMODE" "$f" || bail 4 "cannot chmod $f"
+  if [ -d "$T" ] && [ ! -L "$T" ]; then rm -rf -- "$T" || bail 4 "cannot remove $T"; fi
+  mv -f -T -- "$f" "$T" || bail 4 "cannot rename into $T"
+  rmdir -- "$tmp"
+else
+  if [ -n "$FMODE" ]; then
+    find "$tmp" -type f -exec chmod "$FMODE" {} + || bail 4 "cannot chmod the files"
+    find "$tmp" -depth -type d -exec chmod "$DMODE" {} + || bail 4 "cannot chmod the directories"
+  else
+    chmod "$RMODE" "$tmp" || bail 4 "cannot chmod $tmp"
+  fi
+  if [ -e "$T" ] || [ -L "$T" ]; then rm -rf -- "$T" || bail 4 "cannot remove $T"; fi
+  mv -f -T -- "$tmp" "$T" || bail 4 "cannot rename into $T"
+fi
+]]
+
+-- $1 source, $2 kind, $3 follow ("1" or ""), $4 the lease directory ("" for none), then
+-- tar's exclude options and "--".
+local SEND = COMMON .. [[
+S=$1 KIND=$2 FOLLOW=$3 ROOT=$4
+shift 4
+real=$(readlink -e -- "$S") || fail 2 "sourcePath $S does not exist"
+if [ -n "$ROOT" ]; then
+  rroot=$(readlink -e -- "$ROOT") || fail 2 "the lease directory $ROOT is missing"
+  case $real in
+    "$rroot"/*) ;;
+    *) fail 3 "sourcePath $S resolves outside the lease directory $ROOT" ;;
+  esac
+else
+  rroot=$real
+fi
+if [ "$KIND" = file ]; then
+  [ -f "$real" ] || fail 3 "sourcePath $S is not a regular file (kind is file)"
+else
+  [ -d "$real" ] || fail 3 "sourcePath $S is not a directory (kind is directory)"
+fi
+printf 'ph-sync-mode %s\n' "$(stat -c %a -- "$real")" >&2
+if [ -n "$FOLLOW" ] && [ "$KIND" = directory ]; then
+  find "$real" -type l -exec sh -c '
+    r=$1; shift
+    for l do
+      t=$(readlink -e -- "$l") || continue
+      case $t in
+        "$r"|"$r"/*) ;;
+        *) printf "ph-sync: symlink %s points outside %s\n" "$l" "$r" >&2; exit 3 ;;
+      esac
+    done' ph-sync "$rroot" {} + || exit 3
+fi
+if [ "$KIND" = file ]; then
+  dir=${real%/*}
+  cd -- "${dir:-/}" || fail 4 "cannot enter ${dir:-/}"
+  exec tar -c -f - --no-xattrs --hard-dereference -- "${real##*/}"
+fi
+cd -- "$real" || fail 4 "cannot enter $real"
+n=$#
+set +f
+for e in * .[!.]* ..?*; do
+  [ -e "$e" ] || [ -L "$e" ] || continue
+  set -- "$@" "$e"
+done
+set -f
+[ "$#" -gt "$n" ] || exec tar -c -f - -T /dev/null
+exec tar -c -f - --no-xattrs --hard-dereference ${FOLLOW:+-h} "$@"
+]]
+
+-- $1 cwd, $2 its sync root, $3 shell, $4 command.
+local POST = COMMON .. [[
+real=$(readlink -e -- "$1") || fail 2 "cwd $1 cannot be used: it does not exist"
+rroot=$(readlink -e -- "$2") || rroot=$2
+case $real in
+  "$rroot"|"$rroot"/*) ;;
+  *) fail 3 "cwd $1 leads outside the sync root $2 through a symlink" ;;
+esac
+[ -d "$real" ] || fail 2 "cwd $1 is not a directory"
+cd -- "$real" || fail 4 "cannot enter $real"
+printf 'ph-sync-run\n' >&2
+exec "$3" -c "$4"
+]]
+
+--- scripts: the sandbox side, read at each use (specs may wrap them to watch the sandbox).
+M.scripts = { receive = RECEIVE, send = SEND, post = POST }
+
+local CODES = { [2] = "not_found", [3] = "conflict" }
+
+-- ---------------------------------------------------------------------------------------------
+-- Streams
+
+-- A queue of chunks between a callback that cannot yield and the pumping task.
+local function queue()
+  local q = { head = 1, tail = 0, items = {}, signal = task.signal(), ended = false }
+  function q.push(chunk)
+    q.tail = q.tail + 1
+    q.items[q.tail] = chunk
+    q.signal:notify()
+  end
+  function q.finish()
+    q.ended = true
+    q.signal:notify()
+  end
+  -- pop(ctx) -> chunk | nil at the end; fails at the request's deadline
+  function q.pop(ctx)
+    while q.head > q.tail do
+      if q.ended then
+        return nil
+      end
+      local ok, err, code = q.signal:wait(math.max(ctx:remaining(), 0.001))
+      if not ok then
+        fail(code == "timeout" and "the transfer did not finish before the request's deadline"
+          or ("the transfer stopped: " .. tostring(err)), code)
+      end
+    end
+    local chunk = q.items[q.head]
+    q.items[q.head] = nil
+    q.head = q.head + 1
+    return chunk
+  end
+  return q
+end
+
+-- Keeps the first line (the sandbox script's note) and the tail of a stderr stream.
+local function stderr_keeper()
+  local k = { head = "", tail = "" }
+  function k.push(chunk)
+    if #k.head < 256 then
+      k.head = (k.head .. chunk):sub(1, 256)
+    end
+    k.tail = (k.tail .. chunk):sub(-STDERR_KEEP)
+  end
+  function k.message()
+    local lines = {}
+    for line in k.tail:gmatch("[^\n]+") do
+      if not line:find("^ph%-sync%-") then
+        lines[#lines + 1] = (line:gsub("^ph%-sync: ", ""))
+      end
+    end
+    return util.trim(util.utf8_clean(table.concat(lines, "; "), true))
+  end
+  return k
+end
+
+-- The sandbox's side failed: its own message (exit 2, 3) or tar's words.
+local function sandbox_failed(name, r, keeper)
+  local why = keeper.message()
+  if r.signal then
+    fail(("the sandbox's %s was killed by %s%s"):format(name, r.signal,
+      why ~= "" and (": " .. why) or ""))
+  end
+  fail(why ~= "" and why or ("the sandbox's %s exited with %s"):format(name,
+    tostring(r.exit_code)), CODES[r.exit_code] or "io")
+end
+
+local function host_failed(what, r, err)
+  if not r then
+    fail(("the host's %s could not run: %s"):format(what, tostring(err)))
+  end
+  fail(("the host's %s exited with %s: %s"):format(what, tostring(r.exit_code or r.signal),
+    util.trim(util.utf8_clean((r.stderr or ""):sub(-2000), true))))
+end
+
+-- Opens the duplex running script in the sandbox. handlers: on_stdout (may be nil: dropped).
+local function open(ctx, o, script, args, handlers)
+  local argv = { "-c", script, "ph-sync" }
+  table.move(args, 1, #args, #argv + 1, argv)
+  local keeper = stderr_keeper()
+  local d, err, code = o.duplex(ctx, { lease = o.lease, command = "sh", args = argv, env = {},
+    cwd = "/", timeout = math.max(ctx:remaining(), 0.001),
+    on_stdout = handlers.on_stdout or function() end, on_stderr = keeper.push })
+  if not d then
+    fail("cannot start tar in the sandbox: " .. tostring(err), code)
+  end
+  return d, keeper
+end
+
+local function end_of(d, ctx)
+  local r, err, code = d:wait(math.max(ctx:remaining(), 0.001))
+  if not r then
+    fail("the sandbox's side of the transfer failed: " .. tostring(err), code)
+  end
+  return r
+end
+
+-- A task that calls fn and then finishes q; canceled with the transfer.
+local function watch(fn, q)
+  return task.spawn(function()
+    pcall(fn)
+    q.finish()
+  end)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- One transfer: a source whose chunks land in q (paused after each), a sink, the reader
+
+-- pump(ctx, q, reader, state, cap, sink, resume): every chunk of q through the reader (counts,
+-- checks, the cap) into sink(chunk) -> true | false (the sink is gone), then resume().
+local function pump(ctx, q, reader, state, cap, sink, resume)
+  state.extra = function() -- progress: what this mapping moved so far
+    return reader.bytes
+  end
+  while true do
+    local chunk = q.pop(ctx)
+    if not chunk then
+      return true
+    end
+    local ok, err = reader:feed(chunk)
+    if not ok then
+      fail(err, "conflict")
+    end
+    if state.op_bytes + reader.bytes > cap then
+      fail(("the operation passed its size cap of %d bytes (config syncMaxBytes)"):format(cap),
+        "conflict")
+    end
+    if not sink(chunk) then
+      return false
+    end
+    resume()
+  end
+end
+
+local function finish_reader(reader)
+  local ok, err = reader:finish()
+  if not ok then
+    fail(err)
+  end
+end
+
+local function stat_source(f, path)
+  local st, err = fs.stat(path, true)
+  if not st then
+    fail(("sourcePath %s cannot be read: %s"):format(f.sourcePath, err),
+      tostring(err):find("No such file", 1, true) and "not_found" or "io")
+  end
+  if f.kind == "file" and st.type ~= "file" then
+    fail(("sourcePath %s is not a regular file (kind is file)"):format(f.sourcePath), "conflict")
+  elseif f.kind == "directory" and st.type ~= "directory" then
+    fail(("sourcePath %s is not a directory (kind is directory)"):format(f.sourcePath), "conflict")
+  end
+  return st
+end
+
+-- The permission bits a mapping gives: file mode, directory mode (both "" without mode).
+local function mapping_modes(f)
+  if not f.mode then
+    return "", ""
+  elseif f.kind == "file" then
+    return ("%o"):format(f.mode), ""
+  end
+  local m = f.mode & oct("777")
+  return ("%o"):format(m), ("%o"):format(m | ((m & oct("444")) >> 2))
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- SyncIn: host tar -> duplex -> sandbox tar
+
+-- host_tar_create(f, real) -> argv, the NUL-separated list of names for its stdin, member
+local function host_tar_create(f, real)
+  local argv = { "tar", "-c", "-f", "-", "--no-xattrs", "--hard-dereference" }
+  local function add(...)
+    table.move({ ... }, 1, select("#", ...), #argv + 1, argv)
+  end
+  if f.kind == "file" then
+    local member = sync.basename(real)
+    add("-C", sync.dirname(real), "--", member)
+    return argv, nil, member
+  end
+  if f.followSymlinks then
+    add("-h")
+  end
+  add("-C", real, "--exclude", "._*")
+  for _, pattern in ipairs(f.exclude) do
+    add("--exclude", pattern)
+  end
+  local names, err = fs.list(real)
+  if not names then
+    fail(("cannot list %s: %s"):format(real, err))
+  end
+  table.sort(names)
+  add("--null", "--no-unquote", "-T", "-")
+  return argv, #names > 0 and (table.concat(names, "\0") .. "\0") or "", ""
+end
+
+local function sync_in(ctx, o, f, state, cap)
+  local src = sync.check_path(f.sourcePath, "sourcePath")
+  local target = sync.confined(o.confine, f.targetPath, "targetPath")
+  local st = stat_source(f, src)
+  local real = fs.realpath(src) or src
+  local argv, list, member = host_tar_create(f, real)
+  local fmode, dmode = mapping_modes(f)
+  local rmode = (f.kind == "directory" and not f.mode) and ("%o"):format(st.mode & oct("777"))
+    or ""
+  local reader, q, host_err = tar_reader.new({}), queue(), stderr_keeper()
+  local p, d, keeper, watcher, result
+  local held = false -- on_stdout asked for a pause before spawn returned p
+  local stopped = false -- p is closed: its last chunks go nowhere
+  local ok, err = pcall(function()
+    d, keeper = open(ctx, o, M.scripts.receive, { target, f.kind, member, fmode, dmode, rmode,
+      o.confine or "", sync.temp_beside(target) .. "-XXXXXX" }, {})
+    local perr
+    p, perr = proc.spawn({ argv = argv, env = o.env, stdin = list, keep_output = false,
+      timeout = math.max(ctx:remaining(), 0.001), on_stderr = host_err.push,
+      on_stdout = function(chunk)
+        q.push(chunk)
+        if not p then
+          held = true
+        elseif not stopped then
+          p:pause_output() -- until the sandbox took it
+        end
+      end })
+    if not p then
+      fail("cannot start tar on the host: " .. tostring(perr))
+    elseif held then
+      p:pause_output()
+    end
+    watcher = watch(function()
+      result = p:wait()
+    end, q)
+    -- One chunk is always held back: the sandbox gets the end of the archive only once the
+    -- host's tar exited 0, so a failed archive never replaces anything there.
+    local last
+    local taken = pump(ctx, q, reader, state, cap, function(chunk)
+      local wok = not last or d:write(last)
+      last = chunk
+      return wok
+    end, function()
+      p:resume_output()
+    end)
+    if taken then
+      if not result or result.exit_code ~= 0 then
+        fail(("the host's tar failed (%s): %s"):format(result and tostring(result.exit_code
+          or result.signal) or "no result", host_err.message()))
+      end
+      finish_reader(reader)
+      if last then
+        d:write(last) -- a failure shows in the sandbox's exit
+      end
+    end
+    d:close_stdin()
+    local r = end_of(d, ctx)
+    if r.exit_code ~= 0 then
+      sandbox_failed("tar", r, keeper)
+    end
+  end)
+  state.extra = nil
+  if watcher then
+    watcher:cancel()
+  end
+  if p then
+    stopped = true
+    p:close()
+  end
+  if d then
+    if not ok then -- a cut archive: the sandbox's tar fails and its script removes its temp
+      d:close_stdin()
+      d:wait(M.settings.abort_wait)
+    end
+    d:close()
+  end
+  if not ok then
+    error(err, 0)
+  end
+  sync.count(state, reader.files, reader.bytes, cap)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- SyncOut: sandbox tar -> duplex -> host tar, into a temp directory beside the target
+
+-- Walk the unpacked tree giving every file and directory its mapping's mode (deepest first).
+local function chmod_tree(dir, fmode, dmode)
+  local names, err = fs.list(dir)
+  if not names then
+    fail(("cannot list %s: %s"):format(dir, err))
+  end
+  for _, name in ipairs(names) do
+    local path = sync.join(dir, name)
+    local st = fs.stat(path, false)
+    if st and st.type == "directory" then
+      chmod_tree(path, fmode, dmode)
+    elseif st and st.type == "file" then
+      local ok, cerr = fs.chmod(path, fmode)
+      if not ok then
+        fail(("cannot chmod %s: %s"):format(path, cerr))
+      end
+    end
+  end
+  local ok, cerr = fs.chmod(dir, dmode)
+  if not ok then
+    fail(("cannot chmod %s: %s"):format(dir, cerr))
+  end
+end
+
+-- Give the unpacked temp directory its final modes; the path that replaces the target.
+local function settle(f, tmp, remote_mode)
+  if f.kind == "file" then
+    local names = fs.list(tmp) or {}
+    local path = names[1] and sync.join(tmp, names[1])
+    local st = path and fs.stat(path, false)
+    if #names ~= 1 or not st or st.type ~= "file" then
+      fail("the sandbox sent no regular file")
+    end
+    if f.mode then
+      local ok, err = fs.chmod(path, f.mode)
+      if not ok then
+        fail(("cannot chmod %s: %s"):format(path, err))
+      end
+    end
+    return path
+  end
+  if f.mode then
+    local m = f.mode & oct("777")
+    chmod_tree(tmp, m, m | ((m & oct("444")) >> 2))
+  elseif remote_mode then
+    fs.chmod(tmp, remote_mode & oct("777"))
+  end
+  return tmp
+end
+
+local function remove_temp(tmp)
+  if fs.stat(tmp, false) then
+    fs.chmod(tmp, oct("700"))
+    fs.remove_tree(tmp)
+  end
+end
+
+local function sync_out(ctx, o, f, state, cap)
+  sync.confined(o.confine, f.sourcePath, "sourcePath")
+  local target = sync.check_path(f.targetPath, "targetPath")
+  local ok, err = fs.mkdirs(sync.dirname(target))
+  if not ok then
+    fail(("cannot create %s: %s"):format(sync.dirname(target), err))
+  end
+  local tmp = sync.temp_beside(target)
+  ok, err = fs.mkdir(tmp, oct("700"))
+  if not ok then
+    fail(("cannot create %s: %s"):format(tmp, err))
+  end
+  local args = { f.sourcePath, f.kind, f.followSymlinks and "1" or "", o.confine or "",
+    "--exclude", "._*" }
+  for _, pattern in ipairs(f.exclude) do
+    table.move({ "--exclude", pattern }, 1, 2, #args + 1, args)
+  end
+  args[#args + 1] = "--"
+  local reader, q = tar_reader.new({ strict = true }), queue()
+  local p, d, keeper, watcher, r
+  local held = false -- on_stdout asked for a pause before open returned d
+  ok, err = pcall(function()
+    local perr
+    -- tar stops reading at the end-of-archive marker: cat takes the rest of the record
+    p, perr = proc.spawn({ argv = { "sh", "-c",
+      'tar -x -p --no-same-owner -f - -C "$1" && exec cat >/dev/null', "sh", tmp },
+      env = o.env, stdin = true, timeout = math.max(ctx:remaining(), 0.001),
+      max_output = 64 * 1024 })
+    if not p then
+      fail("cannot start tar on the host: " .. tostring(perr))
+    end
+    d, keeper = open(ctx, o, M.scripts.send, args, { on_stdout = function(chunk)
+      q.push(chunk)
+      if d then
+        d:pause_output() -- until the host's tar took it
+      else
+        held = true
+      end
+    end })
+    if held then
+      d:pause_output()
+    end
+    watcher = watch(function()
+      r = d:wait(math.max(ctx:remaining(), 0.001))
+    end, q)
+    local taken = pump(ctx, q, reader, state, cap, function(chunk)
+      local wok = p:write(chunk)
+      return wok and p:drain(math.max(ctx:remaining(), 0.001))
+    end, function()
+      d:resume_output()
+    end)
+    if not taken then -- the host's tar stopped reading: it says why
+      p:close_stdin()
+      local res, werr = p:wait(math.max(ctx:remaining(), 0.001))
+      host_failed("tar", res, werr)
+    end
+    r = r or end_of(d, ctx)
+    if r.exit_code ~= 0 then
+      sandbox_failed("tar", r, keeper)
+    end
+    finish_reader(reader)
+    p:close_stdin()
+    local res, werr = p:wait(math.max(ctx:remaining(), 0.001))
+    if not res or res.exit_code ~= 0 then
+      host_failed("tar", res, werr)
+    end
+  end)
+  state.extra = nil
+  if watcher then
+    watcher:cancel()
+  end
+  if d then
+    d:close()
+  end
+  if p then
+    if not ok and not p:done() then -- it writes into tmp: gone before tmp goes
+      p:terminate()
+      p:wait(M.settings.abort_wait)
+    end
+    p:close()
+  end
+  if not ok then
+    remove_temp(tmp)
+    error(err, 0)
+  end
+  ok, err = pcall(function()
+    local mode = tonumber(keeper.head:match("ph%-sync%-mode (%d+)") or "", 8)
+    local landed = settle(f, tmp, mode)
+    sync.clear_target(target, f.kind == "file")
+    sync.rename(ctx, o.env, landed, target)
+  end)
+  remove_temp(tmp)
+  if not ok then
+    error(err, 0)
+  end
+  sync.count(state, reader.files, reader.bytes, cap)
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- postUploadCommands
+
+local function post(ctx, o, c, roots, default)
+  local cwd, root = sync.post_cwd(roots, default, c.cwd)
+  local ms, timeout = sync.post_timeout(ctx, c)
+  ctx.log.info("%s: running a postUploadCommand in %s", o.name, util.utf8_clean(cwd, true))
+  local keeper = stderr_keeper()
+  local d, err, code = o.duplex(ctx, { lease = o.lease, command = "sh",
+    args = { "-c", M.scripts.post, "ph-sync", cwd, root, o.shell, c.command }, env = {}, cwd = "/",
+    timeout = timeout, on_stdout = function() end, on_stderr = keeper.push })
+  if not d then
+    fail(("command %q could not start: %s"):format(c.command, tostring(err)), code)
+  end
+  local r
+  r, err, code = d:wait(timeout + 5)
+  d:close()
+  if not r then
+    if code == "timeout" then
+      fail(("command %q timed out after %dms"):format(c.command, ms), "timeout")
+    end
+    fail(("command %q failed: %s"):format(c.command, tostring(err)), code)
+  end
+  local ran = keeper.head:find("^ph%-sync%-run\n") ~= nil
+  if not ran then
+    sandbox_failed("cwd check", r, keeper)
+  elseif r.exit_code ~= 0 then
+    local tail = keeper.message()
+    fail(("command %q %s%s"):format(c.command,
+      r.exit_code and ("exited with " .. r.exit_code) or ("was killed by " .. tostring(r.signal)),
+      tail ~= "" and (": " .. tail) or ""), "exit")
+  end
+end
+
+-- ---------------------------------------------------------------------------------------------
+-- The hooks
+
+--- run(ctx, params, method, opts) -> result | nil, message, code. opts:
+--   name       the provider's name in messages ("ssh")
+--   duplex     the provider's duplex hook: fn(ctx, {lease, command, args, env, cwd, timeout,
+--              on_stdout, on_stderr}) -> Duplex (write, close_stdin, wait, close,
+--              pause_output, resume_output)
+--   confine    the lease directory every sandbox path must lie in (nil: the whole sandbox)
+--   workspace  the lease's workspace (the first sync root); default: lease metadata remoteCwd
+function M.run(ctx, params, method, opts)
+  local meta = params.lease and params.lease.metadata or {}
+  if meta.nativeFileSyncUnsupported == true then
+    return nil, ("%s: %s: this sandbox cannot run GNU tar (nativeFileSyncUnsupported): the "
+      .. "host's fallback must be used"):format(opts.name, method), "unsupported"
+  end
+  local o = { name = opts.name, duplex = opts.duplex, lease = params.lease,
+    confine = opts.confine, env = { PATH = os.getenv("PATH") or "/usr/bin:/bin", LC_ALL = "C" },
+    shell = util.nonblank(meta.shellCommand) or "sh" }
+  local apply = method == "environmentSyncIn" and sync_in or sync_out
+  return sync.run(ctx, params, method, {
+    name = opts.name,
+    workspace = opts.workspace,
+    apply = function(_, _, f, state, cap)
+      apply(ctx, o, f, state, cap)
+    end,
+    post = function(_, c, roots, default)
+      post(ctx, o, c, roots, default)
+    end,
+  })
+end
+
+--- supported(answer) -> the lease metadata's nativeFileSyncUnsupported value for the exit
+-- code of M.SUPPORT_SCRIPT (nil: supported, so the key stays out of the metadata).
+function M.supported(exit_code)
+  if exit_code == 0 then
+    return nil
+  end
+  return true
+end
+
+return M
