@@ -15,8 +15,8 @@
 // environmentSyncIn/environmentSyncOut to the worker, mode "fallback" builds it without them
 // (what the server does for a provider whose manifest lacks the capabilities).
 //
-// Per mode, with a fresh lease of the `local` provider and a fresh copy of the same host
-// workspace (built byte for byte the same, names and modes included):
+// Per mode, with a fresh lease of the provider (`local` unless --provider says otherwise) and a
+// fresh copy of the same host workspace (built byte for byte the same, names and modes included):
 //   1. prepareAdapterExecutionTargetRuntime syncs the workspace in (a host tarball as a file
 //      mapping + post-upload extract command), one asset (a tarball, followSymlinks, exclude)
 //      and one referenced project (additionalSources: a `directory` mapping with exclude globs,
@@ -30,7 +30,16 @@
 // worker requests by method and phase, the sync results, timings; `differences` between the
 // modes' manifests. Exit 0 when both modes ran; the spec judges the differences.
 //
-// Usage: node drive_sync.mjs --binary PATH [--extra-files N [--extra-bytes B]]
+// Usage: node drive_sync.mjs --binary PATH [--provider NAME] [--config JSON | --config-env VAR]
+//                            [--extra-files N [--extra-bytes B]]
+//   --provider NAME  the worker's provider (`worker --provider NAME`, `manifest NAME`; the
+//                    driverKey of every request): default local. The sandbox must be on this
+//                    machine (local, or ssh to a loopback sshd running as this user): the
+//                    driver reads lease paths (remoteCwd, providerLeaseId) directly.
+//   --config JSON    the provider config (default for local: {root: <a dir in the driver's
+//                    temp dir>, timeoutMs: 60000}); required for any other provider
+//   --config-env VAR the config's JSON from the variable VAR (a config holding a key must
+//                    not show on a command line)
 //   --extra-files N  N more files of B bytes (default 4096) in the workspace (src/gen/) and N
 //                    in the referenced project (gen/), for timings on a bigger tree
 // The worker gets PATH and a private TMPDIR only; everything lives in one temp dir under
@@ -49,8 +58,8 @@ const log = (msg) => process.stderr.write(`[drive_sync +${Date.now() - started}m
 
 // ---- the worker: NDJSON JSON-RPC over stdio, every request counted by method ---------------
 class Worker {
-  constructor(binary, env) {
-    this.child = spawn(binary, ["worker", "--provider", "local"], { stdio: ["pipe", "pipe", "pipe"], env });
+  constructor(binary, env, provider) {
+    this.child = spawn(binary, ["worker", "--provider", provider], { stdio: ["pipe", "pipe", "pipe"], env });
     this.pid = this.child.pid;
     this.nextId = 1;
     this.pending = new Map();
@@ -302,7 +311,7 @@ async function runMode(mode, ctx) {
   report.modes[mode] = m;
   const companyId = "company-1";
   const environmentId = `env-${randomUUID()}`;
-  const driverKey = "local";
+  const driverKey = ctx.provider;
   const hostDir = path.join(root, `host-${mode}`);
   const projectDir = path.join(root, `project-${mode}`);
   const assetDir = path.join(root, `asset-${mode}`);
@@ -421,7 +430,9 @@ async function runMode(mode, ctx) {
     } catch (err) {
       m.releaseError = err.message;
     }
+    // a lease id of local and ssh is its lease directory (on this machine for both here)
     m.leaseGone = !fs.existsSync(lease.providerLeaseId);
+    ctx.leaseRoots.add(path.dirname(lease.providerLeaseId));
   }
   m.requests = {};
   for (const phase of ["syncIn", "change", "syncOut"]) m.requests[phase] = worker.counts[`${mode}:${phase}`] ?? {};
@@ -464,9 +475,14 @@ let liveRoot = null;
 async function main() {
   const argv = process.argv.slice(2);
   let binary = null;
+  let provider = "local";
+  let config = null;
   const extra = { files: 0, bytes: 4096 };
   for (let i = 0; i < argv.length; i++) {
     if (argv[i] === "--binary") binary = argv[++i];
+    else if (argv[i] === "--provider") provider = argv[++i];
+    else if (argv[i] === "--config") config = JSON.parse(argv[++i]);
+    else if (argv[i] === "--config-env") config = JSON.parse(process.env[argv[++i]] ?? "null");
     else if (argv[i] === "--extra-files") extra.files = Number(argv[++i]);
     else if (argv[i] === "--extra-bytes") extra.bytes = Number(argv[++i]);
     else throw new Error(`unknown argument ${argv[i]}`);
@@ -476,6 +492,12 @@ async function main() {
   }
   report.extra = extra;
   if (!binary) throw new Error("--binary is required");
+  if (typeof provider !== "string" || !/^[a-z][a-z0-9-]*$/.test(provider)) throw new Error("bad --provider");
+  if (config !== null && (typeof config !== "object" || Array.isArray(config))) {
+    throw new Error("--config must be a JSON object");
+  }
+  if (config === null && provider !== "local") throw new Error(`--config is required for --provider ${provider}`);
+  report.provider = provider;
   binary = path.resolve(binary);
   report.adapterUtilsVersion = JSON.parse(fs.readFileSync(new URL(
     "./node_modules/@paperclipai/adapter-utils/package.json", import.meta.url))).version;
@@ -492,7 +514,7 @@ async function main() {
   report.workerEnvKeys = Object.keys(env).sort();
   try {
     const manifestJson = await new Promise((resolve, reject) => {
-      const p = spawn(binary, ["manifest", "local"], { env });
+      const p = spawn(binary, ["manifest", provider], { env });
       let out = "";
       const timer = setTimeout(() => p.kill("SIGKILL"), 15_000);
       p.stdout.on("data", (d) => (out += d));
@@ -503,7 +525,7 @@ async function main() {
       });
     });
     report.capabilities = manifestJson.environmentDrivers?.[0]?.sandboxCapabilities ?? null;
-    const worker = new Worker(binary, env);
+    const worker = new Worker(binary, env, provider);
     liveWorker = worker;
     report.workerPid = worker.pid;
     try {
@@ -513,7 +535,9 @@ async function main() {
         apiVersion: 1, databaseNamespace: null,
       }, 15_000);
       report.supportedMethods = init?.supportedMethods ?? null;
-      const ctx = { worker, root, manifestJson, config: { root: leases, timeoutMs: 60_000 }, extra };
+      const leaseRoots = new Set();
+      const ctx = { worker, root, manifestJson, provider, config: config ?? { root: leases, timeoutMs: 60_000 }, extra,
+        leaseRoots };
       for (const mode of ["native", "fallback"]) {
         log(`mode ${mode}`);
         await runMode(mode, ctx);
@@ -526,7 +550,14 @@ async function main() {
         "sandboxAfterSyncOut"]) {
         report.differences[key] = diff(n[key], f[key]);
       }
-      report.leftInLeases = fs.readdirSync(leases);
+      // what is left where the leases were made (the driver's leases dir for local; the
+      // config's workspaceRoot, as resolved, for ssh)
+      report.leaseRoots = [...leaseRoots].sort();
+      report.leftInLeases = [];
+      for (const dir of [leases, ...report.leaseRoots]) {
+        if (fs.existsSync(dir)) report.leftInLeases.push(...fs.readdirSync(dir).map((n) => path.join(dir, n)));
+      }
+      report.leftInLeases = [...new Set(report.leftInLeases)].sort();
     } finally {
       report.workerExit = await worker.stop();
       report.workerStderr = worker.stderr.slice(-3000);

@@ -27,15 +27,19 @@ end
 --- drive(script, args, tmp, opts) -> report, result: `node spec/queue_bridge/SCRIPT args...`
 -- with tmp/node-tmp (made here) as its TMPDIR and PATH alone besides; report is the JSON of
 -- the last line it printed (asserted to be an object), result host.proc's. opts: timeout,
--- max_output.
+-- max_output, env (more variables: what must not show on a command line, such as a key).
 function M.drive(script, args, tmp, opts)
   assert(fs.mkdir(tmp .. "/node-tmp"))
   local argv = { "node", M.DIR .. "/" .. script }
   table.move(args, 1, #args, #argv + 1, argv)
+  local env = { PATH = os.getenv("PATH"), TMPDIR = tmp .. "/node-tmp" }
+  for k, v in pairs(opts.env or {}) do
+    env[k] = v
+  end
   local r, err = proc.run({
     argv = argv,
     cwd = M.DIR,
-    env = { PATH = os.getenv("PATH"), TMPDIR = tmp .. "/node-tmp" },
+    env = env,
     timeout = opts.timeout,
     max_output = opts.max_output,
   })
