@@ -647,8 +647,11 @@ describe("providers.ssh #ssh", function()
         local n = 0
         local function call(method, params)
           n = n + 1
+          -- the worker's account is the real one (ssh reads the passwd entry, not HOME):
+          -- its known_hosts is named, or it would record the sshd in the real ~/.ssh
           w:request(n, method, helpers.merged({ driverKey = "ssh", companyId = "c1",
-            environmentId = "e1", config = config() }, params),
+            environmentId = "e1", config = config({ knownHostsFile = h.dir .. "/known_hosts" }) },
+            params),
             { paperclipInvocation = { id = "inv-" .. n, scope = { companyId = "c1" } } })
           return n
         end
