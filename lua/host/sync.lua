@@ -81,7 +81,8 @@ function M.is_failure(e)
   return getmetatable(e) == Failure
 end
 
---- check_path(path, what) -> path normalized: absolute, no NUL, no "." or ".." component.
+--- check_path(path, what) -> path normalized: absolute, no NUL, no "." or ".." component,
+-- not "/".
 function M.check_path(path, what)
   if type(path) ~= "string" or path == "" then
     M.fail(what .. " must be a non-empty string", "protocol")
@@ -95,7 +96,11 @@ function M.check_path(path, what)
       M.fail(("%s %s has a %s component"):format(what, path, part), "conflict")
     end
   end
-  return M.normalize(path)
+  local norm = M.normalize(path)
+  if norm == "/" then -- a mapping replaces its target whole: never the file system's root
+    M.fail(("%s %s is the file system's root"):format(what, path), "conflict")
+  end
+  return norm
 end
 
 --- confined(root, path, what) -> path normalized, strictly inside root (nil root: anywhere).

@@ -1,15 +1,18 @@
 --- host.sync_tar: native environmentSyncIn / environmentSyncOut for a sandbox reached through
--- a provider's duplex hook (ssh, exe-dev, e2b): each mapping is one tar stream between the
--- system tar on the host and GNU tar in the sandbox, pumped chunk by chunk through the duplex
--- with back-pressure both ways (Process:pause_output and Duplex:write one way,
+-- a provider's duplex hook (all four built-in providers): each mapping is one tar stream
+-- between the system tar on the host and GNU tar in the sandbox, pumped chunk by chunk through
+-- the duplex with back-pressure both ways (Process:pause_output and Duplex:write one way,
 -- Duplex:pause_output and Process:drain the other), so nothing is ever held whole: the worker
--- keeps at most a chunk or two of any transfer. host.sync keeps the rules every provider
--- shares (params, order, errors, postUploadCommands' cwd, progress); this file adds:
+-- keeps about a MiB of any transfer (M.settings.high_water plus a chunk). host.sync keeps the
+-- rules every provider shares (params, order, errors, postUploadCommands' cwd, progress); this
+-- file adds:
 --
 -- - The receiving side unpacks into a fresh temp directory (mode 0700) beside the target, so
 --   no file is readable by others before it has its final mode; modes are set there, then a
 --   file is renamed over its target (atomic) or a directory replaces its target (the old one
---   removed, then the temp directory renamed into place). A failure leaves the old target.
+--   removed, then the temp directory renamed into place). A failure leaves the old target:
+--   the sandbox gets the end of an archive only once the host's tar exited 0, and a cut
+--   archive makes its tar fail and its script remove the temp directory.
 -- - mode: a file mapping's file gets mode; in a directory mapping every regular file gets
 --   mode & 0o777 and every directory that plus the x bit beside each r bit. Without mode the
 --   source's permission bits are kept (the root directory's too).
@@ -43,13 +46,16 @@ local fail, oct = sync.fail, sync.oct
 
 --- SUPPORT_SCRIPT: exits 0 where native sync can run (GNU tar, readlink -e, stat -c, mktemp -d).
 M.SUPPORT_SCRIPT = "tar --version 2>/dev/null | head -n 1 | grep -q GNU"
-  .. " && readlink -e / >/dev/null 2>&1 && mktemp --version >/dev/null 2>&1"
+  .. " && readlink -e / >/dev/null 2>&1 && stat -c %a / >/dev/null 2>&1"
+  .. " && mktemp --version >/dev/null 2>&1"
 
 local STDERR_KEEP = 4096
 
 --- settings: knobs for specs.
 M.settings = {
   abort_wait = 5, -- seconds a failed transfer waits for either side's tar to clean up and end
+  high_water = 1024 * 1024, -- bytes queued in the worker before the source is paused
+  low_water = 256 * 1024, -- bytes queued at most when it is resumed
 }
 
 -- ---------------------------------------------------------------------------------------------
@@ -178,13 +184,16 @@ local CODES = { [2] = "not_found", [3] = "conflict" }
 -- ---------------------------------------------------------------------------------------------
 -- Streams
 
--- A queue of chunks between a callback that cannot yield and the pumping task.
+-- A queue of chunks between a callback that cannot yield and the pumping task. push -> true
+-- once it holds M.settings.high_water bytes: the source must pause until pump resumes it.
 local function queue()
-  local q = { head = 1, tail = 0, items = {}, signal = task.signal(), ended = false }
+  local q = { head = 1, tail = 0, items = {}, bytes = 0, signal = task.signal(), ended = false }
   function q.push(chunk)
     q.tail = q.tail + 1
     q.items[q.tail] = chunk
+    q.bytes = q.bytes + #chunk
     q.signal:notify()
+    return q.bytes >= M.settings.high_water
   end
   function q.finish()
     q.ended = true
@@ -205,6 +214,7 @@ local function queue()
     local chunk = q.items[q.head]
     q.items[q.head] = nil
     q.head = q.head + 1
+    q.bytes = q.bytes - #chunk
     return chunk
   end
   return q
@@ -284,7 +294,8 @@ end
 -- One transfer: a source whose chunks land in q (paused after each), a sink, the reader
 
 -- pump(ctx, q, reader, state, cap, sink, resume): every chunk of q through the reader (counts,
--- checks, the cap) into sink(chunk) -> true | false (the sink is gone), then resume().
+-- checks, the cap) into sink(chunk) -> true | false (the sink is gone); resume() once the
+-- queue is down to M.settings.low_water (the source may have paused at high_water).
 local function pump(ctx, q, reader, state, cap, sink, resume)
   state.extra = function() -- progress: what this mapping moved so far
     return reader.bytes
@@ -305,7 +316,9 @@ local function pump(ctx, q, reader, state, cap, sink, resume)
     if not sink(chunk) then
       return false
     end
-    resume()
+    if q.bytes <= M.settings.low_water then
+      resume()
+    end
   end
 end
 
@@ -391,11 +404,12 @@ local function sync_in(ctx, o, f, state, cap)
     p, perr = proc.spawn({ argv = argv, env = o.env, stdin = list, keep_output = false,
       timeout = math.max(ctx:remaining(), 0.001), on_stderr = host_err.push,
       on_stdout = function(chunk)
-        q.push(chunk)
-        if not p then
+        if not q.push(chunk) then
+          return
+        elseif not p then
           held = true
         elseif not stopped then
-          p:pause_output() -- until the sandbox took it
+          p:pause_output() -- until the sandbox took most of it
         end
       end })
     if not p then
@@ -545,9 +559,10 @@ local function sync_out(ctx, o, f, state, cap)
       fail("cannot start tar on the host: " .. tostring(perr))
     end
     d, keeper = open(ctx, o, M.scripts.send, args, { on_stdout = function(chunk)
-      q.push(chunk)
-      if d then
-        d:pause_output() -- until the host's tar took it
+      if not q.push(chunk) then
+        return
+      elseif d then
+        d:pause_output() -- until the host's tar took most of it
       else
         held = true
       end

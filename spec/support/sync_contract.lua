@@ -298,6 +298,11 @@ function M.describe(name, world, busted)
           assert.matches("is not an absolute path", err.message)
           _, err = w.sync_out({ op("a", { file(w.box .. "/./x", w.host .. "/x") }) })
           assert.matches("sourcePath .* has a %. component", err.message)
+          -- never the root: a mapping replaces its target whole
+          _, err = w.sync_in({ op("a", { dir(w.host, "/") }) })
+          assert.matches("targetPath / is the file system's root", err.message)
+          _, err = w.sync_out({ op("a", { dir(w.box, "//") }) })
+          assert.matches("targetPath // is the file system's root", err.message)
           if w.lease_dir then
             _, err = w.sync_in({ op("a", { file(w.host .. "/f", w.host .. "/elsewhere") }) })
             assert.matches("outside the lease directory", err.message)
