@@ -79,7 +79,7 @@ local LOAD_GUARDED = {
   ["host.sandbox_helper"] = { read = true, sha = true, size = true, version = true },
   ["host.util"] = { mkdtemp = true, remove_tree = true, tempdir = true },
   ["host.sync"] = { run = true, rename = true, clear_target = true, temp_beside = true },
-  ["host.sync_tar"] = { run = true, supported = true },
+  ["host.sync_tar"] = { run = true },
   ["host.task"] = { spawn = true, run = true, all = true, with_timeout = true, sleep = true },
 }
 

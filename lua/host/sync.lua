@@ -21,6 +21,7 @@
 local fs = require("host.fs")
 local json = require("host.json")
 local proc = require("host.proc")
+local sys = require("host.core.sys")
 local task = require("host.task")
 local util = require("host.util")
 
@@ -244,11 +245,29 @@ end
 -- ---------------------------------------------------------------------------------------------
 -- Host-side files
 
+local function temp_prefix(target)
+  return ("." .. M.basename(target)):sub(1, 100) .. ".ph-sync-"
+end
+
 --- temp_beside(target) -> a fresh name beside target for a temp file or directory (never a
--- .paperclip-upload* name).
+-- .paperclip-upload* name): .NAME.ph-sync-<this worker's pid>-<hex>.
 function M.temp_beside(target)
-  return M.join(M.dirname(target), ("." .. M.basename(target)):sub(1, 100) .. ".ph-sync-"
+  return M.join(M.dirname(target), temp_prefix(target) .. sys.getpid() .. "-"
     .. util.hex(util.random(6)))
+end
+
+--- sweep_stale(target): remove the host-side temps beside target that a worker left when it
+-- was killed mid-transfer (their pid is gone); a live worker's are left alone.
+function M.sweep_stale(target)
+  local dir, prefix = M.dirname(target), temp_prefix(target)
+  for _, name in ipairs(fs.list(dir) or {}) do
+    local pid = name:sub(1, #prefix) == prefix and name:sub(#prefix + 1):match("^(%d+)%-%x+$")
+    if pid and not fs.stat("/proc/" .. pid, false) then
+      local path = M.join(dir, name)
+      fs.chmod(path, M.oct("700"))
+      fs.remove_tree(path)
+    end
+  end
 end
 
 --- rename(ctx, env, from, to): mv -f -T (a directory target is replaced, never entered).

@@ -534,6 +534,7 @@ local function sync_out(ctx, o, f, state, cap)
   if not ok then
     fail(("cannot create %s: %s"):format(sync.dirname(target), err))
   end
+  sync.sweep_stale(target) -- what a worker killed mid-transfer left
   local tmp = sync.temp_beside(target)
   ok, err = fs.mkdir(tmp, oct("700"))
   if not ok then
@@ -692,13 +693,19 @@ function M.run(ctx, params, method, opts)
   })
 end
 
---- supported(answer) -> the lease metadata's nativeFileSyncUnsupported value for the exit
--- code of M.SUPPORT_SCRIPT (nil: supported, so the key stays out of the metadata).
-function M.supported(exit_code)
-  if exit_code == 0 then
-    return nil
+--- hooks(options) -> sync_in, sync_out: a provider's two hooks. options(ctx, params, method)
+-- -> the opts of run | nil, message, code (a lease that is not one of the provider's).
+function M.hooks(options)
+  local function hook(method)
+    return function(ctx, params)
+      local opts, err, code = options(ctx, params, method)
+      if not opts then
+        return nil, err, code
+      end
+      return M.run(ctx, params, method, opts)
+    end
   end
-  return true
+  return hook("environmentSyncIn"), hook("environmentSyncOut")
 end
 
 return M

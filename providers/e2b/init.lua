@@ -843,13 +843,9 @@ end
 --- environmentSyncIn / environmentSyncOut (upstream has neither: the host's fallback moved the
 -- workspace as base64 through execute): tar streams through a duplex on envd, stdin written
 -- with SendInput as it is read (host.sync_tar); the whole sandbox is the sandbox.
-function hooks.sync_in(ctx, params)
-  return sync_tar.run(ctx, params, "environmentSyncIn", { name = "e2b", duplex = hooks.duplex })
-end
-
-function hooks.sync_out(ctx, params)
-  return sync_tar.run(ctx, params, "environmentSyncOut", { name = "e2b", duplex = hooks.duplex })
-end
+hooks.sync_in, hooks.sync_out = sync_tar.hooks(function()
+  return { name = "e2b", duplex = hooks.duplex }
+end)
 
 --- duplex(ctx, {lease, command, args, env, cwd, on_stdout, on_stderr, timeout}) -> Duplex |
 -- nil, message, code: a long-lived command whose stdin is written at any time and whose output

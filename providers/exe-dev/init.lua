@@ -494,17 +494,9 @@ end
 --- environmentSyncIn / environmentSyncOut (upstream has neither: the host's fallback moved
 -- the workspace as base64 through execute): tar streams through a duplex on the VM's pooled
 -- SSH connection (host.sync_tar); the whole VM is the sandbox.
-local function sync(ctx, params, method)
-  return sync_tar.run(ctx, params, method, { name = "exe.dev", duplex = hooks.duplex })
-end
-
-function hooks.sync_in(ctx, params)
-  return sync(ctx, params, "environmentSyncIn")
-end
-
-function hooks.sync_out(ctx, params)
-  return sync(ctx, params, "environmentSyncOut")
-end
+hooks.sync_in, hooks.sync_out = sync_tar.hooks(function()
+  return { name = "exe.dev", duplex = hooks.duplex }
+end)
 
 --- environmentCancelExecution: exactly that command's process group, for an execution this
 -- worker does not track (the worker cancels its own through execute): the remote cancel

@@ -276,22 +276,13 @@ end
 --- environmentSyncIn / environmentSyncOut: the same tar streams as the remote providers
 -- (host.sync_tar), through hooks.duplex on this machine: the lease directory's tar on one end,
 -- the host's on the other, every sandbox path inside the lease directory.
-local function sync(ctx, params, method)
+hooks.sync_in, hooks.sync_out = sync_tar.hooks(function(ctx, params)
   local dir, err, code = workspace.lease(ctx, params.lease.providerLeaseId)
   if not dir then
     return nil, err, code
   end
-  return sync_tar.run(ctx, params, method, { name = "local", duplex = hooks.duplex,
-    confine = dir, workspace = workspace.cwd(dir) })
-end
-
-function hooks.sync_in(ctx, params)
-  return sync(ctx, params, "environmentSyncIn")
-end
-
-function hooks.sync_out(ctx, params)
-  return sync(ctx, params, "environmentSyncOut")
-end
+  return { name = "local", duplex = hooks.duplex, confine = dir, workspace = workspace.cwd(dir) }
+end)
 
 --- sandbox_helper (extension): the sandbox is this machine, so the host's own helper.
 function hooks.sandbox_helper(_ctx, _params)

@@ -14,6 +14,7 @@
 -- Removal itself (host.fs.remove_tree) never follows a symlink, so a link inside a lease that
 -- points out is removed, not its target.
 local fs = require("host.fs")
+local sync = require("host.sync")
 local util = require("host.util")
 
 local M = {}
@@ -24,17 +25,7 @@ M.MARKER = MARKER
 
 --- normalize(path) -> path with "//", "." and ".." resolved lexically, no trailing "/"
 -- (an absolute path; ".." at the root stays at the root).
-function M.normalize(path)
-  local parts = {}
-  for part in path:gmatch("[^/]+") do
-    if part == ".." then
-      parts[#parts] = nil
-    elseif part ~= "." then
-      parts[#parts + 1] = part
-    end
-  end
-  return "/" .. table.concat(parts, "/")
-end
+M.normalize = sync.normalize
 
 local function join(dir, name)
   return (dir == "/" and "" or dir) .. "/" .. name

@@ -287,23 +287,14 @@ end
 
 --- environmentSyncIn / environmentSyncOut: tar streams through a duplex on the pooled SSH
 -- connection (host.sync_tar), every sandbox path inside the lease directory.
-local function sync(ctx, params, method)
+hooks.sync_in, hooks.sync_out = sync_tar.hooks(function(_, params, method)
   local dir = lease_dir(params.lease.providerLeaseId)
   if not dir then
     return nil, ("ssh: %s: %s is not a lease directory of this provider"):format(method,
       tostring(params.lease.providerLeaseId)), "not_found"
   end
-  return sync_tar.run(ctx, params, method, { name = "ssh", duplex = hooks.duplex, confine = dir,
-    workspace = dir .. "/workspace" })
-end
-
-function hooks.sync_in(ctx, params)
-  return sync(ctx, params, "environmentSyncIn")
-end
-
-function hooks.sync_out(ctx, params)
-  return sync(ctx, params, "environmentSyncOut")
-end
+  return { name = "ssh", duplex = hooks.duplex, confine = dir, workspace = dir .. "/workspace" }
+end)
 
 --- environmentCancelExecution: an execution this worker does not track (the worker cancels
 -- its own): the remote cancel script finds its process group by lease and executionId.

@@ -11,16 +11,19 @@
 --             under w.ws
 --   w.ws      the lease's workspace (the default cwd of postUploadCommands)
 --   w.lease_dir  the lease directory every sandbox path must lie in, or nil (whole sandbox)
---   w.processes()  the sandbox's processes still running (pids), for "nothing left"
+--   w.marker  text in the command line of every process of the sandbox (its dir), for
+--             "nothing left"; w.except: text of the processes that may stay (command servers)
 --   w.config_cap  the provider's config has syncMaxBytes (else host.sync's default applies)
 --   w.host_tar    the sandbox is the host (local): no check for GNU tar at acquire
 -- and removes everything it made afterwards. The contract adds w.host (a host temp dir).
 local assert = require("luassert")
+local cmdline = require("spec.support.cmdline")
 local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local host_sync = require("host.sync")
 local proc = require("host.proc")
 local sync_tar = require("host.sync_tar")
+local sys = require("host.core.sys")
 local task = require("host.task")
 
 local M = {}
@@ -116,7 +119,12 @@ function M.describe(name, world, busted)
       fn(w)
       assert.equal("", leftovers(w.box) .. leftovers(w.host), "no temp file left")
       helpers.eventually(function()
-        return #w.processes() == 0
+        for _, p in ipairs(cmdline.holding(w.marker)) do
+          if not (w.except and p.cmdline:find(w.except, 1, true)) then
+            return false
+          end
+        end
+        return true
       end, "no process left in the sandbox")
     end)
   end
@@ -167,7 +175,7 @@ function M.describe(name, world, busted)
             local rec = records()
             -- the temp: in the target's directory, owner-only, not a .paperclip-upload name
             assert.matches("^" .. (w.box .. "/p/q/"):gsub("%p", "%%%0")
-              .. "%.f%.txt%.ph%-sync%-%x+%-%w+$", rec[1].path)
+              .. "%.f%.txt%.ph%-sync%-%d+%-%x+%-%w+$", rec[1].path)
             assert.is_nil(rec[1].path:find("paperclip-upload", 1, true))
             assert.equal(oct("700"), rec[1].mode)
           end)
@@ -185,6 +193,22 @@ function M.describe(name, world, busted)
           assert.equal("v1", helpers.read_file(w.host .. "/back"))
         end)
       end)
+
+    it("sweeps the temp a killed worker left beside a host target, never a live one's", function()
+      with(function(w)
+        sample_tree(w.box .. "/t")
+        local dead = w.host .. "/.back.ph-sync-2147483646-00aa11bb22cc"
+        local live = w.host .. "/.back.ph-sync-" .. sys.getpid() .. "-00aa11bb22cc"
+        for _, p in ipairs({ dead, live }) do
+          assert(fs.mkdir(p, oct("700")))
+          helpers.write_file(p .. "/half", "half a transfer")
+        end
+        assert(w.sync_out({ op("o", { dir(w.box .. "/t", w.host .. "/back") }) }))
+        assert.is_nil(fs.stat(dead))
+        assert.equal("half a transfer", helpers.read_file(live .. "/half"))
+        fs.remove_tree(live)
+      end)
+    end)
 
     it("replaces a directory whole: stale files go, a file in its way goes", function()
       with(function(w)
@@ -217,7 +241,7 @@ function M.describe(name, world, busted)
             local rec = records()
             assert.is_true(#rec >= 8)
             for _, x in ipairs(rec) do
-              if x.path:match("%.ph%-sync%-%x+%-%w+$") then
+              if x.path:match("%.ph%-sync%-%d+%-%x+%-%w+$") then
                 assert.equal(oct("700"), x.mode, x.path)
               end
             end

@@ -11,17 +11,6 @@ local provider = require("providers.e2b")
 local h = harness.new({ logs = "warn" })
 after_each(h.assert_none_running)
 
--- Processes whose command line contains text.
-local function processes_with(text)
-  local found = {}
-  for _, name in ipairs(fs.list("/proc") or {}) do
-    local cmdline = name:find("^%d+$") and helpers.read_file("/proc/" .. name .. "/cmdline")
-    if cmdline and cmdline:find(text, 1, true) then
-      found[#found + 1] = tonumber(name)
-    end
-  end
-  return found
-end
 
 local function world(fn)
   h.run(function()
@@ -33,9 +22,7 @@ local function world(fn)
     assert.equal(sb.root, w.ws:sub(1, #sb.root))
     w.box = sb.root .. "/box"
     assert(fs.mkdir(w.box))
-    w.processes = function()
-      return processes_with(sb.root)
-    end
+    w.marker = sb.root
     helpers.with_cleanup(fn, function()
       harness.destroy(s, lease.providerLeaseId)
     end, w)

@@ -14,17 +14,6 @@ local providers = require("host.providers")
 
 local provider = assert(providers.load("local"))
 
--- Processes whose command line contains text.
-local function processes_with(text)
-  local found = {}
-  for _, name in ipairs(fs.list("/proc") or {}) do
-    local cmdline = name:find("^%d+$") and helpers.read_file("/proc/" .. name .. "/cmdline")
-    if cmdline and cmdline:find(text, 1, true) then
-      found[#found + 1] = tonumber(name)
-    end
-  end
-  return found
-end
 
 -- world(fn, config): fn(w) with a lease of its own under a private root (see the contract);
 -- the lease is destroyed and the root removed afterwards.
@@ -38,9 +27,7 @@ local function world(fn, config)
     local w = { s = s, config = cfg, lease_dir = dir, config_cap = true, host_tar = true,
       ws = dir .. "/workspace",
       box = dir .. "/home", lp = { providerLeaseId = dir, metadata = lease.metadata } }
-    w.processes = function()
-      return processes_with(dir)
-    end
+    w.marker = dir
     helpers.with_cleanup(fn, function()
       s:call("environmentDestroyLease", { config = cfg, providerLeaseId = dir })
     end, w)

@@ -2,24 +2,10 @@
 -- real sshd on loopback (a VM of the fake exe.dev), with the shared sync contract.
 local contract = require("spec.support.sync_contract")
 local fake_exedev = require("spec.support.fake_exedev")
-local fs = require("host.fs")
 local helpers = require("spec.helpers")
 local provider = require("providers.ssh")
 local remote = require("host.remote")
 
-local SERVE = "\0serve\0--ctl-base\0" -- in the command line of ph-sandbox-helper serve
-
--- Processes (not command servers) whose command line contains text.
-local function processes_with(text)
-  local found = {}
-  for _, name in ipairs(fs.list("/proc") or {}) do
-    local cmdline = name:find("^%d+$") and helpers.read_file("/proc/" .. name .. "/cmdline")
-    if cmdline and cmdline:find(text, 1, true) and not cmdline:find(SERVE, 1, true) then
-      found[#found + 1] = tonumber(name)
-    end
-  end
-  return found
-end
 
 local h = fake_exedev.harness({ ssh = true })
 
@@ -34,9 +20,8 @@ local function world(fn)
       lp = { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata } }
     w.ws = lease.providerLeaseId .. "/workspace"
     w.box = lease.providerLeaseId .. "/home"
-    w.processes = function()
-      return processes_with(box.home)
-    end
+    w.marker = box.home
+    w.except = "serve --ctl-base" -- the lease's command server
     helpers.with_cleanup(fn, function()
       s:call("environmentDestroyLease", { config = config,
         providerLeaseId = lease.providerLeaseId })
