@@ -3,6 +3,7 @@
 -- plus what only local shows (modification times, the params' checks, progress lines, the
 -- network isolation of postUploadCommands).
 local client = require("host.client")
+local cmdline = require("spec.support.cmdline")
 local contract = require("spec.support.sync_contract")
 local fs = require("host.fs")
 local helpers = require("spec.helpers")
@@ -11,6 +12,7 @@ local json = require("host.json")
 local log = require("host.log")
 local proc = require("host.proc")
 local providers = require("host.providers")
+local worker_process = require("spec.support.worker_process")
 
 local provider = assert(providers.load("local"))
 
@@ -141,6 +143,72 @@ describe("providers.local sync", function()
       assert.equal("local: environmentSyncIn operation 1 of 1 done: 1 files, 60000000 bytes",
         lines[#lines])
     end)
+  end)
+
+  it("a worker killed mid-transfer leaves no process, and its temps go", function()
+    -- a tar that stalls after 64 KiB of an archive it unpacks while the flag file exists,
+    -- first on the worker's PATH: the worker is killed mid-transfer
+    local bin <close> = helpers.tempdir("spec-sync-bin-")
+    local flag = bin.path .. "/slow"
+    local real_tar = "/usr/bin/tar"
+    for dir in os.getenv("PATH"):gmatch("[^:]+") do
+      if fs.stat(dir .. "/tar") then
+        real_tar = dir .. "/tar"
+        break
+      end
+    end
+    helpers.write_file(bin.path .. "/tar", table.concat({
+      "#!/bin/sh",
+      'case " $* " in *" -x "*) if [ -e "' .. flag .. '" ]; then',
+      '  { head -c 65536; sleep 60; cat; } | exec "' .. real_tar .. '" "$@"; fi ;; esac',
+      'exec "' .. real_tar .. '" "$@"',
+    }, "\n") .. "\n", "755")
+    worker_process.with(function(w, tmp)
+      local host = tmp.path .. "/host"
+      assert(fs.mkdir(host))
+      assert(w:initialize())
+      local cfg = { timeoutMs = 300000 } -- leases go to the worker's TMPDIR, tmp.path
+      local n = 0
+      local function send(method, params)
+        n = n + 1
+        w:request(n, method, worker_process.params(helpers.merged({ config = cfg }, params)))
+        return n
+      end
+      local lease = assert(assert(w:reply_to(send("environmentAcquireLease", { runId = "r" }),
+        30)).result)
+      local lp = { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata }
+      local ws = lease.providerLeaseId .. "/workspace"
+      assert(proc.run({ argv = { "sh", "-c", 'head -c 3000000 /dev/urandom > "$1/big"; '
+        .. 'cp "$1/big" "$2/big"', "sh", host, ws } }))
+      helpers.write_file(flag, "")
+      local function temps(dir)
+        return (assert(proc.run({ argv = { "find", dir, "-name", "*.ph-sync-*" } })).stdout)
+      end
+      -- SyncIn: the sandbox's tar stalls with its temp made; SyncOut: the host's does
+      send("environmentSyncIn", { lease = lp, operations = { { operationId = "i", files = {
+        { sourcePath = host, targetPath = ws .. "/in", kind = "directory" } } } } })
+      send("environmentSyncOut", { lease = lp, operations = { { operationId = "o", files = {
+        { sourcePath = ws, targetPath = host .. "/out", kind = "directory" } } } } })
+      helpers.eventually(function()
+        return temps(ws) ~= "" and temps(host) ~= ""
+      end, "both transfers under way")
+      w:kill("SIGKILL")
+      w:wait(10)
+      helpers.eventually(function()
+        return #cmdline.holding(tmp.path) == 0
+      end, "no process of the dead worker's transfers left")
+      -- the sandbox's script removed its temp when its tar was stopped
+      assert.equal("", temps(ws))
+      -- the host's temp stays until the next SyncOut to that target, which removes it
+      assert.matches("/%.out%.ph%-sync%-%d+%-%x+\n$", temps(host))
+      fs.remove_tree(flag)
+      local s = client.session({ provider })
+      assert(s:call("environmentSyncOut", { config = helpers.merged(cfg, { root = tmp.path }),
+        lease = lp, operations = { { operationId = "again", files = {
+          { sourcePath = ws, targetPath = host .. "/out", kind = "directory" } } } } }))
+      assert.equal("", temps(host))
+      assert.equal(helpers.read_file(host .. "/big"), helpers.read_file(host .. "/out/big"))
+    end, nil, { env = { PATH = bin.path .. ":" .. os.getenv("PATH") } })
   end)
 
   it("runs postUploadCommands without the network when isolateNetwork is on", function()
