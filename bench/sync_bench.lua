@@ -1,6 +1,8 @@
 -- bench/sync_bench.lua: native workspace sync against the host's fallback (issue 12, item 5),
--- on the `local` provider, side by side in one run, for each workspace size (default 5,000
--- files / 50 MB, then 500 files / 5 MB): the workspace synced IN to a lease and back OUT.
+-- side by side in one run, for each workspace size (default 5,000 files / 50 MB, then 500
+-- files / 5 MB): the workspace synced IN to a lease and back OUT. (a) runs on the `local`
+-- provider; (b) on each of --providers (default local,ssh), one after the other on the same
+-- workspace.
 --
 --   (a) upstream's REAL host-side runtime (@paperclipai/adapter-utils, spec/queue_bridge) over
 --       our worker: spec/queue_bridge/drive_sync.mjs, unchanged, run with --extra-files
@@ -16,6 +18,12 @@
 --       `base64 -d >> TMP` with 4 MiB of base64 (3 MiB decoded) on stdin per execute, `mv`,
 --       `rm -rf DIR && mkdir -p DIR && tar -xf`; back: `tar -cf` in the sandbox, `wc -c`, then
 --       `dd bs=3145728 skip=I count=1 | base64` per execute, decoded and `tar -xf` on the host.
+--       On `local` the leases are directories of the temp dir. On `ssh` they are on a real
+--       OpenSSH sshd started on 127.0.0.1 for the size (spec/support/sshd.lua), its dir, HOME
+--       and the leases (workspaceRoot) inside the temp dir: the worker (scrubbed environment)
+--       gets an ed25519 client key as privateKey, knownHostsFile in the temp dir with
+--       hostKeyPolicy accept-new, never ~/.ssh. Native there is host.sync_tar: tar streams over
+--       a duplex on the pooled SSH connection; fallback's executes ride the same connection.
 --
 -- Peak memory is the worker process's VmHWM (/proc/PID/status; its children, cp, tar and sh,
 -- are not counted). In (b) every candidate gets a fresh worker, read just before shutdown.
@@ -26,13 +34,16 @@
 -- not judge; it exits 1 only when a run failed (a transfer error, a tree that differs).
 --
 --   build/provider-host bench/sync_bench.lua [--files=5000] [--mb=50] [--second=500:5|none]
---     [--parts=a,b] [--quick] [--out=FILE]
+--     [--parts=a,b] [--providers=local,ssh] [--quick] [--out=FILE]
 --   bench/run --bench=sync [--files=N] [--mb=N] [--second=F:MB|none] [--sync-parts=a,b]
+--     [--providers=local,ssh]
 --
 -- --quick: only the second size. (a) needs node and `npm ci --prefix spec/queue_bridge`;
+-- without them it is skipped and said so. (b) on ssh needs /usr/sbin/sshd and ssh-keygen;
 -- without them it is skipped and said so. MB are 10^6 bytes. Everything (workspaces, leases,
--- the driver's temp dir, workers) lives in one temp dir removed on every path; every wait is
--- bounded (a Node driver 280 s, a request 300 s, the whole run 1500 s).
+-- the driver's temp dir, workers, sshd) lives in one temp dir removed on every path; every
+-- wait is bounded (a Node driver 280 s, a request 300 s, sshd's start 10 s, the whole run
+-- 1500 s). JSON: a size's (b) on local is `b`, on ssh `b_ssh` (the same fields).
 local root = arg and arg[0] and arg[0]:match("^(.*)/bench/[^/]+$") or "."
 package.path = root .. "/?.lua;" .. package.path
 
@@ -41,6 +52,7 @@ local helpers = require("spec.helpers")
 local json = require("host.json")
 local lines = require("spec.support.lines")
 local proc = require("host.proc")
+local sshd = require("spec.support.sshd")
 local sys = require("host.core.sys")
 local task = require("host.task")
 local util = require("host.util")
@@ -51,8 +63,10 @@ local B64_CHUNK = 4 * MIB -- REMOTE_WRITE_FALLBACK_BASE64_CHUNK_SIZE
 local RAW_CHUNK = B64_CHUNK // 4 * 3 -- its decoded size, also REMOTE_READ_CHUNK_BYTES
 local TARGET_SPEEDUP = 10
 local TARGET_PEAK_MIB = 64
+local B_KEY = { ["local"] = "b", ssh = "b_ssh" } -- a size's (b) results in the JSON, by provider
 
-local opts = { files = 5000, mb = 50, second = "500:5", parts = "a,b",
+local PROVIDERS = { "local", "ssh" }
+local opts = { files = 5000, mb = 50, second = "500:5", parts = "a,b", providers = "local,ssh",
   out = root .. "/bench/results/sync.json" }
 for _, a in ipairs(arg) do
   local k, v = a:match("^%-%-([%w-]+)=(.*)$")
@@ -62,6 +76,8 @@ for _, a in ipairs(arg) do
     opts.second = v
   elseif k == "parts" or k == "sync-parts" then
     opts.parts = v
+  elseif k == "providers" then
+    opts.providers = v
   elseif k == "out" then
     opts.out = v
   elseif a == "--quick" then
@@ -74,6 +90,15 @@ end
 local wanted = {}
 for p in opts.parts:gmatch("[^,%s]+") do
   wanted[p] = true
+end
+local wanted_providers = {}
+for p in opts.providers:gmatch("[^,%s]+") do
+  if p ~= "local" and p ~= "ssh" then
+    io.stderr:write("bench/sync_bench.lua: --providers: unknown provider " .. p
+      .. " (local, ssh)\n")
+    os.exit(2)
+  end
+  wanted_providers[p] = true
 end
 
 local binary = assert(fs.realpath(helpers.binary()))
@@ -162,10 +187,10 @@ end
 local Worker = {}
 Worker.__index = Worker
 
-local function start_worker(tmp)
+local function start_worker(tmp, provider)
   local self = setmetatable({ replies = {}, next_id = 1, stderr = {} }, Worker)
   self.process = assert(proc.spawn({
-    argv = { binary, "worker", "--provider", "local" },
+    argv = { binary, "worker", "--provider", provider },
     env = { PATH = os.getenv("PATH"), TMPDIR = tmp, PROVIDER_HOST_LOG = "error" },
     stdin = true,
     timeout = 900,
@@ -228,27 +253,30 @@ function Worker:stop()
   sys.kill(-self.pid, "SIGKILL") -- anything of its group still running
 end
 
-local BASE = { driverKey = "local", companyId = "company-1", environmentId = "env-bench" }
+local BASE = { companyId = "company-1", environmentId = "env-bench" }
 
--- with_lease(tmp, fn): fn(w, base, cwd) on a fresh worker and lease; released, stopped after.
-local function with_lease(tmp, fn)
+-- with_lease(tmp, prov, fn): fn(w, base, cwd) on a fresh worker of prov.name (its lease
+-- config prov.config) and a fresh lease; released, stopped after.
+local function with_lease(tmp, prov, fn)
   local wtmp = tmp .. "/worker-tmp-" .. util.hex(assert(util.random(4)))
   assert(fs.mkdir(wtmp, tonumber("700", 8)))
-  local w = start_worker(wtmp)
+  local w = start_worker(wtmp, prov.name)
+  local common = helpers.merged(BASE, { driverKey = prov.name, config = prov.config })
   local base, lease
   return helpers.with_cleanup(function()
     w:call("initialize", { manifest = {}, config = {}, apiVersion = 1,
       databaseNamespace = json.null,
       instanceInfo = { instanceId = "default", hostVersion = "0.0.0" } }, 30)
-    local config = { root = tmp .. "/leases" }
-    lease = w:call("environmentAcquireLease", helpers.merged(BASE, { config = config,
-      runId = "run-bench" }), 60)
-    base = helpers.merged(BASE, { config = config, lease = { providerLeaseId =
-      lease.providerLeaseId, metadata = lease.metadata } })
+    lease = w:call("environmentAcquireLease", helpers.merged(common, { runId = "run-bench" }), 60)
+    base = helpers.merged(common, { lease = { providerLeaseId = lease.providerLeaseId,
+      metadata = lease.metadata } })
+    if lease.metadata.nativeFileSyncUnsupported then
+      error(prov.name .. ": the lease says nativeFileSyncUnsupported (no GNU tar there?)", 0)
+    end
     return fn(w, base, lease.metadata.remoteCwd)
   end, function()
     if lease and not w.process:done() then
-      pcall(w.call, w, "environmentReleaseLease", helpers.merged(BASE, { config = base.config,
+      pcall(w.call, w, "environmentReleaseLease", helpers.merged(common, {
         providerLeaseId = lease.providerLeaseId, leaseMetadata = lease.metadata }), 60)
     end
     w:stop()
@@ -281,8 +309,8 @@ local function same_tree(a, b)
 end
 
 -- (b), native: one directory mapping each way.
-local function raw_native(tmp, ws, out)
-  return with_lease(tmp, function(w, base, cwd)
+local function raw_native(tmp, prov, ws, out)
+  return with_lease(tmp, prov, function(w, base, cwd)
     local target = cwd .. "/bench-ws"
     local t0 = task.now()
     local rin = w:call("environmentSyncIn", helpers.merged(base, { operations = { {
@@ -301,8 +329,8 @@ local function raw_native(tmp, ws, out)
 end
 
 -- (b), fallback: upstream's mechanism (writeFile's chunked append, then readFile's dd chunks).
-local function raw_fallback(tmp, ws, out)
-  return with_lease(tmp, function(w, base, cwd)
+local function raw_fallback(tmp, prov, ws, out)
+  return with_lease(tmp, prov, function(w, base, cwd)
     local target = cwd .. "/bench-ws"
     local requests = 0
     local function run(script, stdin)
@@ -370,24 +398,35 @@ local function raw_fallback(tmp, ws, out)
   end)
 end
 
-local function part_b(tmp, files, bytes)
-  local ws = tmp .. "/ws"
-  assert(fs.mkdir(ws))
-  local sizes = build_workspace(ws, files, bytes)
-  table.sort(sizes)
-  local res = { files = files, bytes = bytes, smallest = sizes[1], median = sizes[#sizes // 2 + 1],
-    largest = sizes[#sizes] }
-  -- the floor: one `cp -a` of the workspace and back (what any copy of these files costs here)
-  local t0 = task.now()
-  sh('cp -a -- "$1" "$2" && cp -a -- "$2" "$3"', 300, ws, tmp .. "/floor-in", tmp .. "/floor-out")
-  res.floor_s = task.now() - t0
-  assert(fs.remove_tree(tmp .. "/floor-in"))
-  assert(fs.remove_tree(tmp .. "/floor-out"))
+-- start_sshd(tmp) -> spec.support.sshd's server, its private dir (host keys, config, HOME)
+-- inside tmp: sshd.start makes it with host.util.mkdtemp, which only knows $TMPDIR, so that is
+-- pointed at tmp for the call.
+local function start_sshd(tmp)
+  local mkdtemp = util.mkdtemp
+  util.mkdtemp = function(prefix)
+    local path = tmp .. "/" .. prefix .. util.hex(assert(util.random(4)))
+    local ok, err, code = fs.mkdir(path, tonumber("700", 8))
+    if not ok then
+      return nil, err, code
+    end
+    return path
+  end
+  local ok, server = pcall(sshd.start, {})
+  util.mkdtemp = mkdtemp
+  if not ok then
+    error(server, 0)
+  end
+  return server
+end
+
+-- (b) on one provider: native, then fallback, each on a fresh worker and lease.
+local function b_provider(tmp, prov, ws, files)
+  local res = {}
   for _, c in ipairs({ { "native", raw_native }, { "fallback", raw_fallback } }) do
     check_stop()
     local out = tmp .. "/out-" .. c[1]
-    say("(b) %d files: %s", files, c[1])
-    local ok, r = pcall(c[2], tmp, ws, out)
+    say("(b) %d files, %s: %s", files, prov.name, c[1])
+    local ok, r = pcall(c[2], tmp, prov, ws, out)
     if stopping then
       error(r, 0)
     end
@@ -401,8 +440,76 @@ local function part_b(tmp, files, bytes)
     res[c[1]] = r
     assert(fs.remove_tree(out))
   end
-  assert(fs.remove_tree(ws))
   return res
+end
+
+-- b_ssh(tmp, ws, files) -> (b) on ssh against a loopback sshd of its own, stopped after.
+local function b_ssh(tmp, ws, files)
+  local missing = not sshd.available() and (sshd.sshd .. " or ssh-keygen is not installed")
+  if missing then
+    return { skipped = missing }
+  end
+  local keys = tmp .. "/ssh-client"
+  assert(fs.mkdir(keys, tonumber("700", 8)))
+  local key = sshd.keygen(keys, "id_ed25519", "ed25519")
+  assert(fs.mkdir(tmp .. "/ssh-leases", tonumber("700", 8)))
+  local server = start_sshd(tmp)
+  return helpers.with_cleanup(function()
+    server:authorize(key.public)
+    say("(b) ssh: sshd on %s:%d (user %s), dir %s", server.host, server.port, server.user,
+      server.dir)
+    local prov = { name = "ssh", config = { host = server.host, port = server.port,
+      user = server.user, privateKey = key.private, knownHostsFile = keys .. "/known_hosts",
+      hostKeyPolicy = "accept-new", workspaceRoot = tmp .. "/ssh-leases", timeoutMs = 300000 } }
+    local res = b_provider(tmp, prov, ws, files)
+    res.sshd = { host = server.host, port = server.port, user = server.user }
+    return res
+  end, function()
+    server:close()
+  end)
+end
+
+-- part_b(tmp, files, bytes) -> { local = result, ssh = result } for the wanted providers;
+-- each result has the workspace's shape and the floor, and native and fallback.
+local function part_b(tmp, files, bytes)
+  local ws = tmp .. "/ws"
+  assert(fs.mkdir(ws))
+  local sizes = build_workspace(ws, files, bytes)
+  table.sort(sizes)
+  local shape = { files = files, bytes = bytes, smallest = sizes[1],
+    median = sizes[#sizes // 2 + 1], largest = sizes[#sizes] }
+  -- the floor: one `cp -a` of the workspace and back (what any copy of these files costs here)
+  local t0 = task.now()
+  sh('cp -a -- "$1" "$2" && cp -a -- "$2" "$3"', 300, ws, tmp .. "/floor-in", tmp .. "/floor-out")
+  shape.floor_s = task.now() - t0
+  assert(fs.remove_tree(tmp .. "/floor-in"))
+  assert(fs.remove_tree(tmp .. "/floor-out"))
+  local all = {}
+  for _, name in ipairs(PROVIDERS) do
+    if wanted_providers[name] then
+      check_stop()
+      local ok, r
+      if name == "local" then
+        -- timeoutMs as validateConfig normalizes it: the host gives a sync request
+        -- max(timeoutMs, bridgeRequestTimeoutMs) + 30 s, and 30 s without it
+        ok, r = pcall(b_provider, tmp, { name = "local", config = { root = tmp .. "/leases",
+          timeoutMs = 300000 } }, ws, files)
+      else
+        ok, r = pcall(b_ssh, tmp, ws, files)
+      end
+      if stopping then
+        error(r, 0)
+      end
+      r = ok and r or { failed = tostring(r) }
+      if not r.failed and not r.skipped then
+        r = helpers.merged(shape, r)
+      end
+      r.provider = name
+      all[name] = r
+    end
+  end
+  assert(fs.remove_tree(ws))
+  return all
 end
 
 -- ---- (a): upstream's runtime, drive_sync.mjs --------------------------------------------
@@ -595,7 +702,7 @@ helpers.run(function()
   end
   local results = { binary = binary, target_speedup = TARGET_SPEEDUP,
     target_peak_mib = TARGET_PEAK_MIB, chunk = { base64_in = B64_CHUNK, raw_out = RAW_CHUNK },
-    a_skipped = why_not_a, sizes = {} }
+    b_providers = opts.providers, a_skipped = why_not_a, sizes = {} }
   local failed = false
   for _, size in ipairs(sizes) do
     local tmpdir <close> = helpers.tempdir("ph-sync-bench-")
@@ -615,12 +722,16 @@ helpers.run(function()
       if stopping then
         error(r, 0)
       end
-      entry.b = ok and r or { failed = tostring(r) }
+      for _, name in ipairs(PROVIDERS) do
+        if wanted_providers[name] then
+          entry[B_KEY[name]] = ok and r[name] or { failed = tostring(r), provider = name }
+        end
+      end
     end
     results.sizes[#results.sizes + 1] = entry
     print(("%d files, %.1f MB%s"):format(size.files, size.bytes / MB, "  (native | fallback | "
       .. "fallback/native)"))
-    local a, b = entry.a, entry.b
+    local a = entry.a
     if a and a.failed then
       failed = true
       print("  (a) FAILED: " .. a.failed)
@@ -640,31 +751,37 @@ helpers.run(function()
       a.verdict = verdicts(a.native, a.fallback)
       failed = failed or a.differences > 0
     end
-    if b and b.failed then
-      failed = true
-      print("  (b) FAILED: " .. b.failed)
-    elseif b then
-      print_rows(("(b) worker level: sizes %d B .. %d B (median %d)"):format(b.smallest,
-        b.largest, b.median), b.native, b.fallback, {
-          { "worker requests, in + out", b.native.requests, b.fallback.requests, tostring },
-        })
-      print(("    %-28s %14s   (one `cp -a` of the workspace there and back)"):format(
-        "floor: cp -a, in + out", fmt_s(b.floor_s)))
-      for _, c in ipairs({ "native", "fallback" }) do
-        if b[c].failed then
-          failed = true
-        elseif not b[c].same_tree then
-          failed = true
-          print(("    %s: the tree back differs: %s"):format(c, b[c].difference))
+    for _, name in ipairs(PROVIDERS) do
+      local b = entry[B_KEY[name]]
+      if b and b.failed then
+        failed = true
+        print(("  (b) %s: FAILED: %s"):format(name, b.failed))
+      elseif b and b.skipped then
+        print(("  (b) %s: skipped: %s"):format(name, b.skipped))
+      elseif b then
+        local where = b.sshd and (", sshd %s:%d"):format(b.sshd.host, b.sshd.port) or ""
+        print_rows(("(b) worker level, %s%s: sizes %d B .. %d B (median %d)"):format(name, where,
+          b.smallest, b.largest, b.median), b.native, b.fallback, {
+            { "worker requests, in + out", b.native.requests, b.fallback.requests, tostring },
+          })
+        print(("    %-28s %14s   (one `cp -a` of the workspace there and back)"):format(
+          "floor: cp -a, in + out", fmt_s(b.floor_s)))
+        for _, c in ipairs({ "native", "fallback" }) do
+          if b[c].failed then
+            failed = true
+          elseif not b[c].same_tree then
+            failed = true
+            print(("    %s: the tree back differs: %s"):format(c, b[c].difference))
+          end
         end
+        b.verdict = verdicts(b.native, b.fallback)
       end
-      b.verdict = verdicts(b.native, b.fallback)
     end
-    for _, part in ipairs({ "a", "b" }) do
-      local v = entry[part] and entry[part].verdict
+    for _, part in ipairs({ { "a", "(a)" }, { "b", "(b) local" }, { "b_ssh", "(b) ssh" } }) do
+      local v = entry[part[1]] and entry[part[1]].verdict
       if v then
-        print(("  (%s) targets: %.1fx faster (>= %dx): %s; native worker peak %.1f MiB (< %d MiB)"
-          .. ": %s"):format(part, v.speedup, TARGET_SPEEDUP, v.speed_met and "met" or "NOT met",
+        print(("  %s targets: %.1fx faster (>= %dx): %s; native worker peak %.1f MiB (< %d MiB)"
+          .. ": %s"):format(part[2], v.speedup, TARGET_SPEEDUP, v.speed_met and "met" or "NOT met",
           v.native_peak_mib or -1, TARGET_PEAK_MIB, v.peak_met and "met" or "NOT met"))
       end
     end
