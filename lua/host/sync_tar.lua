@@ -15,7 +15,8 @@
 --   archive makes its tar fail and its script remove the temp directory.
 -- - mode: a file mapping's file gets mode; in a directory mapping every regular file gets
 --   mode & 0o777 and every directory that plus the x bit beside each r bit. Without mode the
---   source's permission bits are kept (the root directory's too).
+--   source's permission bits are kept (the root directory's too), but never a setuid, setgid
+--   or sticky bit the sandbox sent back to the host.
 -- - exclude: tar's own --exclude (plus `._*`), as the host's fallback runs it: the host's tar
 --   on SyncIn, the sandbox's on SyncOut.
 -- - followSymlinks: tar -h on the sending side. On SyncOut a symlink under the source that
@@ -494,6 +495,32 @@ local function chmod_tree(dir, fmode, dmode)
   end
 end
 
+-- Clear setuid, setgid and sticky bits under dir (the sandbox's tar may send any mode, and
+-- a host worker running as root would keep them): deepest first, symlinks untouched.
+local SPECIAL = oct("7000")
+
+local function strip_special(path, st)
+  if st.type ~= "link" and st.mode & SPECIAL ~= 0 then
+    local ok, err = fs.chmod(path, st.mode & oct("777"))
+    if not ok then
+      fail(("cannot chmod %s: %s"):format(path, err))
+    end
+  end
+end
+
+local function strip_tree(dir)
+  for _, name in ipairs(fs.list(dir) or {}) do
+    local path = sync.join(dir, name)
+    local st = fs.stat(path, false)
+    if st and st.type == "directory" then
+      strip_tree(path)
+    end
+    if st then
+      strip_special(path, st)
+    end
+  end
+end
+
 -- Give the unpacked temp directory its final modes; the path that replaces the target.
 local function settle(f, tmp, remote_mode)
   if f.kind == "file" then
@@ -508,14 +535,19 @@ local function settle(f, tmp, remote_mode)
       if not ok then
         fail(("cannot chmod %s: %s"):format(path, err))
       end
+    else
+      strip_special(path, st)
     end
     return path
   end
   if f.mode then
     local m = f.mode & oct("777")
     chmod_tree(tmp, m, m | ((m & oct("444")) >> 2))
-  elseif remote_mode then
-    fs.chmod(tmp, remote_mode & oct("777"))
+  else
+    strip_tree(tmp)
+    if remote_mode then
+      fs.chmod(tmp, remote_mode & oct("777"))
+    end
   end
   return tmp
 end

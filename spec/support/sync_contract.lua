@@ -251,6 +251,15 @@ function M.describe(name, world, busted)
           assert.equal(oct("600"), mode(w.box .. "/keys/sub/deeper/run.sh"))
           assert.equal(oct("700"), mode(w.box .. "/keys/sub")) -- r gets its x on directories
           assert.equal(oct("700"), mode(w.box .. "/keys"))
+          -- nothing setuid, setgid or sticky comes back from the sandbox
+          helpers.write_file(w.box .. "/keys/suid", "#!/bin/sh\n", "755")
+          assert(fs.chmod(w.box .. "/keys/suid", oct("6755")))
+          assert(fs.chmod(w.box .. "/keys/sub", oct("1777")))
+          assert(w.sync_out({ op("s", { dir(w.box .. "/keys", w.host .. "/k1"),
+            file(w.box .. "/keys/suid", w.host .. "/suid") }) }))
+          assert.equal(oct("755"), mode(w.host .. "/k1/suid"))
+          assert.equal(oct("777"), mode(w.host .. "/k1/sub"))
+          assert.equal(oct("755"), mode(w.host .. "/suid"))
           -- and on the way back: 0644 files, 0755 directories
           assert(w.sync_out({ op("o", { dir(w.box .. "/keys", w.host .. "/k2",
             { mode = oct("644") }) }) }))
