@@ -207,7 +207,7 @@ static int sys_list_dir(lua_State *L)
     return 1;
 }
 
-/* sys.stat(path [, follow]) -> {type=, mode=, size=, mtime=} | nil, msg, "io" */
+/* sys.stat(path [, follow]) -> {type=, mode=, size=, mtime=, uid=, nlink=} | nil, msg, "io" */
 static int sys_stat(lua_State *L)
 {
     const char *path = luaL_checkstring(L, 1);
@@ -215,7 +215,7 @@ static int sys_stat(lua_State *L)
     struct stat st;
     if ((follow ? stat(path, &st) : lstat(path, &st)) != 0)
         return ph_fail_errno(L, "io", errno, "cannot stat %s", path);
-    lua_createtable(L, 0, 4);
+    lua_createtable(L, 0, 6);
     const char *type = S_ISREG(st.st_mode)    ? "file"
                        : S_ISDIR(st.st_mode)  ? "directory"
                        : S_ISLNK(st.st_mode)  ? "link"
@@ -231,6 +231,8 @@ static int sys_stat(lua_State *L)
     lua_setfield(L, -2, "mtime");
     lua_pushinteger(L, (lua_Integer)st.st_uid);
     lua_setfield(L, -2, "uid");
+    lua_pushinteger(L, (lua_Integer)st.st_nlink);
+    lua_setfield(L, -2, "nlink");
     return 1;
 }
 

@@ -5,7 +5,7 @@ local util = require("host.core.util")
 local M = {}
 
 --- stat(path [, follow = true]) -> {type = "file"|"directory"|"link"|"socket"|"other", mode, size,
--- mtime, uid} | nil, msg, "io". With follow = false a symlink is reported as "link".
+-- mtime, uid, nlink} | nil, msg, "io". With follow = false a symlink is reported as "link".
 M.stat = sys.stat
 
 --- mkdir(path [, mode = 0755 [, exclusive]]) -> true | nil, msg, "io"

@@ -264,7 +264,10 @@ function M.sweep_stale(target)
     local pid = name:sub(1, #prefix) == prefix and name:sub(#prefix + 1):match("^(%d+)%-%x+$")
     if pid and not fs.stat("/proc/" .. pid, false) then
       local path = M.join(dir, name)
-      fs.chmod(path, M.oct("700"))
+      local st = fs.stat(path, false) -- never chmod through a link planted under that name
+      if st and st.type == "directory" then
+        fs.chmod(path, M.oct("700"))
+      end
       fs.remove_tree(path)
     end
   end

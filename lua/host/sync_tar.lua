@@ -11,8 +11,10 @@
 --   no file is readable by others before it has its final mode; modes are set there, then a
 --   file is renamed over its target (atomic) or a directory replaces its target (the old one
 --   removed, then the temp directory renamed into place). A failure leaves the old target:
---   the sandbox gets the end of an archive only once the host's tar exited 0, and a cut
---   archive makes its tar fail and its script remove the temp directory.
+--   on SyncIn the sandbox installs nothing unless a commit member follows the mapping's
+--   archive, sent only once the host's tar exited 0 and the stream ended whole (tar itself
+--   takes an archive cut between two members for a whole one); on SyncOut the host installs
+--   only after both tars exited 0 and the stream ended whole.
 -- - mode: a file mapping's file gets mode; in a directory mapping every regular file gets
 --   mode & 0o777 and every directory that plus the x bit beside each r bit. Without mode the
 --   source's permission bits are kept (the root directory's too), but never a setuid, setgid
@@ -24,7 +26,8 @@
 --   source) is an error before anything is sent; the source itself must resolve inside the
 --   lease directory. Whatever the sandbox sends back is checked as it passes (host.tar_reader
 --   strict: no absolute or ".." names, no hard links or special files, nothing below a
---   symlink member) and unpacked by GNU tar, which refuses the same.
+--   symlink member, nothing GNU tar could read otherwise), unpacked by GNU tar, which refuses
+--   the same, and walked before it is installed (only files, directories and symlinks).
 -- - Size cap: syncMaxBytes per operation, counted over the regular files' bytes as the stream
 --   passes; past it the stream stops and the mapping fails (its temp directory goes).
 -- - Counts: filesTransferred counts regular files and symlinks, bytesTransferred regular
@@ -45,10 +48,11 @@ local M = {}
 
 local fail, oct = sync.fail, sync.oct
 
---- SUPPORT_SCRIPT: exits 0 where native sync can run (GNU tar, readlink -e, stat -c, mktemp -d).
+--- SUPPORT_SCRIPT: exits 0 where native sync can run (GNU tar, and coreutils' readlink -e,
+-- stat -c, mktemp -d, timeout).
 M.SUPPORT_SCRIPT = "tar --version 2>/dev/null | head -n 1 | grep -q GNU"
   .. " && readlink -e / >/dev/null 2>&1 && stat -c %a / >/dev/null 2>&1"
-  .. " && mktemp --version >/dev/null 2>&1"
+  .. " && mktemp --version >/dev/null 2>&1 && timeout --version >/dev/null 2>&1"
 
 local STDERR_KEEP = 4096
 
@@ -57,6 +61,8 @@ M.settings = {
   abort_wait = 5, -- seconds a failed transfer waits for either side's tar to clean up and end
   high_water = 1024 * 1024, -- bytes queued in the worker before the source is paused
   low_water = 256 * 1024, -- bytes queued at most when it is resumed
+  max_trailing = 64 * 1024, -- bytes a stream may carry past its end-of-archive marker (a
+  -- tar pads its last record: 10 KiB by default)
 }
 
 -- ---------------------------------------------------------------------------------------------
@@ -68,9 +74,12 @@ fail() { printf 'ph-sync: %s\n' "$2" >&2; exit "$1"; }
 ]]
 
 -- $1 target, $2 kind, $3 member (file), $4 file mode, $5 dir mode, $6 root mode (directory
--- without mode), $7 the lease directory ("" for none), $8 the temp template.
+-- without mode), $7 the lease directory ("" for none), $8 the temp template, $9 the name of
+-- the commit member: the host sends it, in an archive of its own after the mapping's, only
+-- once its tar exited 0 and the stream ended whole; without it nothing is installed (tar
+-- exits 0 on an archive cut between two members).
 local RECEIVE = COMMON .. [[
-T=$1 KIND=$2 MEMBER=$3 FMODE=$4 DMODE=$5 RMODE=$6 ROOT=$7 TMPL=$8
+T=$1 KIND=$2 MEMBER=$3 FMODE=$4 DMODE=$5 RMODE=$6 ROOT=$7 TMPL=$8 COMMIT=$9
 P=${T%/*}
 [ -n "$P" ] || P=/
 if [ -n "$ROOT" ]; then
@@ -93,8 +102,10 @@ umask 077 # the parents above got the sandbox's own umask, as the fallback's mkd
 tmp=$(mktemp -d -- "$TMPL") || fail 4 "cannot create a temp directory in $P"
 trap 'rm -rf -- "$tmp"; exit 4' HUP INT TERM PIPE
 bail() { rm -rf -- "$tmp"; fail "$@"; }
-tar -x -p --no-same-owner -f - -C "$tmp" || bail 4 "tar could not unpack the stream"
-cat >/dev/null
+tar -x -i -p --no-same-owner -f - -C "$tmp" || bail 4 "tar could not unpack the stream"
+{ [ -f "$tmp/$COMMIT" ] && [ ! -L "$tmp/$COMMIT" ]; } ||
+  bail 4 "the stream ended before the host committed it"
+rm -f -- "$tmp/$COMMIT"
 if [ "$KIND" = file ]; then
   f=$tmp/$MEMBER
   { [ -f "$f" ] && [ ! -L "$f" ]; } || bail 4 "the stream held no regular file"
@@ -136,7 +147,7 @@ else
 fi
 printf 'ph-sync-mode %s\n' "$(stat -c %a -- "$real")" >&2
 if [ -n "$FOLLOW" ] && [ "$KIND" = directory ]; then
-  find "$real" -type l -exec sh -c '
+  find -L "$real" -xtype l -exec sh -c '
     r=$1; shift
     for l do
       t=$(readlink -e -- "$l") || continue
@@ -163,7 +174,9 @@ set -f
 exec tar -c -f - --no-xattrs --hard-dereference ${FOLLOW:+-h} "$@"
 ]]
 
--- $1 cwd, $2 its sync root, $3 shell, $4 command.
+-- $1 cwd, $2 its sync root, $3 shell, $4 command, $5 seconds it may run: timeout(1) ends it
+-- (TERM, KILL 5 s later), since closing an SSH channel cannot signal a command that neither
+-- reads nor writes.
 local POST = COMMON .. [[
 real=$(readlink -e -- "$1") || fail 2 "cwd $1 cannot be used: it does not exist"
 rroot=$(readlink -e -- "$2") || rroot=$2
@@ -174,7 +187,7 @@ esac
 [ -d "$real" ] || fail 2 "cwd $1 is not a directory"
 cd -- "$real" || fail 4 "cannot enter $real"
 printf 'ph-sync-run\n' >&2
-exec "$3" -c "$4"
+exec timeout -k 5 "$5" "$3" -c "$4"
 ]]
 
 --- scripts: the sandbox side, read at each use (specs may wrap them to watch the sandbox).
@@ -221,14 +234,20 @@ local function queue()
   return q
 end
 
--- Keeps the first line (the sandbox script's note) and the tail of a stderr stream.
+-- Keeps the tail of a stderr stream, and the notes of our sandbox scripts: lines
+-- "ph-sync-WHAT VALUE" anywhere in it (a login profile may print before them).
 local function stderr_keeper()
-  local k = { head = "", tail = "" }
+  local k = { tail = "", notes = {}, partial = "" }
   function k.push(chunk)
-    if #k.head < 256 then
-      k.head = (k.head .. chunk):sub(1, 256)
-    end
     k.tail = (k.tail .. chunk):sub(-STDERR_KEEP)
+    local buf = k.partial .. chunk
+    for line in buf:gmatch("([^\n]*)\n") do
+      local what, value = line:match("^ph%-sync%-(%a+) ?(.*)$")
+      if what and not k.notes[what] then
+        k.notes[what] = value
+      end
+    end
+    k.partial = buf:match("([^\n]*)$"):sub(-256)
   end
   function k.message()
     local lines = {}
@@ -309,6 +328,8 @@ local function pump(ctx, q, reader, state, cap, sink, resume)
     local ok, err = reader:feed(chunk)
     if not ok then
       fail(err, "conflict")
+    elseif reader.trailing > M.settings.max_trailing then
+      fail("the stream goes on past the end of its archive", "conflict")
     end
     if state.op_bytes + reader.bytes > cap then
       fail(("the operation passed its size cap of %d bytes (config syncMaxBytes)"):format(cap),
@@ -355,6 +376,37 @@ local function mapping_modes(f)
   return ("%o"):format(m), ("%o"):format(m | ((m & oct("444")) >> 2))
 end
 
+-- cleanup(fn): fn() -> true | nil, code. Runs it now; when the calling task is being canceled
+-- (its waits fail at once), again in a task of its own, so the cleanup still happens.
+local function cleanup(fn)
+  local _, code = fn()
+  if code == "canceled" then
+    task.spawn(fn)
+  end
+end
+
+-- commit_archive(name) -> a tar archive of one empty file `name` (ustar, mode 0600): what the
+-- host sends after a mapping's archive once it is whole, for the sandbox to install it.
+local function commit_archive(name)
+  local function field(v, n)
+    return v .. ("\0"):rep(n - #v)
+  end
+  local function octal(v, n)
+    return ("%0" .. (n - 1) .. "o"):format(v) .. "\0"
+  end
+  local function with(sum)
+    return field(name, 100) .. octal(oct("600"), 8) .. octal(0, 8) .. octal(0, 8)
+      .. octal(0, 12) .. octal(0, 12) .. sum .. "0" .. field("", 100) .. "ustar\0" .. "00"
+      .. field("", 32) .. field("", 32) .. octal(0, 8) .. octal(0, 8) .. field("", 155)
+      .. field("", 12)
+  end
+  local blank, sum = with("        "), 0
+  for i = 1, #blank do
+    sum = sum + blank:byte(i)
+  end
+  return with(("%06o"):format(sum) .. "\0 ") .. ("\0"):rep(1024)
+end
+
 -- ---------------------------------------------------------------------------------------------
 -- SyncIn: host tar -> duplex -> sandbox tar
 
@@ -398,9 +450,10 @@ local function sync_in(ctx, o, f, state, cap)
   local p, d, keeper, watcher, result
   local held = false -- on_stdout asked for a pause before spawn returned p
   local stopped = false -- p is closed: its last chunks go nowhere
+  local commit = ".ph-sync-commit-" .. util.hex(util.random(8))
   local ok, err = pcall(function()
     d, keeper = open(ctx, o, M.scripts.receive, { target, f.kind, member, fmode, dmode, rmode,
-      o.confine or "", sync.temp_beside(target) .. "-XXXXXX" }, {})
+      o.confine or "", sync.temp_beside(target) .. "-XXXXXX", commit }, {})
     local perr
     p, perr = proc.spawn({ argv = argv, env = o.env, stdin = list, keep_output = false,
       timeout = math.max(ctx:remaining(), 0.001), on_stderr = host_err.push,
@@ -421,26 +474,25 @@ local function sync_in(ctx, o, f, state, cap)
     watcher = watch(function()
       result = p:wait()
     end, q)
-    -- One chunk is always held back: the sandbox gets the end of the archive only once the
-    -- host's tar exited 0, so a failed archive never replaces anything there.
-    local last
-    local taken = pump(ctx, q, reader, state, cap, function(chunk)
-      local wok = not last or d:write(last)
-      last = chunk
-      return wok
-    end, function()
+    local function send(chunk)
+      if not d:write(chunk) then -- the sandbox's side ended, or its transport failed
+        local r = d:wait(math.min(M.settings.abort_wait, math.max(ctx:remaining(), 0.001)))
+        if r and r.exit_code ~= 0 then
+          sandbox_failed("tar", r, keeper)
+        end
+        fail("the sandbox's side stopped taking the stream")
+      end
+      return true
+    end
+    pump(ctx, q, reader, state, cap, send, function()
       p:resume_output()
     end)
-    if taken then
-      if not result or result.exit_code ~= 0 then
-        fail(("the host's tar failed (%s): %s"):format(result and tostring(result.exit_code
-          or result.signal) or "no result", host_err.message()))
-      end
-      finish_reader(reader)
-      if last then
-        d:write(last) -- a failure shows in the sandbox's exit
-      end
+    if not result or result.exit_code ~= 0 then
+      fail(("the host's tar failed (%s): %s"):format(result and tostring(result.exit_code
+        or result.signal) or "no result", host_err.message()))
     end
+    finish_reader(reader)
+    send(commit_archive(commit)) -- the stream is whole: the sandbox may install it
     d:close_stdin()
     local r = end_of(d, ctx)
     if r.exit_code ~= 0 then
@@ -456,11 +508,17 @@ local function sync_in(ctx, o, f, state, cap)
     p:close()
   end
   if d then
-    if not ok then -- a cut archive: the sandbox's tar fails and its script removes its temp
-      d:close_stdin()
-      d:wait(M.settings.abort_wait)
-    end
-    d:close()
+    cleanup(function() -- without the commit member the sandbox's script removes its temp
+      if not ok then
+        d:close_stdin()
+        local _, _, code = d:wait(M.settings.abort_wait)
+        if code == "canceled" then
+          return nil, code
+        end
+      end
+      d:close()
+      return true
+    end)
   end
   if not ok then
     error(err, 0)
@@ -471,52 +529,45 @@ end
 -- ---------------------------------------------------------------------------------------------
 -- SyncOut: sandbox tar -> duplex -> host tar, into a temp directory beside the target
 
--- Walk the unpacked tree giving every file and directory its mapping's mode (deepest first).
-local function chmod_tree(dir, fmode, dmode)
+local function chmod(path, mode)
+  local ok, err = fs.chmod(path, mode)
+  if not ok then
+    fail(("cannot chmod %s: %s"):format(path, err))
+  end
+end
+
+-- walk(dir, fmode, dmode): check and settle what the host's tar unpacked from the sandbox's
+-- stream under dir, deepest first: only files, directories and symlinks, no file with another
+-- link; files get fmode and directories dmode, or without them keep their bits but never a
+-- setuid, setgid or sticky one (a worker running as root would keep them). A directory the
+-- walk cannot enter is opened for it and then given its mode.
+local PERMS = oct("777")
+
+local function walk(dir, fmode, dmode)
   local names, err = fs.list(dir)
   if not names then
     fail(("cannot list %s: %s"):format(dir, err))
   end
   for _, name in ipairs(names) do
     local path = sync.join(dir, name)
-    local st = fs.stat(path, false)
-    if st and st.type == "directory" then
-      chmod_tree(path, fmode, dmode)
-    elseif st and st.type == "file" then
-      local ok, cerr = fs.chmod(path, fmode)
-      if not ok then
-        fail(("cannot chmod %s: %s"):format(path, cerr))
+    local st, serr = fs.stat(path, false)
+    if not st then
+      fail(("cannot stat %s: %s"):format(path, serr))
+    elseif st.type == "directory" then
+      if st.mode & oct("700") ~= oct("700") then
+        chmod(path, oct("700"))
       end
-    end
-  end
-  local ok, cerr = fs.chmod(dir, dmode)
-  if not ok then
-    fail(("cannot chmod %s: %s"):format(dir, cerr))
-  end
-end
-
--- Clear setuid, setgid and sticky bits under dir (the sandbox's tar may send any mode, and
--- a host worker running as root would keep them): deepest first, symlinks untouched.
-local SPECIAL = oct("7000")
-
-local function strip_special(path, st)
-  if st.type ~= "link" and st.mode & SPECIAL ~= 0 then
-    local ok, err = fs.chmod(path, st.mode & oct("777"))
-    if not ok then
-      fail(("cannot chmod %s: %s"):format(path, err))
-    end
-  end
-end
-
-local function strip_tree(dir)
-  for _, name in ipairs(fs.list(dir) or {}) do
-    local path = sync.join(dir, name)
-    local st = fs.stat(path, false)
-    if st and st.type == "directory" then
-      strip_tree(path)
-    end
-    if st then
-      strip_special(path, st)
+      walk(path, fmode, dmode)
+      chmod(path, dmode or (st.mode & PERMS))
+    elseif st.type == "file" then
+      if st.nlink > 1 then
+        fail(("the sandbox's stream made a hard link %s"):format(path), "conflict")
+      end
+      if fmode or st.mode & ~PERMS ~= 0 then
+        chmod(path, fmode or (st.mode & PERMS))
+      end
+    elseif st.type ~= "link" then
+      fail(("the sandbox's stream made a special file %s"):format(path), "conflict")
     end
   end
 end
@@ -527,27 +578,19 @@ local function settle(f, tmp, remote_mode)
     local names = fs.list(tmp) or {}
     local path = names[1] and sync.join(tmp, names[1])
     local st = path and fs.stat(path, false)
-    if #names ~= 1 or not st or st.type ~= "file" then
+    if #names ~= 1 or not st or st.type ~= "file" or st.nlink > 1 then
       fail("the sandbox sent no regular file")
     end
-    if f.mode then
-      local ok, err = fs.chmod(path, f.mode)
-      if not ok then
-        fail(("cannot chmod %s: %s"):format(path, err))
-      end
-    else
-      strip_special(path, st)
-    end
+    chmod(path, f.mode or (st.mode & PERMS))
     return path
   end
   if f.mode then
-    local m = f.mode & oct("777")
-    chmod_tree(tmp, m, m | ((m & oct("444")) >> 2))
+    local m = f.mode & PERMS
+    walk(tmp, m, m | ((m & oct("444")) >> 2))
+    chmod(tmp, m | ((m & oct("444")) >> 2))
   else
-    strip_tree(tmp)
-    if remote_mode then
-      fs.chmod(tmp, remote_mode & oct("777"))
-    end
+    walk(tmp)
+    chmod(tmp, (remote_mode or oct("700")) & PERMS)
   end
   return tmp
 end
@@ -585,7 +628,8 @@ local function sync_out(ctx, o, f, state, cap)
     local perr
     -- tar stops reading at the end-of-archive marker: cat takes the rest of the record
     p, perr = proc.spawn({ argv = { "sh", "-c",
-      'tar -x -p --no-same-owner -f - -C "$1" && exec cat >/dev/null', "sh", tmp },
+      'tar -x -p --no-same-owner --no-overwrite-dir -f - -C "$1" && exec cat >/dev/null',
+      "sh", tmp },
       env = o.env, stdin = true, timeout = math.max(ctx:remaining(), 0.001),
       max_output = 64 * 1024 })
     if not p then
@@ -635,19 +679,26 @@ local function sync_out(ctx, o, f, state, cap)
   if d then
     d:close()
   end
-  if p then
-    if not ok and not p:done() then -- it writes into tmp: gone before tmp goes
-      p:terminate()
-      p:wait(M.settings.abort_wait)
-    end
-    p:close()
-  end
   if not ok then
-    remove_temp(tmp)
+    cleanup(function() -- the host's tar writes into tmp: gone before tmp goes
+      if p and not p:done() then
+        p:terminate()
+        local _, _, code = p:wait(M.settings.abort_wait)
+        if code == "canceled" then
+          return nil, code
+        end
+      end
+      if p then
+        p:close()
+      end
+      remove_temp(tmp)
+      return true
+    end)
     error(err, 0)
   end
+  p:close()
   ok, err = pcall(function()
-    local mode = tonumber(keeper.head:match("ph%-sync%-mode (%d+)") or "", 8)
+    local mode = tonumber(keeper.notes.mode or "", 8)
     local landed = settle(f, tmp, mode)
     sync.clear_target(target, f.kind == "file")
     sync.rename(ctx, o.env, landed, target)
@@ -667,14 +718,18 @@ local function post(ctx, o, c, roots, default)
   local ms, timeout = sync.post_timeout(ctx, c)
   ctx.log.info("%s: running a postUploadCommand in %s", o.name, util.utf8_clean(cwd, true))
   local keeper = stderr_keeper()
+  -- timeout(1) in the sandbox ends the command; the duplex outlives it a little, so its own
+  -- limit (which on SSH cannot signal the command) never comes first
   local d, err, code = o.duplex(ctx, { lease = o.lease, command = "sh",
-    args = { "-c", M.scripts.post, "ph-sync", cwd, root, o.shell, c.command }, env = {}, cwd = "/",
-    timeout = timeout, on_stdout = function() end, on_stderr = keeper.push })
+    args = { "-c", M.scripts.post, "ph-sync", cwd, root, o.shell, c.command,
+      ("%.3f"):format(timeout) }, env = {}, cwd = "/", timeout = timeout + 10,
+    on_stdout = function() end, on_stderr = keeper.push })
   if not d then
     fail(("command %q could not start: %s"):format(c.command, tostring(err)), code)
   end
+  d:close_stdin() -- the command's stdin is empty, as execute's without stdin
   local r
-  r, err, code = d:wait(timeout + 5)
+  r, err, code = d:wait(timeout + 15)
   d:close()
   if not r then
     if code == "timeout" then
@@ -682,9 +737,10 @@ local function post(ctx, o, c, roots, default)
     end
     fail(("command %q failed: %s"):format(c.command, tostring(err)), code)
   end
-  local ran = keeper.head:find("^ph%-sync%-run\n") ~= nil
-  if not ran then
+  if not keeper.notes.run then
     sandbox_failed("cwd check", r, keeper)
+  elseif r.exit_code == 124 or r.exit_code == 137 then -- timeout(1): TERM, or KILL after 5 s
+    fail(("command %q timed out after %dms"):format(c.command, ms), "timeout")
   elseif r.exit_code ~= 0 then
     local tail = keeper.message()
     fail(("command %q %s%s"):format(c.command,

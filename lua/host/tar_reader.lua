@@ -1,8 +1,11 @@
 --- host.tar_reader: follows a tar stream as it passes (GNU, ustar and pax headers), without
 -- keeping it: counts its files and bytes as the sync result reports them, and in strict mode
 -- refuses what a sandbox must never send back to the host (absolute or ".." names, hard
--- links, devices and fifos, a member below a symlink member). Content is skipped by count;
--- only headers and long names are held (bounded).
+-- links, devices and fifos, a member below a symlink member) and anything GNU tar might read
+-- otherwise than this reader (a wrong checksum, a global or unknown pax key, a size that is
+-- not plain octal or base-256, a file named like a directory, an entry for the root). Content
+-- is skipped by count; only headers and long names are held (bounded). Bytes after the
+-- end-of-archive marker are counted in reader.trailing, not read.
 local M = {}
 
 local BLOCK = 512
@@ -36,9 +39,31 @@ local function number(field)
     end
     return v
   end
-  local digits = field:match("^[%s%z]*([0-7]*)")
+  local digits = field:match("^ *([0-7]*)[ %z]*$") -- GNU's old base-64 ("+...") is not one
+  if not digits then
+    return nil
+  end
   return tonumber(digits ~= "" and digits or "0", 8)
 end
+
+-- The header's checksum: its bytes summed with the checksum field as spaces.
+local function checksum_ok(h)
+  local want = number(h:sub(149, 156))
+  local sum = 8 * 32
+  for i = 1, 148 do
+    sum = sum + h:byte(i)
+  end
+  for i = 157, BLOCK do
+    sum = sum + h:byte(i)
+  end
+  return want == sum
+end
+
+-- The pax keys a sandbox's GNU tar may send back; any other (GNU.sparse.*, a global header's)
+-- could make the host's tar read the stream otherwise than this reader does.
+local PAX_KEYS = { path = true, linkpath = true, size = true, mtime = true, atime = true,
+  ctime = true, uid = true, gid = true, uname = true, gname = true, comment = true,
+  charset = true, hdrcharset = true }
 
 -- pax records "LEN key=value\n": the keys we use.
 local function pax(data)
@@ -69,7 +94,7 @@ function M.new(opts)
   opts = opts or {}
   return setmetatable({ strict = opts.strict, on_member = opts.on_member, files = 0, bytes = 0,
     skip = 0, want = BLOCK, have = 0, pieces = {}, kind = "header", ended = false,
-    links = {} }, Reader)
+    trailing = 0, links = {} }, Reader)
 end
 
 local TYPES = { ["0"] = "file", ["\0"] = "file", ["7"] = "file", ["2"] = "link",
@@ -132,7 +157,13 @@ function Reader:header(h)
     self.ended = true
     return true
   end
+  if self.strict and not checksum_ok(h) then
+    return nil, "the stream holds a header with a wrong checksum"
+  end
   local flag = h:sub(157, 157)
+  if self.strict and flag == "g" then
+    return nil, "the stream holds a global pax header"
+  end
   local size = number(h:sub(125, 136))
   if not size or size > MAX_SIZE then
     return nil, "the stream holds a header with a malformed size"
@@ -164,12 +195,15 @@ function Reader:header(h)
     end
   end
   self.ext, self.long_name = nil, nil
+  local raw_name = name
   name = name:gsub("^%./", ""):gsub("/+$", "")
   local t = TYPES[flag]
-  if self.strict and t == "link" and (name == "" or name == ".") then
-    return nil, "the stream holds a symlink in place of its root"
+  if self.strict and (name == "" or name == ".") then
+    return nil, "the stream holds an entry for its root" -- ours never sends one
+  elseif self.strict and t == "file" and raw_name:find("/$") then
+    return nil, ("the stream holds a file named like a directory: %s"):format(raw_name)
   end
-  if self.strict and name ~= "" and name ~= "." then
+  if self.strict then
     local err = self:check_name(name, t)
     if err then
       return nil, err
@@ -203,6 +237,13 @@ function Reader:meta(data)
     if not rec then
       return nil, "the stream holds a malformed pax header"
     end
+    if self.strict then
+      for key in pairs(rec) do
+        if not PAX_KEYS[key] then
+          return nil, ("the stream holds a pax header with the key %s"):format(key)
+        end
+      end
+    end
     self.ext = rec
   end -- "K" (long link name) and "g" (global pax) change nothing we count
   return true
@@ -211,6 +252,10 @@ end
 --- Reader:feed(chunk) -> true | nil, message: the next bytes of the stream.
 function Reader:feed(chunk)
   local pos, n = 1, #chunk
+  if self.ended then
+    self.trailing = self.trailing + n
+    return true
+  end
   while pos <= n and not self.ended do
     if self.skip > 0 then
       local take = math.min(self.skip, n - pos + 1)
@@ -235,6 +280,9 @@ function Reader:feed(chunk)
         end
       end
     end
+  end
+  if self.ended then
+    self.trailing = self.trailing + (n - pos + 1)
   end
   return true
 end

@@ -24,6 +24,7 @@ local host_sync = require("host.sync")
 local proc = require("host.proc")
 local sync_tar = require("host.sync_tar")
 local sys = require("host.core.sys")
+local tar_build = require("spec.support.tar_build")
 local task = require("host.task")
 
 local M = {}
@@ -80,12 +81,15 @@ local function sample_tree(root)
   sh('ln -s sub/deeper/run.sh "$1/link"', root)
 end
 
--- watch(fn): fn(records) with the sandbox's receiving script wrapped: right after tar unpacks,
--- before any chmod or rename, it records "mode path" of everything in its temp directory.
+-- watch(fn): fn(records) with the sandbox's receiving script wrapped: right after tar unpacks
+-- and the commit member is checked, before any chmod or rename, it records "mode path" of
+-- everything in its temp directory.
 local function watch(record, fn)
   local original = sync_tar.scripts.receive
-  sync_tar.scripts.receive = original:gsub("cat >/dev/null\n", function()
-    return "cat >/dev/null\nfind \"$tmp\" -exec stat -c '%a %n' {} + >> '" .. record .. "'\n"
+  local anchor = 'rm -f -- "$tmp/$COMMIT"\n'
+  assert(original:find(anchor, 1, true), "the receiving script changed: find a new anchor")
+  sync_tar.scripts.receive = original:gsub(anchor:gsub("%p", "%%%0"), function()
+    return anchor .. "find \"$tmp\" -exec stat -c '%a %n' {} + >> '" .. record .. "'\n"
   end)
   helpers.with_cleanup(function()
     fn(function()
@@ -321,6 +325,43 @@ function M.describe(name, world, busted)
       end)
     end)
 
+    it("lets nothing a hostile sandbox sends land on the host", function()
+      with(function(w)
+        local tb = tar_build
+        local device = tb.entry({ name = "dev", type = "3", major = 1, minor = 3,
+          mode = oct("666") })
+        local cases = {
+          -- GNU tar takes a file named "d/" for a directory and reads its "content" as headers
+          { tb.archive(tb.entry({ name = "d/", size = 1024 }, device .. ("\0"):rep(512))),
+            "the stream holds a file named like a directory: d/" },
+          { tb.archive(tb.entry({ name = "h", type = "1", linkname = "/etc/passwd" })),
+            "the stream holds a hard link h" },
+          { tb.archive(tb.entry({ name = "a", type = "2", linkname = w.host }),
+            tb.entry({ name = "a/x" }, "x")), "the stream holds a/x below the symlink a" },
+          { tb.archive(tb.entry({ name = w.host .. "/abs" }, "x")),
+            "the stream holds an absolute name " .. w.host .. "/abs" },
+          { tb.archive(device), "the stream holds a device or fifo dev" },
+        }
+        helpers.write_file(w.host .. "/evil", "old")
+        local original = sync_tar.scripts.send
+        helpers.with_cleanup(function()
+          for i, c in ipairs(cases) do
+            local path = ("%s/evil%d.tar"):format(w.box, i)
+            helpers.write_file(path, c[1])
+            -- the sandbox's side, replaced by one that sends the prepared stream
+            sync_tar.scripts.send = "exec cat -- '" .. path .. "'"
+            local _, err = w.sync_out({ op("e", { dir(w.box, w.host .. "/evil") }) })
+            assert.matches(c[2], err.message, 1, true)
+            assert.equal("old", helpers.read_file(w.host .. "/evil"))
+          end
+        end, function()
+          sync_tar.scripts.send = original
+        end)
+        assert.equal("", sh('find "$1" \\( -type c -o -type b -o -name x -o -name abs \\)',
+          w.host))
+      end)
+    end)
+
     it("refuses relative paths, . and .. components, and (confined) paths outside the lease",
       function()
         with(function(w)
@@ -439,12 +480,16 @@ function M.describe(name, world, busted)
           else
             host_sync.DEFAULT_MAX_BYTES = 1000000
           end
+          -- the old targets stay whole (the sandbox's tar would take a stream cut between two
+          -- members for a whole one: only the host's commit member installs it)
+          helpers.write_file(w.box .. "/capped", "old")
+          helpers.write_file(w.host .. "/capped", "old")
           local _, err = w.sync_in({ op("c", { dir(w.host .. "/big", w.box .. "/capped") }) })
           assert.matches("passed its size cap of 1000000 bytes", err.message)
-          assert.is_nil(fs.stat(w.box .. "/capped"))
+          assert.equal("old", helpers.read_file(w.box .. "/capped"))
           _, err = w.sync_out({ op("c", { dir(w.box .. "/big", w.host .. "/capped") }) })
           assert.matches("passed its size cap of 1000000 bytes", err.message)
-          assert.is_nil(fs.stat(w.host .. "/capped"))
+          assert.equal("old", helpers.read_file(w.host .. "/capped"))
         end, function()
           host_sync.DEFAULT_MAX_BYTES = saved
         end)
