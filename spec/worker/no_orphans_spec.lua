@@ -28,6 +28,10 @@ local function with_stubborn_commands(fn)
       helpers.eventually(function()
         return #cmdline.holding(marker) == N
       end, "the commands started", 20)
+      -- A command shows before the worker told its watchdog of it (spawn returns, then the
+      -- worker writes): a reply to a later request means every spawn before it was told.
+      w:request(98, "health", {})
+      assert(w:reply_to(98, 15), "the health check was answered")
       fn(w, marker, lease)
     end, function()
       w:stop()
