@@ -127,6 +127,29 @@ function M.acquire(s, cfg)
   return lease, { providerLeaseId = lease.providerLeaseId, metadata = lease.metadata }
 end
 
+--- duplex_lease(h, s) -> lp, ctx, sandbox: a lease on session s, the ctx an execute on it gives
+-- the bridge's hooks (duplex, sandbox_helper), and h.fake's record of its sandbox.
+function M.duplex_lease(h, s)
+  local _, lp = M.acquire(s)
+  local ctx = s.worker:context(provider, "environmentExecute",
+    { config = M.config(), lease = lp }, nil, 120)
+  return lp, ctx, h.fake:sandbox(lp.providerLeaseId)
+end
+
+--- restorer(settings) -> fn that puts settings (a module's knobs) back as they are now: for
+-- before_each.
+function M.restorer(settings)
+  local saved = helpers.merged(settings)
+  return function()
+    for k in pairs(settings) do
+      settings[k] = nil
+    end
+    for k, v in pairs(saved) do
+      settings[k] = v
+    end
+  end
+end
+
 --- destroy(s, id, cfg): destroys the lease, asserting it succeeds.
 function M.destroy(s, id, cfg)
   assert.equal(

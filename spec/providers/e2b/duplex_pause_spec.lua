@@ -17,18 +17,10 @@ local h = harness.new({ logs = "warn" })
 local run = h.run
 after_each(h.assert_none_running)
 
-local DEFAULT_SETTINGS = helpers.merged(duplex.settings)
-before_each(function()
-  for k, v in pairs(DEFAULT_SETTINGS) do
-    duplex.settings[k] = v
-  end
-end)
+before_each(harness.restorer(duplex.settings))
 
 local function lease(s)
-  local _, lp = harness.acquire(s)
-  local ctx = s.worker:context(provider, "environmentExecute",
-    { config = harness.config(), lease = lp }, nil, 120)
-  return lp, ctx, h.fake:sandbox(lp.providerLeaseId)
+  return harness.duplex_lease(h, s)
 end
 
 -- A consumer: on_stdout keeps each chunk and counts the calls; when(chunk) runs in it after.

@@ -23,19 +23,11 @@ local h = harness.new({ logs = "warn" })
 local run = h.run
 after_each(h.assert_none_running)
 
-local DEFAULT_SETTINGS = helpers.merged(duplex.settings)
-before_each(function()
-  for k, v in pairs(DEFAULT_SETTINGS) do
-    duplex.settings[k] = v
-  end
-end)
+before_each(harness.restorer(duplex.settings))
 
 -- A session with a lease, and the ctx an execute on that lease would give the bridge hooks.
 local function lease(s)
-  local _, lp = harness.acquire(s)
-  local ctx = s.worker:context(provider, "environmentExecute",
-    { config = harness.config(), lease = lp }, nil, 120)
-  return lp, ctx, h.fake:sandbox(lp.providerLeaseId)
+  return harness.duplex_lease(h, s)
 end
 
 -- An on_stdout that keeps every chunk: out() is everything so far.
