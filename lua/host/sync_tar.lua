@@ -437,78 +437,83 @@ local function host_tar_create(f, real)
   return argv, #names > 0 and (table.concat(names, "\0") .. "\0") or "", ""
 end
 
-local function sync_in(ctx, o, f, state, cap)
-  local src = sync.check_path(f.sourcePath, "sourcePath")
-  local target = sync.confined(o.confine, f.targetPath, "targetPath")
-  local st = stat_source(f, src)
-  local real = fs.realpath(src) or src
+-- host_source(ctx, o, t, argv, list): the host's tar, its output queued in t.q and paused
+-- past high water; t.result is its result once t.q ended.
+local function host_source(ctx, o, t, argv, list)
+  local held = false -- on_stdout asked for a pause before spawn returned the process
+  local p, err = proc.spawn({ argv = argv, env = o.env, stdin = list, keep_output = false,
+    timeout = math.max(ctx:remaining(), 0.001), on_stderr = t.host_err.push,
+    on_stdout = function(chunk)
+      if not t.q.push(chunk) then
+        return
+      elseif not t.p then
+        held = true
+      elseif not t.stopped then
+        t.p:pause_output() -- until the sandbox took most of it
+      end
+    end })
+  if not p then
+    fail("cannot start tar on the host: " .. tostring(err))
+  end
+  t.p = p
+  if held then
+    p:pause_output()
+  end
+  t.watcher = watch(function()
+    t.result = p:wait()
+  end, t.q)
+end
+
+-- The mapping's stream into the sandbox's receiving script, then the commit member.
+local function send_in(ctx, o, f, state, cap, t, target, st, real)
   local argv, list, member = host_tar_create(f, real)
   local fmode, dmode = mapping_modes(f)
   local rmode = (f.kind == "directory" and not f.mode) and ("%o"):format(st.mode & oct("777"))
     or ""
-  local reader, q, host_err = tar_reader.new({}), queue(), stderr_keeper()
-  local p, d, keeper, watcher, result
-  local held = false -- on_stdout asked for a pause before spawn returned p
-  local stopped = false -- p is closed: its last chunks go nowhere
   local commit = ".ph-sync-commit-" .. util.hex(util.random(8))
-  local ok, err = pcall(function()
-    d, keeper = open(ctx, o, M.scripts.receive, { target, f.kind, member, fmode, dmode, rmode,
-      o.confine or "", sync.temp_beside(target) .. "-XXXXXX", commit }, {})
-    local perr
-    p, perr = proc.spawn({ argv = argv, env = o.env, stdin = list, keep_output = false,
-      timeout = math.max(ctx:remaining(), 0.001), on_stderr = host_err.push,
-      on_stdout = function(chunk)
-        if not q.push(chunk) then
-          return
-        elseif not p then
-          held = true
-        elseif not stopped then
-          p:pause_output() -- until the sandbox took most of it
-        end
-      end })
-    if not p then
-      fail("cannot start tar on the host: " .. tostring(perr))
-    elseif held then
-      p:pause_output()
-    end
-    watcher = watch(function()
-      result = p:wait()
-    end, q)
-    local function send(chunk)
-      if not d:write(chunk) then -- the sandbox's side ended, or its transport failed
-        local r = d:wait(math.min(M.settings.abort_wait, math.max(ctx:remaining(), 0.001)))
-        if r and r.exit_code ~= 0 then
-          sandbox_failed("tar", r, keeper)
-        end
-        fail("the sandbox's side stopped taking the stream")
+  t.d, t.keeper = open(ctx, o, M.scripts.receive, { target, f.kind, member, fmode, dmode, rmode,
+    o.confine or "", sync.temp_beside(target) .. "-XXXXXX", commit }, {})
+  host_source(ctx, o, t, argv, list)
+  local function send(chunk)
+    if not t.d:write(chunk) then -- the sandbox's side ended, or its transport failed
+      local r = t.d:wait(math.min(M.settings.abort_wait, math.max(ctx:remaining(), 0.001)))
+      if r and r.exit_code ~= 0 then
+        sandbox_failed("tar", r, t.keeper)
       end
-      return true
+      fail("the sandbox's side stopped taking the stream")
     end
-    pump(ctx, q, reader, state, cap, send, function()
-      p:resume_output()
-    end)
-    if not result or result.exit_code ~= 0 then
-      fail(("the host's tar failed (%s): %s"):format(result and tostring(result.exit_code
-        or result.signal) or "no result", host_err.message()))
-    end
-    finish_reader(reader)
-    send(commit_archive(commit)) -- the stream is whole: the sandbox may install it
-    d:close_stdin()
-    local r = end_of(d, ctx)
-    if r.exit_code ~= 0 then
-      sandbox_failed("tar", r, keeper)
-    end
+    return true
+  end
+  pump(ctx, t.q, t.reader, state, cap, send, function()
+    t.p:resume_output()
   end)
-  state.extra = nil
-  if watcher then
-    watcher:cancel()
+  local result = t.result
+  if not result or result.exit_code ~= 0 then
+    fail(("the host's tar failed (%s): %s"):format(result and tostring(result.exit_code
+      or result.signal) or "no result", t.host_err.message()))
   end
-  if p then
-    stopped = true
-    p:close()
+  finish_reader(t.reader)
+  send(commit_archive(commit)) -- the stream is whole: the sandbox may install it
+  t.d:close_stdin()
+  local r = end_of(t.d, ctx)
+  if r.exit_code ~= 0 then
+    sandbox_failed("tar", r, t.keeper)
   end
+end
+
+-- After send_in, whatever happened: the host's tar closed, the duplex ended (on a failure its
+-- stdin closes first, and without the commit member the sandbox's script removes its temp).
+local function close_in(t, ok)
+  if t.watcher then
+    t.watcher:cancel()
+  end
+  if t.p then
+    t.stopped = true
+    t.p:close()
+  end
+  local d = t.d
   if d then
-    cleanup(function() -- without the commit member the sandbox's script removes its temp
+    cleanup(function()
       if not ok then
         d:close_stdin()
         local _, _, code = d:wait(M.settings.abort_wait)
@@ -520,10 +525,21 @@ local function sync_in(ctx, o, f, state, cap)
       return true
     end)
   end
+end
+
+local function sync_in(ctx, o, f, state, cap)
+  local src = sync.check_path(f.sourcePath, "sourcePath")
+  local target = sync.confined(o.confine, f.targetPath, "targetPath")
+  local st = stat_source(f, src)
+  local real = fs.realpath(src) or src
+  local t = { reader = tar_reader.new({}), q = queue(), host_err = stderr_keeper() }
+  local ok, err = pcall(send_in, ctx, o, f, state, cap, t, target, st, real)
+  state.extra = nil
+  close_in(t, ok)
   if not ok then
     error(err, 0)
   end
-  sync.count(state, reader.files, reader.bytes, cap)
+  sync.count(state, t.reader.files, t.reader.bytes, cap)
 end
 
 -- ---------------------------------------------------------------------------------------------
@@ -602,112 +618,128 @@ local function remove_temp(tmp)
   end
 end
 
-local function sync_out(ctx, o, f, state, cap)
-  sync.confined(o.confine, f.sourcePath, "sourcePath")
-  local target = sync.check_path(f.targetPath, "targetPath")
+-- out_temp(target) -> a fresh 0700 temp directory beside the host's target (after sweeping
+-- what a worker killed mid-transfer left there).
+local function out_temp(target)
   local ok, err = fs.mkdirs(sync.dirname(target))
   if not ok then
     fail(("cannot create %s: %s"):format(sync.dirname(target), err))
   end
-  sync.sweep_stale(target) -- what a worker killed mid-transfer left
+  sync.sweep_stale(target)
   local tmp = sync.temp_beside(target)
   ok, err = fs.mkdir(tmp, oct("700"))
   if not ok then
     fail(("cannot create %s: %s"):format(tmp, err))
   end
+  return tmp
+end
+
+-- The sandbox's sending script through the host's tar into t.tmp.
+local function receive_out(ctx, o, f, state, cap, t)
   local args = { f.sourcePath, f.kind, f.followSymlinks and "1" or "", o.confine or "",
     "--exclude", "._*" }
   for _, pattern in ipairs(f.exclude) do
     table.move({ "--exclude", pattern }, 1, 2, #args + 1, args)
   end
   args[#args + 1] = "--"
-  local reader, q = tar_reader.new({ strict = true }), queue()
-  local p, d, keeper, watcher, r
-  local held = false -- on_stdout asked for a pause before open returned d
-  ok, err = pcall(function()
-    local perr
-    -- tar stops reading at the end-of-archive marker: cat takes the rest of the record
-    p, perr = proc.spawn({ argv = { "sh", "-c",
-      'tar -x -p --no-same-owner --no-overwrite-dir -f - -C "$1" && exec cat >/dev/null',
-      "sh", tmp },
-      env = o.env, stdin = true, timeout = math.max(ctx:remaining(), 0.001),
-      max_output = 64 * 1024 })
-    if not p then
-      fail("cannot start tar on the host: " .. tostring(perr))
+  local err
+  -- tar stops reading at the end-of-archive marker: cat takes the rest of the record
+  t.p, err = proc.spawn({ argv = { "sh", "-c",
+    'tar -x -p --no-same-owner --no-overwrite-dir -f - -C "$1" && exec cat >/dev/null',
+    "sh", t.tmp }, env = o.env, stdin = true, timeout = math.max(ctx:remaining(), 0.001),
+    max_output = 64 * 1024 })
+  if not t.p then
+    fail("cannot start tar on the host: " .. tostring(err))
+  end
+  local held = false -- on_stdout asked for a pause before open returned the duplex
+  t.d, t.keeper = open(ctx, o, M.scripts.send, args, { on_stdout = function(chunk)
+    if not t.q.push(chunk) then
+      return
+    elseif t.d then
+      t.d:pause_output() -- until the host's tar took most of it
+    else
+      held = true
     end
-    d, keeper = open(ctx, o, M.scripts.send, args, { on_stdout = function(chunk)
-      if not q.push(chunk) then
-        return
-      elseif d then
-        d:pause_output() -- until the host's tar took most of it
-      else
-        held = true
-      end
-    end })
-    if held then
-      d:pause_output()
-    end
-    watcher = watch(function()
-      r = d:wait(math.max(ctx:remaining(), 0.001))
-    end, q)
-    local taken = pump(ctx, q, reader, state, cap, function(chunk)
-      local wok = p:write(chunk)
-      return wok and p:drain(math.max(ctx:remaining(), 0.001))
-    end, function()
-      d:resume_output()
-    end)
-    if not taken then -- the host's tar stopped reading: it says why
-      p:close_stdin()
-      local res, werr = p:wait(math.max(ctx:remaining(), 0.001))
-      host_failed("tar", res, werr)
-    end
-    r = r or end_of(d, ctx)
-    if r.exit_code ~= 0 then
-      sandbox_failed("tar", r, keeper)
-    end
-    finish_reader(reader)
-    p:close_stdin()
-    local res, werr = p:wait(math.max(ctx:remaining(), 0.001))
-    if not res or res.exit_code ~= 0 then
-      host_failed("tar", res, werr)
-    end
+  end })
+  if held then
+    t.d:pause_output()
+  end
+  local r
+  t.watcher = watch(function()
+    r = t.d:wait(math.max(ctx:remaining(), 0.001))
+  end, t.q)
+  local p = t.p
+  local taken = pump(ctx, t.q, t.reader, state, cap, function(chunk)
+    return p:write(chunk) and p:drain(math.max(ctx:remaining(), 0.001))
+  end, function()
+    t.d:resume_output()
   end)
+  if not taken then -- the host's tar stopped reading: it says why
+    p:close_stdin()
+    host_failed("tar", p:wait(math.max(ctx:remaining(), 0.001)))
+  end
+  r = r or end_of(t.d, ctx)
+  if r.exit_code ~= 0 then
+    sandbox_failed("tar", r, t.keeper)
+  end
+  finish_reader(t.reader)
+  p:close_stdin()
+  local res, werr = p:wait(math.max(ctx:remaining(), 0.001))
+  if not res or res.exit_code ~= 0 then
+    host_failed("tar", res, werr)
+  end
+end
+
+-- After receive_out, whatever happened; on a failure the host's tar is stopped before its
+-- temp directory goes.
+local function close_out(t, ok)
+  if t.watcher then
+    t.watcher:cancel()
+  end
+  if t.d then
+    t.d:close()
+  end
+  local p = t.p
+  if ok then
+    p:close()
+    return
+  end
+  cleanup(function()
+    if p and not p:done() then
+      p:terminate()
+      local _, _, code = p:wait(M.settings.abort_wait)
+      if code == "canceled" then
+        return nil, code
+      end
+    end
+    if p then
+      p:close()
+    end
+    remove_temp(t.tmp)
+    return true
+  end)
+end
+
+local function sync_out(ctx, o, f, state, cap)
+  sync.confined(o.confine, f.sourcePath, "sourcePath")
+  local target = sync.check_path(f.targetPath, "targetPath")
+  local t = { reader = tar_reader.new({ strict = true }), q = queue(), tmp = out_temp(target) }
+  local ok, err = pcall(receive_out, ctx, o, f, state, cap, t)
   state.extra = nil
-  if watcher then
-    watcher:cancel()
-  end
-  if d then
-    d:close()
-  end
+  close_out(t, ok)
   if not ok then
-    cleanup(function() -- the host's tar writes into tmp: gone before tmp goes
-      if p and not p:done() then
-        p:terminate()
-        local _, _, code = p:wait(M.settings.abort_wait)
-        if code == "canceled" then
-          return nil, code
-        end
-      end
-      if p then
-        p:close()
-      end
-      remove_temp(tmp)
-      return true
-    end)
     error(err, 0)
   end
-  p:close()
   ok, err = pcall(function()
-    local mode = tonumber(keeper.notes.mode or "", 8)
-    local landed = settle(f, tmp, mode)
+    local landed = settle(f, t.tmp, tonumber(t.keeper.notes.mode or "", 8))
     sync.clear_target(target, f.kind == "file")
     sync.rename(ctx, o.env, landed, target)
   end)
-  remove_temp(tmp)
+  remove_temp(t.tmp)
   if not ok then
     error(err, 0)
   end
-  sync.count(state, reader.files, reader.bytes, cap)
+  sync.count(state, t.reader.files, t.reader.bytes, cap)
 end
 
 -- ---------------------------------------------------------------------------------------------
