@@ -179,6 +179,36 @@ function Reader:header(h)
     end
     return true
   end
+  local name, raw_name
+  name, size = self:member_name(h, size)
+  if not name then
+    return nil, size
+  end
+  name, raw_name = name:gsub("^%./", ""):gsub("/+$", ""), name
+  local t = TYPES[flag]
+  if self.strict then
+    local err = self:strict_check(name, raw_name, t)
+    if err then
+      return nil, err
+    end
+  end
+  if t == "file" or t == "link" then
+    self.files = self.files + 1
+  end
+  if t == "file" then
+    self.bytes = self.bytes + size
+  end
+  if self.on_member then
+    self.on_member({ name = name, type = t or "special", size = size })
+  end
+  -- only regular files (and GNU's odd types we refused above) carry content
+  self.skip = (t == "file" or t == nil) and padded(size) or 0
+  return true
+end
+
+-- member_name(h, size) -> the member's name and size, from its header and the long name or
+-- pax records before it | nil, message.
+function Reader:member_name(h, size)
   local name = cstr(h:sub(1, 100))
   if h:sub(258, 263) == "ustar\0" then -- POSIX ustar: a prefix field
     local prefix = cstr(h:sub(346, 500))
@@ -195,35 +225,23 @@ function Reader:header(h)
     end
   end
   self.ext, self.long_name = nil, nil
-  local raw_name = name
-  name = name:gsub("^%./", ""):gsub("/+$", "")
-  local t = TYPES[flag]
-  if self.strict and (name == "" or name == ".") then
-    return nil, "the stream holds an entry for its root" -- ours never sends one
-  elseif self.strict and t == "file" and raw_name:find("/$") then
-    return nil, ("the stream holds a file named like a directory: %s"):format(raw_name)
+  return name, size
+end
+
+-- strict_check(name, raw_name, t) -> nil | why the member is refused; notes a symlink.
+function Reader:strict_check(name, raw_name, t)
+  if name == "" or name == "." then
+    return "the stream holds an entry for its root" -- ours never sends one
+  elseif t == "file" and raw_name:find("/$") then
+    return ("the stream holds a file named like a directory: %s"):format(raw_name)
   end
-  if self.strict then
-    local err = self:check_name(name, t)
-    if err then
-      return nil, err
-    end
+  local err = self:check_name(name, t)
+  if err then
+    return err
   end
-  if t == "link" and self.strict then
+  if t == "link" then
     self:add_link(name)
   end
-  if t == "file" or t == "link" then
-    self.files = self.files + 1
-  end
-  if t == "file" then
-    self.bytes = self.bytes + size
-  end
-  if self.on_member then
-    self.on_member({ name = name, type = t or "special", size = size })
-  end
-  -- only regular files (and GNU's odd types we refused above) carry content
-  self.skip = (t == "file" or t == nil) and padded(size) or 0
-  return true
 end
 
 function Reader:meta(data)
