@@ -571,13 +571,36 @@ static void levels_free(Levels *ls)
     free(ls->v);
 }
 
-/* Open name under dfd as a directory (never through a symlink) and push it. *fd gets it. */
+/* Give the directory name under dfd u+rwx without following a symlink: an O_PATH descriptor
+ * pins the directory, and chmod goes through its /proc entry (fchmod refuses O_PATH). */
+static void open_up(int dfd, const char *name)
+{
+    int p = openat(dfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (p < 0)
+        return;
+    struct stat st;
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", p);
+    if (fstat(p, &st) == 0)
+        (void)chmod(link, (st.st_mode & 07777) | S_IRWXU);
+    close(p);
+}
+
+/* Open name under dfd as a directory (never through a symlink) and push it. *fd gets it. A
+ * directory its owner cannot read or write into (0555, 0000: a tree unpacked with its modes)
+ * is given u+rwx first, as `rm -rf` by its owner would need. */
 static int descend(int dfd, const char *name, Levels *ls, int *fd)
 {
     int c = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (c < 0 && errno == EACCES) {
+        open_up(dfd, name);
+        c = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    }
     if (c < 0)
         return errno;
     struct stat st;
+    if (fstat(c, &st) == 0 && (st.st_mode & S_IRWXU) != S_IRWXU)
+        (void)fchmod(c, (st.st_mode & 07777) | S_IRWXU); /* its entries can go */
     int err = fstat(c, &st) != 0 ? errno : levels_push(ls, name, &st);
     if (err != 0) {
         close(c);

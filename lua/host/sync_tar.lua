@@ -100,8 +100,13 @@ else
 fi
 umask 077 # the parents above got the sandbox's own umask, as the fallback's mkdir -p
 tmp=$(mktemp -d -- "$TMPL") || fail 4 "cannot create a temp directory in $P"
-trap 'rm -rf -- "$tmp"; exit 4' HUP INT TERM PIPE
-bail() { rm -rf -- "$tmp"; fail "$@"; }
+# rm -rf as the owner: read-only directories (kept by tar -p, or given by mode) opened first
+rmtree() {
+  find "$1" -type d ! -perm -u=rwx -exec chmod u+rwx {} \; 2>/dev/null
+  rm -rf -- "$1"
+}
+trap 'rmtree "$tmp"; exit 4' HUP INT TERM PIPE
+bail() { rmtree "$tmp"; fail "$@"; }
 tar -x -i -p --no-same-owner -f - -C "$tmp" || bail 4 "tar could not unpack the stream"
 { [ -f "$tmp/$COMMIT" ] && [ ! -L "$tmp/$COMMIT" ]; } ||
   bail 4 "the stream ended before the host committed it"
@@ -110,7 +115,7 @@ if [ "$KIND" = file ]; then
   f=$tmp/$MEMBER
   { [ -f "$f" ] && [ ! -L "$f" ]; } || bail 4 "the stream held no regular file"
   [ -z "$FMODE" ] || chmod "$FMODE" "$f" || bail 4 "cannot chmod $f"
-  if [ -d "$T" ] && [ ! -L "$T" ]; then rm -rf -- "$T" || bail 4 "cannot remove $T"; fi
+  if [ -d "$T" ] && [ ! -L "$T" ]; then rmtree "$T" || bail 4 "cannot remove $T"; fi
   mv -f -T -- "$f" "$T" || bail 4 "cannot rename into $T"
   rmdir -- "$tmp"
 else
@@ -120,7 +125,7 @@ else
   else
     chmod "$RMODE" "$tmp" || bail 4 "cannot chmod $tmp"
   fi
-  if [ -e "$T" ] || [ -L "$T" ]; then rm -rf -- "$T" || bail 4 "cannot remove $T"; fi
+  if [ -e "$T" ] || [ -L "$T" ]; then rmtree "$T" || bail 4 "cannot remove $T"; fi
   mv -f -T -- "$tmp" "$T" || bail 4 "cannot rename into $T"
 fi
 ]]
@@ -160,7 +165,7 @@ fi
 if [ "$KIND" = file ]; then
   dir=${real%/*}
   cd -- "${dir:-/}" || fail 4 "cannot enter ${dir:-/}"
-  exec tar -c -f - --no-xattrs --hard-dereference -- "${real##*/}"
+  exec tar -c -f - --no-xattrs --hard-dereference --no-unquote -- "${real##*/}"
 fi
 cd -- "$real" || fail 4 "cannot enter $real"
 n=$#
@@ -171,7 +176,7 @@ for e in * .[!.]* ..?*; do
 done
 set -f
 [ "$#" -gt "$n" ] || exec tar -c -f - -T /dev/null
-exec tar -c -f - --no-xattrs --hard-dereference ${FOLLOW:+-h} "$@"
+exec tar -c -f - --no-xattrs --hard-dereference --no-unquote ${FOLLOW:+-h} "$@"
 ]]
 
 -- $1 cwd, $2 its sync root, $3 shell, $4 command, $5 seconds it may run: timeout(1) ends it
@@ -418,7 +423,7 @@ local function host_tar_create(f, real)
   end
   if f.kind == "file" then
     local member = sync.basename(real)
-    add("-C", sync.dirname(real), "--", member)
+    add("--no-unquote", "-C", sync.dirname(real), "--", member)
     return argv, nil, member
   end
   if f.followSymlinks then

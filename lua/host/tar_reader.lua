@@ -73,6 +73,9 @@ local function pax(data)
     if not len or len < 1 or pos + len - 1 > #data then
       return nil
     end
+    if data:sub(pos + len - 1, pos + len - 1) ~= "\n" then
+      return nil -- GNU tar drops such a record (and keeps the header's values)
+    end
     local record = data:sub(pos, pos + len - 2) -- without the newline
     local key, value = record:match("^%d+ ([^=]+)=(.*)$")
     if key then
@@ -174,8 +177,13 @@ function Reader:header(h)
     end
     self.kind, self.meta_flag, self.meta_size = "meta", flag, size
     self.want = padded(size)
-    if self.want == 0 then
+    if self.want == 0 then -- an empty record: GNU tar takes "" for the name (then ".")
       self.kind, self.want = "header", BLOCK
+      if self.strict and (flag == "L" or flag == "K") then
+        return nil, "the stream holds an empty long name"
+      elseif flag == "L" then
+        self.long_name = ""
+      end
     end
     return true
   end
@@ -256,9 +264,11 @@ function Reader:meta(data)
       return nil, "the stream holds a malformed pax header"
     end
     if self.strict then
-      for key in pairs(rec) do
+      for key, value in pairs(rec) do
         if not PAX_KEYS[key] then
           return nil, ("the stream holds a pax header with the key %s"):format(key)
+        elseif value:find("\0", 1, true) then -- GNU tar cuts the value there
+          return nil, ("the stream holds a pax %s with a NUL byte"):format(key)
         end
       end
     end

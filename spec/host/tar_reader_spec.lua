@@ -443,6 +443,20 @@ describe("host.tar_reader on hand-made archives", function()
       assert.equal(c[3], out.err, c[1])
       assert.is_true(read(c[2]).ok or c[1] == "a wrong checksum", c[1])
     end
+    -- a second review: a NUL in a pax path (GNU tar cuts the name there: "x/" is a
+    -- directory, whose "content" it reads as headers), an empty long name (GNU tar takes ".")
+    local fifo = entry({ name = "fifo", type = "6" })
+    local cut = archive(pax_entry({ pax_record("path", "x/\0y") }), entry({ name = "p" }, fifo))
+    assert.equal("the stream holds a pax path with a NUL byte", read(cut, { strict = true }).err)
+    local empty = archive(entry({ name = "././@LongLink", type = "L" }),
+      entry({ name = "x", type = "5" }))
+    assert.equal("the stream holds an empty long name", read(empty, { strict = true }).err)
+    assert.same({ { name = "", type = "directory", size = 0 } }, read(empty).members)
+    -- a pax record without its newline: GNU tar drops it, so it is malformed here
+    local bare = archive(pax_entry({ "12 size=5121" }), entry({ name = "f", size = 0 }))
+    for _, strict in ipairs({ true, false }) do
+      assert.equal("the stream holds a malformed pax header", read(bare, { strict = strict }).err)
+    end
     -- GNU's obsolete base-64 size ("+" then digits of 64): malformed in both modes
     local plus = archive(entry({ name = "f", size_field = "+0000000001\0" }, ""))
     for _, strict in ipairs({ true, false }) do
