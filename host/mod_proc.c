@@ -45,21 +45,13 @@ typedef struct {
 
 typedef struct Proc Proc;
 
-/* A task parked in Process:wait (or proc.run). */
+/* A task parked in Process:wait (or proc.run), or in Process:drain. */
 typedef struct Waiter {
     ph_op op;
     Proc *proc;
     struct Waiter *next;
-    uv_timer_t *timer; /* NULL without a wait timeout */
+    uv_timer_t *timer; /* NULL without a timeout */
 } Waiter;
-
-/* A task parked in Process:drain until the pieces written so far are out. */
-typedef struct Drainer {
-    ph_op op;
-    Proc *proc;
-    struct Drainer *next;
-    uv_timer_t *timer; /* NULL without a drain timeout */
-} Drainer;
 
 /* The Process userdata. libuv handles live inside it, so the userdata is anchored in the
  * registry (ref) from the first uv_*_init until the last close callback: it cannot be
@@ -92,7 +84,7 @@ struct Proc {
     int stream_only;    /* keep_output = false: chunks go to the callbacks, nothing is kept */
     Waiter *waiters;    /* parked for the result */
     Waiter *reapwait;   /* canceled: resumed with "canceled" once the leader is reaped */
-    Drainer *drainers;  /* parked in drain: pieces are pending and stdin is open */
+    Waiter *drainers;   /* parked in drain: pieces are pending and stdin is open */
 };
 
 static char scratch[READ_CHUNK]; /* every read lands here first; one read at a time */
@@ -146,10 +138,10 @@ static void wake_drainers(Proc *p)
 {
     if (p->in_pending > 0 && !p->in_lost)
         return;
-    Drainer *d = p->drainers;
+    Waiter *d = p->drainers;
     p->drainers = NULL;
     while (d != NULL) {
-        Drainer *next = d->next;
+        Waiter *next = d->next;
         ph_timer_free(&d->timer);
         ph_task *t = d->op.task;
         lua_State *co = ph_task_thread(t);
@@ -575,42 +567,42 @@ static void waiter_timeout(uv_timer_t *timer)
                               "wait for process %d timed out (it keeps running)", p->child.pid));
 }
 
-/* Park the current task until p finishes. Tail call. */
-static int park_waiter(lua_State *L, ph_task *t, Proc *p, double timeout)
+/* Park the current task on list (p->waiters or p->drainers) with its cancel and timeout
+ * handlers. Tail call. */
+static int park_on(lua_State *L, ph_task *t, Proc *p, double timeout, Waiter **list,
+                   void (*cancel)(ph_op *), uv_timer_cb on_timeout)
 {
     Waiter *w = calloc(1, sizeof *w);
     if (w == NULL)
         return ph_fail(L, "internal", "out of memory");
-    w->op.cancel = waiter_cancel;
+    w->op.cancel = cancel;
     w->proc = p;
     if (timeout >= 0) {
         if ((w->timer = ph_timer_new(w)) == NULL) {
             free(w);
             return ph_fail(L, "internal", "out of memory");
         }
-        ph_timer_start(w->timer, waiter_timeout, timeout);
+        ph_timer_start(w->timer, on_timeout, timeout);
     }
-    w->next = p->waiters;
-    p->waiters = w;
+    w->next = *list;
+    *list = w;
     lua_settop(L, 0);
     return ph_task_park(L, t, &w->op);
 }
 
-static void unlink_drainer(Drainer **head, Drainer *d)
+/* Park the current task until p finishes. Tail call. */
+static int park_waiter(lua_State *L, ph_task *t, Proc *p, double timeout)
 {
-    while (*head != NULL && *head != d)
-        head = &(*head)->next;
-    if (*head == d)
-        *head = d->next;
+    return park_on(L, t, p, timeout, &p->waiters, waiter_cancel, waiter_timeout);
 }
 
 /* The draining task was canceled: only the wait ends. Unlike wait's cancel the process is left
  * alone, and so are its queued pieces: the caller may drain again, or close it. */
 static void drainer_cancel(ph_op *op)
 {
-    Drainer *d = (Drainer *)op;
+    Waiter *d = (Waiter *)op;
     Proc *p = d->proc;
-    unlink_drainer(&p->drainers, d);
+    unlink_waiter(&p->drainers, d);
     ph_timer_free(&d->timer);
     ph_task *t = op->task;
     free(d);
@@ -620,9 +612,9 @@ static void drainer_cancel(ph_op *op)
 
 static void drainer_timeout(uv_timer_t *timer)
 {
-    Drainer *d = timer->data;
+    Waiter *d = timer->data;
     Proc *p = d->proc;
-    unlink_drainer(&p->drainers, d);
+    unlink_waiter(&p->drainers, d);
     ph_timer_free(&d->timer);
     ph_task *t = d->op.task;
     free(d);
@@ -635,10 +627,10 @@ static void drainer_timeout(uv_timer_t *timer)
  * under them, except by lua_close: no task runs after it, so they just go. */
 static void free_drainers(Proc *p)
 {
-    Drainer *d = p->drainers;
+    Waiter *d = p->drainers;
     p->drainers = NULL;
     while (d != NULL) {
-        Drainer *next = d->next;
+        Waiter *next = d->next;
         ph_timer_free(&d->timer);
         free(d);
         d = next;
@@ -976,17 +968,23 @@ static int proc_run(lua_State *L)
 
 /* ---- Process methods ------------------------------------------------------------------- */
 
+/* The optional timeout argument of wait and drain: seconds, or -1 for none. */
+static double opt_timeout(lua_State *L, int idx)
+{
+    if (lua_isnoneornil(L, idx))
+        return -1;
+    double timeout = luaL_checknumber(L, idx);
+    luaL_argcheck(L, !isnan(timeout) && timeout >= 0 && timeout <= MAX_SECONDS, idx,
+                  "timeout must be a number of seconds in [0, 1e9]");
+    return timeout;
+}
+
 /* Process:wait([timeout]) -> result | nil, msg, "timeout"|"canceled"
  * A wait timeout only stops waiting; the process keeps running (it has its own timeout). */
 static int process_wait(lua_State *L)
 {
     Proc *p = check_open_proc(L, 1);
-    double timeout = -1;
-    if (!lua_isnoneornil(L, 2)) {
-        timeout = luaL_checknumber(L, 2);
-        luaL_argcheck(L, !isnan(timeout) && timeout >= 0 && timeout <= MAX_SECONDS, 2,
-                      "timeout must be a number of seconds in [0, 1e9]");
-    }
+    double timeout = opt_timeout(L, 2);
     if (p->finished)
         return push_result(L, p, 1);
     ph_task *t = ph_task_current(L);
@@ -1050,12 +1048,7 @@ static int process_write(lua_State *L)
 static int process_drain(lua_State *L)
 {
     Proc *p = check_open_proc(L, 1);
-    double timeout = -1;
-    if (!lua_isnoneornil(L, 2)) {
-        timeout = luaL_checknumber(L, 2);
-        luaL_argcheck(L, !isnan(timeout) && timeout >= 0 && timeout <= MAX_SECONDS, 2,
-                      "timeout must be a number of seconds in [0, 1e9]");
-    }
+    double timeout = opt_timeout(L, 2);
     if (!p->in_pipe)
         return luaL_error(L, "process %d has no stdin pipe (spawn it with stdin = true)",
                           p->child.pid);
@@ -1067,22 +1060,7 @@ static int process_drain(lua_State *L)
         return 1;
     }
     ph_task *t = ph_task_current(L);
-    Drainer *d = calloc(1, sizeof *d);
-    if (d == NULL)
-        return ph_fail(L, "internal", "out of memory");
-    d->op.cancel = drainer_cancel;
-    d->proc = p;
-    if (timeout >= 0) {
-        if ((d->timer = ph_timer_new(d)) == NULL) {
-            free(d);
-            return ph_fail(L, "internal", "out of memory");
-        }
-        ph_timer_start(d->timer, drainer_timeout, timeout);
-    }
-    d->next = p->drainers;
-    p->drainers = d;
-    lua_settop(L, 0);
-    return ph_task_park(L, t, &d->op);
+    return park_on(L, t, p, timeout, &p->drainers, drainer_cancel, drainer_timeout);
 }
 
 /* Process:close_stdin() -> true: EOF for the child once every queued piece is written. */
