@@ -47,6 +47,13 @@ local util = require("host.util")
 local M = {}
 
 local fail, oct = sync.fail, sync.oct
+local PERMS = oct("777")
+
+-- The mode a directory mapping's `mode` gives its directories: the x bit beside each r bit
+-- (0600 -> 0700, 0644 -> 0755).
+local function dir_mode(m)
+  return m | ((m & oct("444")) >> 2)
+end
 
 --- SUPPORT_SCRIPT: exits 0 where native sync can run (GNU tar, and coreutils' readlink -e,
 -- stat -c, mktemp -d, timeout).
@@ -377,8 +384,8 @@ local function mapping_modes(f)
   elseif f.kind == "file" then
     return ("%o"):format(f.mode), ""
   end
-  local m = f.mode & oct("777")
-  return ("%o"):format(m), ("%o"):format(m | ((m & oct("444")) >> 2))
+  local m = f.mode & PERMS
+  return ("%o"):format(m), ("%o"):format(dir_mode(m))
 end
 
 -- cleanup(fn): fn() -> true | nil, code. Runs it now; when the calling task is being canceled
@@ -473,7 +480,7 @@ end
 local function send_in(ctx, o, f, state, cap, t, target, st, real)
   local argv, list, member = host_tar_create(f, real)
   local fmode, dmode = mapping_modes(f)
-  local rmode = (f.kind == "directory" and not f.mode) and ("%o"):format(st.mode & oct("777"))
+  local rmode = (f.kind == "directory" and not f.mode) and ("%o"):format(st.mode & PERMS)
     or ""
   local commit = ".ph-sync-commit-" .. util.hex(util.random(8))
   t.d, t.keeper = open(ctx, o, M.scripts.receive, { target, f.kind, member, fmode, dmode, rmode,
@@ -562,8 +569,6 @@ end
 -- link; files get fmode and directories dmode, or without them keep their bits but never a
 -- setuid, setgid or sticky one (a worker running as root would keep them). A directory the
 -- walk cannot enter is opened for it and then given its mode.
-local PERMS = oct("777")
-
 local function walk(dir, fmode, dmode)
   local names, err = fs.list(dir)
   if not names then
@@ -607,8 +612,8 @@ local function settle(f, tmp, remote_mode)
   end
   if f.mode then
     local m = f.mode & PERMS
-    walk(tmp, m, m | ((m & oct("444")) >> 2))
-    chmod(tmp, m | ((m & oct("444")) >> 2))
+    walk(tmp, m, dir_mode(m))
+    chmod(tmp, dir_mode(m))
   else
     walk(tmp)
     chmod(tmp, (remote_mode or oct("700")) & PERMS)
