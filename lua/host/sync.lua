@@ -82,6 +82,15 @@ function M.is_failure(e)
   return getmetatable(e) == Failure
 end
 
+-- no_dots(path, what): a "." or ".." component is refused by name, never resolved away.
+local function no_dots(path, what)
+  for part in path:gmatch("[^/]+") do
+    if part == ".." or part == "." then
+      M.fail(("%s %s has a %s component"):format(what, path, part), "conflict")
+    end
+  end
+end
+
 --- check_path(path, what) -> path normalized: absolute, no NUL, no "." or ".." component,
 -- not "/".
 function M.check_path(path, what)
@@ -92,11 +101,7 @@ function M.check_path(path, what)
   elseif not path:match("^/") then
     M.fail(("%s %s is not an absolute path"):format(what, path), "protocol")
   end
-  for part in path:gmatch("[^/]+") do
-    if part == ".." or part == "." then
-      M.fail(("%s %s has a %s component"):format(what, path, part), "conflict")
-    end
-  end
+  no_dots(path, what)
   local norm = M.normalize(path)
   if norm == "/" then -- a mapping replaces its target whole: never the file system's root
     M.fail(("%s %s is the file system's root"):format(what, path), "conflict")
@@ -220,11 +225,7 @@ function M.post_cwd(roots, default, cwd)
   if cwd:find("\0", 1, true) then
     M.fail("cwd contains a NUL byte", "protocol")
   end
-  for part in cwd:gmatch("[^/]+") do
-    if part == ".." or part == "." then
-      M.fail(("cwd %s has a %s component"):format(cwd, part), "conflict")
-    end
-  end
+  no_dots(cwd, "cwd")
   local abs = M.normalize(cwd:match("^/") and cwd or (default .. "/" .. cwd))
   for _, r in ipairs(roots) do
     if M.inside(r, abs) then
@@ -263,12 +264,7 @@ function M.sweep_stale(target)
   for _, name in ipairs(fs.list(dir) or {}) do
     local pid = name:sub(1, #prefix) == prefix and name:sub(#prefix + 1):match("^(%d+)%-%x+$")
     if pid and not fs.stat("/proc/" .. pid, false) then
-      local path = M.join(dir, name)
-      local st = fs.stat(path, false) -- never chmod through a link planted under that name
-      if st and st.type == "directory" then
-        fs.chmod(path, M.oct("700"))
-      end
-      fs.remove_tree(path)
+      fs.remove_tree(M.join(dir, name)) -- never through a link; opens what its owner may not
     end
   end
 end

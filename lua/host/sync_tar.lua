@@ -623,8 +623,7 @@ end
 
 local function remove_temp(tmp)
   if fs.stat(tmp, false) then
-    fs.chmod(tmp, oct("700"))
-    fs.remove_tree(tmp)
+    fs.remove_tree(tmp) -- it opens the directories tar left read-only or unreadable
   end
 end
 

@@ -200,8 +200,10 @@ M.mkdtemp = core.mkdtemp
 
 --- remove_tree(path) -> true | nil, message, "io"
 -- Deletes path and everything below it. Symbolic links are removed, never followed, even if
--- one is swapped in during the walk. A missing path is success. path must be absolute, without
--- "." or ".." components, and not "/" (anything else raises).
+-- one is swapped in during the walk. Directories its owner cannot read or write into (0555,
+-- 0000) are given u+rwx on the way, as `rm -rf` by that owner would need. A missing path is
+-- success. path must be absolute, without "." or ".." components, and not "/" (anything else
+-- raises).
 M.remove_tree = core.remove_tree
 
 local TempDir = { __name = "host.util.TempDir" }
