@@ -190,8 +190,12 @@ describe("providers.local sync", function()
       send("environmentSyncOut", { lease = lp, operations = { { operationId = "o", files = {
         { sourcePath = ws, targetPath = host .. "/out", kind = "directory" } } } } })
       helpers.eventually(function()
-        return temps(ws) ~= "" and temps(host) ~= ""
-      end, "both transfers under way")
+        return temps(ws) ~= "" and temps(host) ~= "" and #cmdline.holding("ph-sync") >= 2
+      end, "both transfers under way, their sandbox scripts started")
+      -- a process shows before the worker told its watchdog of it: a reply to a later
+      -- request means every spawn before it was told (as spec/worker/no_orphans_spec.lua)
+      w:request(n + 1, "health", {})
+      assert(w:reply_to(n + 1, 30), "the health check was answered")
       w:kill("SIGKILL")
       w:wait(10)
       helpers.eventually(function()
